@@ -1,0 +1,39 @@
+"""EdgeCaffe for Python: memory-aware multi-DNN inference for edge devices.
+
+The top-level import stays light: numpy and protobuf load when a model is first read.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from edgecaffe.model.network import Network
+
+
+def load_caffe(prototxt, caffemodel=None, name=None) -> Network:
+    """Read a Caffe deploy prototxt and its caffemodel into a runnable `Network`."""
+    from edgecaffe.model.caffe import load_caffe as _load
+
+    return _load(prototxt, caffemodel, name)
+
+
+def __getattr__(name: str):
+    if name in {"Network", "Layer", "NetworkError"}:
+        from edgecaffe.model import network
+
+        return getattr(network, name)
+    if name in {"ModelError"}:
+        from edgecaffe.model.errors import ModelError
+
+        return ModelError
+    if name in {"CaffeError"}:
+        from edgecaffe.model.caffe import CaffeError
+
+        return CaffeError
+    raise AttributeError(f"module 'edgecaffe' has no attribute {name!r}")
+
+
+__all__ = ["CaffeError", "Layer", "ModelError", "Network", "NetworkError", "load_caffe"]

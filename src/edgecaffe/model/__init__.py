@@ -1,0 +1,1 @@
+"""Model representation and import: the network IR, Caffe import/export, the zoo."""

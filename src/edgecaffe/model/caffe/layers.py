@@ -1,0 +1,251 @@
+"""Caffe layer types -> operators of `edgecaffe.ops`, and Caffe weight blobs <-> named weights.
+
+Everything Caffe-specific about a layer lives here: parameter messages and their defaults, the V1
+type enum, the order of weight blobs, BatchNorm's scale-factor blob.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from edgecaffe.model.caffe.prototxt import CaffeError
+from edgecaffe.model.caffe.schema import message_class
+from edgecaffe.model.network import Layer
+
+V1_TYPES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
+    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
+    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
+    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+
+TRAINING_ONLY = {
+    "Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Accuracy",
+    "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "ContrastiveLoss",
+    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "Silence", "HDF5Output",
+}
+
+
+def upgrade_v1(v1) -> Any:
+    """A V1 `layers { type: CONVOLUTION ... }` entry as a V2 `LayerParameter`."""
+    layer = message_class("LayerParameter")(name=v1.name)
+    enum_name = v1.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[v1.type].name
+    layer.type = V1_TYPES.get(enum_name, enum_name)
+    layer.bottom.extend(v1.bottom)
+    layer.top.extend(v1.top)
+    layer.include.extend(v1.include)
+    layer.exclude.extend(v1.exclude)
+    for field, value in v1.ListFields():
+        if field.name.endswith("_param"):
+            getattr(layer, field.name).CopyFrom(value)
+    return layer
+
+
+def _pair(single: Sequence[int], h_w: tuple[int, int] | None, default: int, what: str) -> list[int]:
+    """Caffe's (repeated value | value_h + value_w) spatial parameter as [h, w]."""
+    if h_w is not None:
+        return list(h_w)
+    if len(single) == 0:
+        return [default, default]
+    if len(single) > 2:
+        raise ValueError(f"{what} has {len(single)} values; only 2-d layers are supported")
+    return [single[0], single[-1]]
+
+
+def _conv(layer) -> tuple[str, dict]:
+    p = layer.convolution_param
+    if p.axis != 1:
+        raise ValueError(f"convolution axis {p.axis}: only axis 1 (NCHW) is supported")
+    if not p.HasField("num_output") or p.num_output == 0:
+        raise ValueError("convolution_param.num_output is missing")
+    if p.HasField("kernel_h") != p.HasField("kernel_w"):
+        raise ValueError("kernel_h and kernel_w must be given together")
+    if not p.kernel_size and not p.HasField("kernel_h"):
+        raise ValueError("convolution_param needs kernel_size or kernel_h and kernel_w")
+    two = lambda h, w: (getattr(p, h), getattr(p, w)) if p.HasField(h) or p.HasField(w) else None  # noqa: E731
+    return "Conv", {
+        "out_channels": p.num_output,
+        "kernel": _pair(p.kernel_size, two("kernel_h", "kernel_w"), 1, "kernel_size"),
+        "stride": _pair(p.stride, two("stride_h", "stride_w"), 1, "stride"),
+        "pad": _pair(p.pad, two("pad_h", "pad_w"), 0, "pad"),
+        "dilation": _pair(p.dilation, None, 1, "dilation"),
+        "group": p.group,
+        "bias": p.bias_term,
+    }
+
+
+def _pool(layer) -> tuple[str, dict]:
+    p = layer.pooling_param
+    methods = {0: "max", 1: "avg"}
+    if p.pool not in methods:
+        raise ValueError("STOCHASTIC pooling is a training-time method and is not supported")
+    two = lambda h, w: (getattr(p, h), getattr(p, w)) if p.HasField(h) or p.HasField(w) else None  # noqa: E731
+    attrs: dict[str, Any] = {"method": methods[p.pool], "global": p.global_pooling,
+                             "ceil": p.round_mode == 0}
+    if p.global_pooling:
+        attrs.update(kernel=[0, 0], stride=[1, 1], pad=[0, 0])
+        return "Pool", attrs
+    kernel = two("kernel_h", "kernel_w")
+    if kernel is None and not p.HasField("kernel_size"):
+        raise ValueError("pooling_param needs kernel_size, kernel_h/kernel_w or global_pooling")
+    attrs["kernel"] = list(kernel or (p.kernel_size, p.kernel_size))
+    attrs["stride"] = list(two("stride_h", "stride_w") or (p.stride, p.stride))
+    attrs["pad"] = list(two("pad_h", "pad_w") or (p.pad, p.pad))
+    if min(attrs["kernel"]) < 1 or min(attrs["stride"]) < 1:
+        raise ValueError(f"pooling kernel {attrs['kernel']} and stride {attrs['stride']} must be >= 1")
+    return "Pool", attrs
+
+
+def _lrn(layer):
+    p = layer.lrn_param
+    region = "across" if p.norm_region == 0 else "within"
+    return "LRN", {"size": p.local_size, "alpha": p.alpha, "beta": p.beta, "k": p.k,
+                   "region": region}
+
+
+def _inner_product(layer):
+    p = layer.inner_product_param
+    if not p.num_output:
+        raise ValueError("inner_product_param.num_output is missing")
+    return "Dense", {"out_features": p.num_output, "axis": p.axis, "bias": p.bias_term,
+                     "transpose": p.transpose}
+
+
+def _scale(layer):
+    p = layer.scale_param
+    return "Scale", {"axis": p.axis, "num_axes": p.num_axes, "bias": p.bias_term}
+
+
+def _bias(layer):
+    p = layer.bias_param
+    return "Bias", {"axis": p.axis, "num_axes": p.num_axes}
+
+
+def _concat(layer):
+    p = layer.concat_param
+    axis = p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis
+    return "Concat", {"axis": axis}
+
+
+def _eltwise(layer):
+    p = layer.eltwise_param
+    operation = {0: "prod", 1: "sum", 2: "max"}[p.operation]
+    return "Eltwise", {"operation": operation, "coeffs": list(p.coeff)}
+
+
+def _slice(layer):
+    p = layer.slice_param
+    axis = p.slice_dim if p.HasField("slice_dim") and not p.HasField("axis") else p.axis
+    return "Slice", {"axis": axis, "points": list(p.slice_point), "num_outputs": len(layer.top)}
+
+
+def _reshape(layer):
+    p = layer.reshape_param
+    return "Reshape", {"shape": list(p.shape.dim), "axis": p.axis, "num_axes": p.num_axes}
+
+
+CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
+    "Convolution": _conv,
+    "Pooling": _pool,
+    "LRN": _lrn,
+    "InnerProduct": _inner_product,
+    "ReLU": lambda l: ("ReLU", {"negative_slope": l.relu_param.negative_slope}),
+    "PReLU": lambda l: ("PReLU", {"channel_shared": l.prelu_param.channel_shared}),
+    "Dropout": lambda l: ("Dropout", {"ratio": l.dropout_param.dropout_ratio}),
+    "Softmax": lambda l: ("Softmax", {"axis": l.softmax_param.axis}),
+    "BatchNorm": lambda l: ("BatchNorm", {"eps": l.batch_norm_param.eps}),
+    "Scale": _scale,
+    "Bias": _bias,
+    "Concat": _concat,
+    "Slice": _slice,
+    "Eltwise": _eltwise,
+    "Flatten": lambda l: ("Flatten", {"axis": l.flatten_param.axis,
+                                      "end_axis": l.flatten_param.end_axis}),
+    "Reshape": _reshape,
+    "Sigmoid": lambda l: ("Sigmoid", {}),
+    "TanH": lambda l: ("TanH", {}),
+    "AbsVal": lambda l: ("AbsVal", {}),
+    "BNLL": lambda l: ("BNLL", {}),
+    "ELU": lambda l: ("ELU", {"alpha": l.elu_param.alpha}),
+    "Power": lambda l: ("Power", {"power": l.power_param.power, "scale": l.power_param.scale,
+                                  "shift": l.power_param.shift}),
+    "Exp": lambda l: ("Exp", {"base": l.exp_param.base, "scale": l.exp_param.scale,
+                              "shift": l.exp_param.shift}),
+}
+
+#: Types handled by the graph builder itself rather than converted to an operator.
+STRUCTURAL = {"Input", "Split"}
+
+
+def supported_types() -> list[str]:
+    return sorted(set(CONVERTERS) | STRUCTURAL)
+
+
+def convert(layer, source: str) -> tuple[str, dict]:
+    """The operator name and attributes of one (V2) Caffe layer."""
+    converter = CONVERTERS.get(layer.type)
+    if converter is None:
+        hint = (" (a training-only layer: use the deploy prototxt)"
+                if layer.type in TRAINING_ONLY else "")
+        raise CaffeError(
+            f"{source}: layer {layer.name!r} has type {layer.type!r}, which EdgeCaffe does not "
+            f"support{hint}; supported types: {', '.join(supported_types())}"
+        )
+    try:
+        return converter(layer)
+    except ValueError as error:
+        raise CaffeError(f"{source}: layer {layer.name!r} ({layer.type}): {error}") from None
+
+
+# -- weights ----------------------------------------------------------------------------------
+
+
+def blobs_to_weights(layer: Layer, blobs: list[np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Caffe's blobs of one layer -> the operator's named weights, checked against the prototxt.
+
+    Blob counts and element counts must match; a legacy 4-d blob (1 x 1 x O x K) is reshaped.
+    BatchNorm's third blob (the moving-average scale factor) is folded into mean and variance.
+    """
+    expected = list(layer.params.items())
+    caffe_count = len(expected) + (1 if layer.op == "BatchNorm" else 0)
+    if len(blobs) != caffe_count:
+        raise CaffeError(
+            f"{source}: layer {layer.name!r} ({layer.op}) has {len(blobs)} weight blob(s) but the "
+            f"prototxt implies {caffe_count} ({', '.join(n for n, _ in expected)}"
+            f"{', scale factor' if layer.op == 'BatchNorm' else ''})"
+        )
+    weights = {}
+    for index, ((name, shape), blob) in enumerate(zip(expected, blobs, strict=False)):
+        if blob.size != prod(shape):
+            raise CaffeError(
+                f"{source}: layer {layer.name!r} blob {index} ({name}) has shape "
+                f"{tuple(blob.shape)} ({blob.size} values) but the prototxt implies {shape} "
+                f"({prod(shape)} values)"
+            )
+        weights[name] = blob.reshape(shape)
+    if layer.op == "BatchNorm":
+        factor = float(blobs[2].reshape(-1)[0]) if blobs[2].size else 1.0
+        inverse = np.float32(0.0 if factor == 0 else 1.0 / factor)
+        weights["mean"] = weights["mean"] * inverse
+        weights["var"] = weights["var"] * inverse
+    return weights
+
+
+def weights_to_blobs(layer: Layer, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The inverse of `blobs_to_weights`, for writing caffemodels (BatchNorm factor 1)."""
+    blobs = [np.ascontiguousarray(weights[name], dtype=np.float32) for name in layer.params]
+    if layer.op == "BatchNorm":
+        blobs.append(np.ones(1, dtype=np.float32))
+    return blobs

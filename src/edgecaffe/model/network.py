@@ -1,0 +1,308 @@
+"""The format-neutral network: layers over named blobs, shape inference, bytes, FLOPs, forward.
+
+Importers (Caffe today, ONNX later) build a list of `Layer`s whose `op` and `attrs` use the
+operator vocabulary of `edgecaffe.ops`; `Network` infers every blob's shape from the inputs,
+checks every layer, and runs them in order. Blobs are single-assignment: an in-place layer of
+the source format (Caffe's `relu1: conv1 -> conv1`) is given a fresh output name by the importer,
+so a blob name always means one value.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from edgecaffe.model.errors import ModelError
+from edgecaffe.ops import OpError, Shape, get_op
+
+DTYPE = np.dtype(np.float32)
+
+
+class NetworkError(ModelError):
+    """A network that cannot be built or run; the message names the layer or blob."""
+
+
+@dataclass
+class Layer:
+    """One layer: the unit of loading, executing and freeing."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    #: Weight name -> shape, filled by shape inference.
+    params: dict[str, Shape] = field(default_factory=dict)
+    flops: int = 0
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(prod(shape) for shape in self.params.values()) * DTYPE.itemsize
+
+
+class Network:
+    """A directed acyclic graph of layers, in execution order, with optional weights.
+
+    `weights` maps layer name -> weight name -> float32 array. A network without weights still
+    knows every shape, byte count and FLOP count (what splitting and planning need).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        layers: Sequence[Layer],
+        weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.layers = list(layers)
+        self.weights: dict[str, dict[str, np.ndarray]] = {
+            layer: dict(arrays) for layer, arrays in (weights or {}).items()
+        }
+        #: Preprocessing and labels: mean (per channel, in the input's channel order), scale,
+        #: channel_order ('BGR' | 'RGB'), labels (class names), and whatever an importer adds.
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.blob_shapes: dict[str, Shape] = {}
+        self._infer()
+
+    # -- structure ------------------------------------------------------------------------
+
+    def _infer(self) -> None:
+        names: set[str] = set()
+        for layer in self.layers:
+            if layer.name in names:
+                raise NetworkError(f"network {self.name!r}: two layers are named {layer.name!r}")
+            names.add(layer.name)
+            try:
+                op = get_op(layer.op)
+            except OpError as error:
+                raise NetworkError(f"layer {layer.name!r}: {error}") from None
+            missing = [blob for blob in layer.inputs if blob not in self.blob_shapes]
+            if missing:
+                raise NetworkError(
+                    f"layer {layer.name!r} ({layer.op}) reads blob(s) {missing} that no earlier "
+                    "layer produces"
+                )
+            in_shapes = [self.blob_shapes[blob] for blob in layer.inputs]
+            try:
+                layer.params = {k: tuple(v) for k, v in op.param_shapes(in_shapes, layer.attrs).items()}
+                out_shapes = op.output_shapes(in_shapes, layer.attrs)
+                layer.flops = int(op.flops(in_shapes, out_shapes, layer.attrs))
+            except (OpError, KeyError, ZeroDivisionError) as error:
+                detail = f"missing hyperparameter {error}" if isinstance(error, KeyError) else error
+                raise NetworkError(
+                    f"layer {layer.name!r} ({layer.op}) with input shapes {in_shapes}: {detail}"
+                ) from None
+            if len(out_shapes) != len(layer.outputs):
+                raise NetworkError(
+                    f"layer {layer.name!r} ({layer.op}) produces {len(out_shapes)} blob(s) but "
+                    f"names {len(layer.outputs)}"
+                )
+            for blob, shape in zip(layer.outputs, out_shapes, strict=True):
+                if blob in self.blob_shapes:
+                    raise NetworkError(f"blob {blob!r} is produced twice (layer {layer.name!r})")
+                if any(dim <= 0 for dim in shape):
+                    raise NetworkError(f"layer {layer.name!r} gives blob {blob!r} shape {shape}")
+                self.blob_shapes[blob] = tuple(int(d) for d in shape)
+        if not self.inputs:
+            raise NetworkError(f"network {self.name!r} has no input layer")
+
+    @cached_property
+    def layer_by_name(self) -> dict[str, Layer]:
+        return {layer.name: layer for layer in self.layers}
+
+    @cached_property
+    def inputs(self) -> list[str]:
+        """Names of the input blobs."""
+        return [blob for layer in self.layers if layer.op == "Input" for blob in layer.outputs]
+
+    @property
+    def input_shape(self) -> Shape:
+        """NCHW shape of the (single) input."""
+        if len(self.inputs) != 1:
+            raise NetworkError(f"network {self.name!r} has inputs {self.inputs}; name one")
+        return self.blob_shapes[self.inputs[0]]
+
+    @cached_property
+    def outputs(self) -> list[str]:
+        """Blobs that no layer reads, in the order they are produced."""
+        read = {blob for layer in self.layers for blob in layer.inputs}
+        return [b for layer in self.layers for b in layer.outputs if b not in read]
+
+    def blob_bytes(self, blob: str) -> int:
+        return prod(self.blob_shapes[blob]) * DTYPE.itemsize
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(layer.weight_bytes for layer in self.layers)
+
+    @property
+    def flops(self) -> int:
+        return sum(layer.flops for layer in self.layers)
+
+    @cached_property
+    def _storage(self) -> dict[str, str]:
+        """Blob -> the blob that owns its memory (a view layer's output shares its input's)."""
+        root: dict[str, str] = {}
+        for layer in self.layers:
+            view = get_op(layer.op).view
+            for blob in layer.outputs:
+                root[blob] = root[layer.inputs[0]] if view else blob
+        return root
+
+    def needed_layers(self, outputs: Iterable[str]) -> list[Layer]:
+        """The layers that contribute to `outputs`, in execution order."""
+        wanted = set(outputs)
+        needed: list[Layer] = []
+        for layer in reversed(self.layers):
+            if wanted.intersection(layer.outputs):
+                needed.append(layer)
+                wanted.update(layer.inputs)
+        return needed[::-1]
+
+    # -- running --------------------------------------------------------------------------
+
+    def check_weights(self) -> None:
+        for layer in self.layers:
+            have = self.weights.get(layer.name, {})
+            for param, shape in layer.params.items():
+                if param not in have:
+                    raise NetworkError(f"layer {layer.name!r} has no {param!r} weights loaded")
+                if tuple(have[param].shape) != shape or have[param].dtype != DTYPE:
+                    raise NetworkError(
+                        f"layer {layer.name!r} weight {param!r} is {have[param].dtype} "
+                        f"{tuple(have[param].shape)}, expected float32 {shape}"
+                    )
+
+    def feeds(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check the caller's input(s) against the input shapes; returns input name -> array."""
+        given = dict(x) if isinstance(x, Mapping) else {self.inputs[0]: x} if len(
+            self.inputs) == 1 else None
+        if given is None:
+            raise NetworkError(f"network {self.name!r} has inputs {self.inputs}: pass a dict")
+        if set(given) != set(self.inputs):
+            raise NetworkError(f"network {self.name!r} needs inputs {self.inputs}, got {list(given)}")
+        feeds = {}
+        for name, array in given.items():
+            array = np.asarray(array)
+            expected = self.blob_shapes[name]
+            if array.shape != expected:
+                hint = " (add the batch axis: x[None])" if array.shape == expected[1:] else ""
+                raise NetworkError(
+                    f"input {name!r} of network {self.name!r} must have shape {expected}, "
+                    f"got {array.shape}{hint}"
+                )
+            feeds[name] = np.ascontiguousarray(array, dtype=DTYPE)
+        return feeds
+
+    def forward(
+        self,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        outputs: Iterable[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run every layer on `x` (NCHW float32, or a dict for several inputs).
+
+        Returns output blob name -> array: the network's outputs (blobs no layer reads), or the
+        blobs named in `outputs` (only the layers they depend on run). Intermediate blobs are
+        dropped after their last reader.
+        """
+        self.check_weights()
+        runner = BlobRunner(self, x, outputs)
+        for layer in runner.layers:
+            runner.run(layer, self.weights.get(layer.name, {}))
+        return runner.results()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Network {self.name!r}: {len(self.layers)} layers, input {self.blob_shapes.get(self.inputs[0])}, "
+            f"{self.weight_bytes / 1e6:.1f} MB weights, {self.flops / 1e9:.2f} GFLOP>"
+        )
+
+
+class BlobRunner:
+    """Executes layers one at a time over the live blobs, freeing each buffer after its last reader.
+
+    The whole-model forward and the per-layer package runner share it: whoever calls `run`
+    decides where each layer's weights come from. Buffers are tracked per owner blob, so a view
+    (Dropout, Flatten) keeps its source alive and in-place kernels never overwrite a buffer that
+    someone still reads, the caller's input, or a requested result.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        outputs: Iterable[str] | None = None,
+    ) -> None:
+        self.network = network
+        self.wanted = list(network.outputs if outputs is None else outputs)
+        unknown = [blob for blob in self.wanted if blob not in network.blob_shapes]
+        if unknown:
+            raise NetworkError(
+                f"network {network.name!r} has no blob(s) {unknown}; blobs: "
+                f"{', '.join(network.blob_shapes)}"
+            )
+        self.values: dict[str, np.ndarray] = network.feeds(x)
+        storage = network._storage
+        self.protected = {storage[b] for b in self.wanted} | set(self.values)
+        self.layers = network.needed_layers(self.wanted)
+        self._needed = {layer.name for layer in self.layers}
+        # Reads per buffer by computing layers (a view's readers read its owner's buffer).
+        self.remaining: Counter[str] = Counter(
+            storage[blob]
+            for layer in self.layers
+            if not get_op(layer.op).view
+            for blob in layer.inputs
+        )
+        self._aliases: dict[str, list[str]] = {}
+
+    def run(self, layer: Layer, weights: Mapping[str, np.ndarray]) -> None:
+        """Execute one layer with the given weights (name -> array)."""
+        op = get_op(layer.op)
+        if layer.op == "Input" or layer.name not in self._needed:
+            return
+        storage = self.network._storage
+        owners = [storage[blob] for blob in layer.inputs]
+        inplace = (
+            op.inplace and self.remaining[owners[0]] == 1 and owners[0] not in self.protected
+            and owners.count(owners[0]) == 1
+        )
+        try:
+            results = op.run([self.values[b] for b in layer.inputs], dict(weights), layer.attrs,
+                             inplace)
+        except (OpError, ValueError, FloatingPointError) as error:
+            raise NetworkError(f"layer {layer.name!r} ({layer.op}) failed: {error}") from error
+        for blob, array in zip(layer.outputs, results, strict=True):
+            expected = self.network.blob_shapes[blob]
+            if array.shape != expected or array.dtype != DTYPE:
+                raise NetworkError(
+                    f"layer {layer.name!r} ({layer.op}) produced {array.dtype} {array.shape} for "
+                    f"blob {blob!r}, expected float32 {expected}"
+                )
+            self.values[blob] = array
+            self._aliases.setdefault(storage[blob], []).append(blob)
+            self._release(storage[blob])
+        if not op.view:
+            for owner in owners:
+                self.remaining[owner] -= 1
+                self._release(owner)
+
+    def _release(self, owner: str) -> None:
+        if self.remaining[owner] <= 0 and owner not in self.protected:
+            for blob in self._aliases.pop(owner, [owner]):
+                self.values.pop(blob, None)
+
+    @property
+    def live_bytes(self) -> int:
+        """Bytes held by live activations (views counted once)."""
+        arrays = {id(a.base if a.base is not None else a): a for a in self.values.values()}
+        return sum(a.nbytes for a in arrays.values())
+
+    def results(self) -> dict[str, np.ndarray]:
+        return {blob: self.values[blob] for blob in self.wanted}

@@ -1,0 +1,78 @@
+"""What every operator provides, and the registry that finds them by name.
+
+An operator is a small stateless object: shape inference, the shapes of its weights, a FLOP count
+and a numpy kernel. Importers (Caffe, later ONNX) map their layers onto these names and
+hyperparameters (`attrs`), so nothing format-specific reaches the kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+from typing import Any, ClassVar
+
+import numpy as np
+
+Shape = tuple[int, ...]
+Attrs = dict[str, Any]
+
+
+class OpError(ValueError):
+    """Hyperparameters or input shapes an operator cannot accept."""
+
+
+class Op:
+    """Base class: subclasses set `name` and override what differs from the defaults."""
+
+    name: ClassVar[str] = ""
+    #: True when the kernel may overwrite its first input (elementwise ops); the executor only
+    #: asks for it when no one else reads that blob afterwards.
+    inplace: ClassVar[bool] = False
+    #: True when the output is a view of the first input's memory (Dropout, Flatten, Reshape):
+    #: the executor then treats both blobs as one buffer when deciding what may be overwritten.
+    view: ClassVar[bool] = False
+
+    def param_shapes(self, inputs: Sequence[Shape], attrs: Attrs) -> dict[str, Shape]:
+        """Name and shape of each weight array the op needs (empty for parameter-free ops)."""
+        return {}
+
+    def output_shapes(self, inputs: Sequence[Shape], attrs: Attrs) -> list[Shape]:
+        """Shape inference; the default keeps the first input's shape (elementwise ops)."""
+        return [tuple(inputs[0])]
+
+    def flops(self, inputs: Sequence[Shape], outputs: Sequence[Shape], attrs: Attrs) -> int:
+        """Floating-point operations of one forward pass (a multiply-add counts as 2)."""
+        return sum(prod(shape) for shape in outputs)
+
+    def run(
+        self,
+        inputs: list[np.ndarray],
+        weights: dict[str, np.ndarray],
+        attrs: Attrs,
+        inplace: bool = False,
+    ) -> list[np.ndarray]:
+        raise NotImplementedError(self.name)
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(cls: type[Op]) -> type[Op]:
+    """Class decorator: make an operator findable by its `name`."""
+    if not cls.name or cls.name in OPS:
+        raise RuntimeError(f"operator name missing or registered twice: {cls.name!r}")
+    OPS[cls.name] = cls()
+    return cls
+
+
+def get_op(name: str) -> Op:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise OpError(f"unknown operator {name!r}; known: {', '.join(sorted(OPS))}") from None
+
+
+def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
+    if not -rank <= axis < rank:
+        raise OpError(f"{what} {axis} is out of range for a {rank}-d blob")
+    return axis % rank

@@ -1,0 +1,91 @@
+"""Max and average pooling with Caffe's output-size rule (ceil by default) and its clipping.
+
+Caffe rounds the output size up, then drops the last window if it would start inside the right
+or bottom padding; average pooling divides by the window clipped to the padded input, not by
+the kernel area. Both rules are reproduced exactly.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from edgecaffe.ops.base import Op, OpError, register
+
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
+    span = size + 2 * pad - kernel
+    if span < 0:
+        raise OpError(f"pooling kernel {kernel} is larger than the padded input {size + 2 * pad}")
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _geometry(shape, attrs):
+    h, w = shape[2], shape[3]
+    if attrs["global"]:
+        return (h, w), (1, 1), (0, 0), (1, 1)
+    kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
+    out = tuple(
+        pool_output_size(size, k, s, p, attrs["ceil"])
+        for size, k, s, p in zip((h, w), kernel, stride, pad, strict=True)
+    )
+    return tuple(kernel), tuple(stride), tuple(pad), out
+
+
+def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int) -> np.ndarray:
+    """Caffe's average-pooling divisor along one axis: the window clipped to size + pad."""
+    start = np.arange(out) * stride - pad
+    return np.minimum(start + kernel, size + pad) - start
+
+
+@register
+class Pool(Op):
+    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool)."""
+
+    name = "Pool"
+
+    def output_shapes(self, inputs, attrs):
+        if len(inputs[0]) != 4:
+            raise OpError(f"pooling needs a 4-d NCHW input, got shape {inputs[0]}")
+        _, _, _, out = _geometry(inputs[0], attrs)
+        return [(*inputs[0][:2], *out)]
+
+    def flops(self, inputs, outputs, attrs):
+        kernel, _, _, _ = _geometry(inputs[0], attrs)
+        return prod(outputs[0]) * prod(kernel)
+
+    def run(self, inputs, weights, attrs, inplace=False):
+        x = inputs[0]
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = _geometry(x.shape, attrs)
+        is_max = attrs["method"] == "max"
+        if attrs["global"]:
+            reduce = np.max if is_max else np.mean
+            return [reduce(x, axis=(2, 3), keepdims=True)]
+        # Pad to cover every window; max ignores the padding, average counts it as zeros.
+        bottom = max(0, (oh - 1) * sh + kh - h - ph)
+        right = max(0, (ow - 1) * sw + kw - w - pw)
+        if ph or pw or bottom or right:
+            padded = np.full((n, c, h + ph + bottom, w + pw + right),
+                             -np.inf if is_max else 0.0, dtype=x.dtype)
+            padded[:, :, ph : ph + h, pw : pw + w] = x
+        else:
+            padded = x
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                window = padded[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+                if out is None:
+                    out = window.copy()
+                elif is_max:
+                    np.maximum(out, window, out=out)
+                else:
+                    out += window
+        if not is_max:
+            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph), _window_sizes(w, ow, kw, sw, pw))
+            out /= divisor.astype(x.dtype)
+        return [out]
