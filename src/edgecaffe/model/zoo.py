@@ -376,3 +376,23 @@ def write_zoo_model(
     prototxt.write_text(model.prototxt(batch))
     synthesize_caffemodel(prototxt, caffemodel, seed=seed, progress=progress)
     return prototxt, caffemodel
+
+
+def cache_dir() -> Path:
+    """Where zoo models are written on first use: $EDGECAFFE_CACHE or ~/.cache/edgecaffe."""
+    import os
+
+    return Path(os.environ.get("EDGECAFFE_CACHE") or Path.home() / ".cache" / "edgecaffe")
+
+
+def zoo_files(name: str, seed: int = 0, batch: int = 1,
+              progress: Callable[[str, int], None] | None = None) -> tuple[Path, Path]:
+    """The prototxt and caffemodel of a zoo network, written to the cache if not there yet."""
+    model = get_zoo_model(name)
+    directory = cache_dir() / "zoo" / f"seed{seed}-batch{batch}"
+    prototxt = directory / f"{model.name}.prototxt"
+    caffemodel = directory / f"{model.name}.caffemodel"
+    if not (caffemodel.exists() and prototxt.exists()
+            and prototxt.read_text() == model.prototxt(batch)):
+        write_zoo_model(model.name, directory, seed=seed, batch=batch, progress=progress)
+    return prototxt, caffemodel

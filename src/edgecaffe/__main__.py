@@ -1,0 +1,5 @@
+import sys
+
+from edgecaffe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""The `edgecaffe` command. Each subcommand lives in its own module with `add_parser` and `run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edgecaffe import __version__
+from edgecaffe.cli import run_cmd, synth_cmd, zoo_cmd
+
+COMMANDS = [zoo_cmd, synth_cmd, run_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgecaffe",
+        description="Memory-aware multi-DNN inference for edge devices (Caffe models in numpy).",
+    )
+    parser.add_argument("--version", action="version", version=f"edgecaffe {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from edgecaffe.model.errors import ModelError
+
+    try:
+        return args.handler(args) or 0
+    except (ModelError, OSError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"edgecaffe {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""`edgecaffe run`: one network on one image; prints output shapes, top-5 and timings."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "run", help="run a network on an image (a zoo name, or prototxt + caffemodel)",
+        description="Run one network on one image and print its outputs and timings. MODEL is "
+        "a zoo name (written with synthetic weights on first use) or a deploy prototxt followed "
+        "by its caffemodel.",
+    )
+    parser.add_argument("model", nargs="+", metavar="MODEL",
+                        help="zoo name, or PROTOTXT CAFFEMODEL")
+    parser.add_argument("--input", "-i", default=None,
+                        help="image file or .npy NCHW array (default: the built-in sample image)")
+    parser.add_argument("--mean", default=None,
+                        help="per-channel mean in the input's channel order, e.g. 104,117,123")
+    parser.add_argument("--scale", type=float, default=None, help="multiply after the mean")
+    parser.add_argument("--rgb", action="store_true", help="the network expects RGB, not BGR")
+    parser.add_argument("--outputs", default=None,
+                        help="comma-separated blob names to return instead of the outputs")
+    parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed forward passes (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="zoo weight seed (default 0)")
+    parser.add_argument("--batch", type=int, default=1, help="zoo input batch (default 1)")
+    parser.set_defaults(handler=run)
+
+
+def _load(args: argparse.Namespace):
+    from edgecaffe.model.caffe import load_caffe
+    from edgecaffe.model.zoo import get_zoo_model, zoo_files
+
+    if len(args.model) == 1:
+        model = get_zoo_model(args.model[0])
+        prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
+        started = time.perf_counter()
+        net = load_caffe(prototxt, caffemodel, name=model.name)
+        net.meta.update(model.meta)
+        return net, (time.perf_counter() - started) * 1e3
+    if len(args.model) != 2:
+        raise ValueError("give a zoo name, or a prototxt and a caffemodel")
+    started = time.perf_counter()
+    net = load_caffe(*args.model)
+    return net, (time.perf_counter() - started) * 1e3
+
+
+def _input(args: argparse.Namespace, net):
+    import numpy as np
+
+    from edgecaffe.model.preprocess import load_image, preprocess, sample_image
+
+    if args.input and Path(args.input).suffix == ".npy":
+        return np.load(args.input), args.input
+    image = load_image(args.input) if args.input else sample_image()
+    mean = net.meta.get("mean", (0.0, 0.0, 0.0))
+    if args.mean:
+        mean = [float(v) for v in args.mean.split(",")]
+    scale = args.scale if args.scale is not None else net.meta.get("scale", 1.0)
+    order = "RGB" if args.rgb else net.meta.get("channel_order", "BGR")
+    x = preprocess(image, net.input_shape, mean=mean, scale=scale, channel_order=order)
+    return x, args.input or "built-in sample image"
+
+
+def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
+    import numpy as np
+
+    lines = [f"{name}: shape {'x'.join(map(str, array.shape))}"]
+    scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
+    squeezed = [d for d in array.shape[1:] if d != 1]
+    if len(squeezed) == 1 and scores.size >= 2 and top > 0:
+        order = np.argsort(scores)[::-1][:top]
+        for rank, index in enumerate(order, 1):
+            label = labels[index] if len(labels) == scores.size else f"class {index}"
+            lines.append(f"  {rank}. {label:<16} {scores[index]:.4f}")
+    else:
+        lines.append(f"  min {array.min():.4g}  max {array.max():.4g}  mean {array.mean():.4g}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    net, load_ms = _load(args)
+    x, source = _input(args, net)
+    outputs = args.outputs.split(",") if args.outputs else None
+    times_ms = []
+    for _ in range(max(1, args.repeat)):
+        started = time.perf_counter()
+        results = net.forward(x, outputs=outputs)
+        times_ms.append((time.perf_counter() - started) * 1e3)
+    print(f"{net.name}: {len(net.layers)} layers, {net.weight_bytes / 1e6:.1f} MB weights, "
+          f"{net.flops / 1e9:.2f} GFLOP; input {'x'.join(map(str, x.shape))} from {source}")
+    steady = times_ms[1:] or times_ms
+    print(f"load {load_ms:.1f} ms; forward {statistics.median(steady):.1f} ms "
+          f"(median of {len(steady)}; first {times_ms[0]:.1f} ms)")
+    for name, array in results.items():
+        print("\n".join(_describe(name, array, net.meta.get("labels", []), args.top)))
+    return 0
