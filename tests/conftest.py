@@ -159,6 +159,8 @@ def compare_with_opencv(
     positive: bool = False,
     outputs: Sequence[str] | None = None,
     name: str = "net",
+    opencv_prototxt: str | None = None,
+    opencv_layers: Sequence[LayerBlobs] | None = None,
 ) -> OracleRun:
     """Write `prototxt` (+ a caffemodel) to `directory`, run both engines, compare the outputs.
 
@@ -167,6 +169,10 @@ def compare_with_opencv(
     Inputs default to `random_input(rng, shape, input_scale, positive)` for each network input.
     `outputs` are EdgeCaffe blob names (default: the network's outputs); each is compared with
     the output of the OpenCV layer of the same name that produced it.
+
+    Where OpenCV's Caffe importer departs from Caffe (a parameter it ignores, a layer type it
+    lacks), `opencv_prototxt` (+ `opencv_layers`) give OpenCV an equivalent network built from
+    what it does implement; its layers producing the compared blobs must carry the same names.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -180,6 +186,17 @@ def compare_with_opencv(
     elif synth_seed is not None:
         model_path = directory / f"{name}.caffemodel"
         synthesize_caffemodel(proto_path, model_path, seed=synth_seed)
+
+    cv_proto_path, cv_model_path = proto_path, model_path
+    if opencv_prototxt is not None:
+        cv_proto_path = directory / f"{name}.opencv.prototxt"
+        cv_proto_path.write_text(opencv_prototxt)
+        cv_model_path = None
+        if opencv_layers is not None:
+            cv_model_path = directory / f"{name}.opencv.caffemodel"
+            write_caffemodel(cv_model_path, name, opencv_layers)
+    else:
+        assert opencv_layers is None, "opencv_layers needs opencv_prototxt"
 
     network = load_caffe(proto_path, model_path)
     if inputs is None:
@@ -195,8 +212,8 @@ def compare_with_opencv(
     pins = producer_pins(network, wanted)
     # Copies, so neither engine can see what the other may have written into its input.
     ours = network.forward({b: a.copy() for b, a in feeds.items()}, outputs=wanted)
-    theirs = opencv_forward(proto_path, model_path, {b: a.copy() for b, a in feeds.items()},
-                            pins)
+    theirs = opencv_forward(cv_proto_path, cv_model_path,
+                            {b: a.copy() for b, a in feeds.items()}, pins)
     for blob in wanted:
         layer, index = pins[blob]
         assert_close(ours[blob], theirs[blob],

@@ -30,3 +30,37 @@ def assert_close(ours: np.ndarray, reference: np.ndarray, what: str, rel: float 
     diff = float(np.abs(ours.astype(np.float64) - reference).max())
     assert diff <= rel * scale, f"{what}: max abs diff {diff:.3g} > {rel} x scale {scale:.3g}"
     return diff
+
+
+def opencv_compatible(prototxt: str) -> str:
+    """The same network, written so OpenCV DNN computes what Caffe computes.
+
+    OpenCV's Caffe importer ignores LRN's `k` (it always uses 1). Since
+    x * (k + a/n * S)^-b == k^-b * x * (1 + (a/k)/n * S)^-b, an LRN with k != 1 becomes an LRN
+    with k = 1 and alpha / k, followed by a Power layer scaling by k^-b: exactly Caffe's result.
+    """
+    from google.protobuf import text_format
+
+    from edgecaffe.model.caffe import parse_prototxt
+    from edgecaffe.model.caffe.importer import caffe_layers
+
+    net = parse_prototxt(prototxt)
+    layers = caffe_layers(net)
+    del net.layer[:]
+    del net.layers[:]
+    for layer in layers:
+        lrn = layer.lrn_param
+        if layer.type != "LRN" or lrn.k == 1.0:
+            net.layer.add().CopyFrom(layer)
+            continue
+        k, beta, top = lrn.k, lrn.beta, layer.top[0]
+        rewritten = net.layer.add()
+        rewritten.CopyFrom(layer)
+        rewritten.lrn_param.alpha = lrn.alpha / k
+        rewritten.lrn_param.k = 1.0
+        rewritten.top[0] = f"{top}/k1"
+        power = net.layer.add(name=f"{layer.name}/k", type="Power")
+        power.bottom.append(f"{top}/k1")
+        power.top.append(top)
+        power.power_param.scale = k ** -beta
+    return text_format.MessageToString(net)
