@@ -120,15 +120,21 @@ def producer_pins(network: Network, blobs: Sequence[str]) -> dict[str, tuple[str
 
 def opencv_forward(
     prototxt: Path, caffemodel: Path | None, inputs: Mapping[str, np.ndarray],
-    pins: Mapping[str, tuple[str, int]],
+    pins: Mapping[str, tuple[str, int]], fusion: bool = True,
 ) -> dict[str, np.ndarray]:
-    """Run OpenCV DNN's Caffe importer; returns blob -> the output at its (layer, index) pin."""
+    """Run OpenCV DNN's Caffe importer; returns blob -> the output at its (layer, index) pin.
+
+    With `fusion` False OpenCV runs every layer on its own; with fusion on it folds layers into
+    their producers and writes Concat inputs straight into the Concat's buffer, and then the
+    output it reports for an intermediate, in-place-overwritten layer can be stale memory.
+    """
     if caffemodel is None:
         net = cv2.dnn.readNetFromCaffe(str(prototxt))
     else:
         net = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
     net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
     net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    net.enableFusion(fusion)
     if len(inputs) == 1:
         net.setInput(next(iter(inputs.values())))
     else:
@@ -161,6 +167,7 @@ def compare_with_opencv(
     name: str = "net",
     opencv_prototxt: str | None = None,
     opencv_layers: Sequence[LayerBlobs] | None = None,
+    opencv_fusion: bool = True,
 ) -> OracleRun:
     """Write `prototxt` (+ a caffemodel) to `directory`, run both engines, compare the outputs.
 
@@ -173,6 +180,7 @@ def compare_with_opencv(
     Where OpenCV's Caffe importer departs from Caffe (a parameter it ignores, a layer type it
     lacks), `opencv_prototxt` (+ `opencv_layers`) give OpenCV an equivalent network built from
     what it does implement; its layers producing the compared blobs must carry the same names.
+    `opencv_fusion=False` turns OpenCV's layer fusion off, for comparing intermediate blobs.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,7 +221,7 @@ def compare_with_opencv(
     # Copies, so neither engine can see what the other may have written into its input.
     ours = network.forward({b: a.copy() for b, a in feeds.items()}, outputs=wanted)
     theirs = opencv_forward(cv_proto_path, cv_model_path,
-                            {b: a.copy() for b, a in feeds.items()}, pins)
+                            {b: a.copy() for b, a in feeds.items()}, pins, opencv_fusion)
     for blob in wanted:
         layer, index = pins[blob]
         assert_close(ours[blob], theirs[blob],

@@ -119,7 +119,8 @@ def test_blob_count_mismatch(tmp_path, small):
 def test_layer_missing_from_caffemodel(tmp_path, small):
     model = tmp_path / "partial.caffemodel"
     reader = CaffeModelReader(small[1])
-    write_caffemodel(model, "small", [LayerBlobs("conv1", "Convolution", reader.read_blobs("conv1"))])
+    conv1 = LayerBlobs("conv1", "Convolution", reader.read_blobs("conv1"))
+    write_caffemodel(model, "small", [conv1])
     reader.close()
     with pytest.raises(CaffeError, match="no weights for layer 'fc'"):
         edgecaffe.load_caffe(small[0], model)

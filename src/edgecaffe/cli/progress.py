@@ -21,7 +21,8 @@ class Progress:
         fraction = self.done / self.total if self.total else 1.0
         bar = "#" * int(fraction * 30)
         sys.stderr.write(
-            f"\r{self.label} [{bar:<30}] {self.done / self.scale:7.1f}/{self.total / self.scale:.1f}"
+            f"\r{self.label} [{bar:<30}] "
+            f"{self.done / self.scale:7.1f}/{self.total / self.scale:.1f}"
             f" {self.unit} {detail[:30]:<30}"
         )
         sys.stderr.flush()

@@ -91,7 +91,8 @@ class Network:
                 )
             in_shapes = [self.blob_shapes[blob] for blob in layer.inputs]
             try:
-                layer.params = {k: tuple(v) for k, v in op.param_shapes(in_shapes, layer.attrs).items()}
+                params = op.param_shapes(in_shapes, layer.attrs)
+                layer.params = {key: tuple(shape) for key, shape in params.items()}
                 out_shapes = op.output_shapes(in_shapes, layer.attrs)
                 layer.flops = int(op.flops(in_shapes, out_shapes, layer.attrs))
             except (OpError, KeyError, ZeroDivisionError) as error:
@@ -187,7 +188,9 @@ class Network:
         if given is None:
             raise NetworkError(f"network {self.name!r} has inputs {self.inputs}: pass a dict")
         if set(given) != set(self.inputs):
-            raise NetworkError(f"network {self.name!r} needs inputs {self.inputs}, got {list(given)}")
+            raise NetworkError(
+                f"network {self.name!r} needs inputs {self.inputs}, got {list(given)}"
+            )
         feeds = {}
         for name, array in given.items():
             array = np.asarray(array)
@@ -220,7 +223,8 @@ class Network:
 
     def __repr__(self) -> str:
         return (
-            f"<Network {self.name!r}: {len(self.layers)} layers, input {self.blob_shapes.get(self.inputs[0])}, "
+            f"<Network {self.name!r}: {len(self.layers)} layers, "
+            f"input {self.blob_shapes.get(self.inputs[0])}, "
             f"{self.weight_bytes / 1e6:.1f} MB weights, {self.flops / 1e9:.2f} GFLOP>"
         )
 

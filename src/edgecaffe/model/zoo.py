@@ -73,7 +73,8 @@ class NetBuilder:
         return name
 
     def fc(self, name: str, bottom: str, out: int, top: str | None = None) -> str:
-        self._layer(name, "InnerProduct", [bottom], [top or name]).inner_product_param.num_output = out
+        layer = self._layer(name, "InnerProduct", [bottom], [top or name])
+        layer.inner_product_param.num_output = out
         return top or name
 
     def dropout(self, name: str, blob: str, ratio: float = 0.5) -> str:
@@ -249,7 +250,7 @@ def sos_googlenet(batch: int = 1) -> NetBuilder:
 
 
 def tiny_yolo(batch: int = 1) -> NetBuilder:
-    """Tiny YOLO v2 (COCO): conv without bias + BatchNorm + Scale + leaky ReLU; raw 425-ch output."""
+    """Tiny YOLO v2 (COCO): bias-free conv + BatchNorm + Scale + leaky ReLU; raw 425-ch output."""
     n = NetBuilder("TinyYolo", (batch, 3, 416, 416), legacy_input=False)
     x = "data"
     for i, width in enumerate([16, 32, 64, 128, 256, 512, 1024, 1024], 1):

@@ -24,7 +24,7 @@ def _span(shape, attrs) -> tuple[int, tuple[int, ...]]:
 
 
 def _broadcastable(param: np.ndarray, axis: int, ndim: int) -> np.ndarray:
-    if param.ndim == 0 or param.size == 1 and param.ndim <= 1:
+    if param.ndim == 0 or (param.size == 1 and param.ndim <= 1):
         return param.reshape(())
     return param.reshape((1,) * axis + param.shape + (1,) * (ndim - axis - param.ndim))
 
@@ -33,7 +33,9 @@ def _second_input_span(inputs, attrs) -> int:
     axis = normalize_axis(attrs.get("axis", 1), len(inputs[0]))
     other = tuple(inputs[1])
     if other and tuple(inputs[0][axis : axis + len(other)]) != other:
-        raise OpError(f"second input of shape {other} does not match input {inputs[0]} at axis {axis}")
+        raise OpError(
+            f"second input of shape {other} does not match input {inputs[0]} at axis {axis}"
+        )
     return axis
 
 

@@ -3,6 +3,7 @@ Reshape."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from math import prod
 
 import numpy as np
@@ -81,7 +82,7 @@ class Slice(Op):
         axis, bounds = self._bounds(inputs[0], attrs)
         shape = inputs[0]
         return [(*shape[:axis], end - start, *shape[axis + 1 :])
-                for start, end in zip(bounds, bounds[1:], strict=False)]
+                for start, end in pairwise(bounds)]
 
     def flops(self, inputs, outputs, attrs):
         return 0
@@ -90,7 +91,7 @@ class Slice(Op):
         axis, bounds = self._bounds(inputs[0].shape, attrs)
         index = [slice(None)] * inputs[0].ndim
         parts = []
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in pairwise(bounds):
             index[axis] = slice(start, end)
             parts.append(np.ascontiguousarray(inputs[0][tuple(index)]))
         return parts

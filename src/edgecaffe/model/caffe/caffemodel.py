@@ -30,7 +30,7 @@ _NET_FIELDS = {1: _LENGTH, 2: _LENGTH, 3: _LENGTH, 4: None, 5: _VARINT, 6: _LENG
 _V1_TYPE_NAMES = None
 
 
-class _Malformed(Exception):
+class _MalformedError(Exception):
     pass
 
 
@@ -38,7 +38,7 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         if pos >= end:
-            raise _Malformed("a varint runs past the end of its message")
+            raise _MalformedError("a varint runs past the end of its message")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
@@ -46,7 +46,7 @@ def _varint(buf, pos: int, end: int) -> tuple[int, int]:
             return result, pos
         shift += 7
         if shift > 63:
-            raise _Malformed("a varint is longer than 10 bytes")
+            raise _MalformedError("a varint is longer than 10 bytes")
 
 
 def _fields(buf, start: int, end: int):
@@ -56,7 +56,7 @@ def _fields(buf, start: int, end: int):
         key, pos = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
         if number == 0:
-            raise _Malformed(f"field number 0 at byte {pos}")
+            raise _MalformedError(f"field number 0 at byte {pos}")
         if wire == _VARINT:
             value, pos = _varint(buf, pos, end)
             yield number, wire, value, pos
@@ -68,9 +68,9 @@ def _fields(buf, start: int, end: int):
         elif wire == _FIXED64:
             length = 8
         else:
-            raise _Malformed(f"wire type {wire} (field {number}) at byte {pos}")
+            raise _MalformedError(f"wire type {wire} (field {number}) at byte {pos}")
         if pos + length > end:
-            raise _Malformed(
+            raise _MalformedError(
                 f"field {number} at byte {pos} needs {length} bytes but only {end - pos} remain"
             )
         yield number, wire, pos, pos + length
@@ -132,14 +132,16 @@ class CaffeModelReader:
             for number, wire, start, end in _fields(buf, 0, self.size):
                 expected = _NET_FIELDS.get(number, -1)
                 if expected == -1 or (expected is not None and wire != expected):
-                    raise _Malformed(f"unexpected field {number} (wire type {wire}) at byte {start}")
+                    raise _MalformedError(
+                        f"unexpected field {number} (wire type {wire}) at byte {start}"
+                    )
                 if number == 1:
                     self.name = bytes(buf[start:end]).decode("utf-8", "replace")
                 elif number in (2, 100):
                     record = self._index_layer(start, end, v1=number == 2, order=order)
                     self.layers[record.name] = record
                     order += 1
-        except _Malformed as error:
+        except _MalformedError as error:
             where = f" after layer {list(self.layers)[-1]!r}" if self.layers else ""
             truncated = "remain" in str(error) or "past the end" in str(error)
             what = "truncated or corrupt caffemodel" if truncated else "not a caffemodel"
@@ -167,7 +169,7 @@ class CaffeModelReader:
         record = self.layers[name]
         try:
             return [self._read_blob(start, end) for start, end in record.blob_spans]
-        except _Malformed as error:
+        except _MalformedError as error:
             raise CaffeError(f"{self.path}: layer {name!r}: corrupt weight blob: {error}") from None
 
     def _read_blob(self, start: int, end: int) -> np.ndarray:
@@ -182,13 +184,13 @@ class CaffeModelReader:
                 legacy[number] = a
             elif number == 5 and wire == _LENGTH:
                 if (b - a) % 4:
-                    raise _Malformed(f"float data of {b - a} bytes is not a whole number of floats")
+                    raise _MalformedError(f"float data of {b - a} bytes is not whole floats")
                 data = self._read_array(a, (b - a) // 4, "<f4")
             elif number == 5 and wire == _FIXED32:  # unpacked repeated float
                 loose.append(bytes(self._map[a:b]))
             elif number == 8 and wire == _LENGTH:
                 if (b - a) % 8:
-                    raise _Malformed(f"double data of {b - a} bytes is not a whole number of doubles")
+                    raise _MalformedError(f"double data of {b - a} bytes is not whole doubles")
                 data = self._read_array(a, (b - a) // 8, "<f8").astype(np.float32)
         if data is None:
             data = np.frombuffer(b"".join(loose), dtype="<f4").astype(np.float32)
@@ -196,7 +198,9 @@ class CaffeModelReader:
             dims = [legacy[i] for i in (1, 2, 3, 4)]
             shape = tuple(dims) if any(dims) else (data.size,)
         if prod(shape) != data.size:
-            raise _Malformed(f"shape {shape} declares {prod(shape)} values but {data.size} are stored")
+            raise _MalformedError(
+                f"shape {shape} declares {prod(shape)} values but {data.size} are stored"
+            )
         return data.reshape(shape)
 
     def _read_array(self, offset: int, count: int, dtype: str) -> np.ndarray:
@@ -206,7 +210,7 @@ class CaffeModelReader:
             self._file.seek(offset)
             got = self._file.readinto(view)
         if got != view.nbytes:
-            raise _Malformed(f"expected {view.nbytes} bytes at {offset}, read {got}")
+            raise _MalformedError(f"expected {view.nbytes} bytes at {offset}, read {got}")
         return array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
 
     def close(self) -> None:

@@ -52,7 +52,9 @@ def _legacy_inputs(net, source: str) -> list[tuple[str, list[int]]]:
         return []
     if net.input_shape:
         if len(net.input_shape) != len(names):
-            raise CaffeError(f"{source}: {len(names)} input(s) but {len(net.input_shape)} input_shape")
+            raise CaffeError(
+                f"{source}: {len(names)} input(s) but {len(net.input_shape)} input_shape"
+            )
         shapes = [list(shape.dim) for shape in net.input_shape]
     else:
         dims = list(net.input_dim)

@@ -104,7 +104,9 @@ def _pool(layer) -> tuple[str, dict]:
     attrs["stride"] = list(two("stride_h", "stride_w") or (p.stride, p.stride))
     attrs["pad"] = list(two("pad_h", "pad_w") or (p.pad, p.pad))
     if min(attrs["kernel"]) < 1 or min(attrs["stride"]) < 1:
-        raise ValueError(f"pooling kernel {attrs['kernel']} and stride {attrs['stride']} must be >= 1")
+        raise ValueError(
+            f"pooling kernel {attrs['kernel']} and stride {attrs['stride']} must be >= 1"
+        )
     return "Pool", attrs
 
 

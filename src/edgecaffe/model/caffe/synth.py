@@ -1,4 +1,4 @@
-"""`edgecaffe synth`: fill any deploy prototxt with seeded synthetic weights as a real caffemodel."""
+"""`edgecaffe synth`: any deploy prototxt + seeded synthetic weights -> a real caffemodel."""
 
 from __future__ import annotations
 
