@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close, compare_with_opencv, random_input, random_weights
-from edgecaffe.model.caffe import CaffeError, load_caffe
+from edgecaffe.model.caffe import load_caffe
 from edgecaffe.model.caffe.schema import message_class
 
 # name, V2 type, V1 enum, bottom, top, parameters
@@ -231,11 +231,6 @@ layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
 """
 
 
-@pytest.mark.xfail(
-    raises=CaffeError, strict=True,
-    reason="src bug: importer.build_layers gives an in-place layer on the network input the "
-           "input's own blob name ('blob data is produced twice')",
-)
 @pytest.mark.parametrize("header", [
     pytest.param(HEADER, id="legacy-input"),
     pytest.param('name: "shared"\nlayer { name: "data" type: "Input" top: "data" '

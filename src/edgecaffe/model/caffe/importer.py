@@ -83,6 +83,7 @@ def build_layers(net, source: str) -> list[Layer]:
     writes = Counter(top for m in messages if m.type != "Split" for top in m.top)
     written: Counter[str] = Counter()
     current = {name: name for name, _ in inputs}  # Caffe blob name -> IR blob name now
+    input_names = set(current)
 
     def resolve(blob: str, layer_name: str) -> str:
         if blob not in current:
@@ -106,14 +107,17 @@ def build_layers(net, source: str) -> list[Layer]:
                 shape = shapes[index if len(shapes) > 1 else 0]
                 layers.append(Layer(layer_name, "Input", [], [top], {"shape": shape}))
                 current[top] = top
-                written[top] += 1
+                input_names.add(top)
             continue
         op, attrs = convert(message, source)
         bottoms = [resolve(blob, message.name) for blob in message.bottom]
         tops = []
         for top in message.top:
             written[top] += 1
-            tops.append(top if written[top] == writes[top] else f"{top}@{message.name}")
+            # An input keeps its name (callers feed it by name); layers writing over it in place
+            # get suffixed names, as do all but the last writer of any other blob.
+            last = written[top] == writes[top] and top not in input_names
+            tops.append(top if last else f"{top}@{message.name}")
             current[top] = tops[-1]
         layers.append(Layer(message.name, op, bottoms, tops, attrs))
     return layers
