@@ -10,10 +10,16 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from os import PathLike
+
     from edgecaffe.model.network import Network
 
 
-def load_caffe(prototxt, caffemodel=None, name=None) -> Network:
+def load_caffe(
+    prototxt: str | PathLike[str],
+    caffemodel: str | PathLike[str] | None = None,
+    name: str | None = None,
+) -> Network:
     """Read a Caffe deploy prototxt and its caffemodel into a runnable `Network`."""
     from edgecaffe.model.caffe import load_caffe as _load
 

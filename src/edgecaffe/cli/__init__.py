@@ -31,9 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args) or 0
-    except (ModelError, OSError, KeyError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"edgecaffe {args.command}: error: {message}", file=sys.stderr)
+    except (ModelError, OSError, ValueError) as error:
+        print(f"edgecaffe {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

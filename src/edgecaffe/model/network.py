@@ -183,9 +183,11 @@ class Network:
 
     def feeds(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check the caller's input(s) against the input shapes; returns input name -> array."""
-        given = dict(x) if isinstance(x, Mapping) else {self.inputs[0]: x} if len(
-            self.inputs) == 1 else None
-        if given is None:
+        if isinstance(x, Mapping):
+            given = dict(x)
+        elif len(self.inputs) == 1:
+            given = {self.inputs[0]: x}
+        else:
             raise NetworkError(f"network {self.name!r} has inputs {self.inputs}: pass a dict")
         if set(given) != set(self.inputs):
             raise NetworkError(

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import text_format
 
 from edgecaffe.model.caffe.schema import message_class
+from edgecaffe.model.errors import ModelError
 
 IMAGENET_MEAN_BGR = (104.0, 117.0, 123.0)
 ADIENCE_MEAN_BGR = (78.4263377603, 87.7689143744, 114.895847746)
@@ -359,7 +360,7 @@ def get_zoo_model(name: str) -> ZooModel:
     for key, model in ZOO.items():
         if key.lower() == name.lower():
             return model
-    raise KeyError(f"no zoo network {name!r}; the zoo has: {', '.join(ZOO)}")
+    raise ModelError(f"no zoo network {name!r}; the zoo has: {', '.join(ZOO)}")
 
 
 def write_zoo_model(

@@ -15,11 +15,13 @@ import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from math import prod
 from pathlib import Path
 
 import numpy as np
 
+from edgecaffe.model.caffe.layers import V1_TYPES
 from edgecaffe.model.caffe.prototxt import CaffeError
 from edgecaffe.model.caffe.schema import message_class
 
@@ -27,7 +29,6 @@ _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 # NetParameter fields: number -> wire type (layer = 100 in V2, layers = 2 in V1).
 _NET_FIELDS = {1: _LENGTH, 2: _LENGTH, 3: _LENGTH, 4: None, 5: _VARINT, 6: _LENGTH,
                7: _VARINT, 8: _LENGTH, 100: _LENGTH}
-_V1_TYPE_NAMES = None
 
 
 class _MalformedError(Exception):
@@ -90,14 +91,14 @@ class LayerRecord:
         return sum(end - start for start, end in self.blob_spans)
 
 
-def _v1_type_name(number: int) -> str:
-    global _V1_TYPE_NAMES
-    if _V1_TYPE_NAMES is None:
-        from edgecaffe.model.caffe.layers import V1_TYPES
+@cache
+def _v1_type_names() -> dict[int, str]:
+    enum = message_class("V1LayerParameter").DESCRIPTOR.enum_types_by_name["LayerType"]
+    return {value.number: V1_TYPES.get(value.name, value.name) for value in enum.values}
 
-        enum = message_class("V1LayerParameter").DESCRIPTOR.enum_types_by_name["LayerType"]
-        _V1_TYPE_NAMES = {v.number: V1_TYPES.get(v.name, v.name) for v in enum.values}
-    return _V1_TYPE_NAMES.get(number, f"V1 type {number}")
+
+def _v1_type_name(number: int) -> str:
+    return _v1_type_names().get(number, f"V1 type {number}")
 
 
 class CaffeModelReader:
