@@ -1,6 +1,10 @@
-"""Convolution (2-d, grouped, strided, padded, dilated) as GEMM over an im2col buffer.
+"""Convolution (2-d, grouped, strided, padded, dilated) as GEMM over im2col buffers.
 
-1x1 convolutions with stride 1 and no padding skip im2col: the input is already the column matrix.
+The column buffer is built a band of output rows at a time (see `conv2d`). 1x1 convolutions with
+stride 1 and no padding skip im2col: the input is already the column matrix.
+
+Winograd F(2x2, 3x3) (`winograd.py`) was measured against this and is not dispatched: in numpy
+its transforms cost about what it saves in GEMM time.
 """
 
 from __future__ import annotations
@@ -20,30 +24,47 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return out
 
 
-def im2col(
-    image: np.ndarray,
+#: Target size of one band's im2col buffer in floats (4 MB): small enough to stay cache-warm and
+#: to keep the transient memory low, large enough for an efficient GEMM.
+_BAND_FLOATS = 1024 * 1024
+#: Fewest output pixels per band, so the GEMM's column count does not get inefficiently small.
+_MIN_BAND_PIXELS = 1024
+
+
+def pad_image(image: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
+    """CHW image with `pad` zeros around its height and width (the image itself if no padding)."""
+    c, h, w = image.shape
+    ph, pw = pad
+    if not (ph or pw):
+        return image
+    padded = np.zeros((c, h + 2 * ph, w + 2 * pw), dtype=image.dtype)
+    padded[:, ph : ph + h, pw : pw + w] = image
+    return padded
+
+
+def im2col_rows(
+    padded: np.ndarray,
     kernel: tuple[int, int],
     stride: tuple[int, int],
-    pad: tuple[int, int],
     dilation: tuple[int, int],
-    out_size: tuple[int, int],
+    out_width: int,
+    rows: range,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Columns of one CHW image: shape (C*kh*kw, oh*ow), in the weight's (C, kh, kw) order."""
-    c, h, w = image.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = kernel, stride, pad, dilation, out_size
-    if ph or pw:
-        padded = np.zeros((c, h + 2 * ph, w + 2 * pw), dtype=image.dtype)
-        padded[:, ph : ph + h, pw : pw + w] = image
-    else:
-        padded = image
-    cols = np.empty((c, kh, kw, oh, ow), dtype=image.dtype)
+    """Columns for output rows `rows` of a padded CHW image: (C*kh*kw, len(rows)*out_width)."""
+    c = padded.shape[0]
+    (kh, kw), (sh, sw), (dh, dw), ow = kernel, stride, dilation, out_width
+    n_rows = len(rows)
+    if out is None:
+        out = np.empty(c * kh * kw * n_rows * ow, dtype=padded.dtype)
+    cols = out[: c * kh * kw * n_rows * ow].reshape(c, kh, kw, n_rows, ow)
     for i in range(kh):
-        top = i * dh
+        top = rows.start * sh + i * dh
         for j in range(kw):
             left = j * dw
-            cols[:, i, j] = padded[:, top : top + sh * (oh - 1) + 1 : sh,
+            cols[:, i, j] = padded[:, top : top + sh * (n_rows - 1) + 1 : sh,
                                    left : left + sw * (ow - 1) + 1 : sw]
-    return cols.reshape(c * kh * kw, oh * ow)
+    return cols.reshape(c * kh * kw, n_rows * ow)
 
 
 def conv2d(
@@ -55,6 +76,12 @@ def conv2d(
     dilation: tuple[int, int],
     group: int,
 ) -> np.ndarray:
+    """Any convolution as GEMMs over im2col columns, built a band of output rows at a time.
+
+    Banding keeps the column buffer at ~4 MB however large the image (a whole-image buffer is
+    9x the input for 3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is
+    reused, so it stays cache-warm and is not page-faulted in afresh for every layer.
+    """
     n, c, h, w = x.shape
     out_channels, _, kh, kw = weight.shape
     oh = conv_output_size(h, kh, stride[0], pad[0], dilation[0])
@@ -62,16 +89,24 @@ def conv2d(
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
     weight_groups = weight.reshape(group, out_channels // group, -1)
     out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
+    per_row = c * kh * kw * ow
+    # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
+    band = oh if pointwise else max(1, _BAND_FLOATS // per_row, -(-_MIN_BAND_PIXELS // ow))
+    buffer = None if pointwise else np.empty(min(oh, band) * per_row, dtype=np.float32)
     for i in range(n):
-        if pointwise:
-            cols = x[i].reshape(c, h * w)
-        else:
-            cols = im2col(x[i], (kh, kw), stride, pad, dilation, (oh, ow))
-        if group == 1:
-            np.matmul(weight_groups[0], cols, out=out[i])
-        else:
-            np.matmul(weight_groups, cols.reshape(group, -1, oh * ow),
-                      out=out[i].reshape(group, out_channels // group, oh * ow))
+        padded = None if pointwise else pad_image(x[i], pad)
+        for r0 in range(0, oh, band):
+            rows = range(r0, min(oh, r0 + band))
+            if pointwise:
+                cols = x[i].reshape(c, h * w)[:, rows.start * ow : rows.stop * ow]
+            else:
+                cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
+            target = out[i, :, rows.start * ow : rows.stop * ow]
+            if group == 1:
+                np.matmul(weight_groups[0], cols, out=target)
+            else:
+                np.matmul(weight_groups, cols.reshape(group, -1, cols.shape[1]),
+                          out=target.reshape(group, out_channels // group, -1))
         if bias is not None:
             out[i] += bias[:, None]
     return out.reshape(n, out_channels, oh, ow)

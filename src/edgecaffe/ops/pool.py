@@ -78,7 +78,8 @@ class Pool(Op):
         out = None
         for i in range(kh):
             for j in range(kw):
-                window = padded[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+                rows = slice(i, i + sh * (oh - 1) + 1, sh)
+                window = padded[:, :, rows, j : j + sw * (ow - 1) + 1 : sw]
                 if out is None:
                     out = window.copy()
                 elif is_max:
