@@ -3,8 +3,8 @@
 The column buffer is built a band of output rows at a time (see `conv2d`). 1x1 convolutions with
 stride 1 and no padding skip im2col: the input is already the column matrix.
 
-Winograd F(2x2, 3x3) (`winograd.py`) was measured against this and is not dispatched: in numpy
-its transforms cost about what it saves in GEMM time.
+Winograd F(2x2, 3x3) was written and measured against this (commit 192fcd1, ops/winograd.py) and
+removed: in numpy its tile transforms cost about what it saves in GEMM time.
 """
 
 from __future__ import annotations

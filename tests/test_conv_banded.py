@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) and the banded im2col convolution against OpenCV DNN and each other.
+"""The banded im2col convolution against OpenCV DNN, on shapes that need several bands.
 
 Each case is a one-layer Caffe net (Input + Convolution) with He-scaled random weights written
 by `write_caffemodel`; OpenCV computes the reference independently. Inputs have magnitudes from
@@ -16,12 +16,9 @@ import pytest
 from conftest import input_layer
 from edgecaffe.model.caffe import LayerBlobs, write_caffemodel
 from edgecaffe.ops.conv import conv2d
-from edgecaffe.ops.winograd import _G, transform_weight, winograd_conv3x3
 
 #: Against OpenCV (a different summation order): the suite's usual 1e-4 of the output's scale.
 ORACLE_RTOL = 1e-4
-#: Winograd against our own im2col + GEMM on the same float32 data.
-IM2COL_RTOL = 1e-5
 
 
 def max_rel_diff(ours: np.ndarray, reference: np.ndarray) -> float:
@@ -60,51 +57,6 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int, int], out_ch
               * np.sqrt(2.0 / fan_in)).astype(np.float32)  # He initialisation
     b = rng.uniform(-scale, scale, size=out_channels).astype(np.float32) if bias else None
     return x, weight, b
-
-
-WINOGRAD_CASES = [
-    # (N, C, H, W), O, pad, bias, input scale
-    pytest.param((1, 3, 12, 12), 8, 1, True, 1.0, id="c3-even-p1-bias"),
-    pytest.param((2, 3, 11, 9), 5, 0, False, 100.0, id="c3-odd-p0-batch2"),
-    pytest.param((2, 64, 14, 14), 32, 1, True, 10.0, id="c64-even-p1-batch2"),
-    pytest.param((1, 64, 13, 15), 16, 0, True, 100.0, id="c64-odd-p0"),
-    pytest.param((2, 72, 9, 10), 16, 1, False, 30.0, id="c72-mixed-p1-nobias"),
-    pytest.param((1, 128, 29, 27), 8, 1, True, 50.0, id="c128-odd-p1"),
-    pytest.param((1, 2, 3, 3), 1, 0, True, 5.0, id="one-output-pixel"),
-    pytest.param((1, 16, 4, 5), 4, 0, False, 5.0, id="one-by-two-outputs"),
-]
-
-
-@pytest.mark.parametrize("shape, out_channels, pad, bias, scale", WINOGRAD_CASES)
-def test_winograd_matches_opencv_and_im2col(tmp_path, rng, shape, out_channels, pad, bias,
-                                            scale):
-    x, weight, b = make_case(rng, shape, out_channels, scale, bias)
-    reference = opencv_conv(tmp_path, x, weight, b, stride=1, pad=pad, group=1)
-    ours = winograd_conv3x3(x, weight, b, (pad, pad))
-    im2col = conv2d(x, weight, b, (1, 1), (pad, pad), (1, 1), 1)
-    assert max_rel_diff(ours, reference) <= ORACLE_RTOL
-    assert max_rel_diff(im2col, reference) <= ORACLE_RTOL
-    assert max_rel_diff(ours, im2col) <= IM2COL_RTOL
-
-
-def test_winograd_bands_and_blocks(rng, monkeypatch):
-    """Several bands of tile rows and several channel blocks give the same result as one."""
-    import edgecaffe.ops.winograd as winograd
-
-    x, weight, b = make_case(rng, (1, 40, 23, 21), 24, 10.0, True)
-    whole = winograd_conv3x3(x, weight, b, (1, 1))
-    monkeypatch.setattr(winograd, "_BAND_FLOATS", 1)
-    monkeypatch.setattr(winograd, "_MIN_GEMM_COLUMNS", 1)  # one tile row per band
-    monkeypatch.setattr(winograd, "_BLOCK_FLOATS", 1)  # one channel per block
-    pieces = winograd_conv3x3(x, weight, b, (1, 1))
-    assert max_rel_diff(pieces, whole) <= IM2COL_RTOL
-
-
-def test_transform_weight_is_g_g_gt(rng):
-    weight = rng.standard_normal((5, 7, 3, 3)).astype(np.float32)
-    expected = np.einsum("ki,ocij,lj->kloc", _G, weight.astype(np.float64), _G)
-    got = transform_weight(weight).reshape(4, 4, 5, 7)
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.abs(expected).max())
 
 
 IM2COL_CASES = [
