@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 
 from edgecaffe import __version__
-from edgecaffe.cli import run_cmd, synth_cmd, zoo_cmd
+from edgecaffe.cli import profile_cmd, run_cmd, split_cmd, synth_cmd, zoo_cmd
 
-COMMANDS = [zoo_cmd, synth_cmd, run_cmd]
+COMMANDS = [zoo_cmd, synth_cmd, run_cmd, split_cmd, profile_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

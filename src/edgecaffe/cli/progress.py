@@ -18,13 +18,13 @@ class Progress:
         self.done += amount
         if not self.enabled:
             return
-        fraction = self.done / self.total if self.total else 1.0
-        bar = "#" * int(fraction * 30)
-        sys.stderr.write(
-            f"\r{self.label} [{bar:<30}] "
-            f"{self.done / self.scale:7.1f}/{self.total / self.scale:.1f}"
-            f" {self.unit} {detail[:30]:<30}"
-        )
+        done = f"{self.done / self.scale:7.1f}"
+        if self.total:
+            bar = "#" * int(self.done / self.total * 30)
+            line = f"{self.label} [{bar:<30}] {done}/{self.total / self.scale:.1f} {self.unit}"
+        else:  # total unknown: show what is done so far
+            line = f"{self.label} {done} {self.unit}"
+        sys.stderr.write(f"\r{line} {detail[:30]:<30}")
         sys.stderr.flush()
 
     def close(self) -> float:

@@ -10,13 +10,15 @@ from pathlib import Path
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "run", help="run a network on an image (a zoo name, or prototxt + caffemodel)",
+        "run", help="run a network on an image (zoo name, package, or prototxt + caffemodel)",
         description="Run one network on one image and print its outputs and timings. MODEL is "
-        "a zoo name (written with synthetic weights on first use) or a deploy prototxt followed "
-        "by its caffemodel.",
+        "a zoo name (written with synthetic weights on first use), a package folder (run layer "
+        "by layer: load, execute, free), one of the original EdgeCaffe's network folders, or a "
+        "deploy prototxt followed by its caffemodel.",
     )
     parser.add_argument("model", nargs="+", metavar="MODEL",
-                        help="zoo name, or PROTOTXT CAFFEMODEL")
+                        help="zoo name, package folder, original network folder, or "
+                        "PROTOTXT CAFFEMODEL")
     parser.add_argument("--input", "-i", default=None,
                         help="image file or .npy NCHW array (default: the built-in sample image)")
     parser.add_argument("--mean", default=None,
@@ -29,24 +31,41 @@ def add_parser(commands) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="timed forward passes (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="zoo weight seed (default 0)")
     parser.add_argument("--batch", type=int, default=1, help="zoo input batch (default 1)")
+    parser.add_argument("--whole", action="store_true",
+                        help="for a package: load every layer first instead of layer by layer")
     parser.set_defaults(handler=run)
 
 
 def _load(args: argparse.Namespace):
+    """(runnable, load ms): a Network, or a ModelPackage run layer by layer."""
     from edgecaffe.model.caffe import load_caffe
+    from edgecaffe.model.package import open_package
+    from edgecaffe.model.package.original import is_original_folder, read_original
     from edgecaffe.model.zoo import get_zoo_model, zoo_files
 
-    if len(args.model) == 1:
+    started = time.perf_counter()
+    if len(args.model) == 2:
+        net = load_caffe(*args.model)
+    elif len(args.model) != 1:
+        raise ValueError("give a zoo name, a package folder, an original network folder, or a "
+                         "prototxt and a caffemodel")
+    elif (Path(args.model[0]) / "manifest.yaml").exists():
+        net = open_package(args.model[0])
+        if args.whole:
+            net = net.load_all()
+    elif is_original_folder(Path(args.model[0])):
+        folder = read_original(args.model[0])
+        if not folder.caffemodel.exists():
+            raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
+                             f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
+        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name)
+        net.meta.update(folder.preprocess(), labels=folder.labels())
+    else:
         model = get_zoo_model(args.model[0])
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
         started = time.perf_counter()
         net = load_caffe(prototxt, caffemodel, name=model.name)
         net.meta.update(model.meta)
-        return net, (time.perf_counter() - started) * 1e3
-    if len(args.model) != 2:
-        raise ValueError("give a zoo name, or a prototxt and a caffemodel")
-    started = time.perf_counter()
-    net = load_caffe(*args.model)
     return net, (time.perf_counter() - started) * 1e3
 
 
@@ -92,10 +111,13 @@ def run(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         results = net.forward(x, outputs=outputs)
         times_ms.append((time.perf_counter() - started) * 1e3)
-    print(f"{net.name}: {len(net.layers)} layers, {net.weight_bytes / 1e6:.1f} MB weights, "
-          f"{net.flops / 1e9:.2f} GFLOP; input {'x'.join(map(str, x.shape))} from {source}")
+    layers = net.network.layers if hasattr(net, "network") else net.layers
+    flops = sum(layer.flops for layer in layers)
+    how = " layer by layer from its package" if hasattr(net, "network") else ""
+    print(f"{net.name}: {len(layers)} layers, {net.weight_bytes / 1e6:.1f} MB weights, "
+          f"{flops / 1e9:.2f} GFLOP{how}; input {'x'.join(map(str, x.shape))} from {source}")
     steady = times_ms[1:] or times_ms
-    print(f"load {load_ms:.1f} ms; forward {statistics.median(steady):.1f} ms "
+    print(f"open {load_ms:.1f} ms; forward {statistics.median(steady):.1f} ms "
           f"(median of {len(steady)}; first {times_ms[0]:.1f} ms)")
     for name, array in results.items():
         print("\n".join(_describe(name, array, net.meta.get("labels", []), args.top)))

@@ -1,0 +1,55 @@
+"""`edgecaffe profile DIR`: measure a package per layer and record it in its manifest."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "profile", help="measure per-layer load and execution times of a package",
+        description="Run the package layer by layer RUNS times and record, per layer, the "
+        "median load and execution ms, weight and activation bytes; per network the mean "
+        "execution time and the peak memory of a whole-model and of a layer-by-layer run. "
+        "Writes the figures into the package's manifest and prints a table.",
+    )
+    parser.add_argument("package", help="package folder (from `edgecaffe split`)")
+    parser.add_argument("--runs", type=int, default=5, help="passes to take medians over")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop each weight file from the page cache before loading it")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw per-layer load vs exec time")
+    parser.add_argument("--no-write", action="store_true", help="do not update the manifest")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgecaffe.cli.progress import Progress
+    from edgecaffe.model.package import open_package
+    from edgecaffe.model.package.profile import plot_profile, profile_package
+
+    if args.runs < 1:
+        raise ValueError("--runs must be 1 or more")
+    package = open_package(args.package)
+    bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
+    summary = profile_package(package, runs=args.runs, cold=args.cold,
+                              progress=lambda done: bar.advance(1))
+    bar.close()
+    cache = "cold" if args.cold else "warm"
+    print(f"{'layer':<28} {'op':<9} {'stage':<5} {'load ms':>9} {'exec ms':>9} "
+          f"{'weights MB':>10} {'output MB':>9}")
+    for entry in package.manifest["layers"]:
+        p = entry["profile"]
+        print(f"{entry['name'][:28]:<28} {entry['op']:<9} {entry['stage']:<5} "
+              f"{p['load_ms']:>9.3f} {p['exec_ms']:>9.3f} {p['weight_bytes'] / 1e6:>10.2f} "
+              f"{p['activation_bytes'] / 1e6:>9.2f}")
+    print(f"{package.name}: mean execution {summary['mean_exec_ms']:.1f} ms, total load "
+          f"{summary['load_ms_total']:.1f} ms ({cache} cache), {args.runs} runs; peak RSS above "
+          f"idle: whole model {summary['peak_rss_whole_model_bytes'] / 2**20:.1f} MiB, layer by "
+          f"layer {summary['peak_rss_layer_by_layer_bytes'] / 2**20:.1f} MiB")
+    if not args.no_write:
+        package.save_manifest()
+        print(f"recorded in {package.directory / 'manifest.yaml'}")
+    if args.plot:
+        plot_profile(package, args.plot)
+        print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,97 @@
+"""The original EdgeCaffe's network folders: `description.yaml` + prototxt + caffemodel.
+
+Every key that carries information is kept (top-level keys under `original` in the manifest,
+per-layer entries under each layer's `original`); keys we do not know get a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgecaffe.model.package.manifest import PackageError
+
+DESCRIPTION = "description.yaml"
+TOP_LEVEL_KEYS = {
+    "name", "network-file", "model-file", "partials-location", "base-path", "has-input-layer",
+    "num-conv-layers", "num-fc-layers", "input-scale", "mean-scalar", "uses-result-vector",
+    "result-vector", "use-scales", "mean-execution-time", "max-memory-valgrind",
+    "max-memory-rss", "max-memory-valgrind-050", "max-memory-valgrind-075",
+    "max-memory-valgrind-125", "max-memory-valgrind-150", "max-memory-usage", "layer-statistics",
+    "layer-parameters-stats", "excluded-partials", "type", "conv-layers", "fc-layers", "layers",
+}
+LAYER_KEYS = {
+    "id", "name", "partialFile", "partialFileSize", "estimated_time_loading",
+    "estimated_time_execution", "number-of-paramters", "isConvLayer", "hasModelFile",
+}
+
+
+@dataclass
+class OriginalNetwork:
+    """What a description.yaml says, resolved against its folder."""
+
+    folder: Path
+    description: dict[str, Any]
+    prototxt: Path
+    caffemodel: Path
+    #: Caffe layer name -> its entry from conv-layers / fc-layers (plus `list`: which of them).
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.description.get("name") or self.folder.name)
+
+    def top_level(self) -> dict[str, Any]:
+        """The description's keys other than the per-layer lists."""
+        return {k: v for k, v in self.description.items()
+                if k not in ("conv-layers", "fc-layers", "layers")}
+
+    def preprocess(self) -> dict[str, Any]:
+        mean = self.description.get("mean-scalar") or [0.0, 0.0, 0.0]
+        return {"mean": [float(v) for v in mean], "scale": 1.0, "channel_order": "BGR"}
+
+    def labels(self) -> list[str]:
+        return [str(label) for label in self.description.get("result-vector") or []]
+
+
+def is_original_folder(path: Path) -> bool:
+    return path.is_dir() and (path / DESCRIPTION).is_file()
+
+
+def read_original(folder: str | Path) -> OriginalNetwork:
+    folder = Path(folder)
+    path = folder / DESCRIPTION
+    try:
+        description = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise PackageError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise PackageError(f"{path}: malformed YAML: {error}") from None
+    if not isinstance(description, dict):
+        raise PackageError(f"{path}: expected a mapping of keys, got {type(description).__name__}")
+    unknown = sorted(set(description) - TOP_LEVEL_KEYS)
+    if unknown:
+        warnings.warn(f"{path}: unknown keys {unknown} (kept in the manifest)", stacklevel=2)
+    if description.get("type") == "generated":
+        raise PackageError(f"{path}: a 'generated' network has per-layer times but no weights "
+                           "or layers to run; it is for simulation only")
+    for key in ("network-file", "model-file"):
+        if not description.get(key):
+            raise PackageError(f"{path}: missing required key {key!r}")
+    layers: dict[str, dict[str, Any]] = {}
+    for list_name in ("conv-layers", "fc-layers"):
+        for entry in description.get(list_name) or []:
+            if not isinstance(entry, dict):  # the legacy format lists partial file names only
+                continue
+            extra = sorted(set(entry) - LAYER_KEYS)
+            if extra:
+                warnings.warn(f"{path}: unknown layer keys {extra} in {list_name} (kept)",
+                              stacklevel=2)
+            if "name" in entry:
+                layers[str(entry["name"])] = {**entry, "list": list_name}
+    return OriginalNetwork(folder, description, folder / str(description["network-file"]),
+                           folder / str(description["model-file"]), layers)

@@ -1,0 +1,139 @@
+"""A model package on disk, opened lazily: weights come and go one layer at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecaffe.model.network import BlobRunner, Network
+from edgecaffe.model.package.manifest import (
+    MANIFEST,
+    PackageError,
+    dump_manifest,
+    load_manifest,
+    network_from_manifest,
+)
+from edgecaffe.model.package.tensorfile import drop_page_cache, read_tensors
+
+
+class ModelPackage:
+    """A network whose weights stay on disk until a layer is loaded.
+
+    `load(layer)` reads that layer's weight file into fresh arrays (size and checksum checked),
+    `free(layer)` drops them, and `forward(x)` runs load i, exec i, free i for every layer, with
+    activations released after their last reader: the same kernels and the same in-place
+    decisions as `Network.forward`, hence bit-for-bit the same outputs.
+    """
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], network: Network) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.network = network
+        self._entries = {entry["name"]: entry for entry in manifest["layers"]}
+        self.loaded: dict[str, dict[str, np.ndarray]] = {}
+        #: (layer, seconds, cold) of every load, for profiling.
+        self.load_log: list[tuple[str, float, bool]] = []
+
+    @property
+    def name(self) -> str:
+        return self.network.name
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.network.input_shape
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.network.meta
+
+    def weight_file(self, layer: str) -> Path | None:
+        weights = self._entries[layer].get("weights")
+        return self.directory / weights["file"] if weights else None
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.network.weight_bytes
+
+    def load(self, layer: str, cold: bool = False) -> dict[str, np.ndarray]:
+        """Read one layer's weights (nothing else); `cold` drops the file's cached pages first."""
+        if layer not in self._entries:
+            raise PackageError(f"{self.directory}: no layer {layer!r}")
+        weights = self._entries[layer].get("weights")
+        if not weights:
+            self.loaded[layer] = {}
+            return {}
+        path = self.directory / weights["file"]
+        if cold:
+            drop_page_cache(path)
+        started = time.perf_counter()
+        arrays = read_tensors(path, weights.get("bytes"), weights.get("crc32"),
+                              what=f"layer {layer!r} of package {self.name!r}")
+        self.load_log.append((layer, time.perf_counter() - started, cold))
+        self.loaded[layer] = arrays
+        return arrays
+
+    def free(self, layer: str) -> None:
+        """Drop a layer's weights (a no-op when they are not loaded)."""
+        self.loaded.pop(layer, None)
+
+    def forward(
+        self,
+        x: np.ndarray | Mapping[str, np.ndarray],
+        outputs: Iterable[str] | None = None,
+        cold: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Layer by layer: load, execute, free. Same result as the whole-model forward."""
+        runner = BlobRunner(self.network, x, outputs)
+        for layer in runner.layers:
+            weights = self.loaded.get(layer.name)
+            owned = weights is None
+            if owned:
+                weights = self.load(layer.name, cold=cold)
+            runner.run(layer, weights)
+            if owned:
+                self.free(layer.name)
+        return runner.results()
+
+    def load_all(self) -> Network:
+        """The whole model in memory: a `Network` with every weight loaded (bulk loading)."""
+        for layer in self.network.layers:
+            if layer.params and layer.name not in self.loaded:
+                self.load(layer.name)
+        self.network.weights = {name: w for name, w in self.loaded.items() if w}
+        return self.network
+
+    def save_manifest(self) -> None:
+        dump_manifest(self.manifest, self.directory)
+
+    def __repr__(self) -> str:
+        return (f"<ModelPackage {self.name!r} at {self.directory}: {len(self.network.layers)} "
+                f"layers, {self.weight_bytes / 1e6:.1f} MB, {len(self.loaded)} loaded>")
+
+
+def open_package(directory: str | Path) -> ModelPackage:
+    """Open a package folder: read and check its manifest; no weights are read.
+
+    The layers must rebuild into a network with the recorded shapes, and every weight file must
+    exist with the recorded size; a package that does not match its files is rejected here.
+    """
+    directory = Path(directory)
+    manifest = load_manifest(directory)
+    network = network_from_manifest(manifest, directory / MANIFEST)
+    for entry in manifest["layers"]:
+        weights = entry.get("weights")
+        if not weights:
+            continue
+        path = directory / weights["file"]
+        if not path.is_file():
+            raise PackageError(f"{directory}: weight file {weights['file']} of layer "
+                               f"{entry['name']!r} is missing")
+        size = path.stat().st_size
+        if size != weights["bytes"]:
+            raise PackageError(f"{directory}: weight file {weights['file']} of layer "
+                               f"{entry['name']!r} is {size} bytes, the manifest says "
+                               f"{weights['bytes']}")
+    return ModelPackage(directory, manifest, network)

@@ -1,0 +1,135 @@
+"""`edgecaffe profile`: per-layer load and execution times, bytes, and peak memory of a package.
+
+The original's ExtendNetworkDescription plus its layer-statistics notebook: the figures go into
+the manifest (`profile` sections), where schedulers and the simulator read them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from edgecaffe.measure import peak_rss_bytes, reset_peak_rss, rss_bytes
+from edgecaffe.model.network import BlobRunner
+from edgecaffe.model.package.package import ModelPackage
+
+
+def sample_input(package: ModelPackage) -> np.ndarray:
+    """The built-in sample image preprocessed for the package, or seeded noise if not an image."""
+    from edgecaffe.model.preprocess import preprocess, sample_image
+
+    shape = package.input_shape
+    if len(shape) == 4 and shape[1] in (1, 3):
+        meta = package.meta
+        return preprocess(sample_image(), shape, mean=meta.get("mean", (0, 0, 0)),
+                          scale=meta.get("scale", 1.0),
+                          channel_order=meta.get("channel_order", "BGR"))
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _peak_above(baseline: int, work: Callable[[], Any]) -> int:
+    reset_peak_rss()
+    work()
+    return max(0, peak_rss_bytes() - baseline)
+
+
+def profile_package(
+    package: ModelPackage, runs: int = 5, cold: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Measure the package and record the figures in its manifest (not yet saved to disk).
+
+    Per layer: median load ms (cold: page cache dropped before every load) and exec ms over
+    `runs` layer-by-layer passes. Per network: mean execution time (sum of layer exec times),
+    and the peak RSS above the idle process of a whole-model and of a layer-by-layer forward.
+    """
+    network = package.network
+    x = sample_input(package)
+    load_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
+    exec_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
+    totals_ms = []
+    for run in range(runs):
+        runner = BlobRunner(network, x)
+        total = 0.0
+        for layer in runner.layers:
+            started = time.perf_counter()
+            weights = package.load(layer.name, cold=cold)
+            loaded = time.perf_counter()
+            runner.run(layer, weights)
+            done = time.perf_counter()
+            package.free(layer.name)
+            if layer.params:
+                load_ms[layer.name].append((loaded - started) * 1e3)
+            exec_ms[layer.name].append((done - loaded) * 1e3)
+            total += (done - loaded) * 1e3
+        totals_ms.append(total)
+        if progress is not None:
+            progress(run + 1)
+
+    baseline = rss_bytes()
+    peak_layered = _peak_above(baseline, lambda: package.forward(x))
+
+    def whole_model() -> None:
+        package.load_all().forward(x)
+
+    peak_whole = _peak_above(baseline, whole_model)
+    for layer in network.layers:
+        package.free(layer.name)
+    network.weights = {}
+
+    for entry, layer in zip(package.manifest["layers"], network.layers, strict=True):
+        entry["profile"] = {
+            "load_ms": round(statistics.median(load_ms[layer.name]), 4) if load_ms[layer.name]
+            else 0.0,
+            "exec_ms": round(statistics.median(exec_ms[layer.name]), 4)
+            if exec_ms[layer.name] else 0.0,
+            "weight_bytes": layer.weight_bytes,
+            "activation_bytes": entry["output_bytes"],
+        }
+    summary = {
+        "runs": runs,
+        "cold": cold,
+        "mean_exec_ms": round(statistics.mean(totals_ms), 3),
+        "median_exec_ms": round(statistics.median(totals_ms), 3),
+        "load_ms_total": round(sum(e["profile"]["load_ms"] for e in package.manifest["layers"]), 3),
+        "peak_rss_whole_model_bytes": peak_whole,
+        "peak_rss_layer_by_layer_bytes": peak_layered,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}"
+                   f" {platform.python_version()}",
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    package.manifest["profile"] = summary
+    return summary
+
+
+def plot_profile(package: ModelPackage, path: str) -> None:
+    """Per-layer load vs execution time as grouped bars (needs matplotlib: the `plot` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("plotting needs matplotlib: pip install 'edgecaffe[plot]'") from None
+    entries = [e for e in package.manifest["layers"] if "profile" in e and e["op"] != "Input"]
+    names = [e["name"] for e in entries]
+    index = np.arange(len(entries))
+    figure, axis = plt.subplots(figsize=(max(6, 0.28 * len(entries) + 2), 4.5))
+    axis.bar(index - 0.2, [e["profile"]["load_ms"] for e in entries], 0.4, label="load")
+    axis.bar(index + 0.2, [e["profile"]["exec_ms"] for e in entries], 0.4, label="execute")
+    cold = "cold" if package.manifest["profile"]["cold"] else "warm"
+    axis.set_title(f"{package.name}: per-layer load ({cold} cache) and execution time")
+    axis.set_ylabel("ms (median)")
+    axis.set_xticks(index, names, rotation=90, fontsize=7)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
