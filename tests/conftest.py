@@ -244,3 +244,19 @@ def oracle(tmp_path: Path, rng: np.random.Generator) -> Callable[..., OracleRun]
         return compare_with_opencv(tmp_path, prototxt, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def zoo_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """Write a zoo network (seed 7) once per test session; returns (prototxt, caffemodel)."""
+    from edgecaffe.model.zoo import write_zoo_model
+
+    folder = tmp_path_factory.mktemp("zoo")
+    written: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in written:
+            written[name] = write_zoo_model(name, folder, seed=7)
+        return written[name]
+
+    return get

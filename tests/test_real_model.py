@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import edgecaffe
+from conftest import assert_close
 from edgecaffe.model.preprocess import load_image, preprocess
-from tests.helpers import assert_close, package_dir, real_photo
+from tests.helpers import package_dir, real_photo
 
 NSFW = package_dir("nsfw")
 pytestmark = pytest.mark.skipif(

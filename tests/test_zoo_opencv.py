@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import edgecaffe
+from conftest import assert_close
 from edgecaffe.model.preprocess import load_image, preprocess
-from edgecaffe.model.zoo import ZOO, write_zoo_model
-from tests.helpers import assert_close, opencv_compatible, real_photo
+from edgecaffe.model.zoo import ZOO
+from tests.helpers import opencv_compatible, real_photo
 
 FULL_SIZE = [name for name, model in ZOO.items() if not model.tiny]
 # The layer feeding the final softmax: a softmax of synthetic logits saturates to 0/1, so the
@@ -22,22 +23,17 @@ LOGITS = {"AgeNet": "fc8", "GenderNet": "fc8", "FaceNet": "fc8-conv", "EmotionNe
           "SoS_GoogleNet": "loss3/classifier-sos"}
 
 
-@pytest.fixture(scope="session")
-def zoo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FULL_SIZE)
-def test_zoo_network_matches_opencv(zoo_dir, name):
-    prototxt, caffemodel = write_zoo_model(name, zoo_dir, seed=7)
+def test_zoo_network_matches_opencv(zoo_model, tmp_path, name):
+    prototxt, caffemodel = zoo_model(name)
     net = edgecaffe.load_caffe(prototxt, caffemodel)
     assert net.weight_bytes == pytest.approx(
         {"AgeNet": 45.7, "GenderNet": 45.6, "FaceNet": 227.5, "EmotionNet": 395.4,
          "MemNet": 227.5, "ObjectNet": 574.7, "SceneNet": 230.8, "SoS": 227.6,
          "SoS_GoogleNet": 23.9, "TinyYolo": 64.7}[name] * 1e6, rel=2e-3)
     x = preprocess(load_image(real_photo()), net.input_shape, mean=ZOO[name].mean_bgr)
-    oracle_prototxt = zoo_dir / f"{name}.opencv.prototxt"
+    oracle_prototxt = tmp_path / f"{name}.opencv.prototxt"
     oracle_prototxt.write_text(opencv_compatible(prototxt.read_text()))
     reference = cv2.dnn.readNetFromCaffe(str(oracle_prototxt), str(caffemodel))
     assert len(net.outputs) == 1
@@ -54,9 +50,9 @@ def test_zoo_network_matches_opencv(zoo_dir, name):
 
 
 @pytest.mark.slow
-def test_large_caffemodel_streams_within_512_mb(zoo_dir):
+def test_large_caffemodel_streams_within_512_mb(zoo_model):
     """Reading all 575 MB of VGG-19 one layer at a time peaks well under a 512 MB device."""
-    _, caffemodel = write_zoo_model("ObjectNet", zoo_dir, seed=7)
+    _, caffemodel = zoo_model("ObjectNet")
     script = f"""
 from edgecaffe.model.caffe import CaffeModelReader
 total = 0
