@@ -351,3 +351,20 @@ def test_nsfw_resnet50_runs_from_its_package(tmp_path):
     net = edgecaffe.load_caffe(*files)
     x = random_input(net.input_shape, seed=2)
     np.testing.assert_array_equal(package.forward(x)["prob"], net.forward(x)["prob"])
+
+
+@pytest.mark.slow
+def test_splitting_vgg19_streams(tmp_path, zoo_model):
+    """Peak RSS of splitting 575 MB stays under twice the largest layer (411 MB) + 100 MB."""
+    prototxt, caffemodel = zoo_model("ObjectNet")
+    script = f"""
+from edgecaffe.measure import peak_rss_bytes
+from edgecaffe.model.package import split
+package = split([{str(prototxt)!r}, {str(caffemodel)!r}], {str(tmp_path / "vgg")!r})
+print(peak_rss_bytes(), max(layer.weight_bytes for layer in package.network.layers))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    peak, largest = int(out[0]), int(out[1])
+    assert largest > 400e6
+    assert peak < 2 * largest + 100e6, f"peak {peak / 2**20:.0f} MiB"
