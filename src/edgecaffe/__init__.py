@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from os import PathLike
 
     from edgecaffe.model.network import Network
+    from edgecaffe.model.package import ModelPackage
 
 
 def load_caffe(
@@ -24,6 +25,13 @@ def load_caffe(
     from edgecaffe.model.caffe import load_caffe as _load
 
     return _load(prototxt, caffemodel, name)
+
+
+def open_package(directory: str | PathLike[str]) -> ModelPackage:
+    """Open a model package folder (from `edgecaffe split`) without reading any weights."""
+    from edgecaffe.model.package import open_package as _open
+
+    return _open(directory)
 
 
 def __getattr__(name: str):
@@ -42,4 +50,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgecaffe' has no attribute {name!r}")
 
 
-__all__ = ["CaffeError", "Layer", "ModelError", "Network", "NetworkError", "load_caffe"]
+__all__ = ["CaffeError", "Layer", "ModelError", "Network", "NetworkError", "load_caffe",
+           "open_package"]
