@@ -175,3 +175,27 @@ def test_corrupt_blob_bytes_are_caught(tmp_path, small):
     with pytest.raises(CaffeError) as error:
         edgecaffe.load_caffe(small[0], bad)
     assert str(bad) in str(error.value)
+
+
+def test_v0_prototxt_is_refused_clearly(tmp_path):
+    path = tmp_path / "v0.prototxt"
+    path.write_text('input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+                    'layers { layer { name: "conv1" type: "conv" } bottom: "data" top: "c" }\n')
+    with pytest.raises(CaffeError, match="'conv1' uses Caffe's V0 format.*upgrade_net_proto_text"):
+        edgecaffe.load_caffe(path)
+
+
+def test_memory_data_layer_is_an_input(tmp_path):
+    path = tmp_path / "mem.prototxt"
+    path.write_text(
+        'layer { name: "data" type: "MemoryData" top: "data" top: "label" '
+        "memory_data_param { batch_size: 2 channels: 3 height: 8 width: 8 } }\n"
+        'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n')
+    net = edgecaffe.load_caffe(path)
+    assert net.input_shape == (2, 3, 8, 8) and net.outputs == ["r"]
+
+
+def test_unknown_output_blob_suggests_close_names(small):
+    net = edgecaffe.load_caffe(*small)
+    with pytest.raises(NetworkError, match="did you mean 'conv1'"):
+        net.forward(np.zeros((1, 3, 8, 8), np.float32), outputs=["conv"])

@@ -28,7 +28,8 @@ def add_parser(commands) -> None:
     parser.add_argument("--outputs", default=None,
                         help="comma-separated blob names to return instead of the outputs")
     parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed forward passes (default 5)")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="timed passes after the first, warm-up pass (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="zoo weight seed (default 0)")
     parser.add_argument("--batch", type=int, default=1, help="zoo input batch (default 1)")
     parser.add_argument("--whole", action="store_true",
@@ -90,6 +91,8 @@ def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
     import numpy as np
 
     lines = [f"{name}: shape {'x'.join(map(str, array.shape))}"]
+    if array.ndim >= 2 and array.shape[0] > 1:
+        lines[0] += f" (showing batch item 0 of {array.shape[0]})"
     scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
     squeezed = [d for d in array.shape[1:] if d != 1]
     if len(squeezed) == 1 and scores.size >= 2 and top > 0:
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     x, source = _input(args, net)
     outputs = args.outputs.split(",") if args.outputs else None
     times_ms = []
-    for _ in range(max(1, args.repeat)):
+    for _ in range(1 + max(0, args.repeat)):
         started = time.perf_counter()
         results = net.forward(x, outputs=outputs)
         times_ms.append((time.perf_counter() - started) * 1e3)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from difflib import get_close_matches
 from functools import cached_property
 from math import prod
 from typing import Any
@@ -250,9 +251,13 @@ class BlobRunner:
         self.wanted = list(network.outputs if outputs is None else outputs)
         unknown = [blob for blob in self.wanted if blob not in network.blob_shapes]
         if unknown:
+            close = {b: get_close_matches(b, network.blob_shapes, n=3) for b in unknown}
+            hints = "; ".join(f"{b!r}: did you mean {', '.join(map(repr, c))}?"
+                              for b, c in close.items() if c)
             raise NetworkError(
-                f"network {network.name!r} has no blob(s) {unknown}; blobs: "
-                f"{', '.join(network.blob_shapes)}"
+                f"network {network.name!r} has no blob(s) {unknown}"
+                + (f" ({hints})" if hints else "")
+                + f"; blobs: {', '.join(network.blob_shapes)}"
             )
         self.values: dict[str, np.ndarray] = network.feeds(x)
         storage = network._storage

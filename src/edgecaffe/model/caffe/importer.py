@@ -38,11 +38,11 @@ def _included(layer) -> bool:
     return not any(_meets(rule) for rule in layer.exclude)
 
 
-def caffe_layers(net) -> list:
+def caffe_layers(net, source: str = "<prototxt>") -> list:
     """The net's layers as V2 messages, TEST phase only."""
     if net.layer and net.layers:
         raise ValueError("the prototxt mixes V2 `layer` and V1 `layers` entries")
-    layers = list(net.layer) if net.layer else [upgrade_v1(v1) for v1 in net.layers]
+    layers = list(net.layer) if net.layer else [upgrade_v1(v1, source) for v1 in net.layers]
     return [layer for layer in layers if _included(layer)]
 
 
@@ -70,7 +70,9 @@ def _legacy_inputs(net, source: str) -> list[tuple[str, list[int]]]:
 def build_layers(net, source: str) -> list[Layer]:
     """Translate a NetParameter into IR layers (no weights)."""
     try:
-        messages = caffe_layers(net)
+        messages = caffe_layers(net, source)
+    except CaffeError:
+        raise
     except ValueError as error:
         raise CaffeError(f"{source}: {error}") from None
     inputs = _legacy_inputs(net, source)
@@ -96,6 +98,13 @@ def build_layers(net, source: str) -> list[Layer]:
             source_blob = resolve(message.bottom[0], message.name)
             for top in message.top:
                 current[top] = source_blob
+            continue
+        if message.type == "MemoryData":  # pycaffe's in-memory input: data (+ an unused label)
+            p = message.memory_data_param
+            shape = [p.batch_size, p.channels, p.height, p.width]
+            layers.append(Layer(message.name, "Input", [], [message.top[0]], {"shape": shape}))
+            current[message.top[0]] = message.top[0]
+            input_names.add(message.top[0])
             continue
         if message.type == "Input":
             shapes = [list(s.dim) for s in message.input_param.shape]

@@ -32,14 +32,20 @@ V1_TYPES = {
 }
 
 TRAINING_ONLY = {
-    "Data", "ImageData", "HDF5Data", "WindowData", "MemoryData", "DummyData", "Accuracy",
+    "Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "Accuracy",
     "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "ContrastiveLoss",
     "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "Silence", "HDF5Output",
 }
 
 
-def upgrade_v1(v1) -> Any:
+def upgrade_v1(v1, source: str = "<prototxt>") -> Any:
     """A V1 `layers { type: CONVOLUTION ... }` entry as a V2 `LayerParameter`."""
+    if v1.HasField("layer"):
+        raise CaffeError(
+            f"{source}: layer {v1.layer.name!r} uses Caffe's V0 format (`layers {{ layer {{ type: "
+            f"\"{v1.layer.type}\" }} }}`, before 2014), which EdgeCaffe does not read; upgrade the "
+            "file with Caffe's upgrade_net_proto_text tool"
+        )
     layer = message_class("LayerParameter")(name=v1.name)
     enum_name = v1.DESCRIPTOR.fields_by_name["type"].enum_type.values_by_number[v1.type].name
     layer.type = V1_TYPES.get(enum_name, enum_name)
@@ -188,7 +194,7 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
 }
 
 #: Types handled by the graph builder itself rather than converted to an operator.
-STRUCTURAL = {"Input", "Split"}
+STRUCTURAL = {"Input", "MemoryData", "Split"}
 
 
 def supported_types() -> list[str]:

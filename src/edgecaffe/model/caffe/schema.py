@@ -101,6 +101,7 @@ message LayerParameter {
   optional InnerProductParameter inner_product_param = 117;
   optional InputParameter input_param = 143;
   optional LRNParameter lrn_param = 118;
+  optional MemoryDataParameter memory_data_param = 119;
   optional PoolingParameter pooling_param = 121;
   optional PowerParameter power_param = 122;
   optional PReLUParameter prelu_param = 131;
@@ -149,6 +150,20 @@ message V1LayerParameter {
   optional SliceParameter slice_param = 31;
   optional SoftmaxParameter softmax_param = 39;
   optional TanHParameter tanh_param = 37;
+  optional MemoryDataParameter memory_data_param = 22;
+  optional V0LayerParameter layer = 1;
+}
+
+message V0LayerParameter {
+  optional string name = 1;
+  optional string type = 2;
+}
+
+message MemoryDataParameter {
+  optional uint32 batch_size = 1;
+  optional uint32 channels = 2;
+  optional uint32 height = 3;
+  optional uint32 width = 4;
 }
 
 message BatchNormParameter {

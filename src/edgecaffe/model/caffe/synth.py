@@ -32,7 +32,7 @@ def synthesize_caffemodel(
         network = Network(net_param.name or prototxt.stem, build_layers(net_param, str(prototxt)))
     except ModelError as error:
         raise CaffeError(f"{prototxt}: {error}") from None
-    messages = {m.name: m for m in caffe_layers(net_param)}
+    messages = {m.name: m for m in caffe_layers(net_param, str(prototxt))}
 
     def layers() -> Iterator[LayerBlobs]:
         for layer in network.layers:
