@@ -39,6 +39,10 @@ def __getattr__(name: str):
         from edgecaffe.model import network
 
         return getattr(network, name)
+    if name in {"Engine", "RequestError"}:
+        from edgecaffe import engine
+
+        return getattr(engine, name)
     if name in {"ModelError"}:
         from edgecaffe.model.errors import ModelError
 
@@ -50,5 +54,14 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'edgecaffe' has no attribute {name!r}")
 
 
-__all__ = ["CaffeError", "Layer", "ModelError", "Network", "NetworkError", "load_caffe",
-           "open_package"]
+__all__ = [
+    "CaffeError",
+    "Engine",
+    "Layer",
+    "ModelError",
+    "Network",
+    "NetworkError",
+    "RequestError",
+    "load_caffe",
+    "open_package",
+]

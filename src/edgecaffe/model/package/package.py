@@ -61,12 +61,19 @@ class ModelPackage:
         return self.network.weight_bytes
 
     def load(self, layer: str, cold: bool = False) -> dict[str, np.ndarray]:
-        """Read one layer's weights (nothing else); `cold` drops the file's cached pages first."""
+        """Read one layer's weights (nothing else) and keep them in `loaded` until `free`;
+        `cold` drops the file's cached pages first."""
+        arrays = self.read(layer, cold)
+        self.loaded[layer] = arrays
+        return arrays
+
+    def read(self, layer: str, cold: bool = False) -> dict[str, np.ndarray]:
+        """Read one layer's weights into fresh arrays that the caller owns (thread-safe: the
+        engine reads layers of one package for several requests at once)."""
         if layer not in self._entries:
             raise PackageError(f"{self.directory}: no layer {layer!r}")
         weights = self._entries[layer].get("weights")
         if not weights:
-            self.loaded[layer] = {}
             return {}
         path = self.directory / weights["file"]
         if cold:
@@ -79,7 +86,6 @@ class ModelPackage:
                               what=f"layer {layer!r} of package {self.name!r}")
         self._verified.add(layer)
         self.load_log.append((layer, time.perf_counter() - started, cold))
-        self.loaded[layer] = arrays
         return arrays
 
     def free(self, layer: str) -> None:

@@ -1,0 +1,262 @@
+"""The real engine: worker threads drive the shared scheduler core with real kernels.
+
+    with Engine(packages, mode="masa", budget="512M") as engine:
+        future = engine.submit(image, ["AgeNet", "GenderNet"])
+        outputs = future.result()      # {"AgeNet": {"prob": ...}, "GenderNet": {...}}
+
+Workers block on one condition variable: a finished task wakes them (dependents became ready,
+memory was returned); nothing polls or sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from edgecaffe.engine.tasks import run_task
+from edgecaffe.engine.trace import RequestRecord, Trace
+from edgecaffe.model.package import ModelPackage, open_package
+from edgecaffe.sched import (
+    MODES,
+    BudgetError,
+    MemoryBudget,
+    NetworkInfo,
+    NetworkInstance,
+    Planner,
+    Policy,
+    Scheduler,
+    Step,
+    get_policy,
+)
+
+
+class RequestError(RuntimeError):
+    """A request whose network failed: names the network and the cause."""
+
+
+class EngineClosedError(RuntimeError):
+    """`submit` after `close`."""
+
+
+def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, ModelPackage]:
+    """A mapping of name -> package folder or `ModelPackage`, or one folder holding packages."""
+    if isinstance(packages, str | Path):
+        folder = Path(packages)
+        found = sorted(p.parent for p in folder.glob("*/manifest.yaml"))
+        if not found:
+            raise ValueError(f"{folder}: holds no model packages (*/manifest.yaml)")
+        opened = [open_package(path) for path in found]
+        return {package.name: package for package in opened}
+    return {name: value if isinstance(value, ModelPackage) else open_package(value)
+            for name, value in packages.items()}
+
+
+class _Request:
+    def __init__(self, record: RequestRecord, instances: list[NetworkInstance]) -> None:
+        self.record = record
+        self.instances = instances
+        self.future: Future = Future()
+        self.remaining = len(instances)
+
+
+class Engine:
+    """Runs requests for several networks under a memory budget, with N worker threads."""
+
+    def __init__(
+        self,
+        packages: Mapping[str, Any] | str | Path,
+        mode: str = "masa",
+        policy: str | Policy | None = None,
+        budget: str | int = "512M",
+        granularity: str = "layer",
+        workers: int = 2,
+        blas_threads: int | None = None,
+        allow_overcommit: bool = True,
+        cold_loads: bool = False,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if workers < 1:
+            raise ValueError(f"workers must be 1 or more, got {workers}")
+        self.mode = MODES[mode]
+        self.policy = get_policy(policy or self.mode.policy)
+        self.packages = resolve_packages(packages)
+        self.infos = {name: NetworkInfo.from_package(p) for name, p in self.packages.items()}
+        self.budget = MemoryBudget(budget)
+        self.scheduler = Scheduler(self.policy, self.budget, granularity, self.mode.per_layer,
+                                   allow_overcommit)
+        self.planner = Planner(self.mode)
+        self.cold_loads = cold_loads
+        self.workers = self.mode.workers or workers
+        self.blas_threads = blas_threads or self.workers
+        self._blas_limit = _limit_blas(self.blas_threads)
+        self._condition = threading.Condition()
+        self._requests: dict[int, _Request] = {}
+        self._next_request = 0
+        self._closing = False
+        self._epoch = time.perf_counter()
+        self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
+                           info={"mode": mode, "policy": self.policy.name,
+                                 "granularity": granularity, "workers": self.workers,
+                                 "blas_threads": self.blas_threads,
+                                 "budget_bytes": self.budget.capacity_bytes})
+        self._threads = [
+            threading.Thread(target=self._work, args=(index, index % self.mode.pools),
+                             name=f"edgecaffe-worker-{index}", daemon=True)
+            for index in range(self.workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def now(self) -> float:
+        """Seconds since the engine started: the clock of every timestamp in the trace."""
+        return time.perf_counter() - self._epoch
+
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, x: Any, networks: Sequence[str]) -> Future:
+        """Queue one input for `networks`; the future's result is {network: {blob: array}}."""
+        networks = list(networks)
+        unknown = [name for name in networks if name not in self.infos]
+        if unknown:
+            raise ValueError(f"unknown network(s) {unknown}; this engine has "
+                             f"{', '.join(self.infos)}")
+        if not networks or len(set(networks)) != len(networks):
+            raise ValueError(f"give each network once, at least one: {networks}")
+        with self._condition:
+            if self._closing:
+                raise EngineClosedError("the engine is closed; submit before close()")
+            request_id = self._next_request
+            self._next_request += 1
+            instances = self.planner.plan(request_id, [self.infos[n] for n in networks])
+            if not self.scheduler.allow_overcommit:
+                for instance in instances:
+                    for task in instance.tasks:
+                        need = self.scheduler.reservation(task)
+                        if need > self.budget.capacity_bytes:
+                            raise BudgetError(
+                                f"request for {networks}: {task!r} needs {need} bytes, more than "
+                                f"the whole budget of {self.budget.capacity_bytes}")
+            now = self.now()
+            record = RequestRecord(request_id, tuple(networks), now)
+            self.trace.requests[request_id] = record
+            request = _Request(record, instances)
+            self._requests[request_id] = request
+            for instance in instances:
+                instance.state.update(input=x, arrival=now)
+            self.scheduler.add(instances, now)
+            self._condition.notify_all()
+        request.future.add_done_callback(lambda f, rid=request_id: self._on_cancel(f, rid))
+        return request.future
+
+    def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
+        return [self.submit(x, networks) for x in inputs]
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _work(self, worker: int, pool: int) -> None:
+        while True:
+            with self._condition:
+                while True:
+                    try:
+                        task = self.scheduler.next_task(pool, self.now(), worker)
+                    except BudgetError as error:
+                        self._apply(self.scheduler.fail(self._stuck_instance(pool), str(error),
+                                                        self.now()))
+                        continue
+                    if task is not None:
+                        break
+                    if self._closing and not self.scheduler.has_work():
+                        self._condition.notify_all()
+                        return
+                    self._condition.wait()
+            error = None
+            instance = task.instance
+            try:
+                if instance.failed is None:
+                    run_task(task, self.packages[instance.name], self.mode.per_layer,
+                             self.cold_loads)
+            except Exception as exc:  # a bad layer file, a kernel error: fail this network only
+                error = f"{task.label} failed: {type(exc).__name__}: {exc}"
+            with self._condition:
+                self._apply(self.scheduler.finish(task, self.now(), error))
+                self._condition.notify_all()
+
+    def _stuck_instance(self, pool: int) -> NetworkInstance:
+        heap = self.scheduler._ready[pool]
+        return min(heap, key=lambda e: e[:2])[2].instance if self.policy.static else \
+            heap[0].instance
+
+    def _apply(self, step: Step) -> None:
+        """Resolve the requests whose last network just finished (called under the lock)."""
+        for instance in step.finished:
+            self.trace.record_instance(instance)
+            request = self._requests.get(instance.request_id)
+            if request is None:
+                continue
+            request.remaining -= 1
+            if request.remaining:
+                continue
+            del self._requests[instance.request_id]
+            record = request.record
+            record.completion_s = max((i.last.end or 0.0) for i in request.instances)
+            failed = [i for i in request.instances if i.failed]
+            if request.future.cancelled():
+                record.status = "cancelled"
+            elif failed:
+                record.status = "failed"
+                record.error = "; ".join(f"{i.name}: {i.failed}" for i in failed)
+                request.future.set_exception(RequestError(record.error))
+            else:
+                record.status = "completed"
+                request.future.set_result({i.name: i.state.pop("outputs") for i in
+                                           request.instances})
+            for i in request.instances:
+                i.state.clear()
+
+    def _on_cancel(self, future: Future, request_id: int) -> None:
+        if not future.cancelled():
+            return
+        with self._condition:
+            request = self._requests.get(request_id)
+            if request is not None:
+                for instance in request.instances:
+                    self._apply(self.scheduler.fail(instance, "cancelled", self.now()))
+            self._condition.notify_all()
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop accepting requests and wait for the workers. In-flight requests finish, or with
+        `cancel=True` those not yet done are cancelled (their futures say so); none is lost."""
+        with self._condition:
+            self._closing = True
+            pending = list(self._requests.values())
+            self._condition.notify_all()
+        if cancel:
+            for request in pending:
+                request.future.cancel()
+        for thread in self._threads:
+            thread.join()
+        if self._blas_limit is not None:
+            self._blas_limit.restore_original_limits()
+            self._blas_limit = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(cancel=exc[0] is not None)
+
+
+def _limit_blas(threads: int):
+    """Set the BLAS thread count for this process while the engine lives (threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=threads, user_api="blas")

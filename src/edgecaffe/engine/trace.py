@@ -1,0 +1,106 @@
+"""The one record of a run: task spans, request spans, the memory ledger. Every output (CSV,
+report, plot, simulator comparison) is derived from it; the real engine and the simulator fill
+the same structure."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from edgecaffe.sched.budget import LedgerEvent
+from edgecaffe.sched.graph import NetworkInstance, State
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: int
+    request_id: int
+    instance_id: int
+    network: str
+    kind: str
+    layers: str
+    pool: int
+    worker: int | None
+    created_s: float
+    ready_s: float | None
+    start_s: float | None
+    end_s: float | None
+    state: str
+    reserve_bytes: int
+    forced: bool
+    depends_on: tuple[int, ...]
+    error: str | None = None
+
+
+@dataclass
+class RequestRecord:
+    request_id: int
+    networks: tuple[str, ...]
+    arrival_s: float
+    completion_s: float | None = None
+    status: str = "pending"  # pending | completed | failed | cancelled | rejected
+    error: str | None = None
+    #: Per network: (start of its first task, end of its last task), seconds.
+    network_spans: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    @property
+    def response_s(self) -> float | None:
+        return None if self.completion_s is None else self.completion_s - self.arrival_s
+
+
+@dataclass
+class Trace:
+    tasks: list[TaskRecord] = field(default_factory=list)
+    requests: dict[int, RequestRecord] = field(default_factory=dict)
+    ledger: list[LedgerEvent] = field(default_factory=list)
+    capacity_bytes: int = 0
+    #: Free-form facts about the run: mode, policy, granularity, workers, BLAS threads...
+    info: dict[str, object] = field(default_factory=dict)
+
+    def record_instance(self, instance: NetworkInstance) -> None:
+        for task in instance.tasks:
+            self.tasks.append(TaskRecord(
+                task.id, instance.request_id, instance.id, instance.name, task.kind.name.lower(),
+                "*" if task.whole_model else ",".join(task.layers), task.pool, task.worker,
+                task.created, task.ready, task.start, task.end, State(task.state).name.lower(),
+                task.reserve_bytes, task.forced, tuple(dep.id for dep in task.deps), task.error,
+            ))
+        starts = [t.start for t in instance.tasks if t.start is not None]
+        request = self.requests[instance.request_id]
+        request.network_spans[instance.name] = (min(starts) if starts else None,
+                                                instance.last.end)
+
+    @property
+    def forced_events(self) -> list[LedgerEvent]:
+        """Reservations the progress rule admitted over the budget."""
+        return [event for event in self.ledger if event.forced]
+
+    def dispatch_latencies_s(self) -> list[float]:
+        """For each task that ran after a dependency: its start minus its last dependency's end."""
+        ends = {t.task_id: t.end_s for t in self.tasks}
+        latencies = []
+        for task in self.tasks:
+            if task.start_s is None or not task.depends_on:
+                continue
+            dep_ends = [ends.get(dep) for dep in task.depends_on]
+            if any(end is None for end in dep_ends):
+                continue
+            latencies.append(task.start_s - max(dep_ends))
+        return latencies
+
+    def response_times_s(self) -> dict[int, float]:
+        return {rid: r.response_s for rid, r in self.requests.items()
+                if r.status == "completed" and r.response_s is not None}
+
+    def summary(self) -> dict[str, float]:
+        times = list(self.response_times_s().values())
+        return {
+            "requests": len(self.requests),
+            "completed": len(times),
+            "mean_response_s": statistics.mean(times) if times else float("nan"),
+            "peak_ledger_bytes": max((e.used_bytes for e in self.ledger), default=0),
+            "forced_events": len(self.forced_events),
+        }
+
+    def task_rows(self) -> list[dict]:
+        return [asdict(task) for task in self.tasks]

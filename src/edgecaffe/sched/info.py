@@ -1,0 +1,143 @@
+"""What the scheduler knows about a network: its layers' bytes, stages and readers, its speed.
+
+Built from a model package (or any `Network`); no weights involved, so the same object serves
+the real engine and the simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from edgecaffe.model.network import Network
+from edgecaffe.ops import get_op
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    op: str
+    weight_bytes: int
+    #: Bytes this layer's outputs add (0 for views such as Dropout, which share their input).
+    output_bytes: int
+    #: Owner blobs (buffers) this layer reads.
+    reads: tuple[str, ...]
+    #: Owner blobs this layer creates.
+    writes: tuple[str, ...]
+    stage: str = "conv"
+    #: Profiled median times, if known (the simulator uses them).
+    load_ms: float | None = None
+    exec_ms: float | None = None
+
+    @property
+    def weighted(self) -> bool:
+        return self.weight_bytes > 0
+
+
+@dataclass
+class NetworkInfo:
+    name: str
+    layers: list[LayerInfo]
+    #: The input buffers (fed by init) and their total bytes.
+    inputs: tuple[str, ...]
+    input_bytes: int
+    #: Buffers that are outputs of the network: held until the network finishes.
+    outputs: frozenset[str]
+    #: Bytes of each owner buffer.
+    buffer_bytes: dict[str, int]
+    #: Masa's shortest-network-first key (ms); +inf when unknown.
+    mean_exec_ms: float = float("inf")
+    #: The network-granularity reservation: its peak memory estimate.
+    peak_bytes: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def _by_name(self) -> dict[str, LayerInfo]:
+        return {layer.name: layer for layer in self.layers}
+
+    def layer(self, name: str) -> LayerInfo:
+        return self._by_name[name]
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(layer.weight_bytes for layer in self.layers)
+
+    @property
+    def readers(self) -> dict[str, int]:
+        """Owner buffer -> how many layers read it."""
+        counts: dict[str, int] = {}
+        for layer in self.layers:
+            for owner in layer.reads:
+                counts[owner] = counts.get(owner, 0) + 1
+        return counts
+
+    @property
+    def peak_activation_bytes(self) -> int:
+        """Largest sum of live buffers during a forward pass (what a whole-model exec holds)."""
+        remaining = self.readers
+        live = self.input_bytes
+        peak = live
+        for layer in self.layers:
+            live += sum(self.buffer_bytes[owner] for owner in layer.writes)
+            peak = max(peak, live)
+            for owner in layer.reads:
+                remaining[owner] -= 1
+                if remaining[owner] == 0 and owner not in self.outputs:
+                    live -= self.buffer_bytes[owner]
+        return peak
+
+    @classmethod
+    def from_network(
+        cls,
+        network: Network,
+        stages: dict[str, str] | None = None,
+        mean_exec_ms: float | None = None,
+        peak_bytes: int | None = None,
+        profile: dict[str, dict[str, float]] | None = None,
+    ) -> NetworkInfo:
+        storage = network._storage
+        layers: list[LayerInfo] = []
+        buffer_bytes: dict[str, int] = {}
+        input_bytes = 0
+        for layer in network.layers:
+            if layer.op == "Input":
+                input_bytes += sum(network.blob_bytes(b) for b in layer.outputs)
+                for blob in layer.outputs:
+                    buffer_bytes[blob] = network.blob_bytes(blob)
+                continue
+            view = get_op(layer.op).view
+            writes = () if view else tuple(layer.outputs)
+            for blob in writes:
+                buffer_bytes[blob] = network.blob_bytes(blob)
+            reads = () if view else tuple(dict.fromkeys(storage[b] for b in layer.inputs))
+            timing = (profile or {}).get(layer.name, {})
+            layers.append(LayerInfo(
+                name=layer.name, op=layer.op, weight_bytes=layer.weight_bytes,
+                output_bytes=sum(buffer_bytes[b] for b in writes), reads=reads, writes=writes,
+                stage=(stages or {}).get(layer.name, "conv"),
+                load_ms=timing.get("load_ms"), exec_ms=timing.get("exec_ms"),
+            ))
+        outputs = frozenset(storage[b] for b in network.outputs)
+        info = cls(network.name, layers, tuple(network.inputs), input_bytes, outputs, buffer_bytes,
+                   float("inf") if mean_exec_ms is None else float(mean_exec_ms), 0,
+                   dict(network.meta))
+        info.peak_bytes = peak_bytes or info.weight_bytes + info.peak_activation_bytes
+        return info
+
+    @classmethod
+    def from_package(cls, package) -> NetworkInfo:
+        """From a `ModelPackage`: stages, profiled times and peaks from its manifest."""
+        manifest = package.manifest
+        stages = {entry["name"]: entry.get("stage", "conv") for entry in manifest["layers"]}
+        profile = {entry["name"]: entry["profile"] for entry in manifest["layers"]
+                   if "profile" in entry}
+        summary = manifest.get("profile") or {}
+        original = manifest.get("original") or {}
+        mean_exec = summary.get("mean_exec_ms", original.get("mean-execution-time"))
+        # A network's whole peak, as the original's max-memory figures: the original's own
+        # (MB) when the package came from its folder, else the profiled whole-model peak.
+        peak = summary.get("peak_rss_whole_model_bytes")
+        if original.get("max-memory-valgrind"):
+            peak = int(float(original["max-memory-valgrind"]) * 2**20)
+        return cls.from_network(package.network, stages, mean_exec, peak, profile)
