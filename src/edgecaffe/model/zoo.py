@@ -398,3 +398,22 @@ def zoo_files(name: str, seed: int = 0, batch: int = 1,
             and prototxt.read_text() == model.prototxt(batch)):
         write_zoo_model(model.name, directory, seed=seed, batch=batch, progress=progress)
     return prototxt, caffemodel
+
+
+def zoo_package(name: str, seed: int = 0, batch: int = 1, profile_runs: int = 0):
+    """A zoo network as a model package in the cache (split on first use); with
+    `profile_runs`, profiled once so schedulers know its per-layer and mean times."""
+    from edgecaffe.model.package import open_package, split
+    from edgecaffe.model.package.manifest import MANIFEST
+    from edgecaffe.model.package.profile import profile_package
+
+    model = get_zoo_model(name)
+    directory = cache_dir() / "packages" / f"seed{seed}-batch{batch}" / model.name
+    if (directory / MANIFEST).exists():
+        package = open_package(directory)
+    else:
+        package = split([model.name], directory, seed=seed, batch=batch)
+    if profile_runs and "profile" not in package.manifest:
+        profile_package(package, runs=profile_runs)
+        package.save_manifest()
+    return package

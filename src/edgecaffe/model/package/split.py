@@ -139,6 +139,10 @@ def split(
         model = get_zoo_model(str(source[0]))
         prototxt, caffemodel = zoo_files(model.name, seed=seed, batch=batch)
         name, meta, kind = model.name, model.meta, "zoo"
+        if model.original_mean_exec_ms is not None:
+            # The original's Raspberry Pi figure: Masa's shortest-network-first key until the
+            # package is profiled on this machine.
+            original = {"mean-execution-time": model.original_mean_exec_ms}
     elif len(paths) == 2:
         prototxt, caffemodel, name, kind = paths[0], paths[1], None, "caffe"
     else:
