@@ -1,5 +1,5 @@
-"""The threaded engine: every mode x policy x granularity gives the plain forward's outputs; failures
-stay with their request; closing loses nothing; the trace is consistent."""
+"""The threaded engine: every mode x policy x granularity gives the plain forward's outputs;
+failures stay with their request; closing loses nothing; the trace is consistent."""
 
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def test_submit_rejects_bad_requests(packages):
             engine.submit(image(), ["TinyAlex", "TinyAlex"])
     with pytest.raises(EngineClosedError):
         engine.submit(image(), ["TinyAlex"])
-    with Engine(packages, mode="masa", budget="1K", allow_overcommit=False) as engine:
-        with pytest.raises(BudgetError, match="more than the whole budget"):
-            engine.submit(image(), ["TinyAlex"])
+    with (Engine(packages, mode="masa", budget="1K", allow_overcommit=False) as engine,
+          pytest.raises(BudgetError, match="more than the whole budget")):
+        engine.submit(image(), ["TinyAlex"])
     with pytest.raises(ValueError, match="unknown mode 'fast'"):
         Engine(packages, mode="fast")
     with pytest.raises(ValueError, match="unknown policy 'best'"):
