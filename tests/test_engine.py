@@ -190,3 +190,10 @@ def test_concurrent_submitters(packages):
 
 def test_engine_is_importable_from_the_top():
     assert edgecaffe.Engine is Engine
+
+
+def test_networks_are_known_by_the_callers_names(packages):
+    with Engine({"alex": packages / "TinyAlex"}, mode="masa") as engine:
+        result = engine.submit(image(), ["alex"]).result(timeout=30)
+    assert list(result) == ["alex"] and "prob" in result["alex"]
+    assert engine.trace.tasks[0].network == "alex"

@@ -86,6 +86,8 @@ class Engine:
         self.policy = get_policy(policy or self.mode.policy)
         self.packages = resolve_packages(packages)
         self.infos = {name: NetworkInfo.from_package(p) for name, p in self.packages.items()}
+        for name, info in self.infos.items():
+            info.name = name  # the caller's name for it (an original folder may say otherwise)
         self.budget = MemoryBudget(budget)
         self.scheduler = Scheduler(self.policy, self.budget, granularity, self.mode.per_layer,
                                    allow_overcommit)
@@ -164,8 +166,8 @@ class Engine:
                 while True:
                     try:
                         task = self.scheduler.next_task(pool, self.now(), worker)
-                    except BudgetError as error:
-                        self._apply(self.scheduler.fail(self._stuck_instance(pool), str(error),
+                    except BudgetError as error:  # allow_overcommit=False and it can never fit
+                        self._apply(self.scheduler.fail(error.task.instance, str(error),
                                                         self.now()))
                         continue
                     if task is not None:
@@ -185,11 +187,6 @@ class Engine:
             with self._condition:
                 self._apply(self.scheduler.finish(task, self.now(), error))
                 self._condition.notify_all()
-
-    def _stuck_instance(self, pool: int) -> NetworkInstance:
-        heap = self.scheduler._ready[pool]
-        return min(heap, key=lambda e: e[:2])[2].instance if self.policy.static else \
-            heap[0].instance
 
     def _apply(self, step: Step) -> None:
         """Resolve the requests whose last network just finished (called under the lock)."""

@@ -34,6 +34,10 @@ GRANULARITIES = ("layer", "network")
 class BudgetError(MemoryError):
     """A network that cannot run within the budget when overcommitting is not allowed."""
 
+    def __init__(self, message: str, task: Task | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+
 
 @dataclass
 class Step:
@@ -162,7 +166,8 @@ class Scheduler:
             raise BudgetError(
                 f"{chosen!r} needs {chosen.reserve_bytes} bytes but only "
                 f"{self.budget.free_bytes} of {self.budget.capacity_bytes} are free and nothing "
-                "else is running"
+                "else is running",
+                chosen,
             )
         self._start(chosen, now, worker)
         return chosen
