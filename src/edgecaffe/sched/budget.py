@@ -59,7 +59,9 @@ class MemoryBudget:
         return self.capacity_bytes - self.used_bytes
 
     def fits(self, nbytes: int) -> bool:
-        return nbytes <= self.free_bytes
+        """Whether reserving `nbytes` keeps the ledger within capacity (nothing always fits,
+        even when a forced reservation has put the ledger over)."""
+        return nbytes <= 0 or nbytes <= self.free_bytes
 
     def reserve(self, nbytes: int, time: float, reason: str, task_id: int | None = None,
                 instance: int | None = None, forced: bool = False) -> None:

@@ -21,7 +21,7 @@ PALETTE = (
     "#d9d9d9", "#bc80bd", "#ccebc5", "#ffed6f", "#fbb4ae", "#b3cde3", "#decbe4", "#fed9a6",
 )
 #: Node shape by task kind.
-SHAPES = {"init": "invhouse", "load": "box", "exec": "ellipse"}
+SHAPES = {"init": "house", "load": "box", "exec": "ellipse"}
 #: Edges between different network instances (the mode's cross-network links).
 CROSS_EDGE = 'color="#b2182b", penwidth=1.6'
 
@@ -75,7 +75,7 @@ def task_graph_dot(instances: Sequence[NetworkInstance], title: str) -> str:
         legend += "; dashed border = pool 1"
 
     graph = _attrs(label=quote(title + "\n" + legend), labelloc="t", fontsize="16",
-                   fontname="Helvetica", rankdir="TB", newrank="true")
+                   fontname="Helvetica", rankdir="TB")
     lines = [
         f"digraph {quote(title)} {{",
         f"  graph [{graph}];",

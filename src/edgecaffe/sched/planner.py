@@ -131,8 +131,8 @@ def build_deepeye(planner: Planner, instance: NetworkInstance) -> None:
             load = planner.task(instance, Kind.LOAD, [layer.name], pool=1).after(previous_load)
             marks.setdefault("fc_load_first", load)
             previous_load = marks["fc_load_last"] = load
-        execute = planner.task(instance, Kind.EXEC, [layer.name], pool=1).after(load,
-                                                                               previous_exec)
+        execute = planner.task(instance, Kind.EXEC, [layer.name], pool=1).after(
+            load, previous_exec or init)
         fc_execs.append(execute)
         previous_exec = marks["fc_exec_last"] = execute
     if fc_execs and "fc_load_last" in marks:

@@ -13,9 +13,10 @@ Memory granularity:
   tasks (bulk) reserve all weights, then the forward pass's peak activations.
 
 Progress rule: a task the budget cannot admit waits while anything runs; when nothing runs and
-nothing fits, the first task in policy order is admitted over budget and the event is recorded
-(`forced`). With network granularity an init is also admitted whenever no network is active, as
-the original Masa did. With `allow_overcommit=False` such a task instead fails its network.
+nothing fits in any pool, the first task in policy order is admitted over budget and the event
+is recorded (`forced`). With network granularity an init is also admitted whenever no network
+is active, as the original Masa did. With `allow_overcommit=False`, `next_task` raises
+`BudgetError` for such a task instead (the engine then fails that network).
 """
 
 from __future__ import annotations
@@ -136,32 +137,18 @@ class Scheduler:
         heap = self._ready.get(pool)
         if not heap:
             return None
-        if self.policy.static:
-            rejected = []
-            chosen = None
-            while heap:
-                entry = heapq.heappop(heap)
-                if self._admits(entry[2]):
-                    chosen = entry[2]
-                    break
-                rejected.append(entry)
-            for entry in rejected:
-                heapq.heappush(heap, entry)
-            if chosen is None and not self.running:
-                chosen = heapq.heappop(heap)[2]
-                chosen.forced = True
+        if self.policy.static and self._admits(heap[0][2]):
+            chosen = heap[0][2]  # the common case: the best task fits
+            order = [chosen]
         else:
-            order = sorted(heap, key=lambda task: (self.policy.key(task, now), task.id))
+            order = self._in_order(heap, now)
             chosen = next((task for task in order if self._admits(task)), None)
-            if chosen is None and not self.running:
-                chosen = order[0]
-                chosen.forced = True
-            if chosen is not None:
-                heap.remove(chosen)
+        if chosen is None and not self.running and not self._admissible_elsewhere(pool, now):
+            chosen = order[0]  # the progress rule: nothing runs and nothing fits anywhere
         if chosen is None:
             return None
-        if chosen.forced and not self.allow_overcommit:
-            chosen.forced = False
+        self._unready(chosen)
+        if not self.allow_overcommit and not self.budget.fits(chosen.reserve_bytes):
             self._make_ready(chosen, now)
             raise BudgetError(
                 f"{chosen!r} needs {chosen.reserve_bytes} bytes but only "
@@ -172,9 +159,19 @@ class Scheduler:
         self._start(chosen, now, worker)
         return chosen
 
+    def _in_order(self, heap: list, now: float) -> list[Task]:
+        """The ready tasks of one pool, best first by the policy."""
+        if self.policy.static:
+            return [entry[2] for entry in sorted(heap)]
+        return sorted(heap, key=lambda task: (self.policy.key(task, now), task.id))
+
+    def _admissible_elsewhere(self, pool: int, now: float) -> bool:
+        return any(self._admits(task) for other, heap in self._ready.items() if other != pool
+                   for task in self._in_order(heap, now))
+
     def _start(self, task: Task, now: float, worker: int | None) -> None:
         instance = task.instance
-        forced = task.forced or not self.budget.fits(task.reserve_bytes)
+        forced = not self.budget.fits(task.reserve_bytes)
         task.forced = forced
         if forced:
             self.forced_events += 1
@@ -255,11 +252,13 @@ class Scheduler:
 
     def _unready(self, task: Task) -> None:
         heap = self._ready[task.pool]
-        if self.policy.static:
+        if not self.policy.static:
+            heap.remove(task)
+        elif heap[0][2] is task:
+            heapq.heappop(heap)
+        else:
             heap[:] = [entry for entry in heap if entry[2] is not task]
             heapq.heapify(heap)
-        else:
-            heap.remove(task)
 
     def _release_after(self, task: Task, now: float) -> None:
         if self.granularity == "network" or task.kind != Kind.EXEC:
