@@ -26,9 +26,6 @@ def add_parser(commands) -> None:
                         help="also render FILE.png with Graphviz's `dot` (if installed)")
     parser.add_argument("--requests", type=int, default=1, metavar="N",
                         help="requests to plan, each holding all the networks (default 1)")
-    parser.add_argument("--seed", type=int, default=None, metavar="S",
-                        help="shuffle the networks' order within each request with this seed "
-                        "(default: the order given)")
     parser.set_defaults(handler=run)
 
 
@@ -75,7 +72,6 @@ def render_png(dot_path, png_path) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import random
     import sys
     from pathlib import Path
 
@@ -88,13 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--requests must be 1 or more")
     infos = [network_info(source) for source in args.networks]
     planner = Planner(args.mode)
-    shuffle = random.Random(args.seed) if args.seed is not None else None
     instances = []
     for request in range(args.requests):
-        order = list(infos)
-        if shuffle is not None:
-            shuffle.shuffle(order)
-        instances += planner.plan(request, order)
+        instances += planner.plan(request, infos)
 
     names = ", ".join(info.name for info in infos)
     requests = f"{args.requests} request{'s' if args.requests > 1 else ''}"

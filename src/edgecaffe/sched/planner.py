@@ -8,7 +8,8 @@
   execprio chained across networks like bulk.
 * deepeye: conv loads chained from init, conv execs chained, fc loads chained, every fc load
   before the first fc exec. Within one arrival, all networks' conv loads come before any conv
-  runs, and conv and fc chains run network after network. 2 workers: pool 0 (init + conv) and
+  runs; conv loads, conv execs and fc loads are chained network after network (fc execs only
+  share pool 1's single worker, as in the original). 2 workers: pool 0 (init + conv) and
   pool 1 (fc); fcfs. deepeye-frugal: also, a network's fc loads wait for the previous network's
   fc execs, so one network's fc weights are in memory at a time.
 
