@@ -180,7 +180,7 @@ def test_lrn(oracle, params):
 # -- ReLU and PReLU ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("slope", [None, 0.0, 0.1, 2.5])
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1, 1.0, 2.5, -0.3])
 @pytest.mark.parametrize("shape", [(1, 3, 5, 5), (2, 10)])
 def test_relu(oracle, shape, slope):
     params = "" if slope is None else fields("relu_param", dict(negative_slope=slope))

@@ -75,17 +75,15 @@ class Pool(Op):
             padded[:, :, ph : ph + h, pw : pw + w] = x
         else:
             padded = x
-        out = None
-        for i in range(kh):
-            for j in range(kw):
-                rows = slice(i, i + sh * (oh - 1) + 1, sh)
-                window = padded[:, :, rows, j : j + sw * (ow - 1) + 1 : sw]
-                if out is None:
-                    out = window.copy()
-                elif is_max:
-                    np.maximum(out, window, out=out)
-                else:
-                    out += window
+        # Separable: reduce the kh rows of each window, then the kw columns (k + k passes
+        # instead of k * k; exact for max, a different summation order for average).
+        reduce = np.maximum if is_max else np.add
+        rows = padded[:, :, 0 : sh * (oh - 1) + 1 : sh, :].copy()
+        for i in range(1, kh):
+            reduce(rows, padded[:, :, i : i + sh * (oh - 1) + 1 : sh, :], out=rows)
+        out = rows[:, :, :, 0 : sw * (ow - 1) + 1 : sw].copy()
+        for j in range(1, kw):
+            reduce(out, rows[:, :, :, j : j + sw * (ow - 1) + 1 : sw], out=out)
         if not is_max:
             divisor = np.outer(_window_sizes(h, oh, kh, sh, ph), _window_sizes(w, ow, kw, sw, pw))
             out /= divisor.astype(x.dtype)
