@@ -86,8 +86,8 @@ def test_submit_rejects_bad_requests(packages):
     with Engine(packages, mode="masa") as engine:
         with pytest.raises(ValueError, match="unknown network.*'NoNet'"):
             engine.submit(image(), ["TinyAlex", "NoNet"])
-        with pytest.raises(ValueError, match="once"):
-            engine.submit(image(), ["TinyAlex", "TinyAlex"])
+        with pytest.raises(ValueError, match="at least one"):
+            engine.submit(image(), [])
     with pytest.raises(EngineClosedError):
         engine.submit(image(), ["TinyAlex"])
     with (Engine(packages, mode="masa", budget="1K", allow_overcommit=False) as engine,
@@ -197,3 +197,11 @@ def test_networks_are_known_by_the_callers_names(packages):
         result = engine.submit(image(), ["alex"]).result(timeout=30)
     assert list(result) == ["alex"] and "prob" in result["alex"]
     assert engine.trace.tasks[0].network == "alex"
+
+
+def test_a_network_named_twice_runs_twice(packages):
+    with Engine(packages, mode="deepeye") as engine:
+        result = engine.submit(image(), ["TinyAlex", "TinyResidual", "TinyAlex"]).result(30)
+    assert list(result) == ["TinyAlex", "TinyResidual", "TinyAlex#2"]
+    np.testing.assert_array_equal(result["TinyAlex"]["prob"], result["TinyAlex#2"]["prob"])
+    assert set(engine.trace.requests[0].network_spans) == set(result)

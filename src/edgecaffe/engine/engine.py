@@ -55,6 +55,16 @@ def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, Mode
             for name, value in packages.items()}
 
 
+def result_keys(networks: Sequence[str]) -> list[str]:
+    """Keys of a request's result: the network names, `AgeNet#2` for a second AgeNet, ..."""
+    seen: dict[str, int] = {}
+    keys = []
+    for name in networks:
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return keys
+
+
 class _Request:
     def __init__(self, record: RequestRecord, instances: list[NetworkInstance]) -> None:
         self.record = record
@@ -121,14 +131,16 @@ class Engine:
     # -- submitting ----------------------------------------------------------------------------
 
     def submit(self, x: Any, networks: Sequence[str]) -> Future:
-        """Queue one input for `networks`; the future's result is {network: {blob: array}}."""
+        """Queue one input for `networks`; the future's result is {network: {blob: array}}.
+
+        A network named twice runs twice; the second result is keyed `name#2`."""
         networks = list(networks)
         unknown = [name for name in networks if name not in self.infos]
         if unknown:
             raise ValueError(f"unknown network(s) {unknown}; this engine has "
                              f"{', '.join(self.infos)}")
-        if not networks or len(set(networks)) != len(networks):
-            raise ValueError(f"give each network once, at least one: {networks}")
+        if not networks:
+            raise ValueError("a request needs at least one network")
         with self._condition:
             if self._closing:
                 raise EngineClosedError("the engine is closed; submit before close()")
@@ -148,8 +160,8 @@ class Engine:
             self.trace.requests[request_id] = record
             request = _Request(record, instances)
             self._requests[request_id] = request
-            for instance in instances:
-                instance.state.update(input=x, arrival=now)
+            for key, instance in zip(result_keys(networks), instances, strict=True):
+                instance.state.update(input=x, arrival=now, key=key)
             self.scheduler.add(instances, now)
             self._condition.notify_all()
         request.future.add_done_callback(lambda f, rid=request_id: self._on_cancel(f, rid))
@@ -210,8 +222,8 @@ class Engine:
                 request.future.set_exception(RequestError(record.error))
             else:
                 record.status = "completed"
-                request.future.set_result({i.name: i.state.pop("outputs") for i in
-                                           request.instances})
+                request.future.set_result({i.state["key"]: i.state.pop("outputs")
+                                           for i in request.instances})
             for i in request.instances:
                 i.state.clear()
 

@@ -67,8 +67,8 @@ class Trace:
             ))
         starts = [t.start for t in instance.tasks if t.start is not None]
         request = self.requests[instance.request_id]
-        request.network_spans[instance.name] = (min(starts) if starts else None,
-                                                instance.last.end)
+        key = instance.state.get("key", instance.name)  # `AgeNet#2` for a second AgeNet
+        request.network_spans[key] = (min(starts) if starts else None, instance.last.end)
 
     @property
     def forced_events(self) -> list[LedgerEvent]:
