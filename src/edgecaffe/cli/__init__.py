@@ -8,9 +8,17 @@ import warnings
 from collections.abc import Sequence
 
 from edgecaffe import __version__
-from edgecaffe.cli import graph_cmd, profile_cmd, run_cmd, split_cmd, synth_cmd, zoo_cmd
+from edgecaffe.cli import (
+    demo_cmd,
+    graph_cmd,
+    profile_cmd,
+    run_cmd,
+    split_cmd,
+    synth_cmd,
+    zoo_cmd,
+)
 
-COMMANDS = [zoo_cmd, synth_cmd, run_cmd, split_cmd, profile_cmd, graph_cmd]
+COMMANDS = [demo_cmd, run_cmd, zoo_cmd, synth_cmd, split_cmd, profile_cmd, graph_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,14 +47,16 @@ def profile_package(
     """Measure the package and record the figures in its manifest (not yet saved to disk).
 
     Per layer: median load ms (cold: page cache dropped before every load) and exec ms over
-    `runs` layer-by-layer passes. Per network: mean execution time (sum of layer exec times),
-    and the peak RSS above the idle process of a whole-model and of a layer-by-layer forward.
+    `runs` layer-by-layer passes after one untimed warm-up pass. Per network: mean execution
+    time (sum of layer exec times), and the peak RSS above the idle process of a whole-model
+    and of a layer-by-layer forward.
     """
     network = package.network
     x = sample_input(package)
     load_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
     exec_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
     totals_ms = []
+    package.forward(x)  # warm-up, not timed: first-touch page faults and allocator growth
     for run in range(runs):
         runner = BlobRunner(network, x)
         total = 0.0

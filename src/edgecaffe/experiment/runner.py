@@ -1,0 +1,80 @@
+"""Run one configuration: an engine, a workload in real time, RSS sampled, results written."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import wait
+from pathlib import Path
+from typing import Any
+
+from edgecaffe.engine import Engine
+from edgecaffe.experiment.results import write_run
+from edgecaffe.measure import rss_bytes
+from edgecaffe.workload import Arrival, drive
+
+
+def _input_loader():
+    from edgecaffe.model.preprocess import load_image, sample_image
+
+    cache: dict[str | None, Any] = {}
+
+    def load(path: str | None):
+        if path not in cache:
+            cache[path] = sample_image() if path is None else load_image(path)
+        return cache[path]
+
+    return load
+
+
+def run_once(
+    packages: Mapping[str, Any],
+    arrivals: Sequence[Arrival],
+    *,
+    mode: str,
+    budget: str | int,
+    policy: str | None = None,
+    granularity: str = "layer",
+    workers: int = 2,
+    blas_threads: int | None = None,
+    closed_loop: bool = True,
+    output: str | Path | None = None,
+    rss_interval_s: float = 0.01,
+    config: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], Engine]:
+    """Run `arrivals` on a fresh engine; write the results folder when `output` is given."""
+    engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
+                    workers=workers, blas_threads=blas_threads)
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            samples.append((engine.now(), rss_bytes()))
+            done.wait(rss_interval_s)
+
+    sampler = threading.Thread(target=sample, name="edgecaffe-rss", daemon=True)
+    sampler.start()
+    try:
+        futures = drive(engine.submit, arrivals, closed_loop, _input_loader())
+        wait(futures)  # completed or failed: the trace has both
+    finally:
+        engine.close()
+        done.set()
+        sampler.join()
+    resolved = {
+        "mode": mode, "policy": engine.policy.name, "budget_bytes": engine.budget.capacity_bytes,
+        "granularity": granularity, "workers": engine.workers,
+        "blas_threads": engine.blas_threads, "closed_loop": closed_loop,
+        "networks": {name: str(p.directory) for name, p in engine.packages.items()},
+        "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
+                     for a in arrivals],
+        **(config or {}),
+    }
+    if output is not None:
+        summary = write_run(output, engine.trace, resolved, samples)
+    else:
+        from edgecaffe.experiment.results import summarize
+
+        summary = summarize(engine.trace, samples)
+    return summary, engine

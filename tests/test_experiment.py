@@ -1,0 +1,96 @@
+"""Workloads, the results folder, and the demo command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+import yaml
+
+from edgecaffe.cli import main
+from edgecaffe.experiment import run_once
+from edgecaffe.model.package import split
+from edgecaffe.workload import batches, drive, poisson
+
+NETS = ["TinyAlex", "TinyResidual"]
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory, zoo_model):
+    folder = tmp_path_factory.mktemp("packages")
+    return {name: split(list(zoo_model(name)), folder / name) for name in NETS}
+
+
+def test_poisson_is_seeded_and_exponential():
+    first = poisson(NETS, 2000, mean_gap_ms=50.0, seed=3)
+    again = poisson(NETS, 2000, mean_gap_ms=50.0, seed=3)
+    other = poisson(NETS, 2000, mean_gap_ms=50.0, seed=4)
+    gaps = np.array([a.gap_ms for a in first])
+    assert [a.gap_ms for a in first] == [a.gap_ms for a in again] != [a.gap_ms for a in other]
+    assert gaps[0] == 0.0
+    assert abs(gaps[1:].mean() - 50.0) < 5.0  # exponential mean
+    assert abs(np.median(gaps[1:]) - 50.0 * np.log(2)) < 5.0  # exponential median, not normal
+    with pytest.raises(ValueError, match="positive"):
+        poisson(NETS, 3, mean_gap_ms=0)
+
+
+def test_drive_respects_gaps_and_closed_loop():
+    submitted = []
+
+    def submit(x, networks):
+        submitted.append(time.perf_counter())
+        future = Future()
+        future.set_result(None)
+        return future
+
+    arrivals = poisson(NETS, 4, mean_gap_ms=20.0, seed=1)
+    started = time.perf_counter()
+    drive(submit, arrivals, closed_loop=False, load_input=lambda path: None)
+    offsets = np.diff([started, *submitted]) * 1e3
+    for gap, arrival in zip(offsets[1:], arrivals[1:], strict=True):
+        assert gap >= arrival.gap_ms - 1.0  # never early (1 ms for timer granularity)
+
+
+def test_run_once_writes_a_results_folder(tmp_path, packages):
+    summary, engine = run_once(packages, batches(NETS, 3), mode="masa", budget="64M",
+                               output=tmp_path / "run")
+    folder = tmp_path / "run"
+    assert {p.name for p in folder.iterdir()} == {
+        "config.yaml", "tasks.csv", "requests.csv", "networks.csv", "ledger.csv", "rss.csv",
+        "workers.csv", "summary.json"}
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert config["mode"] == "masa" and config["budget_bytes"] == 64 * 2**20
+    requests = read_csv(folder / "requests.csv")
+    assert len(requests) == 3 and {r["status"] for r in requests} == {"completed"}
+    assert all(float(r["response_ms"]) > 0 for r in requests)
+    tasks = read_csv(folder / "tasks.csv")
+    assert len(tasks) == len(engine.trace.tasks) and "start_s" in tasks[0]
+    ledger = read_csv(folder / "ledger.csv")
+    assert int(ledger[-1]["used_bytes"]) == 0
+    assert json.loads((folder / "summary.json").read_text())["completed"] == 3
+    assert summary["peak_rss_bytes"] > 0 and summary["mean_network_response_ms"] > 0
+    # Closed loop: each batch arrives after the previous one finished.
+    arrivals = sorted(float(r["arrival_s"]) for r in requests)
+    completions = sorted(float(r["completion_s"]) for r in requests)
+    assert arrivals[1] >= completions[0] and arrivals[2] >= completions[1]
+
+
+def test_demo_runs_and_writes_a_summary(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("edgecaffe.cli.demo_cmd.NETWORKS", ["TinyAlex", "TinyResidual"])
+    assert main(["demo", "--batches", "2", "--modes", "masa,bulk", "-o",
+                 str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "masa" in out and "bulk" in out and "relative to masa" in out
+    assert (tmp_path / "demo" / "summary.md").read_text().count("|") > 10
+    assert (tmp_path / "demo" / "bulk" / "tasks.csv").exists()
+    assert main(["demo", "--modes", "warp"]) == 1
