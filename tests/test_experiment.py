@@ -43,7 +43,7 @@ def test_poisson_is_seeded_and_exponential():
         poisson(NETS, 3, mean_gap_ms=0)
 
 
-def test_drive_respects_gaps_and_closed_loop():
+def test_drive_never_submits_early():
     submitted = []
 
     def submit(x, networks):
