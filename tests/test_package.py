@@ -286,6 +286,7 @@ fc-layers:
   - {id: 12, name: fc6, partialFile: weights12.partial.caffemodel, partialFileSize: 38535000,
      estimated_time_loading: 31000, estimated_time_execution: 4000,
      number-of-paramters: 9633792, isConvLayer: false, hasModelFile: true}
+  - {id: 13, name: fc6_fc6_0_split, estimated_time_loading: 1, estimated_time_execution: 2}
 """
 
 
@@ -308,6 +309,7 @@ def test_original_network_folder_splits_and_runs(tmp_path, zoo_model, capsys):
     fc6 = next(e for e in manifest["layers"] if e["name"] == "fc6")
     assert fc6["original"]["estimated_time_loading"] == 31000 and fc6["original"]["list"] == \
         "fc-layers"
+    assert manifest["original"]["unmatched-layers"][0]["name"] == "fc6_fc6_0_split"
     x = random_input(package.input_shape)
     np.testing.assert_array_equal(
         package.forward(x)["prob"], edgecaffe.load_caffe(prototxt, caffemodel).forward(x)["prob"])
@@ -368,3 +370,17 @@ print(peak_rss_bytes(), max(layer.weight_bytes for layer in package.network.laye
     peak, largest = int(out[0]), int(out[1])
     assert largest > 400e6
     assert peak < 2 * largest + 100e6, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_original_labels_only_when_the_description_uses_them(tmp_path, zoo_model):
+    prototxt, caffemodel = zoo_model("AgeNet")
+    folder = tmp_path / "AgeNet"
+    folder.mkdir()
+    (folder / "deploy.prototxt").write_text(prototxt.read_text())
+    (folder / "weights.caffemodel").write_bytes(caffemodel.read_bytes())
+    text = DESCRIPTION.replace("a-key-from-the-future: 1\n", "")
+    (folder / "description.yaml").write_text(text.replace("uses-result-vector: true",
+                                                          "uses-result-vector: false"))
+    package = split([folder], tmp_path / "pkg")
+    assert package.manifest["labels"] == []
+    assert package.manifest["original"]["result-vector"][0] == "(0, 2)"  # kept, not used

@@ -138,6 +138,8 @@ class NetworkInfo:
         # A network's whole peak, as the original's max-memory figures: the original's own
         # (MB) when the package came from its folder, else the profiled whole-model peak.
         peak = summary.get("peak_rss_whole_model_bytes")
-        if original.get("max-memory-valgrind"):
-            peak = int(float(original["max-memory-valgrind"]) * 2**20)
+        for key in ("max-memory-valgrind", "max-memory-usage"):  # newer, then older files
+            if original.get(key):
+                peak = int(float(original[key]) * 2**20)
+                break
         return cls.from_network(package.network, stages, mean_exec, peak, profile)

@@ -46,15 +46,25 @@ class OriginalNetwork:
         return str(self.description.get("name") or self.folder.name)
 
     def top_level(self) -> dict[str, Any]:
-        """The description's keys other than the per-layer lists."""
-        return {k: v for k, v in self.description.items()
-                if k not in ("conv-layers", "fc-layers", "layers")}
+        """The description's keys other than per-layer entries (those go on the layers). Lists in
+        the legacy format (partial file names, not entries) are kept as they are."""
+        kept = {}
+        for key, value in self.description.items():
+            entries = key in ("conv-layers", "fc-layers")
+            if entries and all(isinstance(item, dict) for item in value or []):
+                continue
+            kept[key] = value
+        return kept
 
     def preprocess(self) -> dict[str, Any]:
         mean = self.description.get("mean-scalar") or [0.0, 0.0, 0.0]
         return {"mean": [float(v) for v in mean], "scale": 1.0, "channel_order": "BGR"}
 
     def labels(self) -> list[str]:
+        """Class labels, only when the description says to use them (several originals carry a
+        copied `result-vector` they do not use)."""
+        if not self.description.get("uses-result-vector"):
+            return []
         return [str(label) for label in self.description.get("result-vector") or []]
 
 

@@ -8,6 +8,7 @@ splitting a 575 MB model fits a 512 MB device.
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,21 @@ def _caffe_weights(reader: CaffeModelReader, caffemodel: Path) -> WeightSource:
     return weights_for
 
 
+def _keep_unmatched(original: dict[str, Any], entries: dict[str, dict[str, Any]],
+                    network: Network, prototxt: Path) -> None:
+    """Description entries with no layer here: Caffe's automatic Split layers (blobs read by
+    several layers are shared, not split) or stale entries. Their figures are kept all the same."""
+    unmatched = sorted(set(entries) - set(network.layer_by_name))
+    if not unmatched:
+        return
+    original["unmatched-layers"] = [entries[name] for name in unmatched]
+    unexpected = [name for name in unmatched if not name.endswith("_split")]
+    if unexpected:
+        warnings.warn(f"{prototxt.parent / 'description.yaml'}: layer entries {unexpected} match "
+                      "no layer of the prototxt (kept under original.unmatched-layers)",
+                      stacklevel=3)
+
+
 def split(
     source: Sequence[str | Path],
     directory: str | Path,
@@ -152,6 +168,8 @@ def split(
         )
     network = load_caffe(prototxt, name=name)
     network.meta.update(meta)
+    if original_layers:
+        _keep_unmatched(original, original_layers, network, prototxt)
     record: dict[str, Any] = {"kind": kind, "prototxt": str(prototxt)}
     if kind == "zoo" or synthetic:
         record.update(seed=seed, synthetic=True)
