@@ -205,3 +205,13 @@ def test_a_network_named_twice_runs_twice(packages):
     assert list(result) == ["TinyAlex", "TinyResidual", "TinyAlex#2"]
     np.testing.assert_array_equal(result["TinyAlex"]["prob"], result["TinyAlex#2"]["prob"])
     assert set(engine.trace.requests[0].network_spans) == set(result)
+
+
+def test_a_rejected_request_does_not_break_chained_modes(packages):
+    """bulk links each network to the previous submission: a rejected request must not be one."""
+    # TinyAlex's weights (29.6 kB, loaded at once in bulk) exceed the budget; TinyInception fits.
+    with Engine(packages, mode="bulk", budget=25000, allow_overcommit=False) as engine:
+        with pytest.raises(BudgetError, match="TinyAlex"):
+            engine.submit(image(), ["TinyInception", "TinyAlex"])
+        result = engine.submit(image(), ["TinyInception"]).result(timeout=30)
+    assert "prob" in result["TinyInception"]

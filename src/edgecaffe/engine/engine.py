@@ -144,17 +144,12 @@ class Engine:
         with self._condition:
             if self._closing:
                 raise EngineClosedError("the engine is closed; submit before close()")
+            infos = [self.infos[n] for n in networks]
+            if not self.scheduler.allow_overcommit:
+                self._check_fits(networks, infos)
             request_id = self._next_request
             self._next_request += 1
-            instances = self.planner.plan(request_id, [self.infos[n] for n in networks])
-            if not self.scheduler.allow_overcommit:
-                for instance in instances:
-                    for task in instance.tasks:
-                        need = self.scheduler.reservation(task)
-                        if need > self.budget.capacity_bytes:
-                            raise BudgetError(
-                                f"request for {networks}: {task!r} needs {need} bytes, more than "
-                                f"the whole budget of {self.budget.capacity_bytes}")
+            instances = self.planner.plan(request_id, infos)
             now = self.now()
             record = RequestRecord(request_id, tuple(networks), now)
             self.trace.requests[request_id] = record
@@ -166,6 +161,17 @@ class Engine:
             self._condition.notify_all()
         request.future.add_done_callback(lambda f, rid=request_id: self._on_cancel(f, rid))
         return request.future
+
+    def _check_fits(self, networks: list[str], infos: list[NetworkInfo]) -> None:
+        """Reject a request with a task larger than the whole budget. Planned on a scratch
+        planner: the real one links networks across requests and must only see accepted ones."""
+        for instance in Planner(self.mode).plan(-1, infos):
+            for task in instance.tasks:
+                need = self.scheduler.reservation(task)
+                if need > self.budget.capacity_bytes:
+                    raise BudgetError(
+                        f"request for {networks}: {task.label} of {instance.name} needs {need} "
+                        f"bytes, more than the whole budget of {self.budget.capacity_bytes}")
 
     def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
         return [self.submit(x, networks) for x in inputs]
