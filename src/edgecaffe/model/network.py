@@ -149,7 +149,7 @@ class Network:
         return sum(layer.flops for layer in self.layers)
 
     @cached_property
-    def _storage(self) -> dict[str, str]:
+    def buffer_owner(self) -> dict[str, str]:
         """Blob -> the blob that owns its memory (a view layer's output shares its input's)."""
         root: dict[str, str] = {}
         for layer in self.layers:
@@ -260,7 +260,7 @@ class BlobRunner:
                 + f"; blobs: {', '.join(network.blob_shapes)}"
             )
         self.values: dict[str, np.ndarray] = network.feeds(x)
-        storage = network._storage
+        storage = network.buffer_owner
         self.protected = {storage[b] for b in self.wanted} | set(self.values)
         self.layers = network.needed_layers(self.wanted)
         self._needed = {layer.name for layer in self.layers}
@@ -278,7 +278,7 @@ class BlobRunner:
         op = get_op(layer.op)
         if layer.op == "Input" or layer.name not in self._needed:
             return
-        storage = self.network._storage
+        storage = self.network.buffer_owner
         owners = [storage[blob] for blob in layer.inputs]
         inplace = (
             op.inplace and self.remaining[owners[0]] == 1 and owners[0] not in self.protected

@@ -96,7 +96,7 @@ class NetworkInfo:
         peak_bytes: int | None = None,
         profile: dict[str, dict[str, float]] | None = None,
     ) -> NetworkInfo:
-        storage = network._storage
+        storage = network.buffer_owner
         layers: list[LayerInfo] = []
         buffer_bytes: dict[str, int] = {}
         input_bytes = 0
