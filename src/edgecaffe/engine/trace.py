@@ -76,7 +76,8 @@ class Trace:
         return [event for event in self.ledger if event.forced]
 
     def dispatch_latencies_s(self) -> list[float]:
-        """For each task that ran after a dependency: its start minus its last dependency's end."""
+        """For each task that ran after a dependency: its start minus its last dependency's end
+        (or minus its creation, when it was created later: a chain into a new request)."""
         ends = {t.task_id: t.end_s for t in self.tasks}
         latencies = []
         for task in self.tasks:
@@ -85,7 +86,7 @@ class Trace:
             dep_ends = [ends.get(dep) for dep in task.depends_on]
             if any(end is None for end in dep_ends):
                 continue
-            latencies.append(task.start_s - max(dep_ends))
+            latencies.append(task.start_s - max(*dep_ends, task.created_s))
         return latencies
 
     def response_times_s(self) -> dict[int, float]:
