@@ -4,8 +4,7 @@ the same structure."""
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from edgecaffe.sched.budget import LedgerEvent
 from edgecaffe.sched.graph import NetworkInstance, State
@@ -88,20 +87,3 @@ class Trace:
                 continue
             latencies.append(task.start_s - max(*dep_ends, task.created_s))
         return latencies
-
-    def response_times_s(self) -> dict[int, float]:
-        return {rid: r.response_s for rid, r in self.requests.items()
-                if r.status == "completed" and r.response_s is not None}
-
-    def summary(self) -> dict[str, float]:
-        times = list(self.response_times_s().values())
-        return {
-            "requests": len(self.requests),
-            "completed": len(times),
-            "mean_response_s": statistics.mean(times) if times else float("nan"),
-            "peak_ledger_bytes": max((e.used_bytes for e in self.ledger), default=0),
-            "forced_events": len(self.forced_events),
-        }
-
-    def task_rows(self) -> list[dict]:
-        return [asdict(task) for task in self.tasks]
