@@ -260,3 +260,11 @@ def zoo_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple
         return written[name]
 
     return get
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a results CSV file as dicts."""
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from concurrent.futures import Future
@@ -11,17 +10,13 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import read_csv
 from edgecaffe.cli import main
 from edgecaffe.experiment import run_once
 from edgecaffe.model.package import split
 from edgecaffe.workload import batches, drive, poisson
 
 NETS = ["TinyAlex", "TinyResidual"]
-
-
-def read_csv(path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from edgecaffe import __version__
 from edgecaffe.cli import (
     demo_cmd,
+    experiment_cmd,
     graph_cmd,
     profile_cmd,
     run_cmd,
@@ -18,7 +19,9 @@ from edgecaffe.cli import (
     zoo_cmd,
 )
 
-COMMANDS = [demo_cmd, run_cmd, zoo_cmd, synth_cmd, split_cmd, profile_cmd, graph_cmd]
+COMMANDS = [
+    demo_cmd, experiment_cmd, run_cmd, zoo_cmd, synth_cmd, split_cmd, profile_cmd, graph_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

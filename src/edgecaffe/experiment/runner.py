@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
-from concurrent.futures import wait
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, wait
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ def run_once(
     output: str | Path | None = None,
     rss_interval_s: float = 0.01,
     config: dict[str, Any] | None = None,
+    on_done: Callable[[], None] | None = None,
 ) -> tuple[dict[str, Any], Engine]:
     """Run `arrivals` on a fresh engine; write the results folder when `output` is given."""
     engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
@@ -56,7 +57,12 @@ def run_once(
     sampler = threading.Thread(target=sample, name="edgecaffe-rss", daemon=True)
     sampler.start()
     try:
-        futures = drive(engine.submit, arrivals, closed_loop, _input_loader())
+        def submitted(arrival: Arrival, future: Future) -> None:
+            if on_done is not None:
+                future.add_done_callback(lambda _: on_done())
+
+        futures = drive(engine.submit, arrivals, closed_loop, _input_loader(),
+                        on_submit=submitted)
         wait(futures)  # completed or failed: the trace has both
     finally:
         engine.close()

@@ -1,0 +1,35 @@
+"""Network names in configs -> model packages: a package folder, an original network folder
+(split into the cache on first use), or a zoo name."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from edgecaffe.experiment.config import ConfigError, ExperimentConfig
+from edgecaffe.model.package import ModelPackage, open_package, split
+from edgecaffe.model.package.manifest import MANIFEST
+from edgecaffe.model.package.original import is_original_folder
+from edgecaffe.model.zoo import ZOO, cache_dir, zoo_package
+
+
+def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
+    path = Path(config.network_path) / name
+    if (path / MANIFEST).is_file():
+        return open_package(path)
+    if is_original_folder(path):
+        description = (path / "description.yaml").read_bytes()
+        key = hashlib.sha1(str(path.resolve()).encode() + description).hexdigest()[:12]
+        target = cache_dir() / "original" / f"{path.name}-{key}"
+        if (target / MANIFEST).is_file():
+            return open_package(target)
+        return split([path], target, synthetic=config.synthetic, seed=config.seed)
+    if name.lower() in {zoo.lower() for zoo in ZOO}:
+        return zoo_package(name, profile_runs=3)
+    raise ConfigError(f"{config.source}: network {name!r} is neither a package folder nor an "
+                      f"original network folder under {config.network_path!r}, nor a zoo name "
+                      f"({', '.join(n for n, m in ZOO.items() if not m.tiny)})")
+
+
+def resolve_networks(names: list[str], config: ExperimentConfig) -> dict[str, ModelPackage]:
+    return {name: resolve_network(name, config) for name in dict.fromkeys(names)}
