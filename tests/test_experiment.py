@@ -88,4 +88,21 @@ def test_demo_runs_and_writes_a_summary(tmp_path, monkeypatch, capsys):
     assert "masa" in out and "bulk" in out and "relative to masa" in out
     assert (tmp_path / "demo" / "summary.md").read_text().count("|") > 10
     assert (tmp_path / "demo" / "bulk" / "tasks.csv").exists()
+    assert (tmp_path / "demo" / "report" / "report.html").exists()
     assert main(["demo", "--modes", "warp"]) == 1
+
+
+def test_report_from_results_folders(tmp_path, packages, capsys):
+    for mode in ("masa", "bulk"):
+        run_once(packages, batches(NETS, 2), mode=mode, budget="64M",
+                 output=tmp_path / "results" / mode)
+    assert main(["report", str(tmp_path / "results"), "-o", str(tmp_path / "report")]) == 0
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| TinyAlex+TinyResidual | 64M | bulk | 1 |" in markdown
+    assert "| TinyAlex+TinyResidual | 64M | masa | 1 |" in markdown
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4  # bars, CDFs, two timelines
+    for name in ("response_bars.png", "response_cdf.png", "run0_timeline.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
+    assert main(["report", str(tmp_path / "nothing"), "-o", str(tmp_path / "r2")]) == 1
+    assert "no such folder" in capsys.readouterr().err

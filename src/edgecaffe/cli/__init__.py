@@ -13,6 +13,7 @@ from edgecaffe.cli import (
     experiment_cmd,
     graph_cmd,
     profile_cmd,
+    report_cmd,
     run_cmd,
     split_cmd,
     synth_cmd,
@@ -20,7 +21,8 @@ from edgecaffe.cli import (
 )
 
 COMMANDS = [
-    demo_cmd, experiment_cmd, run_cmd, zoo_cmd, synth_cmd, split_cmd, profile_cmd, graph_cmd,
+    demo_cmd, experiment_cmd, report_cmd, run_cmd, zoo_cmd, synth_cmd, split_cmd, profile_cmd,
+    graph_cmd,
 ]
 
 

@@ -14,7 +14,8 @@ def add_parser(commands) -> None:
         description="Builds the zoo packages it needs on first use (GenderNet, FaceNet, AgeNet "
         "with seeded synthetic weights, profiled on this machine), then runs batches of all "
         "three under a memory budget with each mode, prints the comparison and writes each run's "
-        "results folder and a summary.",
+        "results folder, a summary and a report (HTML and Markdown, with plots when matplotlib "
+        "is installed).",
     )
     parser.add_argument("--budget", default="512M", help="memory budget (default 512M)")
     parser.add_argument("--modes", default="masa,bulk,deepeye,linear",
@@ -82,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
                      f"{summary['p95_response_ms']:.0f} | "
                      + " | ".join(f"{per.get(n, float('nan')):.0f}" for n in NETWORKS) + " |")
     (output / "summary.md").write_text("\n".join(lines) + "\n")
+    from edgecaffe.experiment.report import write_report
+
+    _, page = write_report([output / mode for mode in modes], output / "report")
     print(f"results: {output}/<mode>/ (tasks, requests, networks, ledger, rss, workers CSV); "
-          f"summary: {output / 'summary.md'}")
+          f"summary: {output / 'summary.md'}; report: {page}")
     return 0
