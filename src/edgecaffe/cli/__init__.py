@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning  # users need the message, not our source line
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from edgecaffe.model.errors import ModelError
 
     try:

@@ -37,24 +37,101 @@ def add_parser(commands) -> None:
                         help="seeded synthetic weights for original folders without caffemodels")
     for flag, key, kind, text in FLAGS:
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    parser.add_argument("--enforce-memory", action="store_true",
+                        help="run inside a cgroup memory limit equal to the budget (needs root)")
+    parser.add_argument("--swap", metavar="SIZE",
+                        help="with --enforce-memory: a swap file of SIZE (e.g. 4G) the run may "
+                        "use, created and removed by this command")
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _child_argv(argv: list[str]) -> list[str]:
+    """The same command without the options that set up the limit."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--enforce-memory":
+            continue
+        elif arg == "--swap":
+            skip = True
+        elif not arg.startswith("--swap="):
+            out.append(arg)
+    return out
 
-    from edgecaffe.cli.progress import Progress
-    from edgecaffe.experiment.config import arrivals_of, load_config
+
+def run_limited(args: argparse.Namespace) -> int:
+    """Run this same experiment in a child process inside a memory cgroup (and with swap)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from contextlib import ExitStack
+
+    from edgecaffe.experiment.config import arrivals_of
+    from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
     from edgecaffe.experiment.networks import resolve_networks
-    from edgecaffe.experiment.runner import run_once
+    from edgecaffe.sched import parse_bytes
+
+    config = _config(args)
+    arrivals, _ = arrivals_of(config)
+    # Build packages first, outside the limit: the run should measure inference, not splitting.
+    resolve_networks([n for a in arrivals for n in a.networks], config)
+    limit = parse_bytes(config.mem_limit)
+    swap = parse_bytes(args.swap) if args.swap else 0
+    with ExitStack() as stack:
+        if swap:
+            stack.enter_context(SwapFile(swap))
+        cgroup = stack.enter_context(MemoryCgroup(limit, swap))
+        child = subprocess.run([sys.executable, "-m", "edgecaffe", *_child_argv(args.argv)],
+                               preexec_fn=cgroup.join, check=False)
+        stats = cgroup.stats()
+    stats["oom_killed"] = child.returncode == -signal.SIGKILL or stats.get("oom_kills", 0) > 0
+    stats["exit_code"] = child.returncode
+    folder = _folder(config)
+    if folder.exists():
+        (folder / "limits.json").write_text(json.dumps(stats, indent=2))
+    peak = stats.get("peak_bytes")
+    print(f"memory limit {limit / 2**20:.0f} MiB (cgroup v{stats['cgroup_version']}), swap "
+          f"{swap / 2**20:.0f} MiB: peak {peak / 2**20 if peak else float('nan'):.0f} MiB, "
+          f"swap in/out {stats['swap_in_pages']}/{stats['swap_out_pages']} pages, "
+          f"{'OOM KILLED' if stats['oom_killed'] else 'no OOM kill'}")
+    if stats["oom_killed"]:
+        print(f"edgecaffe experiment: error: the OOM killer ended the run at {limit} bytes; "
+              "add --swap or raise --mem-limit", file=sys.stderr)
+        return 1
+    return child.returncode
+
+
+def _config(args: argparse.Namespace):
+    from edgecaffe.experiment.config import load_config
 
     overrides = {key: getattr(args, key) for _, key, _, _ in FLAGS}
     overrides.update(output=args.output, synthetic=args.synthetic)
-    config = load_config(args.config, overrides)
+    return load_config(args.config, overrides)
+
+
+def _folder(config):
+    from pathlib import Path
+
+    return Path(config.output) / (config.prefix or f"{config.mode}-{config.mem_limit}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgecaffe.cli.progress import Progress
+    from edgecaffe.experiment.config import arrivals_of
+    from edgecaffe.experiment.networks import resolve_networks
+    from edgecaffe.experiment.runner import run_once
+
+    if args.enforce_memory:
+        return run_limited(args)
+    if args.swap:
+        raise ValueError("--swap needs --enforce-memory")
+    config = _config(args)
     arrivals, closed_loop = arrivals_of(config)
     names = [name for arrival in arrivals for name in arrival.networks]
     packages = resolve_networks(names, config)
-    folder = Path(config.output) / (config.prefix or f"{config.mode}-{config.mem_limit}")
+    folder = _folder(config)
     bar = Progress(len(arrivals), f"{config.mode} {config.mem_limit}", unit="arrivals",
                    scale=1)
     summary, _ = run_once(

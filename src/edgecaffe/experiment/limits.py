@@ -1,0 +1,168 @@
+"""Real memory limits, as the original's harness imposed them: a cgroup memory limit equal to the
+budget (cgroup v1 or v2, whichever the machine has) and optionally a swap file, both created
+here and removed in every case (errors and Ctrl-C included). Needs root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from edgecaffe.model.errors import ModelError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+class LimitError(ModelError):
+    """A real memory limit that cannot be set up: not root, no memory cgroup, swapon refused."""
+
+
+def _vmstat() -> dict[str, int]:
+    values = {}
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("pswpin", "pswpout"):
+            values[key] = int(value)
+    return values
+
+
+def _own_cgroup(controller: str) -> str:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(",") or (controller == "" and controllers == ""):
+            return path.lstrip("/")
+    return ""
+
+
+class MemoryCgroup:
+    """A memory cgroup with `limit_bytes` of RAM and `swap_bytes` of swap on top."""
+
+    def __init__(self, limit_bytes: int, swap_bytes: int = 0, name: str | None = None) -> None:
+        if os.geteuid() != 0:
+            raise LimitError("--enforce-memory needs root to create a memory cgroup; without it "
+                             "the budget is still kept by the scheduler's accounting")
+        self.limit_bytes, self.swap_bytes = limit_bytes, swap_bytes
+        name = name or f"edgecaffe-{os.getpid()}-{time.monotonic_ns()}"
+        v1 = CGROUP_ROOT / "memory"
+        unified = next((p for p in (CGROUP_ROOT, CGROUP_ROOT / "unified")
+                        if "memory" in _read(p / "cgroup.controllers").split()), None)
+        if v1.is_dir() and (v1 / "memory.limit_in_bytes").exists():
+            self.version = 1
+            self.path = v1 / _own_cgroup("memory") / name
+        elif unified is not None:
+            self.version = 2
+            self.path = unified / _own_cgroup("") / name
+        else:
+            raise LimitError("this machine has no memory cgroup controller (v1 or v2)")
+        self._vmstat_before = _vmstat()
+
+    def __enter__(self) -> MemoryCgroup:
+        try:
+            self.path.mkdir()
+            if self.version == 1:
+                (self.path / "memory.limit_in_bytes").write_text(str(self.limit_bytes))
+                memsw = self.path / "memory.memsw.limit_in_bytes"
+                if memsw.exists():
+                    memsw.write_text(str(self.limit_bytes + self.swap_bytes))
+            else:
+                (self.path / "memory.max").write_text(str(self.limit_bytes))
+                (self.path / "memory.swap.max").write_text(str(self.swap_bytes))
+        except OSError as error:
+            self._remove()
+            raise LimitError(f"cannot set up the memory cgroup {self.path}: {error}") from None
+        return self
+
+    def join(self) -> None:
+        """Move the calling process into the cgroup (use as a child's `preexec_fn`)."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def stats(self) -> dict[str, Any]:
+        after = _vmstat()
+        if self.version == 1:
+            oom = _read(self.path / "memory.oom_control")
+            stats = {
+                "peak_bytes": _int(self.path / "memory.max_usage_in_bytes"),
+                "peak_with_swap_bytes": _int(self.path / "memory.memsw.max_usage_in_bytes"),
+                "limit_hits": _int(self.path / "memory.failcnt"),
+                "oom_kills": _field(oom, "oom_kill"),
+            }
+        else:
+            events = _read(self.path / "memory.events")
+            stats = {"peak_bytes": _int(self.path / "memory.peak"),
+                     "oom_kills": _field(events, "oom_kill"),
+                     "limit_hits": _field(events, "max")}
+        stats.update(
+            cgroup_version=self.version, limit_bytes=self.limit_bytes, swap_bytes=self.swap_bytes,
+            # System-wide counters (pages): the best swap figure both versions offer.
+            swap_in_pages=after.get("pswpin", 0) - self._vmstat_before.get("pswpin", 0),
+            swap_out_pages=after.get("pswpout", 0) - self._vmstat_before.get("pswpout", 0),
+        )
+        return stats
+
+    def _remove(self) -> None:
+        for _ in range(50):  # processes may take a moment to leave after exiting
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self._remove()
+
+
+class SwapFile:
+    """A swap file of `size_bytes` at `path`, enabled while in use, removed afterwards."""
+
+    def __init__(self, size_bytes: int, path: str | Path = "/var/tmp/edgecaffe.swap") -> None:
+        self.size_bytes, self.path = size_bytes, Path(path)
+        self.enabled = False
+
+    def __enter__(self) -> SwapFile:
+        try:
+            with open(self.path, "xb") as handle:
+                os.posix_fallocate(handle.fileno(), 0, self.size_bytes)
+            self.path.chmod(0o600)
+            _run("mkswap", str(self.path))
+            _run("swapon", str(self.path))
+            self.enabled = True
+        except (OSError, LimitError) as error:
+            self.__exit__()
+            raise LimitError(f"cannot set up the swap file {self.path}: {error}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            subprocess.run(["swapoff", str(self.path)], capture_output=True, check=False)
+            self.enabled = False
+        self.path.unlink(missing_ok=True)
+
+
+def _run(*command: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise LimitError(f"{' '.join(command)} failed: {result.stderr.strip()}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _int(path: Path) -> int | None:
+    text = _read(path).strip()
+    return int(text) if text.isdigit() else None
+
+
+def _field(text: str, key: str) -> int:
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0

@@ -1,0 +1,76 @@
+"""Runs under real memory limits: a cgroup equal to the budget, optional swap, always cleaned up.
+Needs root and a memory cgroup; skipped otherwise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgecaffe.cli import main
+from edgecaffe.experiment.limits import LimitError, MemoryCgroup
+
+try:
+    MemoryCgroup(2**30)
+    AVAILABLE, WHY = True, ""
+except LimitError as error:
+    AVAILABLE, WHY = False, str(error)
+
+pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"no real memory limits here: {WHY}")
+
+
+def cgroups_left() -> list[str]:
+    found = subprocess.run(["find", "/sys/fs/cgroup", "-maxdepth", "4", "-name", "edgecaffe-*"],
+                           capture_output=True, text=True, check=False).stdout
+    return found.split()
+
+
+@pytest.fixture
+def experiment(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+
+    def run(*extra: str) -> int:
+        return main(["experiment", "--networks", "TinyAlex,TinyResidual", "--n-arrivals", "2",
+                     "-o", str(tmp_path / "out"), "--output-prefix", "run", "--enforce-memory",
+                     *extra])
+
+    return run, tmp_path / "out" / "run"
+
+
+def test_a_run_inside_a_cgroup_records_its_peak(experiment):
+    run, folder = experiment
+    assert run("--mem-limit", "512M") == 0
+    limits = json.loads((folder / "limits.json").read_text())
+    assert limits["limit_bytes"] == 512 * 2**20 and not limits["oom_killed"]
+    assert 10 * 2**20 < limits["peak_bytes"] <= 512 * 2**20
+    assert (folder / "requests.csv").exists()
+    assert cgroups_left() == []
+
+
+def test_the_oom_killer_is_reported(experiment, capsys):
+    run, _ = experiment
+    assert run("--mem-limit", "24M") == 1
+    assert "OOM killer" in capsys.readouterr().err
+    assert cgroups_left() == []
+
+
+def test_a_swap_file_is_created_and_removed(experiment, capsys):
+    run, _ = experiment
+    try:
+        code = run("--mem-limit", "512M", "--swap", "64M")
+    except LimitError as error:  # a container may refuse swapon
+        pytest.skip(str(error))
+    if code != 0 and "cannot set up the swap file" in capsys.readouterr().err:
+        pytest.skip("swapon refused here")
+    assert code == 0
+    assert "/var/tmp/edgecaffe.swap" not in Path("/proc/swaps").read_text()
+    assert not os.path.exists("/var/tmp/edgecaffe.swap")
+    assert cgroups_left() == []
+
+
+def test_swap_without_a_limit_is_refused(capsys):
+    assert main(["experiment", "--swap", "1G"]) == 1
+    assert "--swap needs --enforce-memory" in capsys.readouterr().err
