@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import read_csv
@@ -124,3 +127,60 @@ def test_bad_configs_are_named(tmp_path, text, message):
 def test_unknown_network_is_named(tmp_path, capsys):
     assert main(["experiment", "--networks", "NoSuchNet", "-o", str(tmp_path)]) == 1
     assert "network 'NoSuchNet'" in capsys.readouterr().err
+
+
+def test_matrix_runs_every_combination_with_common_random_numbers(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "matrix.yaml"
+    config.write_text(f"""\
+networks: [TinyAlex, TinyResidual]
+arrival-mode: poisson
+mean-gap-ms: 5
+n-arrivals: 3
+seed: 11
+output: {tmp_path / "out"}
+matrix:
+  sets: [[TinyAlex, TinyResidual]]
+  mem_limits: [64M, 1G]
+  modes: [masa, bulk]
+  repetitions: 2
+""")
+    assert main(["experiment", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("3/3 requests") == 8  # 2 limits x 2 modes x 2 repetitions
+    base = tmp_path / "out" / "TinyAlex+TinyResidual"
+    gaps = {}
+    for run in base.glob("*/*-r*"):
+        arrivals = yaml.safe_load((run / "config.yaml").read_text())["arrivals"]
+        gaps.setdefault(run.name.rsplit("-r", 1)[1], set()).add(
+            tuple(a["gap_ms"] for a in arrivals))
+    assert set(gaps) == {"0", "1"}
+    assert all(len(sequences) == 1 for sequences in gaps.values())  # same for every mode/limit
+    assert gaps["0"] != gaps["1"]  # repetitions differ
+    assert (base / "64M" / "masa-w2-r0" / "requests.csv").exists()
+
+
+def test_built_in_sets_and_the_originals_generators():
+    config = load_config(None, {"set_name": "large-3", "arrival_mode": "stochastic",
+                                "mean_gap_ms": 4000.0, "n_arrivals": 50, "seed": 2})
+    assert config.networks == ["ObjectNet", "EmotionNet", "MemNet"]
+    arrivals, closed = arrivals_of(config)
+    gaps = [a.gap_ms for a in arrivals]
+    assert not closed and gaps[0] == 0
+    assert abs(sum(gaps[1:]) / 49 - 4000) < 4000 * 0.02  # mean-matched normal gaps
+    assert 100 < statistics.stdev(gaps[1:]) < 1000  # sigma about 500 ms: regular arrivals
+    composed = arrivals_of(load_config(None, {"set_name": "all-networks", "n_arrivals": 400,
+                                              "arrival_mode": "random-composition"}))[0]
+    sizes = [len(a.networks) for a in composed]
+    assert all(len(set(a.networks)) == len(a.networks) for a in composed)  # no replacement
+    assert 0.4 < sizes.count(1) / 400 < 0.6 and 0.15 < sizes.count(2) / 400 < 0.35
+    random = arrivals_of(load_config(None, {"set_name": "small-3", "n_arrivals": 20,
+                                            "arrival_mode": "all-random", "per_arrival": 3}))[0]
+    assert all(len(a.networks) == 3 for a in random)
+    scaled = arrivals_of(load_config(None, {"arrival_mode": "poisson", "multiplier": 2.0,
+                                            "n_arrivals": 400}), service_ms=100.0)[0]
+    assert abs(statistics.mean(a.gap_ms for a in scaled[1:]) - 200) < 30
+    with pytest.raises(ConfigError, match="set: 'huge-9' is not allowed"):
+        load_config(None, {"set_name": "huge-9"})
+    with pytest.raises(ConfigError, match="matrix: unknown key 'mode'; did you mean 'modes'"):
+        load_config(None, {"matrix": {"mode": ["masa"]}})

@@ -73,3 +73,53 @@ def drive(
         if on_submit is not None:
             on_submit(arrival, future)
     return futures
+
+
+#: The original experiments' network sets (percom batch experiments, §7.3).
+SETS: dict[str, tuple[str, ...]] = {
+    "small-3": ("GenderNet", "FaceNet", "AgeNet"),
+    "mixed-3": ("FaceNet", "AgeNet", "EmotionNet"),
+    "large-3": ("ObjectNet", "EmotionNet", "MemNet"),
+    "lifelogging": ("EmotionNet", "MemNet", "TinyYolo", "SceneNet", "SoS"),
+    "all-networks": ("FaceNet", "ObjectNet", "EmotionNet", "MemNet", "AgeNet", "GenderNet",
+                     "TinyYolo", "SceneNet", "SoS"),
+}
+
+
+def close_normal_gaps(count: int, mean_ms: float, sigma_ms: float = 500.0, seed: int = 0,
+                      tolerance: float = 0.005) -> list[float]:
+    """The original generator's gaps: `count` draws from N(mean, sigma), redrawn until their mean
+    is within `tolerance` of `mean_ms` (negative draws clipped to 0); the first gap is 0."""
+    rng = np.random.default_rng(seed)
+    for _ in range(10_000):
+        gaps = np.clip(rng.normal(mean_ms, sigma_ms, count), 0.0, None)
+        if count < 2 or abs(gaps.mean() - mean_ms) <= tolerance * mean_ms:
+            break
+    gaps[0] = 0.0
+    return [float(g) for g in gaps]
+
+
+def random_composition(pool: Sequence[str], count: int, mean_gap_ms: float, seed: int = 0,
+                       sigma_ms: float = 500.0) -> list[Arrival]:
+    """The original's random composition: k networks per arrival with P(k) = 1/2, 1/4, ...
+    (the remainder on the largest k), drawn without replacement; normal gaps."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([0.5 ** k for k in range(1, len(pool) + 1)])
+    weights[-1] += 1.0 - weights.sum()
+    arrivals = []
+    gaps = close_normal_gaps(count, mean_gap_ms, sigma_ms, seed)
+    for index, gap in enumerate(gaps):
+        k = int(rng.choice(np.arange(1, len(pool) + 1), p=weights))
+        networks = tuple(str(n) for n in rng.choice(list(pool), size=k, replace=False))
+        arrivals.append(Arrival(index, gap, networks))
+    return arrivals
+
+
+def all_random(pool: Sequence[str], count: int, per_arrival: int, mean_gap_ms: float,
+               seed: int = 0, sigma_ms: float = 500.0) -> list[Arrival]:
+    """The original's all-random arrivals: `per_arrival` networks drawn uniformly with
+    replacement; normal gaps."""
+    rng = np.random.default_rng(seed)
+    gaps = close_normal_gaps(count, mean_gap_ms, sigma_ms, seed)
+    return [Arrival(index, gap, tuple(str(n) for n in rng.choice(list(pool), per_arrival)))
+            for index, gap in enumerate(gaps)]

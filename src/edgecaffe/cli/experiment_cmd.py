@@ -16,6 +16,9 @@ FLAGS = [  # (flag, config key, type, help)
     ("--n-arrivals", "n_arrivals", int, "arrivals to generate"),
     ("--mean-gap-ms", "mean_gap_ms", float, "mean inter-arrival time of Poisson arrivals"),
     ("--seed", "seed", int, "arrival and synthetic-weight seed"),
+    ("--set", "set_name", str, "a built-in network set: small-3, mixed-3, large-3, "
+     "lifelogging, all-networks"),
+    ("--multiplier", "multiplier", float, "mean gap as a multiple of the mean service time"),
     ("--network-path", "network_path", str, "folder the networks' paths are relative to"),
     ("--resources-path", "resources_path", str, "folder the arrivals' images are relative to"),
     ("--output-prefix", "prefix", str, "name of the run's results folder"),
@@ -39,68 +42,24 @@ def add_parser(commands) -> None:
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")
+    parser.add_argument("--run-only", help=argparse.SUPPRESS)  # one run of a matrix (children)
     parser.add_argument("--swap", metavar="SIZE",
                         help="with --enforce-memory: a swap file of SIZE (e.g. 4G) the run may "
                         "use, created and removed by this command")
     parser.set_defaults(handler=run)
 
 
-def _child_argv(argv: list[str]) -> list[str]:
-    """The same command without the options that set up the limit."""
+def _child_argv(argv: list[str], run_name: str) -> list[str]:
+    """The same command for one run, without the options that set up the limit."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--enforce-memory":
-            continue
-        elif arg == "--swap":
+        elif arg in ("--swap", "--run-only"):
             skip = True
-        elif not arg.startswith("--swap="):
+        elif arg != "--enforce-memory" and not arg.startswith(("--swap=", "--run-only=")):
             out.append(arg)
-    return out
-
-
-def run_limited(args: argparse.Namespace) -> int:
-    """Run this same experiment in a child process inside a memory cgroup (and with swap)."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    from contextlib import ExitStack
-
-    from edgecaffe.experiment.config import arrivals_of
-    from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
-    from edgecaffe.experiment.networks import resolve_networks
-    from edgecaffe.sched import parse_bytes
-
-    config = _config(args)
-    arrivals, _ = arrivals_of(config)
-    # Build packages first, outside the limit: the run should measure inference, not splitting.
-    resolve_networks([n for a in arrivals for n in a.networks], config)
-    limit = parse_bytes(config.mem_limit)
-    swap = parse_bytes(args.swap) if args.swap else 0
-    with ExitStack() as stack:
-        if swap:
-            stack.enter_context(SwapFile(swap))
-        cgroup = stack.enter_context(MemoryCgroup(limit, swap))
-        child = subprocess.run([sys.executable, "-m", "edgecaffe", *_child_argv(args.argv)],
-                               preexec_fn=cgroup.join, check=False)
-        stats = cgroup.stats()
-    stats["oom_killed"] = child.returncode == -signal.SIGKILL or stats.get("oom_kills", 0) > 0
-    stats["exit_code"] = child.returncode
-    folder = _folder(config)
-    if folder.exists():
-        (folder / "limits.json").write_text(json.dumps(stats, indent=2))
-    peak = stats.get("peak_bytes")
-    print(f"memory limit {limit / 2**20:.0f} MiB (cgroup v{stats['cgroup_version']}), swap "
-          f"{swap / 2**20:.0f} MiB: peak {peak / 2**20 if peak else float('nan'):.0f} MiB, "
-          f"swap in/out {stats['swap_in_pages']}/{stats['swap_out_pages']} pages, "
-          f"{'OOM KILLED' if stats['oom_killed'] else 'no OOM kill'}")
-    if stats["oom_killed"]:
-        print(f"edgecaffe experiment: error: the OOM killer ended the run at {limit} bytes; "
-              "add --swap or raise --mem-limit", file=sys.stderr)
-        return 1
-    return child.returncode
+    return [*out, "--run-only", run_name]
 
 
 def _config(args: argparse.Namespace):
@@ -111,40 +70,105 @@ def _config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
-def _folder(config):
-    from pathlib import Path
+def _plan(args: argparse.Namespace):
+    """[(results subfolder, config, arrivals, closed loop, packages)] for every run."""
+    from edgecaffe.experiment.config import arrivals_of, expand_matrix
+    from edgecaffe.experiment.networks import resolve_networks
+    from edgecaffe.sched import NetworkInfo
 
-    return Path(config.output) / (config.prefix or f"{config.mode}-{config.mem_limit}")
+    config = _config(args)
+    plans = []
+    for name, run in expand_matrix(config):
+        if args.run_only is not None and name != args.run_only:
+            continue
+        pool = run.arrivals_networks() if run.arrivals is not None else run.networks
+        packages = resolve_networks(pool, run)
+        service_ms = sum(NetworkInfo.from_package(packages[n]).mean_exec_ms for n in run.networks
+                         if n in packages)
+        arrivals, closed_loop = arrivals_of(run, service_ms)
+        plans.append((name, run, arrivals, closed_loop, packages))
+    if not plans:
+        raise ValueError(f"no run named {args.run_only!r} in this configuration")
+    return plans
+
+
+def _summary_line(folder, summary) -> str:
+    rss = summary["peak_rss_bytes"] or 0
+    return (f"{folder}: {summary['completed']}/{summary['requests']} requests, mean response "
+            f"{summary['mean_network_response_ms']:.0f} ms (per network), p95 "
+            f"{summary['p95_response_ms']:.0f} ms (per request), makespan "
+            f"{summary['makespan_ms']:.0f} ms, peak ledger "
+            f"{summary['peak_ledger_bytes'] / 2**20:.0f} MiB, peak RSS {rss / 2**20:.0f} MiB")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from edgecaffe.cli.progress import Progress
-    from edgecaffe.experiment.config import arrivals_of
-    from edgecaffe.experiment.networks import resolve_networks
     from edgecaffe.experiment.runner import run_once
 
-    if args.enforce_memory:
-        return run_limited(args)
-    if args.swap:
+    if args.swap and not args.enforce_memory:
         raise ValueError("--swap needs --enforce-memory")
-    config = _config(args)
-    arrivals, closed_loop = arrivals_of(config)
-    names = [name for arrival in arrivals for name in arrival.networks]
-    packages = resolve_networks(names, config)
-    folder = _folder(config)
-    bar = Progress(len(arrivals), f"{config.mode} {config.mem_limit}", unit="arrivals",
-                   scale=1)
-    summary, _ = run_once(
-        packages, arrivals, mode=config.mode, budget=config.mem_limit, policy=config.policy,
-        granularity=config.granularity, workers=config.workers,
-        blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
-        config=config.to_dict(), on_done=lambda: bar.advance(1),
-    )
-    bar.close()
-    rss = summary["peak_rss_bytes"] or 0
-    print(f"{folder}: {summary['completed']}/{summary['requests']} requests, mean response "
-          f"{summary['mean_network_response_ms']:.0f} ms (per network), p95 "
-          f"{summary['p95_response_ms']:.0f} ms (per request), makespan "
-          f"{summary['makespan_ms']:.0f} ms, peak ledger "
-          f"{summary['peak_ledger_bytes'] / 2**20:.0f} MiB, peak RSS {rss / 2**20:.0f} MiB")
-    return 0 if summary["failed"] == 0 else 1
+    plans = _plan(args)
+    if args.enforce_memory:
+        return run_limited(args, plans)
+    failed = 0
+    for name, config, arrivals, closed_loop, packages in plans:
+        folder = Path(config.output) / name
+        bar = Progress(len(arrivals), name, unit="arrivals", scale=1)
+        summary, _ = run_once(
+            packages, arrivals, mode=config.mode, budget=config.mem_limit,
+            policy=config.policy, granularity=config.granularity, workers=config.workers,
+            blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
+            config=config.to_dict(), on_done=lambda bar=bar: bar.advance(1),
+        )
+        bar.close()
+        print(_summary_line(folder, summary), flush=True)
+        failed += summary["failed"]
+    return 0 if failed == 0 else 1
+
+
+def run_limited(args: argparse.Namespace, plans) -> int:
+    """Run each run in a child process inside a memory cgroup as large as its budget (and with
+    the swap file); packages were built before, outside the limit."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from contextlib import ExitStack
+    from pathlib import Path
+
+    from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
+    from edgecaffe.sched import parse_bytes
+
+    swap = parse_bytes(args.swap) if args.swap else 0
+    worst = 0
+    with ExitStack() as stack:
+        if swap:
+            stack.enter_context(SwapFile(swap))
+        for name, config, *_ in plans:
+            limit = parse_bytes(config.mem_limit)
+            with MemoryCgroup(limit, swap) as cgroup:
+                child = subprocess.run(
+                    [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)],
+                    preexec_fn=cgroup.join, check=False)
+                stats = cgroup.stats()
+            stats["oom_killed"] = (child.returncode == -signal.SIGKILL
+                                   or stats.get("oom_kills", 0) > 0)
+            stats["exit_code"] = child.returncode
+            folder = Path(config.output) / name
+            if folder.exists():
+                (folder / "limits.json").write_text(json.dumps(stats, indent=2))
+            peak = stats.get("peak_bytes")
+            print(f"  memory limit {limit / 2**20:.0f} MiB (cgroup v{stats['cgroup_version']}), "
+                  f"swap {swap / 2**20:.0f} MiB: peak "
+                  f"{peak / 2**20 if peak else float('nan'):.0f} MiB, swap in/out "
+                  f"{stats['swap_in_pages']}/{stats['swap_out_pages']} pages, "
+                  f"{'OOM KILLED' if stats['oom_killed'] else 'no OOM kill'}", flush=True)
+            if stats["oom_killed"]:
+                print(f"edgecaffe experiment: error: the OOM killer ended run {name} at {limit} "
+                      "bytes; add --swap or raise --mem-limit", file=sys.stderr)
+                worst = 1
+            elif child.returncode:
+                worst = worst or 1
+    return worst
