@@ -87,6 +87,15 @@ def test_original_experiment_file_runs_unchanged(tmp_path, original_layout, monk
     assert (tmp_path / "out" / "b" / "tasks.csv").exists()
 
 
+def test_a_missing_image_is_named_before_anything_runs(tmp_path, original_layout):
+    networks, resources = original_layout
+    config = tmp_path / "exp.yaml"
+    config.write_text(ORIGINAL_EXP.format(networks=networks, resources=resources,
+                                          output=tmp_path / "out").replace("face.jpg", "x.jpg"))
+    with pytest.raises(ConfigError, match=r"arrivals\[0\].pathToData: no image at .*x.jpg"):
+        load_config(config)
+
+
 def test_flags_alone_are_enough(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
     assert main(["experiment", "--networks", "TinyAlex,TinyInception", "--mode", "partial",

@@ -117,6 +117,9 @@ def _original_arrivals(items: Any, source: str, resources: str) -> list[Arrival]
                 names.append(str(network))
         data = item.get("pathToData")
         path = str(Path(resources) / data) if data else None
+        if path is not None and not Path(path).is_file():
+            raise _error(source, f"arrivals[{index}].pathToData: no image at {path} "
+                                 "(relative to resources-path)")
         try:
             gap = float(item.get("time", 0))
         except (TypeError, ValueError):
