@@ -74,3 +74,27 @@ def test_a_swap_file_is_created_and_removed(experiment, capsys):
 def test_swap_without_a_limit_is_refused(capsys):
     assert main(["experiment", "--swap", "1G"]) == 1
     assert "--swap needs --enforce-memory" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_leaves_nothing_behind(tmp_path):
+    """SIGTERM (as Ctrl-C) mid-run: the child stops, the cgroup and swap file are removed."""
+    import signal
+    import sys
+    import time
+
+    env = {**os.environ, "EDGECAFFE_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "edgecaffe", "experiment", "--networks", "TinyAlex",
+               "--n-arrivals", "100000", "--mem-limit", "256M", "--enforce-memory", "--swap",
+               "32M", "-o", str(tmp_path / "out")]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not cgroups_left() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    if process.poll() is not None:
+        pytest.skip(f"the run ended early: {process.stderr.read().decode()[-300:]}")
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) != 0
+    assert cgroups_left() == []
+    assert not os.path.exists("/var/tmp/edgecaffe.swap")
+    assert "/var/tmp/edgecaffe.swap" not in Path("/proc/swaps").read_text()

@@ -143,15 +143,26 @@ def run_limited(args: argparse.Namespace, plans) -> int:
 
     swap = parse_bytes(args.swap) if args.swap else 0
     worst = 0
+
+    def interrupted(signum, frame):  # a `kill` cleans up like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
     with ExitStack() as stack:
         if swap:
             stack.enter_context(SwapFile(swap))
         for name, config, *_ in plans:
             limit = parse_bytes(config.mem_limit)
             with MemoryCgroup(limit, swap) as cgroup:
-                child = subprocess.run(
+                child = subprocess.Popen(
                     [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)],
-                    preexec_fn=cgroup.join, check=False)
+                    preexec_fn=cgroup.join)
+                try:
+                    child.wait()
+                except BaseException:  # Ctrl-C: stop the run before the limit goes away
+                    child.kill()
+                    child.wait()
+                    raise
                 stats = cgroup.stats()
             stats["oom_killed"] = (child.returncode == -signal.SIGKILL
                                    or stats.get("oom_kills", 0) > 0)

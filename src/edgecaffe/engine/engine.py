@@ -249,6 +249,8 @@ class Engine:
         """Stop accepting requests and wait for the workers. In-flight requests finish, or with
         `cancel=True` those not yet done are cancelled (their futures say so); none is lost."""
         with self._condition:
+            if self._closing and not self._threads[0].is_alive():
+                return  # already closed
             self._closing = True
             pending = list(self._requests.values())
             self._condition.notify_all()

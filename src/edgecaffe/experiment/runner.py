@@ -64,6 +64,9 @@ def run_once(
         futures = drive(engine.submit, arrivals, closed_loop, _input_loader(),
                         on_submit=submitted)
         wait(futures)  # completed or failed: the trace has both
+    except BaseException:  # Ctrl-C or an error: cancel what has not run, then stop
+        engine.close(cancel=True)
+        raise
     finally:
         engine.close()
         done.set()
