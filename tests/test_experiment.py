@@ -106,3 +106,21 @@ def test_report_from_results_folders(tmp_path, packages, capsys):
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
     assert main(["report", str(tmp_path / "nothing"), "-o", str(tmp_path / "r2")]) == 1
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_report_shows_each_runs_ratio_to_the_lower_bound(tmp_path, zoo_model):
+    from edgecaffe.experiment.report import bound_ratios, find_runs
+    from edgecaffe.model.package.profile import profile_package
+
+    package = split(list(zoo_model("TinyAlex")), tmp_path / "TinyAlex")
+    profile_package(package, runs=2)
+    package.save_manifest()
+    run_once({"TinyAlex": package}, batches(["TinyAlex"], 3), mode="linear", budget="1G",
+             output=tmp_path / "run")
+    ratios = bound_ratios(find_runs([tmp_path / "run"])[0])
+    assert len(ratios) == 3 and all(r > 0.3 for r in ratios)  # near or above the bound
+    from edgecaffe.experiment.report import write_report
+
+    markdown, _ = write_report([tmp_path / "run"], tmp_path / "report")
+    row = next(line for line in markdown.read_text().splitlines() if "| linear |" in line)
+    assert float(row.split("|")[8]) == pytest.approx(sum(ratios) / 3, abs=0.01)
