@@ -7,7 +7,6 @@ submission. Generators are seeded; one seed gives the same sequence to every pol
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, wait
@@ -49,7 +48,6 @@ def drive(
     arrivals: Sequence[Arrival],
     closed_loop: bool,
     load_input: Callable[[str | None], Any],
-    stop: threading.Event | None = None,
     on_submit: Callable[[Arrival, Future], None] | None = None,
 ) -> list[Future]:
     """Submit `arrivals` in real time: each `gap_ms` after the previous submission, and in a
@@ -57,16 +55,11 @@ def drive(
     futures: list[Future] = []
     previous = time.perf_counter()
     for arrival in arrivals:
-        if stop is not None and stop.is_set():
-            break
         if closed_loop and futures:
             wait([futures[-1]])  # completed, failed or cancelled: the loop goes on
         delay = previous + arrival.gap_ms / 1e3 - time.perf_counter()
         if delay > 0:
-            if stop is not None:
-                stop.wait(delay)
-            else:
-                time.sleep(delay)
+            time.sleep(delay)
         future = submit(load_input(arrival.data), arrival.networks)
         previous = time.perf_counter()
         futures.append(future)

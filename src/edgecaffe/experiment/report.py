@@ -74,15 +74,13 @@ class Run:
 def network_totals_ms(run: Run) -> dict[str, tuple[float, float]]:
     """Per network, (total load ms, total exec ms) in isolation, from its profiled package; a
     network whose package is not profiled is left out."""
-    import yaml as _yaml
-
     totals = {}
     for name, folder in (run.config.get("networks") or {}).items():
         manifest_path = Path(folder) / "manifest.yaml"
         if not manifest_path.exists():
             continue
         profiles = [entry.get("profile") for entry in
-                    _yaml.safe_load(manifest_path.read_text()).get("layers", [])]
+                    yaml.safe_load(manifest_path.read_text()).get("layers", [])]
         if profiles and all(profiles):
             totals[name] = (sum(p["load_ms"] for p in profiles),
                             sum(p["exec_ms"] for p in profiles))
