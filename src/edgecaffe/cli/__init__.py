@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from edgecaffe import __version__
 from edgecaffe.cli import (
     demo_cmd,
+    device_cmd,
     experiment_cmd,
     graph_cmd,
+    optimal_cmd,
     profile_cmd,
     report_cmd,
     run_cmd,
@@ -21,8 +23,8 @@ from edgecaffe.cli import (
 )
 
 COMMANDS = [
-    demo_cmd, experiment_cmd, report_cmd, run_cmd, zoo_cmd, synth_cmd, split_cmd, profile_cmd,
-    graph_cmd,
+    demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, zoo_cmd, synth_cmd,
+    split_cmd, profile_cmd, graph_cmd,
 ]
 
 

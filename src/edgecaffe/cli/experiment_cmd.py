@@ -42,6 +42,13 @@ def add_parser(commands) -> None:
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="simulate instead of running: the same scheduler on a virtual "
+                        "clock, with profiled per-layer times (or --device); writes the same "
+                        "results")
+    parser.add_argument("--device", metavar="PROFILE",
+                        help="with --simulate: a device profile, built in (host, rpi4-sd) or a "
+                        "YAML file (compute-factor, storage-mb-per-s, load-latency-ms, gflops)")
     parser.add_argument("--run-only", help=argparse.SUPPRESS)  # one run of a matrix (children)
     parser.add_argument("--swap", metavar="SIZE",
                         help="with --enforce-memory: a swap file of SIZE (e.g. 4G) the run may "
@@ -73,55 +80,80 @@ def _config(args: argparse.Namespace):
 def _plan(args: argparse.Namespace):
     """[(results subfolder, config, arrivals, closed loop, packages)] for every run."""
     from edgecaffe.experiment.config import arrivals_of, expand_matrix
-    from edgecaffe.experiment.networks import resolve_networks
+    from edgecaffe.experiment.networks import resolve_infos, resolve_networks
     from edgecaffe.sched import NetworkInfo
 
     config = _config(args)
+    device = _device(args)
     plans = []
     for name, run in expand_matrix(config):
         if args.run_only is not None and name != args.run_only:
             continue
         pool = run.arrivals_networks() if run.arrivals is not None else run.networks
-        packages = resolve_networks(pool, run)
-        service_ms = sum(NetworkInfo.from_package(packages[n]).mean_exec_ms for n in run.networks
-                         if n in packages)
+        if args.simulate:
+            networks = resolve_infos(pool, run)
+            infos = networks
+        else:
+            networks = resolve_networks(pool, run)
+            infos = {n: NetworkInfo.from_package(p) for n, p in networks.items()}
+        service_ms = sum(sum(device.layer_exec_ms(infos[n], layer.name)
+                             for layer in infos[n].layers)
+                         if device is not None else infos[n].mean_exec_ms
+                         for n in run.networks if n in infos)
         arrivals, closed_loop = arrivals_of(run, service_ms)
-        plans.append((name, run, arrivals, closed_loop, packages))
+        plans.append((name, run, arrivals, closed_loop, networks))
     if not plans:
         raise ValueError(f"no run named {args.run_only!r} in this configuration")
     return plans
 
 
+def _device(args: argparse.Namespace):
+    """The device profile for --simulate (None: the profiled times as they are)."""
+    if args.device and not args.simulate:
+        raise ValueError("--device needs --simulate (a real run uses this machine)")
+    if not args.simulate or not args.device:
+        return None
+    from edgecaffe.sim import load_device
+
+    return load_device(args.device)
+
+
 def _summary_line(folder, summary) -> str:
-    rss = summary["peak_rss_bytes"] or 0
+    rss = summary["peak_rss_bytes"]
     return (f"{folder}: {summary['completed']}/{summary['requests']} requests, mean response "
             f"{summary['mean_network_response_ms']:.0f} ms (per network), p95 "
             f"{summary['p95_response_ms']:.0f} ms (per request), makespan "
             f"{summary['makespan_ms']:.0f} ms, peak ledger "
-            f"{summary['peak_ledger_bytes'] / 2**20:.0f} MiB, peak RSS {rss / 2**20:.0f} MiB")
+            f"{summary['peak_ledger_bytes'] / 2**20:.0f} MiB, "
+            + ("simulated" if rss is None else f"peak RSS {rss / 2**20:.0f} MiB"))
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgecaffe.cli.progress import Progress
-    from edgecaffe.experiment.runner import run_once
+    from edgecaffe.experiment.runner import run_once, simulate_once
 
     if args.swap and not args.enforce_memory:
         raise ValueError("--swap needs --enforce-memory")
+    if args.simulate and args.enforce_memory:
+        raise ValueError("--enforce-memory limits a real run; a simulated one uses no memory")
     plans = _plan(args)
     if args.enforce_memory:
         return run_limited(args, plans)
+    device = _device(args)
     failed = 0
-    for name, config, arrivals, closed_loop, packages in plans:
+    for name, config, arrivals, closed_loop, networks in plans:
         folder = Path(config.output) / name
         bar = Progress(len(arrivals), name, unit="arrivals", scale=1)
-        summary, _ = run_once(
-            packages, arrivals, mode=config.mode, budget=config.mem_limit,
-            policy=config.policy, granularity=config.granularity, workers=config.workers,
-            blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
-            config=config.to_dict(), on_done=lambda bar=bar: bar.advance(1),
-        )
+        common = dict(mode=config.mode, budget=config.mem_limit, policy=config.policy,
+                      granularity=config.granularity, workers=config.workers,
+                      blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
+                      config=config.to_dict(), on_done=lambda bar=bar: bar.advance(1))
+        if args.simulate:
+            summary, _ = simulate_once(networks, arrivals, device=device, **common)
+        else:
+            summary, _ = run_once(networks, arrivals, **common)
         bar.close()
         print(_summary_line(folder, summary), flush=True)
         failed += summary["failed"]

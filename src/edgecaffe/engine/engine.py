@@ -10,6 +10,7 @@ memory was returned); nothing polls or sleeps.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,15 +18,15 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from edgecaffe.engine.requests import RequestBook
 from edgecaffe.engine.tasks import run_task
-from edgecaffe.engine.trace import RequestRecord, Trace
+from edgecaffe.engine.trace import Trace
 from edgecaffe.model.package import ModelPackage, open_package
 from edgecaffe.sched import (
     MODES,
     BudgetError,
     MemoryBudget,
     NetworkInfo,
-    NetworkInstance,
     Planner,
     Policy,
     Scheduler,
@@ -53,24 +54,6 @@ def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, Mode
         return {package.name: package for package in opened}
     return {name: value if isinstance(value, ModelPackage) else open_package(value)
             for name, value in packages.items()}
-
-
-def result_keys(networks: Sequence[str]) -> list[str]:
-    """Keys of a request's result: the network names, `AgeNet#2` for a second AgeNet, ..."""
-    seen: dict[str, int] = {}
-    keys = []
-    for name in networks:
-        seen[name] = seen.get(name, 0) + 1
-        keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
-    return keys
-
-
-class _Request:
-    def __init__(self, record: RequestRecord, instances: list[NetworkInstance]) -> None:
-        self.record = record
-        self.instances = instances
-        self.future: Future = Future()
-        self.remaining = len(instances)
 
 
 class Engine:
@@ -104,11 +87,9 @@ class Engine:
         self.planner = Planner(self.mode)
         self.cold_loads = cold_loads
         self.workers = self.mode.workers or workers
-        self.blas_threads = blas_threads or self.workers
+        self.blas_threads = blas_threads or default_blas_threads(self.workers)
         self._blas_limit = _limit_blas(self.blas_threads)
         self._condition = threading.Condition()
-        self._requests: dict[int, _Request] = {}
-        self._next_request = 0
         self._closing = False
         self._epoch = time.perf_counter()
         self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
@@ -116,6 +97,7 @@ class Engine:
                                  "granularity": granularity, "workers": self.workers,
                                  "blas_threads": self.blas_threads,
                                  "budget_bytes": self.budget.capacity_bytes})
+        self.book = RequestBook(self.planner, self.scheduler, self.trace)
         self._threads = [
             threading.Thread(target=self._work, args=(index, index % self.mode.pools),
                              name=f"edgecaffe-worker-{index}", daemon=True)
@@ -147,20 +129,12 @@ class Engine:
             infos = [self.infos[n] for n in networks]
             if not self.scheduler.allow_overcommit:
                 self._check_fits(networks, infos)
-            request_id = self._next_request
-            self._next_request += 1
-            instances = self.planner.plan(request_id, infos)
-            now = self.now()
-            record = RequestRecord(request_id, tuple(networks), now)
-            self.trace.requests[request_id] = record
-            request = _Request(record, instances)
-            self._requests[request_id] = request
-            for key, instance in zip(result_keys(networks), instances, strict=True):
-                instance.state.update(input=x, arrival=now, key=key)
-            self.scheduler.add(instances, now)
+            request = self.book.submit(networks, infos, self.now(), x)
+            request.handle = future = Future()
             self._condition.notify_all()
-        request.future.add_done_callback(lambda f, rid=request_id: self._on_cancel(f, rid))
-        return request.future
+        request_id = request.record.request_id
+        future.add_done_callback(lambda f: self._on_cancel(f, request_id))
+        return future
 
     def _check_fits(self, networks: list[str], infos: list[NetworkInfo]) -> None:
         """Reject a request with a task larger than the whole budget. Planned on a scratch
@@ -208,28 +182,15 @@ class Engine:
 
     def _apply(self, step: Step) -> None:
         """Resolve the requests whose last network just finished (called under the lock)."""
-        for instance in step.finished:
-            self.trace.record_instance(instance)
-            request = self._requests.get(instance.request_id)
-            if request is None:
-                continue
-            request.remaining -= 1
-            if request.remaining:
-                continue
-            del self._requests[instance.request_id]
-            record = request.record
-            record.completion_s = max((i.last.end or 0.0) for i in request.instances)
-            failed = [i for i in request.instances if i.failed]
-            if request.future.cancelled():
-                record.status = "cancelled"
-            elif failed:
-                record.status = "failed"
-                record.error = "; ".join(f"{i.name}: {i.failed}" for i in failed)
-                request.future.set_exception(RequestError(record.error))
+        for request in self.book.settle(step):
+            future: Future = request.handle
+            if future.cancelled():
+                request.record.status = "cancelled"
+            elif request.failed:
+                future.set_exception(RequestError(request.record.error))
             else:
-                record.status = "completed"
-                request.future.set_result({i.state["key"]: i.state.pop("outputs")
-                                           for i in request.instances})
+                future.set_result({i.state["key"]: i.state.pop("outputs")
+                                   for i in request.instances})
             for i in request.instances:
                 i.state.clear()
 
@@ -237,7 +198,7 @@ class Engine:
         if not future.cancelled():
             return
         with self._condition:
-            request = self._requests.get(request_id)
+            request = self.book.open.get(request_id)
             if request is not None:
                 for instance in request.instances:
                     self._apply(self.scheduler.fail(instance, "cancelled", self.now()))
@@ -252,11 +213,11 @@ class Engine:
             if self._closing and not self._threads[0].is_alive():
                 return  # already closed
             self._closing = True
-            pending = list(self._requests.values())
+            pending = list(self.book.open.values())
             self._condition.notify_all()
         if cancel:
             for request in pending:
-                request.future.cancel()
+                request.handle.cancel()
         for thread in self._threads:
             thread.join()
         if self._blas_limit is not None:
@@ -268,6 +229,12 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close(cancel=exc[0] is not None)
+
+
+def default_blas_threads(workers: int) -> int:
+    """BLAS threads per worker: the cores shared out, at least one. More would oversubscribe
+    the cores whenever several workers execute (OpenBLAS threads spin while they wait)."""
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def _limit_blas(threads: int):

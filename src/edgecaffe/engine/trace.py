@@ -64,6 +64,10 @@ class Trace:
                 task.created, task.ready, task.start, task.end, State(task.state).name.lower(),
                 task.reserve_bytes, task.forced, tuple(dep.id for dep in task.deps), task.error,
             ))
+        self.record_span(instance)
+
+    def record_span(self, instance: NetworkInstance) -> None:
+        """Only the network's span in its request (long simulations keep no task records)."""
         starts = [t.start for t in instance.tasks if t.start is not None]
         request = self.requests[instance.request_id]
         key = instance.state.get("key", instance.name)  # `AgeNet#2` for a second AgeNet

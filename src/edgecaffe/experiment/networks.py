@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from edgecaffe.experiment.config import ConfigError, ExperimentConfig
 from edgecaffe.model.package import ModelPackage, open_package, split
@@ -33,3 +34,21 @@ def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
 
 def resolve_networks(names: list[str], config: ExperimentConfig) -> dict[str, ModelPackage]:
     return {name: resolve_network(name, config) for name in dict.fromkeys(names)}
+
+
+def resolve_infos(names: list[str], config: ExperimentConfig) -> dict[str, Any]:
+    """What the simulator needs per network: a NetworkInfo (no weights read). Generated
+    networks (`type: generated`) come from their description alone."""
+    from edgecaffe.sched import NetworkInfo
+    from edgecaffe.sim import is_generated_folder, read_generated
+
+    infos = {}
+    for name in dict.fromkeys(names):
+        path = Path(config.network_path) / name
+        if is_generated_folder(path):
+            info = read_generated(path)
+        else:
+            info = NetworkInfo.from_package(resolve_network(name, config))
+        info.name = name
+        infos[name] = info
+    return infos

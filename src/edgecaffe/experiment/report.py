@@ -54,8 +54,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        return self.mode if self.policy == _default_policy(self.mode) else \
+        label = self.mode if self.policy == _default_policy(self.mode) else \
             f"{self.mode}/{self.policy}"
+        if self.config.get("simulated"):
+            device = (self.config.get("device") or {}).get("name", "host")
+            label += " (sim)" if device == "host" else f" (sim {device})"
+        return label
 
     @property
     def budget(self) -> str:
@@ -72,8 +76,13 @@ class Run:
 
 
 def network_totals_ms(run: Run) -> dict[str, tuple[float, float]]:
-    """Per network, (total load ms, total exec ms) in isolation, from its profiled package; a
-    network whose package is not profiled is left out."""
+    """Per network, (total load ms, total exec ms) in isolation: as the run recorded them
+    (from the profile or the simulated device), else from its profiled package; a network
+    whose times are unknown is left out."""
+    recorded = run.config.get("network_totals_ms")
+    if recorded:
+        return {name: (float(load), float(execute)) for name, (load, execute) in recorded.items()
+                if load == load and execute == execute}  # NaN: unknown
     totals = {}
     for name, folder in (run.config.get("networks") or {}).items():
         manifest_path = Path(folder) / "manifest.yaml"

@@ -40,7 +40,7 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
             if end is not None:
                 per_network.setdefault(key.split("#")[0], []).append(
                     (end - request.arrival_s) * 1e3)
-    ends = [t.end_s for t in trace.tasks if t.end_s is not None]
+    ends = [r.completion_s for r in trace.requests.values() if r.completion_s is not None]
     arrivals = [r.arrival_s for r in trace.requests.values()]
     network_times = [t for times in per_network.values() for t in times]
     return {
@@ -57,7 +57,8 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
         "network_mean_response_ms": {name: statistics.mean(times)
                                      for name, times in per_network.items()},
         "makespan_ms": (max(ends) - min(arrivals)) * 1e3 if ends and arrivals else math.nan,
-        "peak_ledger_bytes": max((e.used_bytes for e in trace.ledger), default=0),
+        "peak_ledger_bytes": max((e.used_bytes for e in trace.ledger),
+                                 default=int(trace.info.get("peak_ledger_bytes", 0))),
         "forced_admissions": len(trace.forced_events),
         "peak_rss_bytes": max((value for _, value in rss), default=0) if rss else None,
     }

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,14 @@ def run_once(
         "granularity": granularity, "workers": engine.workers,
         "blas_threads": engine.blas_threads, "closed_loop": closed_loop,
         "networks": {name: str(p.directory) for name, p in engine.packages.items()},
+        "network_totals_ms": {name: list(isolated_totals_ms(info))
+                              for name, info in engine.infos.items()},
         "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
                      for a in arrivals],
-        **(config or {}),
     }
+    # The run's resolved values (the mode's own policy, the packages' folders) win over the
+    # config's unresolved ones (policy: None, network names).
+    resolved = {**(config or {}), **resolved}
     if output is not None:
         summary = write_run(output, engine.trace, resolved, samples)
     else:
@@ -87,3 +93,75 @@ def run_once(
 
         summary = summarize(engine.trace, samples)
     return summary, engine
+
+
+def isolated_totals_ms(info, device=None) -> tuple[float, float]:
+    """(total load ms, total exec ms) of one network run alone: the terms of the lower bound
+    in reports. From the device's durations (default: the profiled ones); NaN if unprofiled."""
+    from edgecaffe.sim import DeviceError, DeviceProfile
+
+    device = device or DeviceProfile()
+    try:
+        load = sum(device.layer_load_ms(info, layer.name) for layer in info.layers
+                   if layer.weighted)
+    except DeviceError:
+        load = math.nan
+    if any(layer.exec_ms is None for layer in info.layers) and device.compute_factor == 1.0 \
+            and not info.meta.get("generated"):
+        execute = math.nan  # not profiled: FLOP estimates would make a poor bound here
+    else:
+        execute = sum(device.layer_exec_ms(info, layer.name) for layer in info.layers)
+    return load, execute
+
+
+def simulate_once(
+    infos: Mapping[str, Any],
+    arrivals: Sequence[Arrival],
+    *,
+    mode: str,
+    budget: str | int,
+    policy: str | None = None,
+    granularity: str = "layer",
+    workers: int = 2,
+    device=None,
+    blas_threads: int | None = None,
+    closed_loop: bool = True,
+    output: str | Path | None = None,
+    config: dict[str, Any] | None = None,
+    on_done: Callable[[], None] | None = None,
+    record_tasks: bool = True,
+) -> tuple[dict[str, Any], Any]:
+    """The simulated counterpart of `run_once`: same arguments, same results folder (without
+    RSS samples: nothing runs)."""
+    from edgecaffe.sim import Simulator
+
+    simulator = Simulator(infos, mode=mode, policy=policy, budget=budget,
+                          granularity=granularity, workers=workers, device=device,
+                          blas_threads=blas_threads, record_tasks=record_tasks,
+                          record_ledger=record_tasks)
+    trace = simulator.run(arrivals, closed_loop,
+                          on_done=None if on_done is None else lambda _: on_done())
+    resolved = {
+        "mode": mode, "policy": simulator.policy.name,
+        "budget_bytes": simulator.budget.capacity_bytes, "granularity": granularity,
+        "workers": simulator.workers, "blas_threads": simulator.blas_threads,
+        "closed_loop": closed_loop, "simulated": True,
+        "device": asdict(simulator.device),
+        "networks": {name: info.meta.get("package") or info.meta.get("generated") or name
+                     for name, info in infos.items()},
+        "network_totals_ms": {name: list(isolated_totals_ms(info, simulator.device))
+                              for name, info in infos.items()},
+        "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
+                     for a in arrivals] if record_tasks else len(arrivals),
+    }
+    # The run's resolved values (the mode's own policy, the packages' folders) win over the
+    # config's unresolved ones (policy: None, network names).
+    resolved = {**(config or {}), **resolved}
+    trace.info["peak_ledger_bytes"] = simulator.budget.peak_bytes
+    if output is not None:
+        summary = write_run(output, trace, resolved, None)
+    else:
+        from edgecaffe.experiment.results import summarize
+
+        summary = summarize(trace, None)
+    return summary, simulator

@@ -48,8 +48,10 @@ class MemoryBudget:
     or from one thread (simulator).
     """
 
-    def __init__(self, capacity: str | int) -> None:
+    def __init__(self, capacity: str | int, record: bool = True) -> None:
         self.capacity_bytes = parse_bytes(capacity)
+        #: Keep every change in `events` (long simulations keep only the peak).
+        self.record = record
         self.used_bytes = 0
         self.peak_bytes = 0
         self.events: list[LedgerEvent] = []
@@ -68,9 +70,11 @@ class MemoryBudget:
         if nbytes <= 0:
             return
         self.used_bytes += nbytes
-        self.peak_bytes = max(self.peak_bytes, self.used_bytes)
-        self.events.append(LedgerEvent(time, nbytes, self.used_bytes, task_id, instance, reason,
-                                       forced))
+        if self.used_bytes > self.peak_bytes:
+            self.peak_bytes = self.used_bytes
+        if self.record:
+            self.events.append(LedgerEvent(time, nbytes, self.used_bytes, task_id, instance,
+                                           reason, forced))
 
     def release(self, nbytes: int, time: float, reason: str, task_id: int | None = None,
                 instance: int | None = None) -> None:
@@ -80,5 +84,6 @@ class MemoryBudget:
             raise RuntimeError(f"ledger underflow: releasing {nbytes} of {self.used_bytes} bytes "
                                f"({reason})")
         self.used_bytes -= nbytes
-        self.events.append(LedgerEvent(time, -nbytes, self.used_bytes, task_id, instance,
-                                       reason))
+        if self.record:
+            self.events.append(LedgerEvent(time, -nbytes, self.used_bytes, task_id, instance,
+                                           reason))

@@ -1,12 +1,23 @@
-"""Tasks and their dependencies: the data a mode's planner produces and a scheduler consumes."""
+"""Tasks and their dependencies: the data a mode's planner produces and a scheduler consumes.
+
+Long simulations create millions of tasks, so a task is a small slotted object: what every copy
+of one planned task shares (kind, layers, pool, links to the other tasks of its network) lives
+in one `TaskSpec`, and a task's `deps` and `dependents` lists are only built when someone asks
+for them (the scheduler follows the spec's positions instead). A network instance owns its
+tasks; a task holds its instance weakly, so that a finished request is freed as soon as nobody
+holds it, without the cycle collector.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import weakref
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgecaffe.sched.info import NetworkInfo
+
+if TYPE_CHECKING:
+    from edgecaffe.sched.planner import Template
 
 
 class Kind(IntEnum):
@@ -25,39 +36,128 @@ class State(IntEnum):
     SKIPPED = 4   # its network failed or was cancelled before it ran
 
 
-@dataclass(eq=False)
-class Task:
-    """One unit of work: init a network instance, load or execute one layer (or all of them)."""
+_LABELS = {Kind.INIT: "init", Kind.LOAD: "load", Kind.EXEC: "exec"}
+_WAITING = State.WAITING  # a module constant: faster than the enum class's attribute
 
-    id: int
-    kind: Kind
-    instance: NetworkInstance
-    #: The layers it loads or executes, in order; empty for INIT. Whole-model tasks (bulk
-    #: modes) hold every layer.
-    layers: tuple[str, ...] = ()
-    #: Worker pool (DeepEye keeps init + conv on pool 0 and fc on pool 1).
-    pool: int = 0
-    #: A bulk task: loads or executes the whole model at once.
-    whole_model: bool = False
-    deps: list[Task] = field(default_factory=list)
-    dependents: list[Task] = field(default_factory=list)
-    #: Bytes the ledger reserves when the task is admitted (set by the scheduler's granularity).
-    reserve_bytes: int = 0
-    state: State = State.WAITING
-    unfinished: int = 0
-    created: float = 0.0
-    ready: float | None = None
-    start: float | None = None
-    end: float | None = None
-    worker: int | None = None
-    forced: bool = False  # admitted over budget by the progress rule
-    error: str | None = None
+
+class TaskSpec:
+    """One task of a network's graph as its mode plans it, shared by every copy of it: position
+    in `instance.tasks`, kind, layers, pool, and the positions of its dependencies and dependents
+    within the same instance."""
+
+    __slots__ = ("dependents", "deps", "index", "kind", "layers", "pool", "whole_model")
+
+    def __init__(self, index: int, kind: Kind, layers: tuple[str, ...] = (), pool: int = 0,
+                 whole_model: bool = False, deps: tuple[int, ...] = (),
+                 dependents: tuple[int, ...] = ()) -> None:
+        self.index = index
+        self.kind = kind
+        #: The layers it loads or executes, in order; empty for INIT. Whole-model tasks (bulk
+        #: modes) hold every layer.
+        self.layers = layers
+        #: Worker pool (DeepEye keeps init + conv on pool 0 and fc on pool 1).
+        self.pool = pool
+        #: A bulk task: loads or executes the whole model at once.
+        self.whole_model = whole_model
+        self.deps = deps
+        self.dependents = dependents
+
+
+class Task:
+    """One unit of work: init a network instance, load or execute one layer (or all of them).
+
+    `kind`, `layers`, `pool` and `whole_model` come from its spec. `deps` and `dependents` are
+    lists of tasks, built on first use from the spec's positions (links across instances, added
+    with `after`, are kept in them)."""
+
+    __slots__ = ("_dependents", "_deps", "_instance", "end", "error", "forced", "id", "plan",
+                 "ready", "spec", "start", "state", "worker")
+
+    def __init__(self, id: int, spec: TaskSpec, instance: NetworkInstance) -> None:
+        self.id = id
+        self.spec = spec
+        self._instance = instance.ref
+        self._deps: list[Task] | None = None
+        self._dependents: list[Task] | None = None
+        self.state = _WAITING
+        self.ready: float | None = None
+        self.start: float | None = None
+        self.end: float | None = None
+        self.worker: int | None = None
+        #: Admitted over budget by the progress rule.
+        self.forced = False
+        self.error: str | None = None
+        #: The scheduler's plan for it (memory, pool, order), set when the scheduler adds it.
+        self.plan: Any = None
+
+    @property
+    def instance(self) -> NetworkInstance:
+        """Its network instance. (Held weakly: the instance owns its tasks, and a task that
+        owned its instance too would make every finished request a reference cycle, left to
+        the cycle collector; millions of them in a long simulation.)"""
+        instance = self._instance()
+        if instance is None:
+            raise ReferenceError(f"task {self.id}: its network instance no longer exists; keep "
+                                 "the instance (as a request does) while using its tasks")
+        return instance
+
+    @property
+    def kind(self) -> Kind:
+        return self.spec.kind
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return self.spec.layers
+
+    @property
+    def pool(self) -> int:
+        return self.spec.pool
+
+    @property
+    def whole_model(self) -> bool:
+        return self.spec.whole_model
+
+    @property
+    def deps(self) -> list[Task]:
+        if self._deps is None:
+            instance = self.instance
+            self._deps = [instance.tasks[i] for i in self.spec.deps]
+            instance.linked = True  # the caller may change the list
+        return self._deps
+
+    @deps.setter
+    def deps(self, tasks: list[Task]) -> None:
+        self._deps = tasks
+        self.instance.linked = True
+
+    @property
+    def dependents(self) -> list[Task]:
+        if self._dependents is None:
+            tasks = self.instance.tasks
+            self._dependents = [tasks[i] for i in self.spec.dependents]
+        return self._dependents
+
+    @dependents.setter
+    def dependents(self, tasks: list[Task]) -> None:
+        self._dependents = tasks
+
+    @property
+    def created(self) -> float:
+        """When the scheduler was given it (its instance's time of adding)."""
+        return self.instance.created
+
+    @property
+    def reserve_bytes(self) -> int:
+        """Bytes the ledger reserves when the task is admitted (by the scheduler's granularity;
+        0 until a scheduler has it)."""
+        return 0 if self.plan is None else self.plan.nbytes
 
     def after(self, *tasks: Task | None) -> Task:
         """Add dependencies (None and duplicates ignored)."""
+        deps = self.deps
         for task in tasks:
-            if task is not None and task is not self and task not in self.deps:
-                self.deps.append(task)
+            if task is not None and task is not self and task not in deps:
+                deps.append(task)
                 task.dependents.append(self)
         return self
 
@@ -67,27 +167,48 @@ class Task:
 
     @property
     def label(self) -> str:
-        what = {Kind.INIT: "init", Kind.LOAD: "load", Kind.EXEC: "exec"}[self.kind]
-        target = "all layers" if self.whole_model else (self.layers[0] if self.layers else "")
-        return f"{what} {target}".strip()
+        spec = self.spec
+        target = "all layers" if spec.whole_model else (spec.layers[0] if spec.layers else "")
+        return f"{_LABELS[spec.kind]} {target}".strip()
 
     def __repr__(self) -> str:
-        return f"<Task {self.id} {self.label} of {self.instance.name}#{self.instance.id}>"
+        instance = self._instance()
+        of = "a network instance no longer there" if instance is None else \
+            f"{instance.name}#{instance.id}"
+        return f"<Task {self.id} {self.label} of {of}>"
 
 
-@dataclass(eq=False)
 class NetworkInstance:
     """One network of one request: its tasks and the bookmarks that cross-network links use."""
 
-    id: int
-    request_id: int
-    info: NetworkInfo
-    tasks: list[Task] = field(default_factory=list)
-    #: Named tasks for linking: init, first/last of loads and execs per stage, last.
-    marks: dict[str, Task] = field(default_factory=dict)
-    failed: str | None = None
-    #: Runtime state the engine or simulator attaches (weights, activations, outputs).
-    state: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("__weakref__", "created", "failed", "held", "held_bytes", "id", "info", "lean",
+                 "linked", "marks", "pending", "ref", "request_id", "state", "tasks", "template")
+
+    def __init__(self, id: int, request_id: int, info: NetworkInfo,
+                 tasks: list[Task] | None = None, marks: dict[str, Task] | None = None) -> None:
+        self.id = id
+        self.request_id = request_id
+        self.info = info
+        #: What its tasks hold it by.
+        self.ref = weakref.ref(self)
+        self.tasks: list[Task] = [] if tasks is None else tasks
+        #: Named tasks for linking: init, first/last of loads and execs per stage, last.
+        self.marks: dict[str, Task] = {} if marks is None else marks
+        self.failed: str | None = None
+        #: Runtime state the engine or simulator attaches (weights, activations, outputs).
+        self.state: dict[str, Any] = {}
+        #: The planner's template its tasks were copied from (None: built task by task), and
+        #: whether a task has its own dependency list (`deps` was set, changed or asked for).
+        self.template: Template | None = None
+        self.linked = False
+        #: The scheduler's bookkeeping: when it was added; the bytes it holds per ledger key,
+        #: or in all (`lean`: no ledger to write, see sched/plans.py); per task (by position)
+        #: how many dependencies have not finished.
+        self.created = 0.0
+        self.held: dict[str, int] = {}
+        self.held_bytes = 0
+        self.lean = False
+        self.pending: list[int] = []
 
     @property
     def name(self) -> str:
@@ -100,3 +221,6 @@ class NetworkInstance:
     @property
     def last(self) -> Task:
         return self.marks["last"]
+
+    def __repr__(self) -> str:
+        return f"<NetworkInstance {self.name}#{self.id} of request {self.request_id}>"

@@ -29,10 +29,16 @@ class LayerInfo:
     #: Profiled median times, if known (the simulator uses them).
     load_ms: float | None = None
     exec_ms: float | None = None
+    #: Profiled on one BLAS thread (what each of several workers gets).
+    exec_ms_single: float | None = None
+    flops: int = 0
+    #: Whether the layer has a load task; None: when it has weight bytes. Simulated
+    #: ("generated") layers load for a given time without any bytes.
+    has_weights: bool | None = None
 
     @property
     def weighted(self) -> bool:
-        return self.weight_bytes > 0
+        return self.weight_bytes > 0 if self.has_weights is None else self.has_weights
 
 
 @dataclass
@@ -51,6 +57,8 @@ class NetworkInfo:
     #: The network-granularity reservation: its peak memory estimate.
     peak_bytes: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Time of the init task (preprocessing the input, setting up), profiled; 0 when unknown.
+    init_ms: float = 0.0
 
     @cached_property
     def _by_name(self) -> dict[str, LayerInfo]:
@@ -71,6 +79,20 @@ class NetworkInfo:
             for owner in layer.reads:
                 counts[owner] = counts.get(owner, 0) + 1
         return counts
+
+    @cached_property
+    def last_reads(self) -> dict[str, tuple[str, ...]]:
+        """Layer -> the buffers it is the last reader of (in layer order), outputs excepted:
+        what its execution frees, since every mode executes a network's layers in order."""
+        last: dict[str, str] = {}
+        for layer in self.layers:
+            for owner in layer.reads:
+                last[owner] = layer.name
+        freed: dict[str, tuple[str, ...]] = {layer.name: () for layer in self.layers}
+        for owner, layer in last.items():
+            if owner not in self.outputs:
+                freed[layer] += (owner,)
+        return freed
 
     @property
     def peak_activation_bytes(self) -> int:
@@ -95,6 +117,7 @@ class NetworkInfo:
         mean_exec_ms: float | None = None,
         peak_bytes: int | None = None,
         profile: dict[str, dict[str, float]] | None = None,
+        init_ms: float = 0.0,
     ) -> NetworkInfo:
         storage = network.buffer_owner
         layers: list[LayerInfo] = []
@@ -117,11 +140,12 @@ class NetworkInfo:
                 output_bytes=sum(buffer_bytes[b] for b in writes), reads=reads, writes=writes,
                 stage=(stages or {}).get(layer.name, "conv"),
                 load_ms=timing.get("load_ms"), exec_ms=timing.get("exec_ms"),
+                exec_ms_single=timing.get("exec_ms_single_thread"), flops=layer.flops,
             ))
         outputs = frozenset(storage[b] for b in network.outputs)
         info = cls(network.name, layers, tuple(network.inputs), input_bytes, outputs, buffer_bytes,
                    float("inf") if mean_exec_ms is None else float(mean_exec_ms), 0,
-                   dict(network.meta))
+                   dict(network.meta), float(init_ms))
         info.peak_bytes = peak_bytes or info.weight_bytes + info.peak_activation_bytes
         return info
 
@@ -142,4 +166,7 @@ class NetworkInfo:
             if original.get(key):
                 peak = int(float(original[key]) * 2**20)
                 break
-        return cls.from_network(package.network, stages, mean_exec, peak, profile)
+        info = cls.from_network(package.network, stages, mean_exec, peak, profile,
+                                summary.get("init_ms", 0.0))
+        info.meta["package"] = str(package.directory)
+        return info

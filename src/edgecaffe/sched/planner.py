@@ -22,7 +22,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edgecaffe.sched.graph import Kind, NetworkInstance, Task
+from edgecaffe.sched.graph import Kind, NetworkInstance, Task, TaskSpec
 from edgecaffe.sched.info import NetworkInfo
 
 
@@ -43,18 +43,37 @@ class Mode:
     per_layer: bool = True
 
 
+class Template:
+    """A mode's graph for one network, planned once: `Planner.plan` copies it per request (long
+    simulations plan the same few networks again and again)."""
+
+    __slots__ = ("info", "marks", "roots", "specs")
+
+    def __init__(self, info: NetworkInfo, specs: list[TaskSpec], marks: dict[str, int]) -> None:
+        self.info = info
+        self.specs = specs
+        #: Bookmark name -> task position.
+        self.marks = marks
+        #: Positions of the tasks without dependencies within the instance.
+        self.roots = tuple(spec.index for spec in specs if not spec.deps)
+
+
 class Planner:
     """Turns requests into task graphs. Keeps the state that links networks across requests."""
 
     def __init__(self, mode: str | Mode, first_task_id: int = 0) -> None:
         self.mode = MODES[mode] if isinstance(mode, str) else mode
-        self._task_ids = itertools.count(first_task_id)
+        self._next_task_id = first_task_id
         self._instance_ids = itertools.count()
         self._previous_last: Task | None = None
+        self._templates: dict[int, Template] = {}
 
     def task(self, instance: NetworkInstance, kind: Kind, layers: Sequence[str] = (),
              pool: int = 0, whole_model: bool = False) -> Task:
-        task = Task(next(self._task_ids), kind, instance, tuple(layers), pool, whole_model)
+        """A new task of `instance` (what a mode's build function calls, task by task)."""
+        spec = TaskSpec(len(instance.tasks), kind, tuple(layers), pool, whole_model)
+        task = Task(self._next_task_id, spec, instance)
+        self._next_task_id += 1
         instance.tasks.append(task)
         return task
 
@@ -63,14 +82,48 @@ class Planner:
         instances = []
         for info in networks:
             instance = NetworkInstance(next(self._instance_ids), request_id, info)
-            self.mode.build(self, instance)
+            self._build(instance)
             if self.mode.chained:
                 instance.first.after(self._previous_last)
+                # Kept beyond its instance's life: its dependents list is built now, while its
+                # instance (which a task holds weakly) is there to build it from.
                 self._previous_last = instance.last
+                self._previous_last.dependents  # noqa: B018
             instances.append(instance)
         if self.mode.arrival_links:
             _link_deepeye(instances, frugal=self.mode.arrival_links == "frugal")
         return instances
+
+    def template(self, info: NetworkInfo) -> Template:
+        """The mode's graph for `info`, built by the mode's build function once per network."""
+        template = self._templates.get(id(info))
+        if template is None or template.info is not info:
+            scratch = NetworkInstance(-1, -1, info)
+            self.mode.build(Planner(self.mode), scratch)
+            index = {task: i for i, task in enumerate(scratch.tasks)}
+            deps = [tuple(index[dep] for dep in task.deps) for task in scratch.tasks]
+            # Dependents in task order, as the scheduler unblocks them.
+            dependents: list[list[int]] = [[] for _ in scratch.tasks]
+            for position, positions in enumerate(deps):
+                for dep in positions:
+                    dependents[dep].append(position)
+            specs = [TaskSpec(i, task.kind, task.layers, task.pool, task.whole_model, deps[i],
+                              tuple(dependents[i])) for i, task in enumerate(scratch.tasks)]
+            marks = {name: index[task] for name, task in scratch.marks.items()}
+            template = self._templates[id(info)] = Template(info, specs, marks)
+        return template
+
+    def _build(self, instance: NetworkInstance) -> None:
+        """Copy the template: one slotted task per spec; dependency lists stay unbuilt until
+        asked for (the scheduler follows the spec's positions)."""
+        template = self.template(instance.info)
+        first = self._next_task_id
+        specs = template.specs
+        self._next_task_id = first + len(specs)
+        instance.tasks = tasks = list(map(Task, range(first, first + len(specs)), specs,
+                                          itertools.repeat(instance)))
+        instance.marks = {name: tasks[i] for name, i in template.marks.items()}
+        instance.template = template
 
 
 def build_bulk(planner: Planner, instance: NetworkInstance) -> None:

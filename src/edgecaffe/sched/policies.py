@@ -3,6 +3,12 @@
 The scheduler walks ready tasks in key order (lowest first) and starts the first one the memory
 budget admits; admission is the scheduler's job, ordering is the policy's. To write your own,
 subclass `Policy`, give it a `name` and a `key`, and pass an instance to the engine.
+
+The built-in static policies also give a `rank`: their key without the final task id, a
+function of the task's network and kind only. The scheduler then orders tasks by (rank, id),
+the same order as the key's, but works the rank out once per planned task rather than once per
+ready task (see `Scheduler`). A subclass that overrides `key` without `rank` is ordered by its
+`key`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,17 @@ class Policy:
     def key(self, task: Task, now: float) -> Any:
         raise NotImplementedError
 
+    def rank(self, task: Task) -> Any:
+        """For a static policy whose key is `(*rank, task.id)`: that rank, which may depend on
+        the task's network and kind only. None: not given (the scheduler uses `key`)."""
+        return None
+
+    @property
+    def ranked(self) -> bool:
+        """Whether `rank` stands for `key`: both come from the same class."""
+        owner = next(cls for cls in type(self).__mro__ if "key" in cls.__dict__)
+        return self.static and "rank" in owner.__dict__
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
@@ -32,6 +49,9 @@ class FCFS(Policy):
     def key(self, task: Task, now: float) -> tuple:
         return (task.id,)
 
+    def rank(self, task: Task) -> tuple:
+        return ()
+
 
 class ExecFirst(Policy):
     """Executions before loads and inits, each in creation order (the original's execprio)."""
@@ -39,7 +59,10 @@ class ExecFirst(Policy):
     name = "execprio"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (task.kind != Kind.EXEC, task.id)
+        return (*self.rank(task), task.id)
+
+    def rank(self, task: Task) -> tuple:
+        return (task.kind != Kind.EXEC,)
 
 
 class Masa(Policy):
@@ -49,7 +72,10 @@ class Masa(Policy):
     name = "masa"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (task.kind != Kind.EXEC, task.instance.info.mean_exec_ms, task.kind, task.id)
+        return (*self.rank(task), task.id)
+
+    def rank(self, task: Task) -> tuple:
+        return (task.kind != Kind.EXEC, task.instance.info.mean_exec_ms, task.kind)
 
 
 class SJF(Policy):
@@ -58,7 +84,10 @@ class SJF(Policy):
     name = "sjf"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (task.instance.info.mean_exec_ms, task.kind != Kind.EXEC, task.id)
+        return (*self.rank(task), task.id)
+
+    def rank(self, task: Task) -> tuple:
+        return (task.instance.info.mean_exec_ms, task.kind != Kind.EXEC)
 
 
 class HRRN(Policy):

@@ -88,7 +88,8 @@ def read_original(folder: str | Path) -> OriginalNetwork:
         warnings.warn(f"{path}: unknown keys {unknown} (kept in the manifest)", stacklevel=2)
     if description.get("type") == "generated":
         raise PackageError(f"{path}: a 'generated' network has per-layer times but no weights "
-                           "or layers to run; it is for simulation only")
+                           "or layers to run; it is for simulation only (edgecaffe experiment "
+                           "--simulate)")
     for key in ("network-file", "model-file"):
         if not description.get(key):
             raise PackageError(f"{path}: missing required key {key!r}")

@@ -21,17 +21,39 @@ from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package.package import ModelPackage
 
 
-def sample_input(package: ModelPackage) -> np.ndarray:
-    """The built-in sample image preprocessed for the package, or seeded noise if not an image."""
+def sample_input(package: ModelPackage, image: np.ndarray | None = None) -> np.ndarray:
+    """The built-in sample image (or `image`) preprocessed for the package, or seeded noise if
+    the input is not an image."""
     from edgecaffe.model.preprocess import preprocess, sample_image
 
     shape = package.input_shape
     if len(shape) == 4 and shape[1] in (1, 3):
         meta = package.meta
-        return preprocess(sample_image(), shape, mean=meta.get("mean", (0, 0, 0)),
+        return preprocess(sample_image() if image is None else image, shape,
+                          mean=meta.get("mean", (0, 0, 0)),
                           scale=meta.get("scale", 1.0),
                           channel_order=meta.get("channel_order", "BGR"))
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def _blas_threads(count: int):
+    """Limit BLAS to `count` threads inside a `with` (no-op without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=count, user_api="blas")
+
+
+def _blas_thread_count() -> int | str:
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    return max(counts) if counts else 1
 
 
 def _peak_above(baseline: int, work: Callable[[], Any]) -> int:
@@ -48,17 +70,24 @@ def profile_package(
 
     Per layer: median load ms (cold: page cache dropped before every load) and exec ms over
     `runs` layer-by-layer passes after one untimed warm-up pass. Per network: mean execution
-    time (sum of layer exec times), and the peak RSS above the idle process of a whole-model
-    and of a layer-by-layer forward.
+    time (sum of layer exec times), the init time (preprocessing a decoded image and setting up
+    the activations, what an engine's init task does), and the peak RSS above the idle process
+    of a whole-model and of a layer-by-layer forward.
     """
+    from edgecaffe.model.preprocess import sample_image
+
     network = package.network
-    x = sample_input(package)
+    image = sample_image()
+    x = sample_input(package, image)
+    init_ms = []
     load_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
     exec_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
     totals_ms = []
     package.forward(x)  # warm-up, not timed: first-touch page faults and allocator growth
     for run in range(runs):
-        runner = BlobRunner(network, x)
+        started = time.perf_counter()
+        runner = BlobRunner(network, sample_input(package, image))
+        init_ms.append((time.perf_counter() - started) * 1e3)
         total = 0.0
         for layer in runner.layers:
             started = time.perf_counter()
@@ -74,6 +103,19 @@ def profile_package(
         totals_ms.append(total)
         if progress is not None:
             progress(run + 1)
+
+    # Execution again on one BLAS thread: an engine with several workers gives each a share of
+    # the cores, and the simulator picks the times that match.
+    single_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
+    with _blas_threads(1):
+        for _ in range(runs):
+            runner = BlobRunner(network, x)
+            for layer in runner.layers:
+                weights = package.load(layer.name)
+                started = time.perf_counter()
+                runner.run(layer, weights)
+                single_ms[layer.name].append((time.perf_counter() - started) * 1e3)
+                package.free(layer.name)
 
     baseline = rss_bytes()
     peak_layered = _peak_above(baseline, lambda: package.forward(x))
@@ -92,6 +134,8 @@ def profile_package(
             else 0.0,
             "exec_ms": round(statistics.median(exec_ms[layer.name]), 4)
             if exec_ms[layer.name] else 0.0,
+            "exec_ms_single_thread": round(statistics.median(single_ms[layer.name]), 4)
+            if single_ms[layer.name] else 0.0,
             "weight_bytes": layer.weight_bytes,
             "activation_bytes": entry["output_bytes"],
         }
@@ -100,12 +144,13 @@ def profile_package(
         "cold": cold,
         "mean_exec_ms": round(statistics.mean(totals_ms), 3),
         "median_exec_ms": round(statistics.median(totals_ms), 3),
+        "init_ms": round(statistics.median(init_ms), 4),
         "load_ms_total": round(sum(e["profile"]["load_ms"] for e in package.manifest["layers"]), 3),
         "peak_rss_whole_model_bytes": peak_whole,
         "peak_rss_layer_by_layer_bytes": peak_layered,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}"
                    f" {platform.python_version()}",
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "blas_threads": _blas_thread_count(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     package.manifest["profile"] = summary
