@@ -309,3 +309,29 @@ def test_tasks_running_together_share_the_devices_parallelism(tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text("parallelism: fast\n")
         load_device(bad)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_lean_bookkeeping_schedules_exactly_like_the_full_ledger(scenario):
+    """Without a ledger the scheduler frees precomputed byte counts instead of per-key
+    reservations: the schedule, the peak and the forced admissions must not change."""
+    requests = sorted(scenario["requests"], key=lambda request: request[0])
+    infos = {info.name: info for _, networks in requests for info in networks}
+    durations = scenario["durations"]
+    arrivals, previous = [], 0.0
+    for index, (at, networks) in enumerate(requests):
+        arrivals.append(Arrival(index, (at - previous) * 1e3, tuple(i.name for i in networks)))
+        previous = at
+    outcomes = []
+    for record in (True, False):
+        simulator = Simulator(infos, mode=scenario["mode"].name, policy=scenario["policy"],
+                              budget=scenario["capacity"], granularity=scenario["granularity"],
+                              workers=scenario["workers"], record_ledger=record,
+                              task_ms=lambda task: durations[task.id % len(durations)] * 1e3)
+        trace = simulator.run(arrivals)
+        outcomes.append(({t.task_id: (t.start_s, t.end_s, t.worker) for t in trace.tasks},
+                         simulator.budget.peak_bytes, simulator.scheduler.forced_events,
+                         simulator.budget.used_bytes))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][3] == 0
