@@ -49,39 +49,45 @@ def fidelity(batches: int, repeats: int, budget: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         packages = {}
         for name in MIXED_3:
-            target = Path(folder) / name
-            shutil.copytree(zoo_package(name).directory, target)
-            package = open_package(target)
-            profile_package(package, runs=7)
-            package.save_manifest()
-            packages[name] = open_package(target)
-        infos = {n: NetworkInfo.from_package(p) for n, p in packages.items()}
+            shutil.copytree(zoo_package(name).directory, Path(folder) / name)
+            packages[name] = open_package(Path(folder) / name)
         image = sample_image()
         arrivals = batch_arrivals(MIXED_3, batches)
         print(f"\nFidelity: mixed-3, {batches} closed-loop batches at {budget}, mean response "
-              f"per network in ms (real: median of {repeats})")
-        parallelism = measure_parallelism()
-        shared = DeviceProfile("host-measured", parallelism=parallelism)
-        print(f"measured parallelism (edgecaffe device): {parallelism:g}; simulated without it "
-              "(every worker at full speed) and with it")
+              f"per network in ms. {repeats} rounds; each profiles the packages and measures the "
+              "parallelism afresh, then runs every mode on the engine and in the simulator "
+              "(this machine's speed drifts: a profile only speaks for its own minutes). "
+              "Medians over rounds; sim/real is the median of the rounds' ratios.")
+        rows: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in MODES}
+        measured = []
+        for _ in range(repeats):
+            for package in packages.values():
+                profile_package(package, runs=5)
+                package.save_manifest()
+            infos = {n: NetworkInfo.from_package(p) for n, p in packages.items()}
+            measured.append(measure_parallelism())
+            shared = DeviceProfile("host-measured", parallelism=measured[-1])
+            for mode in MODES:
+                with Engine(packages, mode=mode, budget=budget) as engine:
+                    for future in drive(engine.submit, arrivals, True, lambda _: image):
+                        future.result()
+                real = mean_network_response_ms(engine.trace)
+                free = mean_network_response_ms(
+                    Simulator(infos, mode=mode, budget=budget).run(arrivals, closed_loop=True))
+                sharing = mean_network_response_ms(
+                    Simulator(infos, mode=mode, budget=budget, device=shared).run(
+                        arrivals, closed_loop=True))
+                rows[mode].append((real, free, sharing))
+        print(f"measured parallelism (edgecaffe device): {', '.join(map(str, measured))}")
         print(f"{'mode':<16}{'real':>9}{'sim':>9}{'sim/real':>10}{'sim shared':>12}"
               f"{'sim/real':>10}")
-        for mode in MODES:
-            real = []
-            for _ in range(repeats):
-                with Engine(packages, mode=mode, budget=budget) as engine:
-                    futures = drive(engine.submit, arrivals, True, lambda _: image)
-                    for future in futures:
-                        future.result()
-                real.append(mean_network_response_ms(engine.trace))
-            simulated = mean_network_response_ms(
-                Simulator(infos, mode=mode, budget=budget).run(arrivals, closed_loop=True))
-            sharing = mean_network_response_ms(
-                Simulator(infos, mode=mode, budget=budget, device=shared).run(
-                    arrivals, closed_loop=True))
-            median = statistics.median(real)
-            print(f"{mode:<16}{median:>9.1f}{simulated:>9.1f}{simulated / median:>10.2f}"
-                  f"{sharing:>12.1f}{sharing / median:>10.2f}", flush=True)
+        for mode, values in rows.items():
+            real, free, sharing = (statistics.median(column) for column in zip(*values,
+                                                                                strict=True))
+            free_ratio = statistics.median(f / r for r, f, _ in values)
+            shared_ratio = statistics.median(s / r for r, _, s in values)
+            print(f"{mode:<16}{real:>9.1f}{free:>9.1f}{free_ratio:>10.2f}{sharing:>12.1f}"
+                  f"{shared_ratio:>10.2f}")
 
 
 def scale(count: int, profile: bool = False) -> None:

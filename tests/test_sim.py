@@ -335,3 +335,13 @@ def test_lean_bookkeeping_schedules_exactly_like_the_full_ledger(scenario):
                          simulator.budget.used_bytes))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][3] == 0
+
+
+def test_device_command_writes_a_profile_the_simulator_reads(tmp_path, capsys):
+    out = tmp_path / "host.yaml"
+    assert main(["device", "--threads", "2", "-o", str(out)]) == 0
+    assert "concurrent tasks ran" in capsys.readouterr().out
+    device = load_device(out)
+    assert device.name == "host-measured" and 1.0 <= device.parallelism <= 2.0
+    assert main(["device", "--threads", "1"]) == 1
+    assert "--threads must be 2 or more" in capsys.readouterr().err

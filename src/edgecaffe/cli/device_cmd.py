@@ -10,7 +10,8 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "device", help="measure this machine's parallelism into a device profile (simulator)",
         description="Measure how many tasks this machine runs at full speed at once (a "
-        "single-thread GEMM and a large copy on 1 thread, then on N at the same time) and print "
+        "convolution on one BLAS thread plus a 4 MB copy and CRC, on 1 thread, then on N at the "
+        "same time) and print "
         "a device profile for `edgecaffe experiment --simulate --device FILE`: execution and "
         "load times as profiled, with that parallelism. Shared or throttled virtual cores often "
         "give much less than the core count.",

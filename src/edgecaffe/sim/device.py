@@ -132,23 +132,28 @@ def load_device(spec: str | Path | None) -> DeviceProfile:
 
 
 def measure_parallelism(threads: int = 2, seconds: float = 0.5) -> float:
-    """How many of our tasks this machine runs at full speed at once: a task-like mix (a
-    single-thread GEMM and a large copy) on one thread, then on `threads` at the same time; the
-    ratio of throughputs (`threads` on free cores; near 1 when the cores are shared)."""
+    """How many of our tasks this machine runs at full speed at once: a task-like mix (our
+    convolution kernel on one BLAS thread, a 4 MB copy and CRC) on one thread, then on
+    `threads` at the same time; the ratio of throughputs (`threads` on free cores; near 1 when
+    the cores are shared)."""
     import threading
     import time
+    import zlib
 
     import numpy as np
 
     from edgecaffe.engine.engine import _limit_blas
+    from edgecaffe.ops.conv import conv2d
 
-    a = np.random.default_rng(0).random((384, 384), dtype=np.float32)
+    rng = np.random.default_rng(0)
+    image = rng.random((1, 32, 56, 56), dtype=np.float32)
+    kernel = rng.random((64, 32, 3, 3), dtype=np.float32)
     block = np.ones(4 * 2**20, dtype=np.uint8)
 
-    def work(rounds: int) -> None:
+    def work(rounds: int) -> None:  # an execution (our own conv kernel) and a load's chores
         for _ in range(rounds):
-            a @ a
-            block.copy()
+            conv2d(image, kernel, None, (1, 1), (1, 1), (1, 1), 1)
+            zlib.crc32(block.copy())
 
     limit = _limit_blas(1)
     try:
