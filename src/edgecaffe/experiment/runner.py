@@ -95,23 +95,22 @@ def run_once(
     return summary, engine
 
 
-def isolated_totals_ms(info, device=None) -> tuple[float, float]:
+def isolated_totals_ms(info, device=None, threads: int | None = None) -> tuple[float, float]:
     """(total load ms, total exec ms) of one network run alone: the terms of the lower bound
-    in reports. From the device's durations (default: the profiled ones); NaN if unprofiled."""
+    in reports. A simulated run's are the device's durations, whatever they came from; a real
+    run's are the profiled times (NaN where a layer was not profiled)."""
     from edgecaffe.sim import DeviceError, DeviceProfile
 
+    if device is None and any(layer.exec_ms is None or (layer.weighted and layer.load_ms is None)
+                              for layer in info.layers):
+        return math.nan, math.nan
     device = device or DeviceProfile()
     try:
         load = sum(device.layer_load_ms(info, layer.name) for layer in info.layers
                    if layer.weighted)
-    except DeviceError:
+    except DeviceError:  # a simulation would have stopped on it too
         load = math.nan
-    if any(layer.exec_ms is None for layer in info.layers) and device.compute_factor == 1.0 \
-            and not info.meta.get("generated"):
-        execute = math.nan  # not profiled: FLOP estimates would make a poor bound here
-    else:
-        execute = sum(device.layer_exec_ms(info, layer.name) for layer in info.layers)
-    return load, execute
+    return load, sum(device.layer_exec_ms(info, layer.name, threads) for layer in info.layers)
 
 
 def simulate_once(
@@ -149,7 +148,8 @@ def simulate_once(
         "device": asdict(simulator.device),
         "networks": {name: info.meta.get("package") or info.meta.get("generated") or name
                      for name, info in infos.items()},
-        "network_totals_ms": {name: list(isolated_totals_ms(info, simulator.device))
+        "network_totals_ms": {name: list(isolated_totals_ms(
+            info, simulator.device, simulator.blas_threads))
                               for name, info in infos.items()},
         "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
                      for a in arrivals] if record_tasks else len(arrivals),
