@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from edgecaffe.engine.engine import default_blas_threads
+    from edgecaffe.blas import default_blas_threads
     from edgecaffe.experiment.config import load_config
     from edgecaffe.experiment.networks import resolve_infos
     from edgecaffe.optimal import (

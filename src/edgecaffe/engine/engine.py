@@ -10,7 +10,6 @@ memory was returned); nothing polls or sleeps.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +17,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from edgecaffe.blas import default_blas_threads, limit_blas
 from edgecaffe.engine.requests import RequestBook
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.engine.trace import Trace
@@ -88,7 +88,7 @@ class Engine:
         self.cold_loads = cold_loads
         self.workers = self.mode.workers or workers
         self.blas_threads = blas_threads or default_blas_threads(self.workers)
-        self._blas_limit = _limit_blas(self.blas_threads)
+        self._blas_limit = limit_blas(self.blas_threads)
         self._condition = threading.Condition()
         self._closing = False
         self._epoch = time.perf_counter()
@@ -229,18 +229,3 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close(cancel=exc[0] is not None)
-
-
-def default_blas_threads(workers: int) -> int:
-    """BLAS threads per worker: the cores shared out, at least one. More would oversubscribe
-    the cores whenever several workers execute (OpenBLAS threads spin while they wait)."""
-    return max(1, (os.cpu_count() or 1) // workers)
-
-
-def _limit_blas(threads: int):
-    """Set the BLAS thread count for this process while the engine lives (threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
-    return threadpool_limits(limits=threads, user_api="blas")

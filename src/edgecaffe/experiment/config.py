@@ -12,8 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgecaffe.model.errors import ModelError
 from edgecaffe.sched import GRANULARITIES, MODES, POLICIES, parse_bytes
 from edgecaffe.workload import (
@@ -25,6 +23,7 @@ from edgecaffe.workload import (
     poisson,
     random_composition,
 )
+from edgecaffe.yamlfile import read_yaml
 
 
 class ConfigError(ModelError):
@@ -136,12 +135,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     source = "<flags>"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as error:
-            raise _error(source, f"cannot read: {error.strerror}") from None
-        except yaml.YAMLError as error:
-            raise _error(source, f"malformed YAML: {error}") from None
+        loaded = read_yaml(path, ConfigError)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -22,10 +22,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgecaffe.model.errors import ModelError
 from edgecaffe.sched import Kind, NetworkInfo, Task
+from edgecaffe.yamlfile import read_yaml
 
 
 class DeviceError(ModelError):
@@ -107,10 +106,7 @@ def load_device(spec: str | Path | None) -> DeviceProfile:
     if not path.is_file():
         raise DeviceError(f"device {spec!r}: neither a built-in profile "
                           f"({', '.join(DEVICES)}) nor a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise DeviceError(f"{path}: malformed YAML: {error}") from None
+    raw = read_yaml(path, DeviceError) or {}
     if not isinstance(raw, dict):
         raise DeviceError(f"{path}: expected a mapping of keys ({', '.join(_KEYS)})")
     values: dict[str, Any] = {"name": path.stem}
@@ -142,7 +138,7 @@ def measure_parallelism(threads: int = 2, seconds: float = 0.5) -> float:
 
     import numpy as np
 
-    from edgecaffe.engine.engine import _limit_blas
+    from edgecaffe.blas import limit_blas
     from edgecaffe.ops.conv import conv2d
 
     rng = np.random.default_rng(0)
@@ -155,8 +151,7 @@ def measure_parallelism(threads: int = 2, seconds: float = 0.5) -> float:
             conv2d(image, kernel, None, (1, 1), (1, 1), (1, 1), 1)
             zlib.crc32(block.copy())
 
-    limit = _limit_blas(1)
-    try:
+    with limit_blas(1):
         work(3)  # warm-up
         rounds, elapsed = 4, 0.0
         while elapsed < seconds / 2:
@@ -171,7 +166,4 @@ def measure_parallelism(threads: int = 2, seconds: float = 0.5) -> float:
         for thread in pool:
             thread.join()
         together = time.perf_counter() - started
-    finally:
-        if limit is not None:
-            limit.restore_original_limits()
     return round(min(float(threads), max(1.0, threads * elapsed / together)), 2)

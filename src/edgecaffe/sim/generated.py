@@ -25,6 +25,7 @@ import yaml
 from edgecaffe.model.package.original import DESCRIPTION
 from edgecaffe.sched import LayerInfo, NetworkInfo, parse_bytes
 from edgecaffe.sim.device import DeviceError
+from edgecaffe.yamlfile import read_yaml
 
 
 def is_generated_folder(path: str | Path) -> bool:
@@ -55,12 +56,7 @@ def read_generated(folder: str | Path) -> NetworkInfo:
     """A NetworkInfo from a `type: generated` description.yaml (or the file itself)."""
     path = Path(folder)
     source = path / DESCRIPTION if path.is_dir() else path
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except OSError as error:
-        raise DeviceError(f"{source}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise DeviceError(f"{source}: malformed YAML: {error}") from None
+    raw = read_yaml(source, DeviceError)
     if not isinstance(raw, dict) or raw.get("type") != "generated":
         raise DeviceError(f"{source}: not a generated network (needs `type: generated`)")
     entries = raw.get("layers")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from heapq import heappop, heappush
 
-from edgecaffe.engine.engine import default_blas_threads
+from edgecaffe.blas import default_blas_threads
 from edgecaffe.engine.requests import Request, RequestBook
 from edgecaffe.engine.trace import Trace
 from edgecaffe.sched import (

@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edgecaffe.model.package.manifest import PackageError
+from edgecaffe.yamlfile import read_yaml
 
 DESCRIPTION = "description.yaml"
 TOP_LEVEL_KEYS = {
@@ -75,12 +74,7 @@ def is_original_folder(path: Path) -> bool:
 def read_original(folder: str | Path) -> OriginalNetwork:
     folder = Path(folder)
     path = folder / DESCRIPTION
-    try:
-        description = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise PackageError(f"{path}: cannot read: {error.strerror}") from None
-    except yaml.YAMLError as error:
-        raise PackageError(f"{path}: malformed YAML: {error}") from None
+    description = read_yaml(path, PackageError)
     if not isinstance(description, dict):
         raise PackageError(f"{path}: expected a mapping of keys, got {type(description).__name__}")
     unknown = sorted(set(description) - TOP_LEVEL_KEYS)

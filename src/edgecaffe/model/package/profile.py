@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecaffe.blas import blas_thread_count, limit_blas
 from edgecaffe.measure import peak_rss_bytes, reset_peak_rss, rss_bytes
 from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package.package import ModelPackage
@@ -34,26 +35,6 @@ def sample_input(package: ModelPackage, image: np.ndarray | None = None) -> np.n
                           scale=meta.get("scale", 1.0),
                           channel_order=meta.get("channel_order", "BGR"))
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-
-
-def _blas_threads(count: int):
-    """Limit BLAS to `count` threads inside a `with` (no-op without threadpoolctl)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=count, user_api="blas")
-
-
-def _blas_thread_count() -> int | str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return os.environ.get("OPENBLAS_NUM_THREADS", "default")
-    counts = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-    return max(counts) if counts else 1
 
 
 def _peak_above(baseline: int, work: Callable[[], Any]) -> int:
@@ -107,7 +88,7 @@ def profile_package(
     # Execution again on one BLAS thread: an engine with several workers gives each a share of
     # the cores, and the simulator picks the times that match.
     single_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
-    with _blas_threads(1):
+    with limit_blas(1):
         for _ in range(runs):
             runner = BlobRunner(network, x)
             for layer in runner.layers:
@@ -150,7 +131,7 @@ def profile_package(
         "peak_rss_layer_by_layer_bytes": peak_layered,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}"
                    f" {platform.python_version()}",
-        "blas_threads": _blas_thread_count(),
+        "blas_threads": blas_thread_count(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     package.manifest["profile"] = summary
