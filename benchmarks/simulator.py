@@ -1,13 +1,15 @@
 """The simulator against the real engine, at scale, and against optimal schedules.
 
     python benchmarks/simulator.py [--batches 5] [--repeats 3] [--arrivals 100000]
-                                   [--skip fidelity,scale,optimal]
+                                   [--skip fidelity,scale,optimal] [--baseline REV]
 
 1. Fidelity: mixed-3 (FaceNet, AgeNet, EmotionNet; zoo, batch 1), closed-loop batches at 512M,
    per mode: the real engine's mean response per network (median over repeats) next to the
    simulator's on the same packages, profiled first on this machine (`edgecaffe profile`).
 2. Scale: Poisson arrivals, each of one network drawn from all ten, masa at 1G; simulated
-   arrivals per second of wall time, one core.
+   arrivals per second of wall time, one core. With `--baseline REV` the same simulation also
+   runs on git revision REV's code (extracted to a temporary folder), interleaved, and the
+   ratio of CPU times (this tree / REV) is printed.
 3. Optimality: small instances (up to 3 networks, ~40 tasks), the exact CP-SAT optimum of the
    mean response per network vs each mode/policy simulated on the same integer durations.
 """
@@ -36,11 +38,11 @@ def mean_network_response_ms(trace) -> float:
 
 def fidelity(batches: int, repeats: int, budget: str) -> None:
     from edgecaffe.engine import Engine
+    from edgecaffe.model.info import package_info
     from edgecaffe.model.package import open_package
     from edgecaffe.model.package.profile import profile_package
     from edgecaffe.model.preprocess import sample_image
     from edgecaffe.model.zoo import zoo_package
-    from edgecaffe.sched import NetworkInfo
     from edgecaffe.sim import DeviceProfile, Simulator
     from edgecaffe.sim.device import measure_parallelism
     from edgecaffe.workload import batches as batch_arrivals
@@ -64,7 +66,7 @@ def fidelity(batches: int, repeats: int, budget: str) -> None:
             for package in packages.values():
                 profile_package(package, runs=5)
                 package.save_manifest()
-            infos = {n: NetworkInfo.from_package(p) for n, p in packages.items()}
+            infos = {n: package_info(p) for n, p in packages.items()}
             measured.append(measure_parallelism())
             shared = DeviceProfile("host-measured", parallelism=measured[-1])
             for mode in MODES:
@@ -90,14 +92,20 @@ def fidelity(batches: int, repeats: int, budget: str) -> None:
                   f"{shared_ratio:>10.2f}")
 
 
-def scale(count: int, profile: bool = False) -> None:
+def scale(count: int, profile: bool = False, quiet: bool = False) -> float | None:
     import numpy as np
 
     from edgecaffe.model.caffe.importer import load_caffe
     from edgecaffe.model.zoo import ZOO
-    from edgecaffe.sched import NetworkInfo
     from edgecaffe.sim import DEVICES, Simulator
     from edgecaffe.workload import Arrival
+
+    try:
+        from edgecaffe.model.info import network_info
+    except ImportError:  # a baseline revision from before the adapter module
+        from edgecaffe.sched import NetworkInfo
+
+        network_info = NetworkInfo.from_network
 
     names = [name for name, model in ZOO.items() if not model.tiny]
     # Durations from the rpi4-sd device profile: per-layer FLOPs at its GFLOP/s and loads at
@@ -107,7 +115,7 @@ def scale(count: int, profile: bool = False) -> None:
         for name in names:
             path = Path(folder) / f"{name}.prototxt"
             path.write_text(ZOO[name].prototxt())
-            infos[name] = NetworkInfo.from_network(
+            infos[name] = network_info(
                 load_caffe(path, name=name), mean_exec_ms=ZOO[name].original_mean_exec_ms)
     device = DEVICES["rpi4-sd"]
     rng = np.random.default_rng(0)
@@ -134,11 +142,38 @@ def scale(count: int, profile: bool = False) -> None:
     trace = simulator.run(arrivals, closed_loop=False)
     cpu_s = time.process_time() - started
     wall_s = time.perf_counter() - wall
+    if quiet:
+        print(f"cpu_s={cpu_s}")
+        return cpu_s
     done = sum(r.status == "completed" for r in trace.requests.values())
     print(f"\nScale: {count} Poisson arrivals over {len(names)} networks (masa, 1G, rpi4-sd): "
           f"{wall_s:.1f} s wall, {cpu_s:.1f} s CPU, {count / wall_s:,.0f} arrivals/s; "
           f"{done} completed, simulated span {simulator.now / 3600:.1f} h, mean response "
           f"{mean_network_response_ms(trace) / 1e3:.1f} s")
+
+
+def scale_against(count: int, revision: str, rounds: int = 2) -> None:
+    """CPU time of the scale simulation on this tree and on git `revision`, interleaved."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        archive = subprocess.run(["git", "-C", str(root), "archive", revision, "src"],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        for _ in range(rounds):
+            for source, times in ((root / "src", ours), (Path(folder) / "src", theirs)):
+                env = {**os.environ, "PYTHONPATH": str(source)}
+                out = subprocess.run(
+                    [sys.executable, __file__, "--skip", "fidelity,optimal", "--scale-quiet",
+                     "--arrivals", str(count)], env=env, check=True, capture_output=True,
+                    text=True).stdout
+                times.append(float(out.split("cpu_s=")[1].split()[0]))
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    print(f"\nScale, {count} arrivals, CPU s over {rounds} interleaved rounds: this tree "
+          f"{', '.join(f'{t:.1f}' for t in ours)}; {revision} "
+          f"{', '.join(f'{t:.1f}' for t in theirs)}; ratio of medians {ratio:.2f}")
 
 
 def random_instance(seed: int):
@@ -211,13 +246,22 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=20, help="random optimality instances")
     parser.add_argument("--time-limit", type=float, default=60.0, help="solver limit (s)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time the scale part on git revision REV; print the ratio")
+    parser.add_argument("--scale-quiet", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     skip = set(args.skip.split(","))
+    if args.scale_quiet:
+        scale(args.arrivals, quiet=True)
+        return
     print(f"machine: {os.cpu_count()} cpus, Python {sys.version.split()[0]}")
     if "fidelity" not in skip:
         fidelity(args.batches, args.repeats, args.budget)
     if "scale" not in skip:
-        scale(args.arrivals, args.profile)
+        if args.baseline:
+            scale_against(args.arrivals, args.baseline)
+        else:
+            scale(args.arrivals, args.profile)
     if "optimal" not in skip:
         optimality(args.instances, args.time_limit)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edgecaffe.cli import main
-from edgecaffe.cli.graph_cmd import network_info
+from edgecaffe.cli.graph_cmd import source_info
 from edgecaffe.sched import LayerInfo, NetworkInfo, Planner
 from edgecaffe.sched.dot import task_graph_dot
 
@@ -79,7 +79,7 @@ def parse_dot(text: str) -> Dot:
 
 
 def plan(mode: str, names: list[str], requests: int = 1):
-    infos = [network_info(name) for name in names]
+    infos = [source_info(name) for name in names]
     planner = Planner(mode)
     return [instance for r in range(requests) for instance in planner.plan(r, infos)]
 

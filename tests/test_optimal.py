@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("ortools")
 
 from edgecaffe.model.caffe import build_layers, parse_prototxt
+from edgecaffe.model.info import network_info
 from edgecaffe.model.network import Network
 from edgecaffe.model.zoo import ZOO
 from edgecaffe.optimal import (
@@ -33,6 +34,7 @@ from edgecaffe.sched import (
     Planner,
     Scheduler,
     get_policy,
+    memory_manager,
 )
 
 # -- networks and durations --------------------------------------------------------------------
@@ -58,7 +60,7 @@ def chain(name: str, layers: Sequence[tuple[int, int]], input_bytes: int = 100,
 
 
 def zoo(name: str) -> NetworkInfo:
-    return NetworkInfo.from_network(
+    return network_info(
         Network(name, build_layers(parse_prototxt(ZOO[name].prototxt()), name)))
 
 
@@ -194,7 +196,7 @@ def drive_policy(requests, capacity: int, workers: int, durations: dict, policy:
     """The real Scheduler (partial mode, layer granularity) on a virtual clock: returns the
     schedule as key -> (start, end, worker), the mean response and the ledger's peak."""
     budget = MemoryBudget(capacity)
-    scheduler = Scheduler(get_policy(policy), budget, "layer", True)
+    scheduler = Scheduler(get_policy(policy), memory_manager("layer", budget, True))
     planner = Planner(MODES["partial"])
     pending = list(enumerate(requests))
     running: dict[int, tuple] = {}

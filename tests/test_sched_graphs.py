@@ -14,6 +14,7 @@ import itertools
 import pytest
 
 from edgecaffe.model.caffe import build_layers, parse_prototxt
+from edgecaffe.model.info import network_info
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.model.package.manifest import stages
 from edgecaffe.model.zoo import ZOO
@@ -46,7 +47,7 @@ def data(channels: int = 2) -> Layer:
 
 def info_of(network: Network, mean_exec_ms: float | None = None,
             stage_map: dict[str, str] | None = None) -> NetworkInfo:
-    return NetworkInfo.from_network(network, stage_map or stages(network),
+    return network_info(network, stage_map or stages(network),
                                     mean_exec_ms=mean_exec_ms)
 
 
@@ -315,7 +316,7 @@ def test_partial_every_load_is_ready_after_init():
     [[instance]] = plan("masa", [zoo("AgeNet")])
     init = instance.first
     loads = [task for task in instance.tasks if task.kind == Kind.LOAD]
-    assert loads and all(task.deps == [init] for task in loads)
+    assert loads and all(task.deps == (init,) for task in loads)
     assert set(init.dependents) >= set(loads)
 
 
@@ -354,7 +355,7 @@ def test_bulk_has_three_tasks_per_network():
         init, load, execute = instance.tasks
         assert [t.kind for t in instance.tasks] == [Kind.INIT, Kind.LOAD, Kind.EXEC]
         assert load.whole_model and execute.whole_model and not init.whole_model
-        assert load.deps == [init] and execute.deps == [load]
+        assert load.deps == (init,) and execute.deps == (load,)
         assert instance.last is execute
         assert load.layers == tuple(l.name for l in instance.info.layers if l.weighted)
         assert execute.layers == tuple(l.name for l in instance.info.layers)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgecaffe.model.info import network_info
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.model.package.manifest import stages
 from edgecaffe.sched import (
@@ -30,6 +31,7 @@ from edgecaffe.sched import (
     State,
     Task,
     get_policy,
+    memory_manager,
 )
 
 # -- networks ----------------------------------------------------------------------------------
@@ -53,7 +55,7 @@ def relu(name: str, bottom: str) -> Layer:
 def info_of(layers: list[Layer], name: str, mean_exec_ms: float | None = None,
             peak_bytes: int | None = None) -> NetworkInfo:
     network = Network(name, layers)
-    return NetworkInfo.from_network(network, stages(network), mean_exec_ms, peak_bytes)
+    return network_info(network, stages(network), mean_exec_ms, peak_bytes)
 
 
 def chain(name: str, widths: Sequence[int], mean_exec_ms: float | None = None,
@@ -150,7 +152,7 @@ def drive(mode: Mode, policy: str, granularity: str, capacity: int, workers: int
     At each instant: finish the tasks that end now, add the requests that arrive now, then give
     every free worker the task `next_task` hands it. The `fail_at`-th finishing task raises."""
     budget = MemoryBudget(capacity)
-    scheduler = Scheduler(get_policy(policy), budget, granularity, mode.per_layer)
+    scheduler = Scheduler(get_policy(policy), memory_manager(granularity, budget, mode.per_layer))
     planner = Planner(mode)
     run = Run(scheduler, budget, workers)
     pending = sorted(enumerate(requests), key=lambda item: item[1][0])
@@ -303,7 +305,7 @@ def scenarios(draw):
     return dict(
         mode=mode,
         policy=draw(st.sampled_from(sorted(POLICIES))),
-        granularity=draw(st.sampled_from(GRANULARITIES)),
+        granularity=draw(st.sampled_from(sorted(GRANULARITIES))),
         capacity=draw(capacities),
         workers=workers,
         requests=requests,
@@ -342,7 +344,7 @@ def test_a_failing_task_fails_only_its_instance(scenario, fail_at):
 @settings(max_examples=60, deadline=None)
 @given(widths=st.lists(st.integers(1, 8), min_size=1, max_size=4),
        mode=st.sampled_from(sorted(MODES)), policy=st.sampled_from(sorted(POLICIES)),
-       granularity=st.sampled_from(GRANULARITIES))
+       granularity=st.sampled_from(sorted(GRANULARITIES)))
 def test_a_tiny_budget_runs_everything_forced_one_task_at_a_time(widths, mode, policy,
                                                                  granularity):
     """A budget smaller than any reservation: the progress rule admits tasks over budget."""
@@ -361,8 +363,9 @@ def test_a_tiny_budget_runs_everything_forced_one_task_at_a_time(widths, mode, p
 def test_without_overcommit_an_impossible_task_raises_budget_error(mode):
     info = chain("big", [8, 8])  # the input alone is 32 bytes
     budget = MemoryBudget(8)
-    scheduler = Scheduler(get_policy(MODES[mode].policy), budget, "layer",
-                          MODES[mode].per_layer, allow_overcommit=False)
+    scheduler = Scheduler(get_policy(MODES[mode].policy),
+                          memory_manager("layer", budget, MODES[mode].per_layer),
+                          allow_overcommit=False)
     [instance] = Planner(mode).plan(0, [info])
     scheduler.add([instance], 0.0)
     with pytest.raises(BudgetError, match="bytes"):
@@ -378,7 +381,8 @@ def test_without_overcommit_an_impossible_task_raises_budget_error(mode):
 def test_without_overcommit_a_task_that_fits_later_waits_instead_of_raising():
     info = chain("a", [2])
     budget = MemoryBudget(info.input_bytes)  # room for one network's input at a time
-    scheduler = Scheduler(get_policy("masa"), budget, "layer", allow_overcommit=False)
+    scheduler = Scheduler(get_policy("masa"), memory_manager("layer", budget),
+                          allow_overcommit=False)
     planner = Planner("masa")
     a, b = planner.plan(0, [info, chain("b", [2])])
     scheduler.add([a, b], 0.0)
@@ -390,7 +394,8 @@ def test_without_overcommit_a_task_that_fits_later_waits_instead_of_raising():
 def test_without_overcommit_network_granularity_also_refuses_an_impossible_init():
     info = chain("big", [8, 8])
     budget = MemoryBudget(info.peak_bytes - 1)
-    scheduler = Scheduler(get_policy("masa"), budget, "network", allow_overcommit=False)
+    scheduler = Scheduler(get_policy("masa"), memory_manager("network", budget),
+                          allow_overcommit=False)
     [instance] = Planner("masa").plan(0, [info])
     scheduler.add([instance], 0.0)
     with pytest.raises(BudgetError):
@@ -405,7 +410,7 @@ def test_without_overcommit_network_granularity_also_refuses_an_impossible_init(
 def test_failure_in_bulk_skips_the_rest_of_its_instance_and_the_chain_goes_on():
     infos = [chain("a", [3, 4]), chain("b", [2]), chain("c", [5])]
     budget = MemoryBudget(2**20)
-    scheduler = Scheduler(get_policy("fcfs"), budget, "layer", per_layer=False)
+    scheduler = Scheduler(get_policy("fcfs"), memory_manager("layer", budget, per_layer=False))
     planner = Planner("bulk")
     first = planner.plan(0, infos[:2])
     second = planner.plan(1, infos[2:])
@@ -433,7 +438,7 @@ def test_failure_in_bulk_skips_the_rest_of_its_instance_and_the_chain_goes_on():
 def test_failure_waits_for_the_instances_running_tasks_before_it_is_over():
     info = chain("a", [3, 4, 5])
     budget = MemoryBudget(2**20)
-    scheduler = Scheduler(get_policy("masa"), budget, "layer")
+    scheduler = Scheduler(get_policy("masa"), memory_manager("layer", budget))
     [a] = Planner("masa").plan(0, [info])
     scheduler.add([a], 0.0)
     scheduler.finish(scheduler.next_task(0, 0.0, 0), 1.0)
@@ -452,7 +457,7 @@ def test_failure_waits_for_the_instances_running_tasks_before_it_is_over():
 def test_cancelling_an_instance_with_fail():
     info = chain("a", [3])
     budget = MemoryBudget(2**20)
-    scheduler = Scheduler(get_policy("fcfs"), budget, "layer")
+    scheduler = Scheduler(get_policy("fcfs"), memory_manager("layer", budget))
     planner = Planner("linear")
     a, b = planner.plan(0, [info, info])
     scheduler.add([a, b], 0.0)
@@ -466,7 +471,7 @@ def test_cancelling_an_instance_with_fail():
 
 
 def masa_scheduler(capacity: int = 2**30, granularity: str = "layer") -> Scheduler:
-    return Scheduler(get_policy("masa"), MemoryBudget(capacity), granularity)
+    return Scheduler(get_policy("masa"), memory_manager(granularity, MemoryBudget(capacity)))
 
 
 def test_masa_runs_executions_first_then_loads_and_inits_shortest_network_first():
@@ -583,7 +588,7 @@ def test_hrrn_is_sjf_when_nothing_has_waited():
     planner = Planner("partial")
     long = planner.plan(0, [chain("long", [4], mean_exec_ms=100)])[0]
     short = planner.plan(1, [chain("short", [4], mean_exec_ms=1)])[0]
-    scheduler = Scheduler(get_policy("hrrn"), MemoryBudget(2**30), "layer")
+    scheduler = Scheduler(get_policy("hrrn"), memory_manager("layer", MemoryBudget(2**30)))
     scheduler.add([long, short], 0.0)
     assert scheduler.next_task(0, 0.0, 0) is short.first
 
@@ -592,7 +597,7 @@ def test_hrrn_prefers_a_long_waiting_task_over_a_new_short_one():
     planner = Planner("partial")
     long = planner.plan(0, [chain("long", [4], mean_exec_ms=100)])[0]
     short = planner.plan(1, [chain("short", [4], mean_exec_ms=1)])[0]
-    scheduler = Scheduler(get_policy("hrrn"), MemoryBudget(2**30), "layer")
+    scheduler = Scheduler(get_policy("hrrn"), memory_manager("layer", MemoryBudget(2**30)))
     scheduler.add([long], 0.0)
     scheduler.add([short], 1.0)  # seconds: long has waited 1000 ms
     # long: 1 + 1001 / 100 = 11.01; short: 1 + 1 / 1 = 2.
@@ -604,7 +609,7 @@ def test_hrrn_after_a_short_wait_keeps_the_sjf_order():
     planner = Planner("partial")
     long = planner.plan(0, [chain("long", [4], mean_exec_ms=100)])[0]
     short = planner.plan(1, [chain("short", [4], mean_exec_ms=1)])[0]
-    scheduler = Scheduler(get_policy("hrrn"), MemoryBudget(2**30), "layer")
+    scheduler = Scheduler(get_policy("hrrn"), memory_manager("layer", MemoryBudget(2**30)))
     scheduler.add([long], 0.0)
     scheduler.add([short], 0.005)  # 5 ms later: 1 + 6/100 < 1 + 1/1
     assert scheduler.next_task(0, 0.005, 0) is short.first
@@ -612,7 +617,7 @@ def test_hrrn_after_a_short_wait_keeps_the_sjf_order():
 
 def test_policies_agree_on_an_empty_pool_and_a_single_task():
     for name in POLICIES:
-        scheduler = Scheduler(get_policy(name), MemoryBudget(2**30), "layer")
+        scheduler = Scheduler(get_policy(name), memory_manager("layer", MemoryBudget(2**30)))
         assert scheduler.next_task(0, 0.0, 0) is None
         [a] = Planner("partial").plan(0, [chain("a", [1])])
         scheduler.add([a], 0.0)
@@ -627,7 +632,8 @@ def test_layer_granularity_ledger_of_one_small_network(mode):
     assert (info.input_bytes, info.layer("c0").weight_bytes, info.layer("c0").output_bytes) == (
         32, 48, 64)
     budget = MemoryBudget(2**20)
-    scheduler = Scheduler(get_policy("fcfs"), budget, "layer", MODES[mode].per_layer)
+    scheduler = Scheduler(get_policy("fcfs"),
+                          memory_manager("layer", budget, MODES[mode].per_layer))
     [a] = Planner(mode).plan(0, [info])
     scheduler.add([a], 0.0)
     now = 0.0

@@ -43,6 +43,43 @@ def poisson(
     return [Arrival(i, float(gap), tuple(networks)) for i, gap in enumerate(gaps)]
 
 
+class ArrivalSchedule:
+    """When each arrival is due, on any clock: `gap_ms` after the previous submission and, in a
+    closed loop, not before the previous arrival's request has finished. The real-time driver
+    (`drive`) and the simulator follow the same schedule; only their clocks differ.
+
+    `due_s()` is the next arrival's time in seconds (inf: none left, or in a closed loop
+    waiting for the previous request); `submitted(now_s)` takes it; `finished()` says that the
+    previous request has finished."""
+
+    def __init__(self, arrivals: Sequence[Arrival], closed_loop: bool, start_s: float) -> None:
+        self.arrivals = arrivals
+        self.closed_loop = closed_loop
+        self.index = 0
+        self._last_submit_s = start_s
+        self._waiting = False
+
+    def due_s(self) -> float:
+        if self._waiting or self.index >= len(self.arrivals):
+            return float("inf")
+        return self._last_submit_s + self.arrivals[self.index].gap_ms / 1e3
+
+    @property
+    def waiting(self) -> bool:
+        """In a closed loop: the next arrival waits for the previous request to finish."""
+        return self._waiting
+
+    def submitted(self, now_s: float) -> Arrival:
+        arrival = self.arrivals[self.index]
+        self.index += 1
+        self._last_submit_s = now_s
+        self._waiting = self.closed_loop and self.index < len(self.arrivals)
+        return arrival
+
+    def finished(self) -> None:
+        self._waiting = False
+
+
 def drive(
     submit: Callable[[Any, Sequence[str]], Future],
     arrivals: Sequence[Arrival],
@@ -50,18 +87,21 @@ def drive(
     load_input: Callable[[str | None], Any],
     on_submit: Callable[[Arrival, Future], None] | None = None,
 ) -> list[Future]:
-    """Submit `arrivals` in real time: each `gap_ms` after the previous submission, and in a
-    closed loop also not before the previous arrival's request has finished."""
+    """Submit `arrivals` in real time, as `ArrivalSchedule` says: each `gap_ms` after the
+    previous submission, and in a closed loop also not before the previous arrival's request
+    has finished (completed, failed or cancelled)."""
     futures: list[Future] = []
-    previous = time.perf_counter()
-    for arrival in arrivals:
-        if closed_loop and futures:
-            wait([futures[-1]])  # completed, failed or cancelled: the loop goes on
-        delay = previous + arrival.gap_ms / 1e3 - time.perf_counter()
+    schedule = ArrivalSchedule(arrivals, closed_loop, time.perf_counter())
+    while schedule.index < len(arrivals):
+        if schedule.waiting:
+            wait([futures[-1]])
+            schedule.finished()
+        delay = schedule.due_s() - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+        arrival = arrivals[schedule.index]
         future = submit(load_input(arrival.data), arrival.networks)
-        previous = time.perf_counter()
+        schedule.submitted(time.perf_counter())
         futures.append(future)
         if on_submit is not None:
             on_submit(arrival, future)

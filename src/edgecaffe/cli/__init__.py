@@ -45,7 +45,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    warnings.showwarning = _one_line_warning  # users need the message, not our source line
+    # Users need the message, not our source line; only while the command runs (a program
+    # calling `main` gets its own warning display back).
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

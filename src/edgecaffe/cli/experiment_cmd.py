@@ -81,7 +81,7 @@ def _plan(args: argparse.Namespace):
     """[(results subfolder, config, arrivals, closed loop, packages)] for every run."""
     from edgecaffe.experiment.config import arrivals_of, expand_matrix
     from edgecaffe.experiment.networks import resolve_infos, resolve_networks
-    from edgecaffe.sched import NetworkInfo
+    from edgecaffe.model.info import package_info
 
     config = _config(args)
     device = _device(args)
@@ -95,7 +95,7 @@ def _plan(args: argparse.Namespace):
             infos = networks
         else:
             networks = resolve_networks(pool, run)
-            infos = {n: NetworkInfo.from_package(p) for n, p in networks.items()}
+            infos = {n: package_info(p) for n, p in networks.items()}
         service_ms = sum(sum(device.layer_exec_ms(infos[n], layer.name)
                              for layer in infos[n].layers)
                          if device is not None else infos[n].mean_exec_ms

@@ -29,18 +29,18 @@ def add_parser(commands) -> None:
     parser.set_defaults(handler=run)
 
 
-def network_info(source: str):
+def source_info(source: str):
     """A NetworkInfo from a package folder or, without weights, from a zoo network's structure."""
     from pathlib import Path
 
     from edgecaffe.model.errors import ModelError
+    from edgecaffe.model.info import network_info, package_info
     from edgecaffe.model.zoo import ZOO, get_zoo_model
-    from edgecaffe.sched import NetworkInfo
 
     if Path(source).is_dir():
         from edgecaffe import open_package
 
-        return NetworkInfo.from_package(open_package(source))
+        return package_info(open_package(source))
     try:
         model = get_zoo_model(source)
     except ModelError:
@@ -52,7 +52,7 @@ def network_info(source: str):
 
     network = Network(model.name, build_layers(parse_prototxt(model.prototxt(), model.name),
                                                model.name))
-    return NetworkInfo.from_network(network, stages(network),
+    return network_info(network, stages(network),
                                     mean_exec_ms=model.original_mean_exec_ms)
 
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown mode {args.mode!r}; modes: {', '.join(MODES)}")
     if args.requests < 1:
         raise ValueError("--requests must be 1 or more")
-    infos = [network_info(source) for source in args.networks]
+    infos = [source_info(source) for source in args.networks]
     planner = Planner(args.mode)
     instances = []
     for request in range(args.requests):

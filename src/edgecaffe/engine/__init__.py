@@ -1,7 +1,15 @@
-"""The real engine (threads) and the trace it records."""
+"""The real engine: worker threads and real kernels driving the scheduler core (`sched.Core`).
+The trace it records is the core's (`sched.trace`), re-exported here for convenience."""
 
-from edgecaffe.engine.engine import Engine, EngineClosedError, RequestError, resolve_packages
-from edgecaffe.engine.trace import RequestRecord, TaskRecord, Trace
+from edgecaffe.engine.engine import (
+    Engine,
+    EngineClosedError,
+    EngineError,
+    RequestError,
+    TaskRunner,
+    resolve_packages,
+)
+from edgecaffe.sched.trace import RequestRecord, TaskRecord, Trace
 
-__all__ = ["Engine", "EngineClosedError", "RequestError", "RequestRecord", "TaskRecord", "Trace",
-           "resolve_packages"]
+__all__ = ["Engine", "EngineClosedError", "EngineError", "RequestError", "RequestRecord",
+           "TaskRecord", "TaskRunner", "Trace", "resolve_packages"]

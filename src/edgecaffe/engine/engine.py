@@ -6,33 +6,31 @@
 
 Workers block on one condition variable: a finished task wakes them (dependents became ready,
 memory was returned); nothing polls or sleeps.
+
+Futures follow `concurrent.futures`: every future ends exactly once (result, exception or
+cancelled); a request may be cancelled until it is done, and a cancel that races with its
+completion never reaches a worker. Nothing a task or a user policy raises kills a worker: the
+affected request fails, the others go on, and the ledger returns to zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future
+import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.blas import default_blas_threads, limit_blas
-from edgecaffe.engine.requests import RequestBook
+from edgecaffe.blas import BlasHold, default_blas_threads
+from edgecaffe.engine.guard import PolicyGuard
 from edgecaffe.engine.tasks import run_task
-from edgecaffe.engine.trace import Trace
+from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, open_package
-from edgecaffe.sched import (
-    MODES,
-    BudgetError,
-    MemoryBudget,
-    NetworkInfo,
-    Planner,
-    Policy,
-    Scheduler,
-    Step,
-    get_policy,
-)
+from edgecaffe.sched import BudgetError, Core, Policy, Request, Step, Task
 
 
 class RequestError(RuntimeError):
@@ -41,6 +39,15 @@ class RequestError(RuntimeError):
 
 class EngineClosedError(RuntimeError):
     """`submit` after `close`."""
+
+
+class EngineError(RuntimeError):
+    """The engine stopped on an internal error; requests still open fail with it."""
+
+
+#: What a task does: given the task and its network's package, load or run it. The default
+#: reads weight files and runs the numpy kernels (`engine/tasks.py`).
+TaskRunner = Callable[[Task, ModelPackage], None]
 
 
 def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, ModelPackage]:
@@ -57,7 +64,15 @@ def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, Mode
 
 
 class Engine:
-    """Runs requests for several networks under a memory budget, with N worker threads."""
+    """Runs requests for several networks under a memory budget, with N worker threads.
+
+    `packages`: name -> package folder or `ModelPackage`, or one folder of packages. `mode`,
+    `policy`, `budget`, `granularity`, `workers`, `allow_overcommit`: see `sched.Core`.
+    `blas_threads`: BLAS threads while requests are in flight (default: the cores shared out
+    among the workers); the process's own count comes back whenever the engine is idle.
+    `cold_loads`: drop each weight file's cached pages before reading it (SD-card-like loads).
+    `task_runner`: what a task does (default: real weight files and kernels); tests give a
+    fake kernel here."""
 
     def __init__(
         self,
@@ -70,34 +85,29 @@ class Engine:
         blas_threads: int | None = None,
         allow_overcommit: bool = True,
         cold_loads: bool = False,
+        task_runner: TaskRunner | None = None,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        if workers < 1:
-            raise ValueError(f"workers must be 1 or more, got {workers}")
-        self.mode = MODES[mode]
-        self.policy = get_policy(policy or self.mode.policy)
         self.packages = resolve_packages(packages)
-        self.infos = {name: NetworkInfo.from_package(p) for name, p in self.packages.items()}
-        for name, info in self.infos.items():
+        infos = {name: package_info(p) for name, p in self.packages.items()}
+        for name, info in infos.items():
             info.name = name  # the caller's name for it (an original folder may say otherwise)
-        self.budget = MemoryBudget(budget)
-        self.scheduler = Scheduler(self.policy, self.budget, granularity, self.mode.per_layer,
-                                   allow_overcommit)
-        self.planner = Planner(self.mode)
-        self.cold_loads = cold_loads
-        self.workers = self.mode.workers or workers
+        self._guard = PolicyGuard.wrap(policy)
+        self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
+                                allow_overcommit)
+        self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
+        self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
+        self.infos, self.workers = core.infos, core.workers
         self.blas_threads = blas_threads or default_blas_threads(self.workers)
-        self._blas_limit = limit_blas(self.blas_threads)
+        core.trace.info["blas_threads"] = self.blas_threads
+        self._blas = BlasHold(self.blas_threads)
+        self._blas_held = False
+        self.cold_loads = cold_loads
+        self._run_task = task_runner or partial(run_task, per_layer=self.mode.per_layer,
+                                                cold=cold_loads)
         self._condition = threading.Condition()
         self._closing = False
+        self._broken: str | None = None
         self._epoch = time.perf_counter()
-        self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
-                           info={"mode": mode, "policy": self.policy.name,
-                                 "granularity": granularity, "workers": self.workers,
-                                 "blas_threads": self.blas_threads,
-                                 "budget_bytes": self.budget.capacity_bytes})
-        self.book = RequestBook(self.planner, self.scheduler, self.trace)
         self._threads = [
             threading.Thread(target=self._work, args=(index, index % self.mode.pools),
                              name=f"edgecaffe-worker-{index}", daemon=True)
@@ -115,37 +125,26 @@ class Engine:
     def submit(self, x: Any, networks: Sequence[str]) -> Future:
         """Queue one input for `networks`; the future's result is {network: {blob: array}}.
 
-        A network named twice runs twice; the second result is keyed `name#2`."""
+        A network named twice runs twice; the second result is keyed `name#2`. Raises
+        ValueError for unknown networks, `BudgetError` (with `allow_overcommit=False`) for a
+        request that can never fit, `EngineClosedError` after `close`."""
         networks = list(networks)
-        unknown = [name for name in networks if name not in self.infos]
-        if unknown:
-            raise ValueError(f"unknown network(s) {unknown}; this engine has "
-                             f"{', '.join(self.infos)}")
-        if not networks:
-            raise ValueError("a request needs at least one network")
+        self.core.check_networks(networks)
         with self._condition:
             if self._closing:
                 raise EngineClosedError("the engine is closed; submit before close()")
-            infos = [self.infos[n] for n in networks]
             if not self.scheduler.allow_overcommit:
-                self._check_fits(networks, infos)
-            request = self.book.submit(networks, infos, self.now(), x)
+                self.core.check_fits(networks)
+            if not self._blas_held:
+                self._blas.__enter__()
+                self._blas_held = True
+            request = self.core.submit(networks, self.now(), x)
             request.handle = future = Future()
+            self._settle_policy_failures()
             self._condition.notify_all()
         request_id = request.record.request_id
         future.add_done_callback(lambda f: self._on_cancel(f, request_id))
         return future
-
-    def _check_fits(self, networks: list[str], infos: list[NetworkInfo]) -> None:
-        """Reject a request with a task larger than the whole budget. Planned on a scratch
-        planner: the real one links networks across requests and must only see accepted ones."""
-        for instance in Planner(self.mode).plan(-1, infos):
-            for task in instance.tasks:
-                need = self.scheduler.reservation(task)
-                if need > self.budget.capacity_bytes:
-                    raise BudgetError(
-                        f"request for {networks}: {task.label} of {instance.name} needs {need} "
-                        f"bytes, more than the whole budget of {self.budget.capacity_bytes}")
 
     def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
         return [self.submit(x, networks) for x in inputs]
@@ -153,50 +152,95 @@ class Engine:
     # -- workers -------------------------------------------------------------------------------
 
     def _work(self, worker: int, pool: int) -> None:
+        try:
+            while True:
+                with self._condition:
+                    task = self._wait_for_task(pool, worker)
+                if task is None:
+                    return
+                error, interrupted = self._execute(task)
+                with self._condition:
+                    self._apply(self.scheduler.finish(task, self.now(), error))
+                    self._settle_policy_failures()
+                    if interrupted:
+                        self._begin_close(cancel=True)
+                    self._condition.notify_all()
+        except BaseException as exc:  # a bug in the engine itself: fail what is open, stop
+            self._stop_on_error(f"worker {worker}: {type(exc).__name__}: {exc}\n"
+                                f"{traceback.format_exc()}")
+
+    def _wait_for_task(self, pool: int, worker: int) -> Task | None:
+        """The next task for this worker (called under the lock; blocks). None: time to stop."""
         while True:
-            with self._condition:
-                while True:
-                    try:
-                        task = self.scheduler.next_task(pool, self.now(), worker)
-                    except BudgetError as error:  # allow_overcommit=False and it can never fit
-                        self._apply(self.scheduler.fail(error.task.instance, str(error),
-                                                        self.now()))
-                        continue
-                    if task is not None:
-                        break
-                    if self._closing and not self.scheduler.has_work():
-                        self._condition.notify_all()
-                        return
-                    self._condition.wait()
-            error = None
-            instance = task.instance
+            if self._broken is not None:
+                return None
             try:
-                if instance.failed is None:
-                    run_task(task, self.packages[instance.name], self.mode.per_layer,
-                             self.cold_loads)
-            except Exception as exc:  # a bad layer file, a kernel error: fail this network only
-                error = f"{task.label} failed: {type(exc).__name__}: {exc}"
-            with self._condition:
-                self._apply(self.scheduler.finish(task, self.now(), error))
+                task = self.scheduler.next_task(pool, self.now(), worker)
+            except BudgetError as error:  # allow_overcommit=False and it can never fit
+                self._apply(self.scheduler.fail(error.task.instance, str(error), self.now()))
+                continue
+            finally:
+                self._settle_policy_failures()
+            if task is not None:
+                return task
+            if self._closing and not self.scheduler.has_work():
                 self._condition.notify_all()
+                return None
+            self._condition.wait()
+
+    def _execute(self, task: Task) -> tuple[str | None, bool]:
+        """Run one task outside the lock: (error message or None, whether it was a Ctrl-C)."""
+        instance = task.instance
+        if instance.failed is not None:
+            return None, False  # failed or cancelled meanwhile: nothing to do
+        try:
+            self._run_task(task, self.packages[instance.name])
+        except Exception as exc:  # a bad layer file, a kernel error: fail this network only
+            return f"{task.label} failed: {type(exc).__name__}: {exc}", False
+        except KeyboardInterrupt:
+            return f"{task.label} interrupted (KeyboardInterrupt); the engine shuts down", True
+        except BaseException as exc:  # SystemExit and the like: the request fails, not us
+            return f"{task.label} failed: {type(exc).__name__}: {exc}", False
+        return None, False
 
     def _apply(self, step: Step) -> None:
         """Resolve the requests whose last network just finished (called under the lock)."""
         for request in self.book.settle(step):
-            future: Future = request.handle
-            if future.cancelled():
-                request.record.status = "cancelled"
-            elif request.failed:
+            self._resolve(request)
+        if self._blas_held and not self.book.open:
+            self._blas.__exit__(None, None, None)
+            self._blas_held = False
+
+    def _resolve(self, request: Request) -> None:
+        """Set the request's future: its outputs, or why it failed. A future cancelled
+        meanwhile (even between the check and the set) stays cancelled."""
+        future: Future = request.handle
+        try:
+            if request.failed:
                 future.set_exception(RequestError(request.record.error))
             else:
-                future.set_result({i.state["key"]: i.state.pop("outputs")
+                future.set_result({i.result_key: getattr(i.work, "outputs", None)
                                    for i in request.instances})
-            for i in request.instances:
-                i.state.clear()
+        except InvalidStateError:  # cancelled concurrently: its callback finds it closed
+            request.record.status = "cancelled"
+        if future.cancelled():
+            request.record.status = "cancelled"
+        for instance in request.instances:
+            instance.work = instance.input = None
+
+    def _settle_policy_failures(self) -> None:
+        """Fail the networks a user policy could not order (called under the lock)."""
+        if self._guard is None:
+            return
+        for instance, reason in self._guard.take_failures():
+            self._apply(self.scheduler.fail(instance, reason, self.now()))
 
     def _on_cancel(self, future: Future, request_id: int) -> None:
         if not future.cancelled():
             return
+        # The executor's side of the `concurrent.futures` contract: without this, `wait` and
+        # `as_completed` never see a cancelled future as done.
+        future.set_running_or_notify_cancel()
         with self._condition:
             request = self.book.open.get(request_id)
             if request is not None:
@@ -204,25 +248,48 @@ class Engine:
                     self._apply(self.scheduler.fail(instance, "cancelled", self.now()))
             self._condition.notify_all()
 
+    def _stop_on_error(self, reason: str) -> None:
+        """An internal error: stop every worker and fail every open request with it."""
+        with self._condition:
+            self._broken = reason
+            self._closing = True
+            for request in list(self.book.open.values()):
+                request.record.status = "failed"
+                request.record.error = reason
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    request.handle.set_exception(EngineError(reason))
+            self.book.open.clear()
+            if self._blas_held:
+                self._blas.__exit__(None, None, None)
+                self._blas_held = False
+            self._condition.notify_all()
+
     # -- closing -------------------------------------------------------------------------------
+
+    def _begin_close(self, cancel: bool) -> None:
+        """Stop accepting requests; with `cancel`, fail what has not finished (under the lock)."""
+        self._closing = True
+        if cancel:
+            for request in list(self.book.open.values()):
+                if any(instance.failed for instance in request.instances):
+                    # Already failing: it ends as failed, with its own reason first.
+                    for instance in request.instances:
+                        self._apply(self.scheduler.fail(instance, "the engine is closing",
+                                                        self.now()))
+                else:
+                    request.handle.cancel()  # its callback (`_on_cancel`) fails what is left
+        self._condition.notify_all()
 
     def close(self, cancel: bool = False) -> None:
         """Stop accepting requests and wait for the workers. In-flight requests finish, or with
         `cancel=True` those not yet done are cancelled (their futures say so); none is lost."""
         with self._condition:
-            if self._closing and not self._threads[0].is_alive():
-                return  # already closed
-            self._closing = True
-            pending = list(self.book.open.values())
-            self._condition.notify_all()
-        if cancel:
-            for request in pending:
-                request.handle.cancel()
+            self._begin_close(cancel)
         for thread in self._threads:
-            thread.join()
-        if self._blas_limit is not None:
-            self._blas_limit.restore_original_limits()
-            self._blas_limit = None
+            if thread is not threading.current_thread():
+                thread.join()
+        if self._broken is not None:
+            raise EngineError(f"the engine stopped on an internal error: {self._broken}")
 
     def __enter__(self) -> Engine:
         return self

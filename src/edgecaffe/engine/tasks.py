@@ -31,25 +31,37 @@ def network_input(source: Any, package: ModelPackage) -> np.ndarray:
                      f"input {tuple(shape)} nor an H x W x 3 uint8 image")
 
 
+class NetworkRun:
+    """What one network instance's tasks keep between them: its blob runner (activations) and
+    the weights loaded and not yet dropped; its outputs once the last task ran."""
+
+    __slots__ = ("outputs", "runner", "weights")
+
+    def __init__(self, runner: BlobRunner) -> None:
+        self.runner: BlobRunner | None = runner
+        self.weights: dict[str, dict[str, np.ndarray]] = {}
+        self.outputs: dict[str, np.ndarray] | None = None
+
+
 def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = False) -> None:
-    """Execute one task; its network instance's `state` carries activations and weights."""
-    state = task.instance.state
+    """Execute one task of a network instance; `instance.work` (a `NetworkRun`) carries its
+    activations and weights from task to task."""
+    instance = task.instance
     if task.kind == Kind.INIT:
-        state["runner"] = BlobRunner(package.network, network_input(state["input"], package))
-        state["weights"] = {}
+        instance.work = NetworkRun(BlobRunner(package.network,
+                                              network_input(instance.input, package)))
         return
-    weights: dict[str, dict[str, np.ndarray]] = state["weights"]
+    work: NetworkRun = instance.work
     if task.kind == Kind.LOAD:
         for name in task.layers:
-            weights[name] = package.read(name, cold=cold)
+            work.weights[name] = package.read(name, cold=cold)
         return
-    runner: BlobRunner = state["runner"]
     layers = package.network.layer_by_name
     for name in task.layers:
         # Per-layer modes free a layer's weights as soon as it has run.
-        layer_weights = weights.pop(name, {}) if per_layer else weights.get(name, {})
-        runner.run(layers[name], layer_weights)
-    if task is task.instance.last:
-        state["outputs"] = runner.results()
-        state.pop("runner", None)
-        state.pop("weights", None)
+        layer_weights = work.weights.pop(name, {}) if per_layer else work.weights.get(name, {})
+        work.runner.run(layers[name], layer_weights)
+    if task is instance.last:
+        work.outputs = work.runner.results()
+        work.runner = None
+        work.weights.clear()

@@ -39,7 +39,7 @@ def resolve_networks(names: list[str], config: ExperimentConfig) -> dict[str, Mo
 def resolve_infos(names: list[str], config: ExperimentConfig) -> dict[str, Any]:
     """What the simulator needs per network: a NetworkInfo (no weights read). Generated
     networks (`type: generated`) come from their description alone."""
-    from edgecaffe.sched import NetworkInfo
+    from edgecaffe.model.info import package_info
     from edgecaffe.sim import is_generated_folder, read_generated
 
     infos = {}
@@ -48,7 +48,7 @@ def resolve_infos(names: list[str], config: ExperimentConfig) -> dict[str, Any]:
         if is_generated_folder(path):
             info = read_generated(path)
         else:
-            info = NetworkInfo.from_package(resolve_network(name, config))
+            info = package_info(resolve_network(name, config))
         info.name = name
         infos[name] = info
     return infos

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from edgecaffe.engine.trace import Trace
+from edgecaffe.sched.trace import Trace
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:

@@ -73,26 +73,36 @@ def run_once(
         engine.close()
         done.set()
         sampler.join()
+    networks = {name: str(p.directory) for name, p in engine.packages.items()}
+    totals = {name: list(isolated_totals_ms(info)) for name, info in engine.infos.items()}
+    summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals)
+    return summary, engine
+
+
+def _results(driver: Any, arrivals: Sequence[Arrival], closed_loop: bool,
+             output: str | Path | None, config: dict[str, Any] | None,
+             samples: list[tuple[float, int]] | None, networks: dict[str, str],
+             totals: dict[str, list[float]], **extra: Any) -> dict[str, Any]:
+    """The run's resolved settings and its summary, written as a results folder when `output`
+    is given; the same for the engine and the simulator (`driver`)."""
+    record_tasks = driver.book.record_tasks
     resolved = {
-        "mode": mode, "policy": engine.policy.name, "budget_bytes": engine.budget.capacity_bytes,
-        "granularity": granularity, "workers": engine.workers,
-        "blas_threads": engine.blas_threads, "closed_loop": closed_loop,
-        "networks": {name: str(p.directory) for name, p in engine.packages.items()},
-        "network_totals_ms": {name: list(isolated_totals_ms(info))
-                              for name, info in engine.infos.items()},
+        "mode": driver.mode.name, "policy": driver.policy.name,
+        "budget_bytes": driver.budget.capacity_bytes,
+        "granularity": driver.scheduler.granularity, "workers": driver.workers,
+        "blas_threads": driver.blas_threads, "closed_loop": closed_loop, **extra,
+        "networks": networks, "network_totals_ms": totals,
         "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
-                     for a in arrivals],
+                     for a in arrivals] if record_tasks else len(arrivals),
     }
     # The run's resolved values (the mode's own policy, the packages' folders) win over the
     # config's unresolved ones (policy: None, network names).
     resolved = {**(config or {}), **resolved}
     if output is not None:
-        summary = write_run(output, engine.trace, resolved, samples)
-    else:
-        from edgecaffe.experiment.results import summarize
+        return write_run(output, driver.trace, resolved, samples)
+    from edgecaffe.experiment.results import summarize
 
-        summary = summarize(engine.trace, samples)
-    return summary, engine
+    return summarize(driver.trace, samples)
 
 
 def isolated_totals_ms(info, device=None, threads: int | None = None) -> tuple[float, float]:
@@ -105,12 +115,12 @@ def isolated_totals_ms(info, device=None, threads: int | None = None) -> tuple[f
                               for layer in info.layers):
         return math.nan, math.nan
     device = device or DeviceProfile()
+    names = [layer.name for layer in info.layers]
     try:
-        load = sum(device.layer_load_ms(info, layer.name) for layer in info.layers
-                   if layer.weighted)
+        load = device.load_ms(info, names)
     except DeviceError:  # a simulation would have stopped on it too
         load = math.nan
-    return load, sum(device.layer_exec_ms(info, layer.name, threads) for layer in info.layers)
+    return load, device.exec_ms(info, names, threads)
 
 
 def simulate_once(
@@ -140,28 +150,11 @@ def simulate_once(
                           record_ledger=record_tasks)
     trace = simulator.run(arrivals, closed_loop,
                           on_done=None if on_done is None else lambda _: on_done())
-    resolved = {
-        "mode": mode, "policy": simulator.policy.name,
-        "budget_bytes": simulator.budget.capacity_bytes, "granularity": granularity,
-        "workers": simulator.workers, "blas_threads": simulator.blas_threads,
-        "closed_loop": closed_loop, "simulated": True,
-        "device": asdict(simulator.device),
-        "networks": {name: info.meta.get("package") or info.meta.get("generated") or name
-                     for name, info in infos.items()},
-        "network_totals_ms": {name: list(isolated_totals_ms(
-            info, simulator.device, simulator.blas_threads))
-                              for name, info in infos.items()},
-        "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
-                     for a in arrivals] if record_tasks else len(arrivals),
-    }
-    # The run's resolved values (the mode's own policy, the packages' folders) win over the
-    # config's unresolved ones (policy: None, network names).
-    resolved = {**(config or {}), **resolved}
     trace.info["peak_ledger_bytes"] = simulator.budget.peak_bytes
-    if output is not None:
-        summary = write_run(output, trace, resolved, None)
-    else:
-        from edgecaffe.experiment.results import summarize
-
-        summary = summarize(trace, None)
+    networks = {name: info.meta.get("package") or info.meta.get("generated") or name
+                for name, info in infos.items()}
+    totals = {name: list(isolated_totals_ms(info, simulator.device, simulator.blas_threads))
+              for name, info in infos.items()}
+    summary = _results(simulator, arrivals, closed_loop, output, config, None, networks,
+                       totals, simulated=True, device=asdict(simulator.device))
     return summary, simulator

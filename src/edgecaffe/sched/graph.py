@@ -2,8 +2,8 @@
 
 Long simulations create millions of tasks, so a task is a small slotted object: what every copy
 of one planned task shares (kind, layers, pool, links to the other tasks of its network) lives
-in one `TaskSpec`, and a task's `deps` and `dependents` lists are only built when someone asks
-for them (the scheduler follows the spec's positions instead). A network instance owns its
+in one `TaskSpec`, and a task has dependency lists of its own only once it is linked beyond its
+spec (`after`); the scheduler follows the spec's positions otherwise. A network instance owns its
 tasks; a task holds its instance weakly, so that a finished request is freed as soon as nobody
 holds it, without the cycle collector.
 """
@@ -118,28 +118,40 @@ class Task:
         return self.spec.whole_model
 
     @property
-    def deps(self) -> list[Task]:
+    def deps(self) -> tuple[Task, ...]:
+        """The tasks it waits for (read-only; add with `after`)."""
+        if self._deps is not None:
+            return tuple(self._deps)
+        tasks = self.instance.tasks
+        return tuple(tasks[i] for i in self.spec.deps)
+
+    @property
+    def dependents(self) -> tuple[Task, ...]:
+        """The tasks that wait for it (read-only; linked with `after`)."""
+        if self._dependents is not None:
+            return tuple(self._dependents)
+        tasks = self.instance.tasks
+        return tuple(tasks[i] for i in self.spec.dependents)
+
+    @property
+    def has_own_links(self) -> bool:
+        """Whether its dependencies were changed from its spec's (`after`)."""
+        return self._deps is not None
+
+    def keep_links(self) -> Task:
+        """Give the task its own dependency and dependents lists, built from its spec now.
+
+        A task that stays linkable after its instance is gone (the last task of a chained
+        mode's previous network) needs them: it holds its instance weakly, so it cannot build
+        them later."""
         if self._deps is None:
             instance = self.instance
             self._deps = [instance.tasks[i] for i in self.spec.deps]
-            instance.linked = True  # the caller may change the list
-        return self._deps
-
-    @deps.setter
-    def deps(self, tasks: list[Task]) -> None:
-        self._deps = tasks
-        self.instance.linked = True
-
-    @property
-    def dependents(self) -> list[Task]:
+            instance.linked = True
         if self._dependents is None:
             tasks = self.instance.tasks
             self._dependents = [tasks[i] for i in self.spec.dependents]
-        return self._dependents
-
-    @dependents.setter
-    def dependents(self, tasks: list[Task]) -> None:
-        self._dependents = tasks
+        return self
 
     @property
     def created(self) -> float:
@@ -153,12 +165,12 @@ class Task:
         return 0 if self.plan is None else self.plan.nbytes
 
     def after(self, *tasks: Task | None) -> Task:
-        """Add dependencies (None and duplicates ignored)."""
-        deps = self.deps
+        """Add dependencies (None and duplicates ignored); both sides get their own lists."""
+        self.keep_links()
         for task in tasks:
-            if task is not None and task is not self and task not in deps:
-                deps.append(task)
-                task.dependents.append(self)
+            if task is not None and task is not self and task not in self._deps:
+                self._deps.append(task)
+                task.keep_links()._dependents.append(self)
         return self
 
     @property
@@ -181,8 +193,9 @@ class Task:
 class NetworkInstance:
     """One network of one request: its tasks and the bookmarks that cross-network links use."""
 
-    __slots__ = ("__weakref__", "created", "failed", "held", "held_bytes", "id", "info", "lean",
-                 "linked", "marks", "pending", "ref", "request_id", "state", "tasks", "template")
+    __slots__ = ("__weakref__", "arrival", "created", "failed", "held", "held_bytes", "id",
+                 "info", "input", "lean", "linked", "marks", "pending", "ref", "request_id",
+                 "result_key", "tasks", "template", "work")
 
     def __init__(self, id: int, request_id: int, info: NetworkInfo,
                  tasks: list[Task] | None = None, marks: dict[str, Task] | None = None) -> None:
@@ -195,14 +208,20 @@ class NetworkInstance:
         #: Named tasks for linking: init, first/last of loads and execs per stage, last.
         self.marks: dict[str, Task] = {} if marks is None else marks
         self.failed: str | None = None
-        #: Runtime state the engine or simulator attaches (weights, activations, outputs).
-        self.state: dict[str, Any] = {}
+        #: When its request arrived (the driver's clock; None: when the scheduler got it),
+        #: its key in the request's result (`AgeNet`, `AgeNet#2` for a second AgeNet) and its
+        #: input (whatever the driver submitted; the core never reads it).
+        self.arrival: float | None = None
+        self.result_key = ""
+        self.input: Any = None
+        #: What the engine's tasks keep while the instance runs (the simulator: nothing).
+        self.work: Any = None
         #: The planner's template its tasks were copied from (None: built task by task), and
-        #: whether a task has its own dependency list (`deps` was set, changed or asked for).
+        #: whether a task has its own dependency list (linked with `after`).
         self.template: Template | None = None
         self.linked = False
         #: The scheduler's bookkeeping: when it was added; the bytes it holds per ledger key,
-        #: or in all (`lean`: no ledger to write, see sched/plans.py); per task (by position)
+        #: or in all (`lean`: no ledger to write, see sched/memory.py); per task (by position)
         #: how many dependencies have not finished.
         self.created = 0.0
         self.held: dict[str, int] = {}

@@ -1,7 +1,8 @@
 """What the scheduler knows about a network: its layers' bytes, stages and readers, its speed.
 
-Built from a model package (or any `Network`); no weights involved, so the same object serves
-the real engine and the simulator.
+Plain numbers and names, no weights, no model formats: `edgecaffe.model.info` builds them from a
+`Network` or a model package, `sim/generated.py` from the original's generated descriptions, and
+tests by hand. The same object serves the real engine and the simulator.
 """
 
 from __future__ import annotations
@@ -9,9 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
-
-from edgecaffe.model.network import Network
-from edgecaffe.ops import get_op
 
 
 @dataclass(frozen=True)
@@ -108,65 +106,3 @@ class NetworkInfo:
                 if remaining[owner] == 0 and owner not in self.outputs:
                     live -= self.buffer_bytes[owner]
         return peak
-
-    @classmethod
-    def from_network(
-        cls,
-        network: Network,
-        stages: dict[str, str] | None = None,
-        mean_exec_ms: float | None = None,
-        peak_bytes: int | None = None,
-        profile: dict[str, dict[str, float]] | None = None,
-        init_ms: float = 0.0,
-    ) -> NetworkInfo:
-        storage = network.buffer_owner
-        layers: list[LayerInfo] = []
-        buffer_bytes: dict[str, int] = {}
-        input_bytes = 0
-        for layer in network.layers:
-            if layer.op == "Input":
-                input_bytes += sum(network.blob_bytes(b) for b in layer.outputs)
-                for blob in layer.outputs:
-                    buffer_bytes[blob] = network.blob_bytes(blob)
-                continue
-            view = get_op(layer.op).view
-            writes = () if view else tuple(layer.outputs)
-            for blob in writes:
-                buffer_bytes[blob] = network.blob_bytes(blob)
-            reads = () if view else tuple(dict.fromkeys(storage[b] for b in layer.inputs))
-            timing = (profile or {}).get(layer.name, {})
-            layers.append(LayerInfo(
-                name=layer.name, op=layer.op, weight_bytes=layer.weight_bytes,
-                output_bytes=sum(buffer_bytes[b] for b in writes), reads=reads, writes=writes,
-                stage=(stages or {}).get(layer.name, "conv"),
-                load_ms=timing.get("load_ms"), exec_ms=timing.get("exec_ms"),
-                exec_ms_single=timing.get("exec_ms_single_thread"), flops=layer.flops,
-            ))
-        outputs = frozenset(storage[b] for b in network.outputs)
-        info = cls(network.name, layers, tuple(network.inputs), input_bytes, outputs, buffer_bytes,
-                   float("inf") if mean_exec_ms is None else float(mean_exec_ms), 0,
-                   dict(network.meta), float(init_ms))
-        info.peak_bytes = peak_bytes or info.weight_bytes + info.peak_activation_bytes
-        return info
-
-    @classmethod
-    def from_package(cls, package) -> NetworkInfo:
-        """From a `ModelPackage`: stages, profiled times and peaks from its manifest."""
-        manifest = package.manifest
-        stages = {entry["name"]: entry.get("stage", "conv") for entry in manifest["layers"]}
-        profile = {entry["name"]: entry["profile"] for entry in manifest["layers"]
-                   if "profile" in entry}
-        summary = manifest.get("profile") or {}
-        original = manifest.get("original") or {}
-        mean_exec = summary.get("mean_exec_ms", original.get("mean-execution-time"))
-        # A network's whole peak, as the original's max-memory figures: the original's own
-        # (MB) when the package came from its folder, else the profiled whole-model peak.
-        peak = summary.get("peak_rss_whole_model_bytes")
-        for key in ("max-memory-valgrind", "max-memory-usage"):  # newer, then older files
-            if original.get(key):
-                peak = int(float(original[key]) * 2**20)
-                break
-        info = cls.from_network(package.network, stages, mean_exec, peak, profile,
-                                summary.get("init_ms", 0.0))
-        info.meta["package"] = str(package.directory)
-        return info

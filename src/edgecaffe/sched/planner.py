@@ -85,10 +85,9 @@ class Planner:
             self._build(instance)
             if self.mode.chained:
                 instance.first.after(self._previous_last)
-                # Kept beyond its instance's life: its dependents list is built now, while its
-                # instance (which a task holds weakly) is there to build it from.
-                self._previous_last = instance.last
-                self._previous_last.dependents  # noqa: B018
+                # Kept beyond its instance's life, so its links are built now, while its
+                # instance (which a task holds weakly) is there to build them from.
+                self._previous_last = instance.last.keep_links()
             instances.append(instance)
         if self.mode.arrival_links:
             _link_deepeye(instances, frugal=self.mode.arrival_links == "frugal")

@@ -2,18 +2,10 @@
 
 A `Plan` holds everything the scheduler's hot path needs about one task of a planner's template
 (one per position, shared by every copy of the template): the bytes it reserves and the ledger
-keys they are held under, what its end returns, its pool's ready heap, its heap key, its
-dependents' positions, whether it is its network's init or last task. Long simulations run
-millions of tasks; the scheduler then only follows pointers.
-
-Memory granularity (see `Scheduler`) decides the figures. Without a ledger to write
-(`MemoryBudget(record=False)`), the scheduler need not track what an instance holds under which
-ledger key when the bytes each task's end returns are known in advance: every task that
-reserves under a key the end returns must then be one of that task's dependencies, direct or
-not (so it always ran before), and no other task returns that key. What the instance holds when
-it ends is then known too (all its tasks are dependencies of its last one), unless it failed
-(then the scheduler works it out from its tasks' states). `PlanBook.template` checks this once
-per template (it holds for the modes' graphs), and works the bytes out: the template is `lean`.
+keys they are held under, what its end returns (the memory manager's figures, sched/memory.py),
+its pool's ready heap, its heap key, its dependents' positions, whether it is its network's
+init or last task. Long simulations run millions of tasks; the scheduler then only follows
+pointers.
 """
 
 from __future__ import annotations
@@ -23,7 +15,7 @@ import heapq
 from typing import Any
 
 from edgecaffe.sched.graph import Kind, Task
-from edgecaffe.sched.info import NetworkInfo
+from edgecaffe.sched.memory import MemoryManager
 from edgecaffe.sched.planner import Template
 from edgecaffe.sched.policies import Policy
 
@@ -75,62 +67,22 @@ class TemplatePlans:
 
 
 class PlanBook:
-    """The plans of one scheduler: memory figures per network, task kind and layer; plans per
-    template position; the policy's ranks and their order."""
+    """The plans of one scheduler: plans per template position (memory figures from the memory
+    manager, the policy's ranks and their order)."""
 
-    def __init__(self, granularity: str, per_layer: bool, policy: Policy,
-                 ready: dict[int, list], waiting: dict[int, Task]) -> None:
-        self.granularity = granularity
-        self.per_layer = per_layer
+    def __init__(self, memory: MemoryManager, policy: Policy, ready: dict[int, list],
+                 waiting: dict[int, Task]) -> None:
+        self.memory = memory
         self.policy = policy
         self.ranked = policy.ranked
         #: The scheduler's ready heaps and, for ranked policies, key -> ready task.
         self._ready = ready
         self._waiting = waiting
-        #: (id(info), kind, layer, whole model) -> (bytes, holds, releases, info). The info is
-        #: kept so that its id stays unique while cached.
-        self._figures: dict[tuple, tuple] = {}
         self._templates: dict[int, TemplatePlans] = {}
         #: Ranks seen, in order, their codes (positions), and the plans that have one.
         self._ranks: list = []
         self._codes: dict[Any, int] = {}
         self._ranked_plans: list[Plan] = []
-
-    def figures(self, task: Task) -> tuple[int, tuple, tuple]:
-        """(bytes reserved at start, (ledger key, bytes) they are held under, keys returned at
-        its end), under this scheduler's granularity."""
-        info = task.instance.info
-        spec = task.spec
-        key = (id(info), spec.kind, spec.layers[0] if spec.layers else None, spec.whole_model)
-        figures = self._figures.get(key)
-        if figures is None:
-            figures = self._figures[key] = (*self._work_out(task, info), info)
-        return figures[:3]
-
-    def _work_out(self, task: Task, info: NetworkInfo) -> tuple[int, tuple, tuple]:
-        if self.granularity == "network":
-            if task.kind == Kind.INIT:
-                return info.peak_bytes, (("network", info.peak_bytes),), ()
-            return 0, (), ()
-        if task.kind == Kind.INIT:
-            return info.input_bytes, tuple((f"a:{b}", info.buffer_bytes[b]) for b in info.inputs
-                                           ), ()
-        if task.whole_model:
-            # Bulk: everything goes when the network finishes (its exec is the last task).
-            if task.kind == Kind.LOAD:
-                return info.weight_bytes, (("w:*", info.weight_bytes),), ()
-            activations = max(0, info.peak_activation_bytes - info.input_bytes)
-            return activations, (("a:*", activations),), ()
-        layer = info.layer(task.layers[0])
-        outputs = tuple((f"a:{owner}", info.buffer_bytes[owner]) for owner in layer.writes)
-        if task.kind == Kind.LOAD:
-            return (layer.weight_bytes + layer.output_bytes,
-                    ((f"w:{layer.name}", layer.weight_bytes), *outputs), ())
-        releases = (f"w:{layer.name}",) if self.per_layer else ()
-        releases += tuple(f"a:{owner}" for owner in info.last_reads[layer.name])
-        if layer.weighted:
-            return 0, (), releases  # its load reserved the output
-        return layer.output_bytes, outputs, releases
 
     def single(self, task: Task) -> Plan:
         """The plan of a task of an instance built by hand (not a template's copy): its own."""
@@ -144,16 +96,13 @@ class PlanBook:
             last = template.marks.get("last")
             plans = [self._plan(task, spec.index == last, spec.dependents)
                      for task, spec in zip(tasks, template.specs, strict=True)]
-            freed = _freed(template, plans, last)
-            for plan, nbytes in zip(plans, freed or (), strict=False):
-                plan.freed = nbytes
-            entry = self._templates[id(template)] = TemplatePlans(template, plans,
-                                                                  freed is not None)
+            lean = self.memory.known_releases(template, plans)
+            entry = self._templates[id(template)] = TemplatePlans(template, plans, lean)
         return entry
 
     def _plan(self, task: Task, last: bool, dependents: tuple[int, ...]) -> Plan:
         spec = task.spec
-        plan = Plan(*self.figures(task), spec.pool, self._ready.setdefault(spec.pool, []),
+        plan = Plan(*self.memory.figures_of(task), spec.pool, self._ready.setdefault(spec.pool, []),
                     spec.kind == Kind.INIT, last, dependents)
         if self.ranked:
             plan.rank = self.policy.rank(task)
@@ -184,40 +133,3 @@ class PlanBook:
                 heapq.heappush(task.plan.heap, key)
         return position
 
-
-def _freed(template: Template, plans: list[Plan], last: int | None) -> list[int] | None:
-    """Bytes each position's end returns, when known in advance (see the module's doc); None
-    when not."""
-    specs = template.specs
-    # Ancestors of each position, as bit sets, in an order where dependencies come first.
-    ancestors = [0] * len(specs)
-    waiting = [len(spec.deps) for spec in specs]
-    order = [spec.index for spec in specs if not spec.deps]
-    for index in order:
-        for dependent in specs[index].dependents:
-            waiting[dependent] -= 1
-            if not waiting[dependent]:
-                order.append(dependent)
-    if len(order) < len(specs):
-        return None  # a cycle: nothing runs in it anyway
-    for index in order:
-        for dep in specs[index].deps:
-            ancestors[index] |= ancestors[dep] | 1 << dep
-    if last is None or ancestors[last] | 1 << last != (1 << len(specs)) - 1:
-        return None  # a task may run after the last one
-    holders: dict[str, list[tuple[int, int]]] = {}
-    for position, plan in enumerate(plans):
-        for key, nbytes in plan.holds:
-            holders.setdefault(key, []).append((position, nbytes))
-    freed = [0] * len(plans)
-    returned: set[str] = set()
-    for position, plan in enumerate(plans):
-        for key in plan.releases:
-            if key in returned:
-                return None  # two tasks return it: what the second finds depends on the run
-            returned.add(key)
-            for holder, nbytes in holders.get(key, ()):
-                if holder != position and not ancestors[position] >> holder & 1:
-                    return None  # it may reserve after the return, or not before
-                freed[position] += nbytes
-    return freed

@@ -99,8 +99,9 @@ class HRRN(Policy):
     static = False
 
     def key(self, task: Task, now: float) -> tuple:
-        service_ms = task.instance.info.mean_exec_ms
-        arrival = task.instance.state.get("arrival", task.created)
+        instance = task.instance
+        service_ms = instance.info.mean_exec_ms
+        arrival = instance.created if instance.arrival is None else instance.arrival
         waiting_ms = max(0.0, (now - arrival) * 1e3) + 1.0
         ratio = 1.0 + waiting_ms / service_ms if service_ms > 0 else float("inf")
         return (task.kind != Kind.EXEC, -ratio, task.id)

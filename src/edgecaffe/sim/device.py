@@ -18,6 +18,7 @@ A profile is a small YAML file:
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -73,15 +74,24 @@ class DeviceProfile:
     def init_ms(self, info: NetworkInfo) -> float:
         return info.init_ms * self.compute_factor
 
+    def load_ms(self, info: NetworkInfo, layers: Iterable[str]) -> float:
+        """Loading `layers` of `info` (those with weights), in milliseconds."""
+        return sum(self.layer_load_ms(info, name) for name in layers
+                   if info.layer(name).weighted)
+
+    def exec_ms(self, info: NetworkInfo, layers: Iterable[str],
+                threads: int | None = None) -> float:
+        """Executing `layers` of `info` on `threads` BLAS threads, in milliseconds."""
+        return sum(self.layer_exec_ms(info, name, threads) for name in layers)
+
     def task_ms(self, task: Task, threads: int | None = None) -> float:
         """Duration of one task on this device, in milliseconds."""
         info = task.instance.info
         if task.kind == Kind.INIT:
             return self.init_ms(info)
         if task.kind == Kind.LOAD:
-            return sum(self.layer_load_ms(info, name) for name in task.layers
-                       if info.layer(name).weighted)
-        return sum(self.layer_exec_ms(info, name, threads) for name in task.layers)
+            return self.load_ms(info, task.layers)
+        return self.exec_ms(info, task.layers, threads)
 
 
 #: Built-in profiles. rpi4-sd: EmotionNet (the one network the original measured at the same

@@ -1,5 +1,5 @@
-"""The simulator: the real engine's planner, scheduler, policies and memory budget, driven by an
-event loop with a virtual clock instead of worker threads and kernels.
+"""The simulator: the scheduler core (`sched.Core`) on a virtual clock instead of worker threads
+and kernels.
 
     simulator = Simulator(infos, mode="masa", budget="512M", device=load_device("rpi4-sd"))
     trace = simulator.run(arrivals, closed_loop=False)
@@ -7,7 +7,8 @@ event loop with a virtual clock instead of worker threads and kernels.
 Events are task ends and arrivals. At each instant the loop first applies every event of that
 instant (tasks end, requests arrive), then offers each idle worker the task
 `Scheduler.next_task` picks, exactly as an engine worker asks for one, and sets its end after
-the device's duration for it. The trace it fills is the engine's.
+the device's duration for it. Arrivals follow the engine driver's `ArrivalSchedule`. The trace
+it fills is the engine's.
 """
 
 from __future__ import annotations
@@ -18,27 +19,22 @@ from functools import partial
 from heapq import heappop, heappush
 
 from edgecaffe.blas import default_blas_threads
-from edgecaffe.engine.requests import Request, RequestBook
-from edgecaffe.engine.trace import Trace
-from edgecaffe.sched import (
-    MODES,
-    BudgetError,
-    MemoryBudget,
-    NetworkInfo,
-    Planner,
-    Policy,
-    Scheduler,
-    Step,
-    Task,
-    get_policy,
-)
+from edgecaffe.sched import BudgetError, Core, NetworkInfo, Policy, Request, Step, Task, Trace
 from edgecaffe.sched.graph import TaskSpec
 from edgecaffe.sim.device import DeviceProfile
-from edgecaffe.workload import Arrival
+from edgecaffe.workload import Arrival, ArrivalSchedule
+
+INF = float("inf")
 
 
 class Simulator:
-    """Runs arrivals through the scheduler core on virtual workers; returns the trace."""
+    """Runs arrivals through the scheduler core on virtual workers; returns the trace.
+
+    Arguments as the engine's (`sched.Core`), plus: `device`, the profile that gives each
+    task's duration (default: the profiled times of this machine); `task_ms`, any function of
+    a task giving its duration in ms instead; `blas_threads`, the engine's BLAS threads per
+    worker (execution times follow it); `record_tasks` / `record_ledger`, keep every task span
+    / ledger change (off for very long simulations)."""
 
     def __init__(
         self,
@@ -55,139 +51,128 @@ class Simulator:
         record_tasks: bool = True,
         record_ledger: bool = True,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
-        if workers < 1:
-            raise ValueError(f"workers must be 1 or more, got {workers}")
-        self.infos = dict(infos)
-        self.mode = MODES[mode]
-        self.policy = get_policy(policy or self.mode.policy)
         self.device = device or DeviceProfile()
-        self.workers = self.mode.workers or workers
+        self.core = core = Core(infos, mode, policy, budget, granularity, workers,
+                                allow_overcommit, record_tasks, record_ledger,
+                                info={"simulated": True, "device": self.device.name})
+        self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
+        self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
+        self.infos, self.workers = core.infos, core.workers
         #: BLAS threads per worker, as the engine would set them (execution times follow).
         self.blas_threads = blas_threads or default_blas_threads(self.workers)
+        self.trace.info["blas_threads"] = self.blas_threads
         #: Task -> duration in ms: the device's (memoised per planned task: its network, kind
         #: and layers), or any function of the task.
         self._task_ms = task_ms or partial(self.device.task_ms, threads=self.blas_threads)
         self._memo: dict[TaskSpec, float] | None = None if task_ms else {}
-        self.budget = MemoryBudget(budget, record=record_ledger)
-        self.scheduler = Scheduler(self.policy, self.budget, granularity, self.mode.per_layer,
-                                   allow_overcommit)
-        self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
-                           info={"mode": mode, "policy": self.policy.name,
-                                 "granularity": granularity, "workers": self.workers,
-                                 "blas_threads": self.blas_threads,
-                                 "budget_bytes": self.budget.capacity_bytes,
-                                 "simulated": True, "device": self.device.name})
-        self.book = RequestBook(Planner(self.mode), self.scheduler, self.trace, record_tasks)
+        parallelism = self.device.parallelism
+        #: Processor sharing: with more tasks running than the device's parallelism, each runs
+        #: at parallelism / running of full speed (`_share`).
+        self._parallelism = parallelism if parallelism is not None \
+            and parallelism < self.workers else None
         self.now = 0.0
 
     def run(self, arrivals: Sequence[Arrival], closed_loop: bool = False,
             on_done: Callable[[Request], None] | None = None) -> Trace:
         """Simulate `arrivals` to the end (gaps as in the engine's driver: after the previous
-        submission, and in a closed loop not before the previous request has finished)."""
-        unknown = sorted({n for a in arrivals for n in a.networks} - set(self.infos))
-        if unknown:
-            raise ValueError(f"unknown network(s) {unknown}; this simulator has "
-                             f"{', '.join(self.infos)}")
-        book, infos = self.book, self.infos
-        next_task, complete, settle = (self.scheduler.next_task, self.scheduler.complete,
-                                       book.settle)
-        pools = self.mode.pools
-        memo, task_ms = self._memo, self._task_ms
-        inf = float("inf")
-        # The events: the running tasks' ends, a heap of (end, sequence, task, worker), so that
-        # ends of one instant come in the order the tasks were started; and the next arrival.
-        # At one instant, ends come first, then the arrivals, then idle workers ask for work,
-        # in worker order.
-        ends: list[tuple[float, int, Task, int]] = []
-        idle = list(range(self.workers))  # sorted
-        sequence = 0
-        index = 0  # next arrival
-        next_arrival_s = self.now + arrivals[0].gap_ms / 1e3 if arrivals else inf
-        last_submit = self.now
+        submission, and in a closed loop not before the previous request has finished).
+
+        Raises ValueError for networks it does not know, RuntimeError if the scheduler stalls."""
+        self.core.check_networks(sorted({n for a in arrivals for n in a.networks}))
+        schedule = ArrivalSchedule(arrivals, closed_loop, self.now)
+        #: The running tasks' ends: a heap of (end, sequence, task, worker), so that ends of
+        #: one instant come in the order the tasks were started. Idle workers, sorted.
+        self._ends: list[tuple[float, int, Task, int]] = []
+        self._idle = list(range(self.workers))
+        self._sequence = 0
+        self._rates: dict[int, float] = {}  # processor sharing: running task -> its speed
         waiting_on: Request | None = None  # closed loop: the request the next arrival awaits
         closed: list[Request] = []
-        # Processor sharing: with more tasks running than the device's parallelism, each runs
-        # at parallelism / running of full speed. `rates` holds each running task's current
-        # rate (by sequence number); the ends are recomputed whenever the running set changes.
-        parallelism = self.device.parallelism
-        shared = parallelism is not None and parallelism < self.workers
-        rates: dict[int, float] = {}
         while True:
-            if ends and ends[0][0] <= next_arrival_s:
-                now, seq, task, worker = heappop(ends)
-                self.now = now
-                while True:  # every task that ends now
-                    if shared:
-                        del rates[seq]
-                    insort(idle, worker)
-                    over = complete(task, now)
-                    if over:
-                        closed += settle(Step(finished=list(over)))
-                    if not ends or ends[0][0] != now:
-                        break
-                    _, seq, task, worker = heappop(ends)
-            elif next_arrival_s == inf:
+            next_arrival_s = max(schedule.due_s(), self.now)
+            if self._ends and self._ends[0][0] <= next_arrival_s:
+                self._end_tasks(closed)
+            elif next_arrival_s == INF:
                 break
             else:
-                now = self.now = next_arrival_s
-            while next_arrival_s == now:  # every request that arrives now (gaps of 0)
-                arrival = arrivals[index]
-                request = book.submit(arrival.networks, [infos[n] for n in arrival.networks],
-                                      now, arrival.data)
-                last_submit = now
-                index += 1
-                next_arrival_s = inf
-                if index < len(arrivals):
-                    if closed_loop:
-                        waiting_on = request
-                    else:
-                        next_arrival_s = now + arrivals[index].gap_ms / 1e3
-            if idle:
-                still_idle = []
-                for worker in idle:
-                    try:
-                        task = next_task(worker % pools, now, worker)
-                    except BudgetError as error:  # allow_overcommit=False: it cannot fit
-                        task = self._refused(error, worker % pools, now, worker, closed)
-                    if task is None:
-                        still_idle.append(worker)
-                        continue
-                    if memo is None:
-                        duration = task_ms(task) / 1e3
-                    else:  # the device's time depends on the planned task only
-                        try:
-                            duration = memo[task.spec]
-                        except KeyError:
-                            duration = memo[task.spec] = task_ms(task) / 1e3
-                    sequence += 1
-                    heappush(ends, (now + duration, sequence, task, worker))
-                    if shared:
-                        rates[sequence] = 1.0
-                idle = still_idle
-            if shared and ends:
-                ends = _share(ends, rates, now, min(1.0, parallelism / len(ends)))
-            if closed:
-                for request in closed:
-                    if on_done is not None:
-                        on_done(request)
-                    if request is waiting_on:
-                        waiting_on = None
-                        next_arrival_s = max(now, last_submit + arrivals[index].gap_ms / 1e3)
-                closed.clear()
-        if book.open:  # only if the scheduler stalled: say so rather than return a short trace
-            raise RuntimeError(f"simulation stalled with {len(book.open)} request(s) open")
+                self.now = next_arrival_s
+            while schedule.due_s() <= self.now:  # every request that arrives now (gaps of 0)
+                request = self._arrive(schedule.submitted(self.now))
+                if schedule.waiting:
+                    waiting_on = request
+            if self._idle:
+                self._dispatch(closed)
+            if self._parallelism is not None and self._ends:
+                self._ends = _share(self._ends, self._rates, self.now,
+                                    min(1.0, self._parallelism / len(self._ends)))
+            for request in closed:
+                if on_done is not None:
+                    on_done(request)
+                if request is waiting_on:
+                    waiting_on = None
+                    schedule.finished()
+            closed.clear()
+        if self.book.open:  # only if the scheduler stalled: say so rather than return a short trace
+            raise RuntimeError(f"simulation stalled with {len(self.book.open)} request(s) open")
         return self.trace
 
-    def _refused(self, error: BudgetError, pool: int, now: float, worker: int,
+    def _end_tasks(self, closed: list[Request]) -> None:
+        """Every task that ends at the next end's instant: the clock moves there."""
+        ends, complete, settle = self._ends, self.scheduler.complete, self.book.settle
+        now, seq, task, worker = heappop(ends)
+        self.now = now
+        while True:
+            if self._parallelism is not None:
+                del self._rates[seq]
+            insort(self._idle, worker)
+            over = complete(task, now)
+            if over:
+                closed += settle(Step(finished=list(over)))
+            if not ends or ends[0][0] != now:
+                return
+            _, seq, task, worker = heappop(ends)
+
+    def _arrive(self, arrival: Arrival) -> Request:
+        return self.book.submit(arrival.networks, [self.infos[n] for n in arrival.networks],
+                                self.now, arrival.data)
+
+    def _dispatch(self, closed: list[Request]) -> None:
+        """Offer each idle worker, in worker order, the task the scheduler picks for it."""
+        now, pools = self.now, self.mode.pools
+        next_task = self.scheduler.next_task
+        still_idle = []
+        for worker in self._idle:
+            try:
+                task = next_task(worker % pools, now, worker)
+            except BudgetError as error:  # allow_overcommit=False: it cannot fit
+                task = self._refused(error, worker % pools, worker, closed)
+            if task is None:
+                still_idle.append(worker)
+                continue
+            self._sequence += 1
+            heappush(self._ends, (now + self._duration_s(task), self._sequence, task, worker))
+            if self._parallelism is not None:
+                self._rates[self._sequence] = 1.0
+        self._idle = still_idle
+
+    def _duration_s(self, task: Task) -> float:
+        memo = self._memo
+        if memo is None:
+            return self._task_ms(task) / 1e3
+        try:  # the device's time depends on the planned task only
+            return memo[task.spec]
+        except KeyError:
+            duration = memo[task.spec] = self._task_ms(task) / 1e3
+            return duration
+
+    def _refused(self, error: BudgetError, pool: int, worker: int,
                  closed: list[Request]) -> Task | None:
         """A network that can never fit (allow_overcommit=False): fail it, ask again."""
         while True:
-            step = self.scheduler.fail(error.task.instance, str(error), now)
+            step = self.scheduler.fail(error.task.instance, str(error), self.now)
             closed += self.book.settle(step)
             try:
-                return self.scheduler.next_task(pool, now, worker)
+                return self.scheduler.next_task(pool, self.now, worker)
             except BudgetError as again:
                 error = again
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ from edgecaffe.model.package.manifest import (
     network_from_manifest,
 )
 from edgecaffe.model.package.tensorfile import drop_page_cache, read_tensors
+
+#: Loads remembered in `ModelPackage.load_log`.
+LOAD_LOG_LENGTH = 1024
 
 
 class ModelPackage:
@@ -37,8 +41,9 @@ class ModelPackage:
         self._entries = {entry["name"]: entry for entry in manifest["layers"]}
         self.loaded: dict[str, dict[str, np.ndarray]] = {}
         self._verified: set[str] = set()
-        #: (layer, seconds, cold) of every load, for profiling.
-        self.load_log: list[tuple[str, float, bool]] = []
+        #: (layer, seconds, cold) of the latest loads (bounded: an engine serving for days
+        #: loads millions of layers).
+        self.load_log: deque[tuple[str, float, bool]] = deque(maxlen=LOAD_LOG_LENGTH)
 
     @property
     def name(self) -> str:

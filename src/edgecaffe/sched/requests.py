@@ -11,8 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgecaffe.engine.trace import RequestRecord, Trace
-from edgecaffe.sched import NetworkInfo, NetworkInstance, Planner, Scheduler, Step
+from edgecaffe.sched.graph import NetworkInstance
+from edgecaffe.sched.info import NetworkInfo
+from edgecaffe.sched.planner import Planner
+from edgecaffe.sched.scheduler import Scheduler, Step
+from edgecaffe.sched.trace import RequestRecord, Trace
 
 
 def result_keys(networks: Sequence[str]) -> list[str]:
@@ -59,7 +62,9 @@ class RequestBook:
         request = Request(record, instances, len(instances))
         self.open[request_id] = request
         for key, instance in zip(result_keys(networks), instances, strict=True):
-            instance.state.update(input=data, arrival=now, key=key)
+            instance.input = data
+            instance.arrival = now
+            instance.result_key = key
         self.scheduler.add(instances, now)
         return request
 

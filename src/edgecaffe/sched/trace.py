@@ -70,7 +70,7 @@ class Trace:
         """Only the network's span in its request (long simulations keep no task records)."""
         starts = [t.start for t in instance.tasks if t.start is not None]
         request = self.requests[instance.request_id]
-        key = instance.state.get("key", instance.name)  # `AgeNet#2` for a second AgeNet
+        key = instance.result_key or instance.name  # `AgeNet#2` for a second AgeNet
         request.network_spans[key] = (min(starts) if starts else None, instance.last.end)
 
     @property

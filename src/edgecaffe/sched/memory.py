@@ -1,0 +1,276 @@
+"""Memory managers: for a task, does its memory fit now, later, or never; and the ledger of what
+each network instance holds.
+
+The scheduler asks one question of its memory manager (`fit`) and tells it what happened
+(`reserve` when a task starts, `release_after` when it ends, `release_instance` when a network
+instance is over). What a task reserves and returns depends on the granularity, one subclass
+each, registered in `GRANULARITIES`:
+
+* `network` (faithful, the original's Masa, §3.3): an init reserves the network's peak figure;
+  everything is returned when the network finishes. Loads and execs reserve nothing. An init
+  also fits whenever no network is active, as the original admitted it.
+* `layer` (the paper's intent): an init reserves the input; a load reserves the layer's weights
+  and its output; an exec of a weight-free layer reserves its output; after an exec the layer's
+  weights are returned (per-layer modes) and every buffer whose last reader ran. Whole-model
+  tasks (bulk) reserve all weights, then the forward pass's peak activations.
+
+A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
+admission differs, `fit`), added to `GRANULARITIES`.
+
+Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
+"network", "w:*", "a:*") in `instance.held`, so that they go back piece by piece. Without a ledger
+to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
+what each task's end returns is then known in advance (`Plan.freed`, see `known_releases`), and
+the manager only adds and subtracts numbers.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, ClassVar
+
+from edgecaffe.sched.budget import MemoryBudget
+from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
+
+if TYPE_CHECKING:
+    from edgecaffe.sched.info import NetworkInfo
+    from edgecaffe.sched.planner import Template
+    from edgecaffe.sched.plans import Plan
+
+#: (bytes reserved at start, ((ledger key, bytes) they are held under), keys returned at end)
+Figures = tuple[int, tuple[tuple[str, int], ...], tuple[str, ...]]
+
+
+class Fit(Enum):
+    """A memory manager's answer for a task."""
+
+    NOW = "now"        # within what is free now (or the granularity's own rule admits it)
+    LATER = "later"    # within capacity, once other tasks return memory
+    NEVER = "never"    # larger than the whole capacity: only the progress rule can start it
+
+
+NOW, LATER, NEVER = Fit.NOW, Fit.LATER, Fit.NEVER
+
+
+class MemoryManager:
+    """Base class: the ledger arithmetic shared by every granularity."""
+
+    granularity: ClassVar[str] = ""
+
+    def __init__(self, budget: MemoryBudget, per_layer: bool = True) -> None:
+        self.budget = budget
+        #: Per-layer modes return a layer's weights right after its exec.
+        self.per_layer = per_layer
+        #: Network instances whose init has started and that are not over yet.
+        self.active: set[NetworkInstance] = set()
+        self._figures: dict[tuple, tuple] = {}
+
+    # -- what a task needs -----------------------------------------------------------------------
+
+    def figures(self, info: NetworkInfo, kind: Kind, layer: str | None,
+                whole_model: bool) -> Figures:
+        """What a task of `kind` on `layer` (None for an init; the first layer of a whole-model
+        task) of network `info` reserves, holds and returns, under this granularity."""
+        raise NotImplementedError
+
+    def figures_of(self, task: Task) -> Figures:
+        """`figures` for `task`, worked out once per network, kind and layer."""
+        info = task.instance.info
+        spec = task.spec
+        layer = spec.layers[0] if spec.layers else None
+        key = (id(info), spec.kind, layer, spec.whole_model)
+        cached = self._figures.get(key)
+        if cached is None:
+            # The info is kept with its figures so that its id stays unique while cached.
+            cached = self._figures[key] = (
+                *self.figures(info, spec.kind, layer, spec.whole_model), info)
+        return cached[:3]
+
+    def fit(self, plan: Plan) -> Fit:
+        """Whether a task with this plan may start now as far as memory goes."""
+        nbytes = plan.nbytes
+        budget = self.budget
+        if nbytes <= budget.capacity_bytes - budget.used_bytes or nbytes <= 0:
+            return NOW
+        return LATER if nbytes <= budget.capacity_bytes else NEVER
+
+    def within_free(self, plan: Plan) -> bool:
+        """Whether its bytes fit in what is free, whatever the granularity's own rule says."""
+        return plan.nbytes <= 0 or plan.nbytes <= self.budget.free_bytes
+
+    # -- what happens -----------------------------------------------------------------------------
+
+    def reserve(self, task: Task, instance: NetworkInstance, now: float) -> bool:
+        """Reserve what `task` needs as it starts; returns whether that put the ledger over
+        capacity (a forced admission, recorded as such)."""
+        plan = task.plan
+        if plan.init:
+            self.active.add(instance)
+        nbytes = plan.nbytes
+        if nbytes <= 0:
+            return False
+        budget = self.budget
+        forced = nbytes > budget.capacity_bytes - budget.used_bytes
+        reason = f"{task.label} of {instance.name}" if budget.record else ""
+        budget.reserve(nbytes, now, reason, task.id, instance.id, forced)
+        if not instance.lean:  # a lean instance's ends return bytes known in advance
+            held = instance.held
+            for key, part in plan.holds:
+                held[key] = held.get(key, 0) + part
+        return forced
+
+    def release_after(self, task: Task, instance: NetworkInstance, now: float) -> None:
+        """Return what `task`'s end frees: a layer's weights, buffers whose last reader ran."""
+        plan = task.plan
+        budget = self.budget
+        if instance.lean:
+            if plan.freed:
+                budget.release(plan.freed, now, "", task.id, instance.id)
+            return
+        held = instance.held
+        for key in plan.releases:
+            nbytes = held.pop(key, 0)
+            if nbytes:
+                reason = f"{'free' if key[0] == 'w' else 'drop'} {key[2:]}" \
+                    if budget.record else ""
+                budget.release(nbytes, now, reason, task.id, instance.id)
+
+    def held_after_failure(self, instance: NetworkInstance, failing: Task | None) -> None:
+        """A lean instance failed: work out what it holds from its tasks' states (what its
+        started tasks reserved, less what the ends so far returned; the failing task's end
+        returns nothing)."""
+        if instance.lean:
+            instance.held_bytes = sum(
+                task.plan.nbytes - (task.plan.freed if task.state == State.DONE
+                                    and task is not failing else 0)
+                for task in instance.tasks if task.state in (State.RUNNING, State.DONE))
+
+    def release_instance(self, instance: NetworkInstance, now: float) -> None:
+        """The instance is over: return everything it still holds."""
+        budget = self.budget
+        reason = f"end of {instance.name}" if budget.record else ""
+        if instance.held_bytes:
+            budget.release(instance.held_bytes, now, reason, None, instance.id)
+            instance.held_bytes = 0
+        held = instance.held
+        for key in list(held):
+            nbytes = held.pop(key, 0)
+            if nbytes:
+                budget.release(nbytes, now, reason, None, instance.id)
+        self.active.discard(instance)
+
+    # -- lean templates ---------------------------------------------------------------------------
+
+    def known_releases(self, template: Template, plans: list[Plan]) -> bool:
+        """Work out, per position of `template`, the bytes its end returns (`Plan.freed`), when
+        that is known in advance; returns whether it is (the template may then be `lean`).
+
+        It is known when every task that reserves under a key an end returns is one of that
+        task's dependencies, direct or not (so it always ran before), no other task returns
+        that key, and every task is a dependency of the last one (so what the instance holds
+        at its end is known too). The modes' graphs all qualify."""
+        freed = _known_releases(template, plans)
+        for plan, nbytes in zip(plans, freed or (), strict=False):
+            plan.freed = nbytes
+        return freed is not None
+
+
+class NetworkMemory(MemoryManager):
+    """The original's network granularity: an init reserves the whole network's peak."""
+
+    granularity = "network"
+
+    def figures(self, info: NetworkInfo, kind: Kind, layer: str | None,
+                whole_model: bool) -> Figures:
+        if kind == Kind.INIT:
+            return info.peak_bytes, (("network", info.peak_bytes),), ()
+        return 0, (), ()
+
+    def fit(self, plan: Plan) -> Fit:
+        # The original Masa: an init may always start when no network is active.
+        if plan.init and not self.active:
+            return NOW
+        return super().fit(plan)
+
+
+class LayerMemory(MemoryManager):
+    """Per-layer accounting: weights while loaded, activations while some layer will read them."""
+
+    granularity = "layer"
+
+    def figures(self, info: NetworkInfo, kind: Kind, layer: str | None,
+                whole_model: bool) -> Figures:
+        if kind == Kind.INIT:
+            return info.input_bytes, tuple((f"a:{b}", info.buffer_bytes[b])
+                                           for b in info.inputs), ()
+        if whole_model:
+            # Bulk: everything goes when the network finishes (its exec is the last task).
+            if kind == Kind.LOAD:
+                return info.weight_bytes, (("w:*", info.weight_bytes),), ()
+            activations = max(0, info.peak_activation_bytes - info.input_bytes)
+            return activations, (("a:*", activations),), ()
+        entry = info.layer(layer)
+        outputs = tuple((f"a:{owner}", info.buffer_bytes[owner]) for owner in entry.writes)
+        if kind == Kind.LOAD:
+            return (entry.weight_bytes + entry.output_bytes,
+                    ((f"w:{entry.name}", entry.weight_bytes), *outputs), ())
+        releases = (f"w:{entry.name}",) if self.per_layer else ()
+        releases += tuple(f"a:{owner}" for owner in info.last_reads[entry.name])
+        if entry.weighted:
+            return 0, (), releases  # its load reserved the output
+        return entry.output_bytes, outputs, releases
+
+
+GRANULARITIES: dict[str, type[MemoryManager]] = {
+    cls.granularity: cls for cls in (LayerMemory, NetworkMemory)}
+
+
+def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = True
+                   ) -> MemoryManager:
+    """The memory manager of `granularity` over `budget`.
+
+    Raises ValueError naming the known granularities."""
+    try:
+        cls = GRANULARITIES[granularity]
+    except (KeyError, TypeError):
+        raise ValueError(f"granularity {granularity!r}: choose from "
+                         f"{', '.join(GRANULARITIES)}") from None
+    return cls(budget, per_layer)
+
+
+def _known_releases(template: Template, plans: list[Plan]) -> list[int] | None:
+    """Bytes each position's end returns, when known in advance (see `known_releases`)."""
+    specs = template.specs
+    last = template.marks.get("last")
+    # Ancestors of each position, as bit sets, in an order where dependencies come first.
+    ancestors = [0] * len(specs)
+    waiting = [len(spec.deps) for spec in specs]
+    order = [spec.index for spec in specs if not spec.deps]
+    for index in order:
+        for dependent in specs[index].dependents:
+            waiting[dependent] -= 1
+            if not waiting[dependent]:
+                order.append(dependent)
+    if len(order) < len(specs):
+        return None  # a cycle: nothing runs in it anyway
+    for index in order:
+        for dep in specs[index].deps:
+            ancestors[index] |= ancestors[dep] | 1 << dep
+    if last is None or ancestors[last] | 1 << last != (1 << len(specs)) - 1:
+        return None  # a task may run after the last one
+    holders: dict[str, list[tuple[int, int]]] = {}
+    for position, plan in enumerate(plans):
+        for key, nbytes in plan.holds:
+            holders.setdefault(key, []).append((position, nbytes))
+    freed = [0] * len(plans)
+    returned: set[str] = set()
+    for position, plan in enumerate(plans):
+        for key in plan.releases:
+            if key in returned:
+                return None  # two tasks return it: what the second finds depends on the run
+            returned.add(key)
+            for holder, nbytes in holders.get(key, ()):
+                if holder != position and not ancestors[position] >> holder & 1:
+                    return None  # it may reserve after the return, or not before
+                freed[position] += nbytes
+    return freed
