@@ -53,12 +53,37 @@ ARRIVALS = [Arrival(0, 0.0, tuple(NETS)), Arrival(1, 40.0, ("TinyResidual",)),
             Arrival(2, 25.0, ("TinyAlex",))]
 
 
+#: A run whose engine took longer than this to start a ready task on a free worker was
+#: disturbed (the machine stalled a thread): its decisions may legitimately differ.
+STALL_S = 0.010
+
+
+def worst_dispatch_latency_s(trace: Trace) -> float:
+    """The longest wait of a ready task for a worker that was free (engine overhead and
+    machine stalls: zero in the simulator)."""
+    free_at: dict[int, float] = {}
+    worst = 0.0
+    for task in sorted((t for t in trace.tasks if t.start_s is not None),
+                       key=lambda t: t.start_s):
+        waited_from = max(task.ready_s, free_at.get(task.worker, 0.0))
+        worst = max(worst, task.start_s - waited_from)
+        free_at[task.worker] = task.end_s
+    return worst
+
+
 def engine_trace(packages, **settings) -> Trace:
-    with Engine(packages, task_runner=sleeping_kernel, **settings) as engine:
-        futures = drive(engine.submit, ARRIVALS, closed_loop=False, load_input=lambda _: None)
-        for future in futures:
-            future.result(timeout=60)
-    return engine.trace
+    """The engine's run; tried again (up to three times) when the machine stalled it."""
+    for _ in range(3):
+        with Engine(packages, task_runner=sleeping_kernel, **settings) as engine:
+            futures = drive(engine.submit, ARRIVALS, closed_loop=False,
+                            load_input=lambda _: None)
+            for future in futures:
+                future.result(timeout=60)
+        stall_s = worst_dispatch_latency_s(engine.trace)
+        if stall_s <= STALL_S:
+            return engine.trace
+    pytest.skip(f"the machine stalled the engine's workers in 3 runs (up to {stall_s:.3f} s "
+                "to start a ready task): too busy to compare schedules")
 
 
 def replayed_trace(real: Trace, infos, **settings) -> Trace:

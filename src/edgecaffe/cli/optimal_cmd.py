@@ -59,20 +59,26 @@ def requests_of(config, infos: dict) -> list[tuple[float, list]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
+    from edgecaffe.optimal.compare import DEFAULT_CANDIDATES, simulate_candidates
 
+    config, requests, instance, device, durations_ms = _build(args)
+    schedule = _solve_checked(args, config, requests, instance)
+    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else \
+        list(DEFAULT_CANDIDATES)
+    reference = schedule.objective_ms if schedule.optimal else schedule.lower_bound_ms
+    results = simulate_candidates(requests, instance, reference, durations_ms, candidates)
+    _print_results(results)
+    if args.output:
+        _write_json(args, config, device, instance, schedule, results)
+    return 0
+
+
+def _build(args: argparse.Namespace):
+    """The config, its requests, the exact problem and the device's durations."""
     from edgecaffe.blas import default_blas_threads
     from edgecaffe.experiment.config import load_config
     from edgecaffe.experiment.networks import resolve_infos
-    from edgecaffe.optimal import (
-        MISSING_ORTOOLS,
-        SolveError,
-        build_instance,
-        check_schedule,
-        solve,
-    )
-    from edgecaffe.optimal.compare import DEFAULT_CANDIDATES, simulate_candidates
+    from edgecaffe.optimal import build_instance
     from edgecaffe.sched import parse_bytes
     from edgecaffe.sim import DeviceProfile, load_device
 
@@ -99,14 +105,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"instance: {len(instance.networks)} network(s) in {len(requests)} request(s), "
           f"{len(instance.tasks)} tasks, {config.workers} worker(s), budget "
           f"{budget / 2**20:g} MiB, unit {args.unit_ms:g} ms, device {device.name}", flush=True)
+    return config, requests, instance, device, durations_ms
+
+
+def _solve_checked(args: argparse.Namespace, config, requests, instance):
+    """The solver's schedule, checked by the independent checker before it is reported."""
+    from edgecaffe.optimal import MISSING_ORTOOLS, SolveError, check_schedule, solve
+    from edgecaffe.sched import parse_bytes
+
     try:
         schedule = solve(instance, time_limit_s=args.time_limit)
     except ImportError:
         raise ValueError(MISSING_ORTOOLS) from None
     except SolveError as error:
         raise ValueError(str(error)) from None
-    problems = check_schedule(requests, budget, config.workers, instance.durations,
-                              schedule.table(), args.unit_ms)
+    problems = check_schedule(requests, parse_bytes(config.mem_limit), config.workers,
+                              instance.durations, schedule.table(), args.unit_ms)
     if problems:  # a solver or model bug: never report such a schedule as optimal
         raise ValueError("the solver's schedule failed the independent check: "
                          + "; ".join(problems[:5]))
@@ -114,10 +128,10 @@ def run(args: argparse.Namespace) -> int:
         f"best found in {args.time_limit:g} s (proven bound {schedule.lower_bound_ms:.2f} ms)"
     print(f"{what}: mean response {schedule.objective_ms:.2f} ms per network "
           f"(solved in {schedule.solve_time_s:.2f} s; schedule checked: feasible)")
-    candidates = [c.strip() for c in args.candidates.split(",")] if args.candidates else \
-        list(DEFAULT_CANDIDATES)
-    reference = schedule.objective_ms if schedule.optimal else schedule.lower_bound_ms
-    results = simulate_candidates(requests, instance, reference, durations_ms, candidates)
+    return schedule
+
+
+def _print_results(results) -> None:
     print(f"\n{'mode/policy':<20}{'mean ms':>10}{'gap':>9}  check")
     for result in results:
         if result.problems is None:
@@ -129,24 +143,29 @@ def run(args: argparse.Namespace) -> int:
         if result.forced:
             verdict += f"; {result.forced} forced admission(s)"
         print(f"{result.label:<20}{result.mean_response_ms:>10.2f}{result.gap:>8.1%}  {verdict}")
-    if args.output:
-        Path(args.output).write_text(json.dumps({
-            "status": schedule.status, "mean_response_ms": schedule.objective_ms,
-            "lower_bound_ms": schedule.lower_bound_ms, "solve_time_s": schedule.solve_time_s,
-            "unit_ms": args.unit_ms, "budget_bytes": budget, "workers": config.workers,
-            "device": device.name,
-            "networks": [{"name": n.name, "arrival_ms": n.release * args.unit_ms,
-                          "response_ms": r}
-                         for n, r in zip(instance.networks, schedule.responses_ms, strict=True)],
-            "schedule": [{"network": key[0], "kind": key[1], "layer": key[2],
-                          "start_ms": start * args.unit_ms, "end_ms": end * args.unit_ms,
-                          "worker": worker}
-                         for key, (start, end, worker) in sorted(
-                             schedule.table().items(), key=lambda item: item[1])],
-            "policies": [{"label": r.label, "mean_response_ms": r.mean_response_ms,
-                          "gap": r.gap, "forced": r.forced,
-                          "feasible": None if r.problems is None else not r.problems}
-                         for r in results],
-        }, indent=2))
-        print(f"wrote {args.output}")
-    return 0
+
+
+def _write_json(args: argparse.Namespace, config, device, instance, schedule, results) -> None:
+    import json
+    from pathlib import Path
+
+    from edgecaffe.sched import parse_bytes
+
+    Path(args.output).write_text(json.dumps({
+        "status": schedule.status, "mean_response_ms": schedule.objective_ms,
+        "lower_bound_ms": schedule.lower_bound_ms, "solve_time_s": schedule.solve_time_s,
+        "unit_ms": args.unit_ms, "budget_bytes": parse_bytes(config.mem_limit),
+        "workers": config.workers, "device": device.name,
+        "networks": [{"name": n.name, "arrival_ms": n.release * args.unit_ms, "response_ms": r}
+                     for n, r in zip(instance.networks, schedule.responses_ms, strict=True)],
+        "schedule": [{"network": key[0], "kind": key[1], "layer": key[2],
+                      "start_ms": start * args.unit_ms, "end_ms": end * args.unit_ms,
+                      "worker": worker}
+                     for key, (start, end, worker) in sorted(
+                         schedule.table().items(), key=lambda item: item[1])],
+        "policies": [{"label": r.label, "mean_response_ms": r.mean_response_ms,
+                      "gap": r.gap, "forced": r.forced,
+                      "feasible": None if r.problems is None else not r.problems}
+                     for r in results],
+    }, indent=2))
+    print(f"wrote {args.output}")

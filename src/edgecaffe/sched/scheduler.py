@@ -164,25 +164,44 @@ class Scheduler:
 
     def next_task(self, pool: int, now: float, worker: int | None = None) -> Task | None:
         """The next task for a worker of `pool`, admitted and reserved; None if none may run."""
-        heap = self._ready.get(pool)
+        try:
+            heap = self._ready[pool]
+        except KeyError:
+            return None
         if not heap:
             return None
+        # The common case: the policy's best task fits now (a ranked heap's top is a key).
         if self._ranked:
             task = self._waiting[heap[0]]
         elif self._static:
             task = heap[0][1]
         else:
             task = None  # a dynamic policy's order is worked out afresh each time
-        if task is None or self.memory.fit(task.plan) is not NOW:
+        if task is not None and self.memory.fit(task.plan) is NOW and (
+                self.allow_overcommit or self.memory.within_free(task.plan)):
+            if self._ranked:
+                del self._waiting[heappop(heap)]
+            else:
+                heappop(heap)
+        else:
             task = self._choose(heap, pool, now)
             if task is None:
                 return None
-        if not self.allow_overcommit and not self.memory.within_free(task.plan):
-            raise BudgetError(
-                f"{task!r} needs {task.plan.nbytes} bytes but only {self.budget.free_bytes} of "
-                f"{self.budget.capacity_bytes} are free and nothing else is running", task)
-        self._unready(task)
-        self._start(task, now, worker)
+            if not self.allow_overcommit and not self.memory.within_free(task.plan):
+                raise BudgetError(
+                    f"{task!r} needs {task.plan.nbytes} bytes but only "
+                    f"{self.budget.free_bytes} of {self.budget.capacity_bytes} are free and "
+                    "nothing else is running", task)
+            self._unready(task)
+        # Start it: reserve its memory (a forced admission if that goes over capacity).
+        plan = task.plan
+        if (plan.nbytes > 0 or plan.init) and self.memory.reserve(task, task._instance(), now):
+            task.forced = True
+            self.forced_events += 1
+        task.state = RUNNING
+        task.start = now
+        task.worker = worker
+        self.running.add(task)
         return task
 
     def _choose(self, heap: list, pool: int, now: float) -> Task | None:
@@ -209,15 +228,6 @@ class Scheduler:
         fit = self.memory.fit
         return any(fit(task.plan) is NOW for other, heap in self._ready.items() if other != pool
                    for task in self._in_order(heap, now))
-
-    def _start(self, task: Task, now: float, worker: int | None) -> None:
-        if self.memory.reserve(task, task._instance(), now):
-            task.forced = True
-            self.forced_events += 1
-        task.state = RUNNING
-        task.start = now
-        task.worker = worker
-        self.running.add(task)
 
     def _unready(self, task: Task) -> None:
         heap = task.plan.heap
@@ -254,14 +264,25 @@ class Scheduler:
         task.end = now
         task.state = DONE
         instance = task._instance()
+        plan = task.plan
         if instance.failed is None:  # a failed instance's reservations go when it is over
-            if error is None:
-                self.memory.release_after(task, instance, now)
-            else:
+            if error is not None:
                 task.error = str(error)
                 self._fail(instance, str(error), now, [] if ready is None else ready, task)
-        self._unblock(task, instance, now, [] if ready is None else ready)
-        if task.plan.last or instance.failed is not None:
+            elif plan.releases:
+                self.memory.release_after(task, instance, now)
+        if task._dependents is not None:
+            self._unblock(task, instance, now, [] if ready is None else ready)
+        elif plan.dependents:  # `_unblock`'s common case, here: once per task of a simulation
+            pending = instance.pending
+            tasks = instance.tasks
+            for index in plan.dependents:
+                count = pending[index] = pending[index] - 1
+                if not count and tasks[index].state == WAITING:
+                    self._make_ready(tasks[index], now)
+                    if ready is not None:
+                        ready.append(tasks[index])
+        if plan.last or instance.failed is not None:
             finished: list[NetworkInstance] = []
             self._maybe_finished(instance, now, finished)
             return finished
@@ -292,23 +313,24 @@ class Scheduler:
     def _unblock(self, task: Task, instance: NetworkInstance, now: float,
                  ready: list[Task]) -> None:
         """Count `task` as finished for its dependents; those left with none become ready."""
-        if task._dependents is not None:  # linked by hand or across instances
-            for dependent in task._dependents:
-                other = dependent._instance()
-                if other is not None and other.pending:  # else not added yet: `add` counts
-                    self._count_down(dependent, other.pending, now, ready)
+        if task._dependents is None:  # the template's links, by position in the instance
+            pending = instance.pending
+            tasks = instance.tasks
+            for index in task.plan.dependents:
+                count = pending[index] = pending[index] - 1
+                if not count and tasks[index].state == WAITING:
+                    self._make_ready(tasks[index], now)
+                    ready.append(tasks[index])
             return
-        pending = instance.pending
-        tasks = instance.tasks
-        for index in task.plan.dependents:
-            self._count_down(tasks[index], pending, now, ready)
-
-    def _count_down(self, task: Task, pending: list[int], now: float, ready: list[Task]) -> None:
-        index = task.spec.index
-        count = pending[index] = pending[index] - 1
-        if not count and task.state == WAITING:
-            self._make_ready(task, now)
-            ready.append(task)
+        for dependent in task._dependents:  # linked by hand or across instances
+            other = dependent._instance()
+            if other is None or not other.pending:
+                continue  # not added (yet): `add` counts its unfinished dependencies
+            index = dependent.spec.index
+            other.pending[index] -= 1
+            if not other.pending[index] and dependent.state == WAITING:
+                self._make_ready(dependent, now)
+                ready.append(dependent)
 
     def _maybe_finished(self, instance: NetworkInstance, now: float,
                         finished: list[NetworkInstance]) -> None:

@@ -79,91 +79,88 @@ class Simulator:
 
         Raises ValueError for networks it does not know, RuntimeError if the scheduler stalls."""
         self.core.check_networks(sorted({n for a in arrivals for n in a.networks}))
-        schedule = ArrivalSchedule(arrivals, closed_loop, self.now)
-        #: The running tasks' ends: a heap of (end, sequence, task, worker), so that ends of
-        #: one instant come in the order the tasks were started. Idle workers, sorted.
-        self._ends: list[tuple[float, int, Task, int]] = []
-        self._idle = list(range(self.workers))
-        self._sequence = 0
-        self._rates: dict[int, float] = {}  # processor sharing: running task -> its speed
-        waiting_on: Request | None = None  # closed loop: the request the next arrival awaits
-        closed: list[Request] = []
-        while True:
-            next_arrival_s = max(schedule.due_s(), self.now)
-            if self._ends and self._ends[0][0] <= next_arrival_s:
-                self._end_tasks(closed)
-            elif next_arrival_s == INF:
-                break
-            else:
-                self.now = next_arrival_s
-            while schedule.due_s() <= self.now:  # every request that arrives now (gaps of 0)
-                request = self._arrive(schedule.submitted(self.now))
-                if schedule.waiting:
-                    waiting_on = request
-            if self._idle:
-                self._dispatch(closed)
-            if self._parallelism is not None and self._ends:
-                self._ends = _share(self._ends, self._rates, self.now,
-                                    min(1.0, self._parallelism / len(self._ends)))
-            for request in closed:
-                if on_done is not None:
-                    on_done(request)
-                if request is waiting_on:
-                    waiting_on = None
-                    schedule.finished()
-            closed.clear()
+        self._events(ArrivalSchedule(arrivals, closed_loop, self.now), on_done)
         if self.book.open:  # only if the scheduler stalled: say so rather than return a short trace
             raise RuntimeError(f"simulation stalled with {len(self.book.open)} request(s) open")
         return self.trace
 
-    def _end_tasks(self, closed: list[Request]) -> None:
-        """Every task that ends at the next end's instant: the clock moves there."""
-        ends, complete, settle = self._ends, self.scheduler.complete, self.book.settle
-        now, seq, task, worker = heappop(ends)
-        self.now = now
+    def _events(self, schedule: ArrivalSchedule,
+                on_done: Callable[[Request], None] | None) -> None:
+        """The event loop: at each instant, the tasks that end, then the requests that arrive,
+        then idle workers (in worker order) ask for work. One function, locals only: it runs
+        once per task of a simulation of millions."""
+        complete, settle, next_task = (self.scheduler.complete, self.book.settle,
+                                       self.scheduler.next_task)
+        pools, memo, parallelism = self.mode.pools, self._memo, self._parallelism
+        # Running tasks' ends: a heap of (end, sequence, task, worker), so that ends of one
+        # instant come in the order the tasks started. Idle workers, sorted. Processor
+        # sharing: each running task's speed, by sequence number.
+        ends: list[tuple[float, int, Task, int]] = []
+        idle = list(range(self.workers))
+        rates: dict[int, float] = {}
+        sequence = 0
+        waiting_on: Request | None = None  # closed loop: the request the next arrival awaits
+        closed: list[Request] = []
+        due_s = schedule.due_s()  # the next arrival (changes only when one arrives or ends)
+        now = self.now
         while True:
-            if self._parallelism is not None:
-                del self._rates[seq]
-            insort(self._idle, worker)
-            over = complete(task, now)
-            if over:
-                closed += settle(Step(finished=list(over)))
-            if not ends or ends[0][0] != now:
-                return
-            _, seq, task, worker = heappop(ends)
-
-    def _arrive(self, arrival: Arrival) -> Request:
-        return self.book.submit(arrival.networks, [self.infos[n] for n in arrival.networks],
-                                self.now, arrival.data)
-
-    def _dispatch(self, closed: list[Request]) -> None:
-        """Offer each idle worker, in worker order, the task the scheduler picks for it."""
-        now, pools = self.now, self.mode.pools
-        next_task = self.scheduler.next_task
-        still_idle = []
-        for worker in self._idle:
-            try:
-                task = next_task(worker % pools, now, worker)
-            except BudgetError as error:  # allow_overcommit=False: it cannot fit
-                task = self._refused(error, worker % pools, worker, closed)
-            if task is None:
-                still_idle.append(worker)
-                continue
-            self._sequence += 1
-            heappush(self._ends, (now + self._duration_s(task), self._sequence, task, worker))
-            if self._parallelism is not None:
-                self._rates[self._sequence] = 1.0
-        self._idle = still_idle
+            if ends and ends[0][0] <= due_s:
+                now = ends[0][0]
+                while ends and ends[0][0] == now:  # every task that ends now
+                    _, seq, task, worker = heappop(ends)
+                    if parallelism is not None:
+                        del rates[seq]
+                    insort(idle, worker)
+                    over = complete(task, now)
+                    if over:
+                        closed += settle(Step(finished=list(over)))
+            elif due_s == INF:
+                break
+            else:
+                now = due_s
+            self.now = now
+            while due_s <= now:  # every request that arrives now (gaps of 0)
+                arrival = schedule.submitted(now)
+                request = self.book.submit(arrival.networks,
+                                           [self.infos[n] for n in arrival.networks], now,
+                                           arrival.data)
+                waiting_on = request if schedule.waiting else waiting_on
+                due_s = schedule.due_s()
+            still_idle = []
+            for worker in idle:
+                try:
+                    task = next_task(worker % pools, now, worker)
+                except BudgetError as error:  # allow_overcommit=False: it cannot fit
+                    task = self._refused(error, worker % pools, worker, closed)
+                if task is None:
+                    still_idle.append(worker)
+                    continue
+                try:  # the device's time depends on the planned task only: once per spec
+                    duration_s = memo[task.spec]
+                except (KeyError, TypeError):  # not yet, or no memo (`task_ms` given)
+                    duration_s = self._duration_s(task)
+                sequence += 1
+                heappush(ends, (now + duration_s, sequence, task, worker))
+                if parallelism is not None:
+                    rates[sequence] = 1.0
+            idle = still_idle
+            if parallelism is not None and ends:
+                ends = _share(ends, rates, now, min(1.0, parallelism / len(ends)))
+            if closed:
+                for request in closed:
+                    if on_done is not None:
+                        on_done(request)
+                    if request is waiting_on:
+                        waiting_on = None
+                        schedule.finished()
+                        due_s = max(schedule.due_s(), now)
+                closed.clear()
 
     def _duration_s(self, task: Task) -> float:
-        memo = self._memo
-        if memo is None:
-            return self._task_ms(task) / 1e3
-        try:  # the device's time depends on the planned task only
-            return memo[task.spec]
-        except KeyError:
-            duration = memo[task.spec] = self._task_ms(task) / 1e3
-            return duration
+        duration_s = self._task_ms(task) / 1e3
+        if self._memo is not None:
+            self._memo[task.spec] = duration_s
+        return duration_s
 
     def _refused(self, error: BudgetError, pool: int, worker: int,
                  closed: list[Request]) -> Task | None:

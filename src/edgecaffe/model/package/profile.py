@@ -11,7 +11,9 @@ import os
 import platform
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,75 +59,26 @@ def profile_package(
     """
     from edgecaffe.model.preprocess import sample_image
 
-    network = package.network
     image = sample_image()
     x = sample_input(package, image)
-    init_ms = []
-    load_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
-    exec_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
-    totals_ms = []
     package.forward(x)  # warm-up, not timed: first-touch page faults and allocator growth
-    for run in range(runs):
-        started = time.perf_counter()
-        runner = BlobRunner(network, sample_input(package, image))
-        init_ms.append((time.perf_counter() - started) * 1e3)
-        total = 0.0
-        for layer in runner.layers:
-            started = time.perf_counter()
-            weights = package.load(layer.name, cold=cold)
-            loaded = time.perf_counter()
-            runner.run(layer, weights)
-            done = time.perf_counter()
-            package.free(layer.name)
-            if layer.params:
-                load_ms[layer.name].append((loaded - started) * 1e3)
-            exec_ms[layer.name].append((done - loaded) * 1e3)
-            total += (done - loaded) * 1e3
-        totals_ms.append(total)
-        if progress is not None:
-            progress(run + 1)
-
-    # Execution again on one BLAS thread: an engine with several workers gives each a share of
-    # the cores, and the simulator picks the times that match.
-    single_ms: dict[str, list[float]] = {layer.name: [] for layer in network.layers}
-    with limit_blas(1):
-        for _ in range(runs):
-            runner = BlobRunner(network, x)
-            for layer in runner.layers:
-                weights = package.load(layer.name)
-                started = time.perf_counter()
-                runner.run(layer, weights)
-                single_ms[layer.name].append((time.perf_counter() - started) * 1e3)
-                package.free(layer.name)
-
-    baseline = rss_bytes()
-    peak_layered = _peak_above(baseline, lambda: package.forward(x))
-
-    def whole_model() -> None:
-        package.load_all().forward(x)
-
-    peak_whole = _peak_above(baseline, whole_model)
-    for layer in network.layers:
-        package.free(layer.name)
-    network.weights = {}
-
-    for entry, layer in zip(package.manifest["layers"], network.layers, strict=True):
+    timing = _time_layers(package, image, runs, cold, progress)
+    single_ms = _time_single_thread(package, x, runs)
+    peak_layered, peak_whole = _peaks(package, x)
+    for entry, layer in zip(package.manifest["layers"], package.network.layers, strict=True):
         entry["profile"] = {
-            "load_ms": round(statistics.median(load_ms[layer.name]), 4) if load_ms[layer.name]
-            else 0.0,
-            "exec_ms": round(statistics.median(exec_ms[layer.name]), 4)
-            if exec_ms[layer.name] else 0.0,
-            "exec_ms_single_thread": round(statistics.median(single_ms[layer.name]), 4)
-            if single_ms[layer.name] else 0.0,
+            "load_ms": _median(timing.load_ms[layer.name]),
+            "exec_ms": _median(timing.exec_ms[layer.name]),
+            "exec_ms_single_thread": _median(single_ms[layer.name]),
             "weight_bytes": layer.weight_bytes,
             "activation_bytes": entry["output_bytes"],
         }
     summary = {
         "runs": runs,
         "cold": cold,
-        "mean_exec_ms": round(statistics.mean(totals_ms), 3),
-        "median_exec_ms": round(statistics.median(totals_ms), 3),
-        "init_ms": round(statistics.median(init_ms), 4),
+        "mean_exec_ms": round(statistics.mean(timing.totals_ms), 3),
+        "median_exec_ms": round(statistics.median(timing.totals_ms), 3),
+        "init_ms": round(statistics.median(timing.init_ms), 4),
         "load_ms_total": round(sum(e["profile"]["load_ms"] for e in package.manifest["layers"]), 3),
         "peak_rss_whole_model_bytes": peak_whole,
         "peak_rss_layer_by_layer_bytes": peak_layered,
@@ -136,6 +89,77 @@ def profile_package(
     }
     package.manifest["profile"] = summary
     return summary
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 4) if values else 0.0
+
+
+@dataclass
+class _LayerTimes:
+    """Per run: the init's ms and the total exec ms; per layer, over runs: load and exec ms."""
+
+    init_ms: list[float] = field(default_factory=list)
+    totals_ms: list[float] = field(default_factory=list)
+    load_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    exec_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def _time_layers(package: ModelPackage, image: Any, runs: int, cold: bool,
+                 progress: Callable[[int], None] | None) -> _LayerTimes:
+    """`runs` layer-by-layer passes (init, then load, exec and free each layer), timed."""
+    times = _LayerTimes()
+    for run in range(runs):
+        started = time.perf_counter()
+        runner = BlobRunner(package.network, sample_input(package, image))
+        times.init_ms.append((time.perf_counter() - started) * 1e3)
+        total = 0.0
+        for layer in runner.layers:
+            started = time.perf_counter()
+            weights = package.load(layer.name, cold=cold)
+            loaded = time.perf_counter()
+            runner.run(layer, weights)
+            done = time.perf_counter()
+            package.free(layer.name)
+            if layer.params:
+                times.load_ms[layer.name].append((loaded - started) * 1e3)
+            times.exec_ms[layer.name].append((done - loaded) * 1e3)
+            total += (done - loaded) * 1e3
+        times.totals_ms.append(total)
+        if progress is not None:
+            progress(run + 1)
+    return times
+
+
+def _time_single_thread(package: ModelPackage, x: Any, runs: int) -> dict[str, list[float]]:
+    """Execution again on one BLAS thread: an engine with several workers gives each a share
+    of the cores, and the simulator picks the times that match."""
+    single_ms: dict[str, list[float]] = defaultdict(list)
+    with limit_blas(1):
+        for _ in range(runs):
+            runner = BlobRunner(package.network, x)
+            for layer in runner.layers:
+                weights = package.load(layer.name)
+                started = time.perf_counter()
+                runner.run(layer, weights)
+                single_ms[layer.name].append((time.perf_counter() - started) * 1e3)
+                package.free(layer.name)
+    return single_ms
+
+
+def _peaks(package: ModelPackage, x: Any) -> tuple[int, int]:
+    """Peak RSS above the idle process: (layer by layer, whole model)."""
+    baseline = rss_bytes()
+    peak_layered = _peak_above(baseline, lambda: package.forward(x))
+
+    def whole_model() -> None:
+        package.load_all().forward(x)
+
+    peak_whole = _peak_above(baseline, whole_model)
+    for layer in package.network.layers:
+        package.free(layer.name)
+    package.network.weights = {}
+    return peak_layered, peak_whole
 
 
 def plot_profile(package: ModelPackage, path: str) -> None:
