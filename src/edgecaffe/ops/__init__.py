@@ -2,18 +2,25 @@
 
 from edgecaffe.ops import (  # noqa: F401
     activation,
+    argmax,
     clip,
     conv,
     conv_transpose,
+    crop,
     dense,
+    detection,
     lrn,
+    mvn,
     norm,
     pad,
+    pointwise,
     pool,
     reduce,
     resize,
     softmax,
+    ssd,
     tensor,
+    tile,
     transpose,
 )
 from edgecaffe.ops.base import OPS, Op, OpError, Shape, get_op, register

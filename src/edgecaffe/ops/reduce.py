@@ -16,6 +16,8 @@ OPERATIONS = ("sum", "mean", "asum", "sumsq", "l2", "max", "min", "prod", "logsu
 
 
 def _axes(rank: int, attrs) -> tuple[int, ...]:
+    if attrs.get("from_axis") is not None:  # Caffe's Reduction: this axis and all after it
+        return tuple(range(normalize_axis(attrs["from_axis"], rank, "reduction axis"), rank))
     axes = attrs.get("axes")
     if axes is None:
         return tuple(range(rank))
@@ -49,8 +51,9 @@ def _reduce(x: np.ndarray, operation: str, axes: tuple[int, ...]) -> np.ndarray:
 
 @register
 class Reduce(Op):
-    """attrs: operation (one of OPERATIONS), axes (None = all), keepdims (bool), coeff
-    (a factor applied after reducing; 1 by default)."""
+    """attrs: operation (one of OPERATIONS), axes (None = all) or from_axis (that axis and
+    every later one), keepdims (bool), coeff (a factor applied after reducing; 1 by default).
+    A full reduction without keepdims gives shape (1,) (ONNX and Caffe give a 0-d scalar)."""
 
     name = "Reduce"
 

@@ -193,6 +193,170 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
                               "shift": l.exp_param.shift}),
 }
 
+# -- layer types beyond the core set: Deconvolution, Crop, the SSD family, forks' resizes ------
+# (field semantics from each layer's source: BVLC Caffe's *_layer.cpp, the SSD fork's
+# normalize/prior_box/detection_output layers, DeepLab's interp_layer.cpp, YOLOv3 forks'
+# upsample_layer.cpp)
+
+
+def _deconv(layer) -> tuple[str, dict]:
+    """Deconvolution shares ConvolutionParameter; its weight blob is (C_in, C_out/group, kh, kw)
+    (deconv_layer.cpp), exactly ConvTranspose's."""
+    _, attrs = _conv(layer)
+    ph, pw = attrs.pop("pad")
+    return "ConvTranspose", {**attrs, "pads": [ph, pw, ph, pw], "output_padding": [0, 0]}
+
+
+def _crop(layer):
+    p = layer.crop_param
+    if len(layer.bottom) != 2:
+        raise ValueError(f"Crop needs two bottoms (data, reference), got {len(layer.bottom)}")
+    return "Crop", {"axis": p.axis, "offsets": list(p.offset)}
+
+
+def _argmax(layer):
+    p = layer.argmax_param
+    return "ArgMax", {"out_max_val": p.out_max_val, "top_k": p.top_k,
+                      "axis": p.axis if p.HasField("axis") else None}
+
+
+def _log(layer):
+    p = layer.log_param
+    return "Log", {"base": p.base, "scale": p.scale, "shift": p.shift}
+
+
+def _reduction(layer):
+    """Caffe's Reduction: every axis from `axis` on, dropped from the shape, times coeff."""
+    p = layer.reduction_param
+    operation = {1: "sum", 2: "asum", 3: "sumsq", 4: "mean"}[p.operation]
+    return "Reduce", {"operation": operation, "from_axis": p.axis, "keepdims": False,
+                      "coeff": p.coeff}
+
+
+def _tile(layer):
+    p = layer.tile_param
+    if not p.HasField("tiles") or p.tiles < 1:
+        raise ValueError("tile_param.tiles must be given and positive")
+    return "Tile", {"axis": p.axis, "tiles": p.tiles}
+
+
+def _mvn(layer):
+    p = layer.mvn_param
+    return "MVN", {"normalize_variance": p.normalize_variance,
+                   "across_channels": p.across_channels, "eps": p.eps}
+
+
+def _clip(layer):
+    p = layer.clip_param
+    if not (p.HasField("min") and p.HasField("max")):
+        raise ValueError("clip_param needs both min and max (required fields in caffe.proto)")
+    return "Clip", {"min": p.min, "max": p.max}
+
+
+def _normalize(layer):
+    p = layer.norm_param
+    return "Normalize", {"across_spatial": p.across_spatial, "channel_shared": p.channel_shared,
+                         "eps": p.eps}
+
+
+def _permute(layer):
+    """SSD's Permute: `order` lists the first output axes; the rest follow in input order."""
+    order = list(layer.permute_param.order)
+    if len(set(order)) != len(order):
+        raise ValueError(f"permute_param.order {order} repeats an axis")
+    return "Transpose", {"perm": order, "fill_perm": True}
+
+
+def _prior_box(layer):
+    p = layer.prior_box_param
+    if len(layer.bottom) != 2:
+        raise ValueError(f"PriorBox needs two bottoms (feature map, image), got "
+                         f"{len(layer.bottom)}")
+    if p.HasField("img_size") and (p.HasField("img_h") or p.HasField("img_w")):
+        raise ValueError("give either img_size or img_h/img_w, not both")
+    if p.HasField("step") and (p.HasField("step_h") or p.HasField("step_w")):
+        raise ValueError("give either step or step_h/step_w, not both")
+    img = (p.img_size, p.img_size) if p.HasField("img_size") else (p.img_h, p.img_w)
+    step = (p.step, p.step) if p.HasField("step") else (p.step_h, p.step_w)
+    return "PriorBox", {
+        "min_sizes": list(p.min_size), "max_sizes": list(p.max_size),
+        "aspect_ratios": list(p.aspect_ratio), "flip": p.flip, "clip": p.clip,
+        "variances": list(p.variance), "img_h": img[0], "img_w": img[1],
+        "step_h": step[0], "step_w": step[1], "offset": p.offset,
+    }
+
+
+def _detection_output(layer):
+    p = layer.detection_output_param
+    if not p.HasField("num_classes"):
+        raise ValueError("detection_output_param.num_classes is missing")
+    if len(layer.bottom) != 3:
+        raise ValueError(f"DetectionOutput needs three bottoms (loc, conf, priors), got "
+                         f"{len(layer.bottom)} (the fourth, ARM confidence, is not supported)")
+    nms = p.nms_param
+    return "DetectionOutput", {
+        "num_classes": p.num_classes, "share_location": p.share_location,
+        "background_label_id": p.background_label_id,
+        "code_type": {1: "corner", 2: "center_size", 3: "corner_size"}[p.code_type],
+        "variance_encoded_in_target": p.variance_encoded_in_target,
+        "nms_threshold": nms.nms_threshold, "top_k": nms.top_k if nms.HasField("top_k") else -1,
+        "eta": nms.eta, "keep_top_k": p.keep_top_k,
+        "confidence_threshold": p.confidence_threshold
+        if p.HasField("confidence_threshold") else None,
+    }
+
+
+def _interp(layer):
+    """DeepLab/PSPNet's Interp: bilinear with align_corners; the size from shrink/zoom factors
+    (interp_layer.cpp: shrink first, then zoom) or height + width."""
+    p = layer.interp_param
+    if p.pad_beg or p.pad_end:
+        raise ValueError("interp_param pad_beg/pad_end (cropping) is not supported")
+    if len(layer.bottom) != 1:
+        raise ValueError("Interp with a second bottom (size taken from it) is not supported")
+    shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
+    if not (shrink or zoom) and not (p.HasField("height") and p.HasField("width")):
+        raise ValueError("interp_param needs shrink_factor, zoom_factor, or height and width")
+    if (shrink and p.shrink_factor < 1) or (zoom and p.zoom_factor < 1):
+        raise ValueError("interp_param shrink_factor and zoom_factor must be >= 1")
+    return "Resize", {"mode": "linear", "coordinate_transformation_mode": "align_corners",
+                      "interp": {"shrink": p.shrink_factor if shrink else 1,
+                                 "zoom": p.zoom_factor if zoom else 1,
+                                 "height": p.height, "width": p.width,
+                                 "factors": shrink or zoom}}
+
+
+def _upsample(layer):
+    """The YOLOv3 forks' Upsample: nearest, out[i] = in[i // scale] (upsample_layer.cpp)."""
+    if len(layer.bottom) != 1:
+        raise ValueError("Upsample with two bottoms (SegNet's max-unpooling with a mask) is not "
+                         "supported")
+    scale = layer.upsample_param.scale
+    if scale < 1:
+        raise ValueError(f"upsample_param.scale must be >= 1, got {scale}")
+    return "Resize", {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                      "nearest_mode": "floor", "scales": [float(scale), float(scale)]}
+
+
+CONVERTERS.update({
+    "Deconvolution": _deconv,
+    "Crop": _crop,
+    "ArgMax": _argmax,
+    "Threshold": lambda l: ("Threshold", {"threshold": l.threshold_param.threshold}),
+    "Log": _log,
+    "Reduction": _reduction,
+    "Tile": _tile,
+    "MVN": _mvn,
+    "Clip": _clip,
+    "Swish": lambda l: ("Swish", {"beta": l.swish_param.beta}),
+    "Normalize": _normalize,
+    "Permute": _permute,
+    "PriorBox": _prior_box,
+    "DetectionOutput": _detection_output,
+    "Interp": _interp,
+    "Upsample": _upsample,
+})
+
 #: Types handled by the graph builder itself rather than converted to an operator.
 STRUCTURAL = {"Input", "MemoryData", "Split"}
 
