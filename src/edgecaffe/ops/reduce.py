@@ -52,8 +52,7 @@ def _reduce(x: np.ndarray, operation: str, axes: tuple[int, ...]) -> np.ndarray:
 @register
 class Reduce(Op):
     """attrs: operation (one of OPERATIONS), axes (None = all) or from_axis (that axis and
-    every later one), keepdims (bool), coeff (a factor applied after reducing; 1 by default).
-    A full reduction without keepdims gives shape (1,) (ONNX and Caffe give a 0-d scalar)."""
+    every later one), keepdims (bool), coeff (a factor applied after reducing; 1 by default)."""
 
     name = "Reduce"
 
@@ -64,9 +63,8 @@ class Reduce(Op):
         axes = _axes(len(shape), attrs)
         if attrs.get("keepdims", True):
             return [tuple(1 if i in axes else d for i, d in enumerate(shape))]
-        out = tuple(d for i, d in enumerate(shape) if i not in axes)
-        # A full reduction without kept dims is a scalar; the IR keeps blobs at least 1-d.
-        return [out or (1,)]
+        # A full reduction without kept dims is a 0-d scalar, as in ONNX and Caffe.
+        return [tuple(d for i, d in enumerate(shape) if i not in axes)]
 
     def flops(self, inputs, outputs, attrs):
         return 2 * prod(inputs[0])
