@@ -120,9 +120,9 @@ def write_weights(case: Case, path: Path) -> list[str]:
 
 def _caffe_type(case: Case, layer_name: str) -> str:
     from edgecaffe.model.caffe import read_prototxt
+    from edgecaffe.model.caffe.importer import caffe_layers
 
-    net = read_prototxt(case.prototxt)
-    for message in net.layer:
+    for message in caffe_layers(read_prototxt(case.prototxt)):
         if message.name == layer_name:
             return message.type
     return ""

@@ -273,8 +273,9 @@ def write_caffemodel(path: str | Path, net_name: str, layers: Iterable[LayerBlob
                                   top=layer.top).SerializeToString()
             blobs = []
             for array in layer.blobs:
-                array = np.ascontiguousarray(array, dtype="<f4")
+                array = np.asarray(array, dtype="<f4")  # 0-d stays 0-d (Caffe's scalar blobs)
                 shape = shape_class(dim=array.shape).SerializeToString()
+                array = np.ascontiguousarray(array.reshape(-1))
                 head = (_key(7, _LENGTH) + _encode_varint(len(shape)) + shape
                         + _key(5, _LENGTH) + _encode_varint(array.nbytes))
                 blobs.append((head, array))

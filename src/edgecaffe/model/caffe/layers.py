@@ -93,26 +93,41 @@ def _conv(layer) -> tuple[str, dict]:
 
 
 def _pool(layer) -> tuple[str, dict]:
+    """Caffe's PoolingLayer::LayerSetUp checks: kernel_size or kernel_h + kernel_w, pad or
+    pad_h + pad_w, stride or stride_h + stride_w, no kernel with global_pooling."""
     p = layer.pooling_param
     methods = {0: "max", 1: "avg"}
     if p.pool not in methods:
         raise ValueError("STOCHASTIC pooling is a training-time method and is not supported")
-    two = lambda h, w: (getattr(p, h), getattr(p, w)) if p.HasField(h) or p.HasField(w) else None  # noqa: E731
+    for single, h, w in (("kernel_size", "kernel_h", "kernel_w"), ("pad", "pad_h", "pad_w"),
+                         ("stride", "stride_h", "stride_w")):
+        if p.HasField(h) != p.HasField(w):
+            raise ValueError(f"{h} and {w} must be given together (Caffe refuses one alone)")
+        if p.HasField(h) and p.HasField(single):
+            raise ValueError(f"give {single} or {h} and {w}, not both (Caffe refuses both)")
+    pair = lambda h, w: (getattr(p, h), getattr(p, w)) if p.HasField(h) else None  # noqa: E731
     attrs: dict[str, Any] = {"method": methods[p.pool], "global": p.global_pooling,
                              "ceil": p.round_mode == 0}
     if p.global_pooling:
+        if p.HasField("kernel_size") or p.HasField("kernel_h"):
+            raise ValueError("global_pooling takes no kernel size (Caffe refuses one)")
+        if p.pad or p.pad_h or p.pad_w or (p.stride_h or p.stride) != 1 or p.stride_w > 1:
+            raise ValueError("global_pooling needs pad 0 and stride 1 (Caffe refuses others)")
         attrs.update(kernel=[0, 0], stride=[1, 1], pad=[0, 0])
         return "Pool", attrs
-    kernel = two("kernel_h", "kernel_w")
+    kernel = pair("kernel_h", "kernel_w")
     if kernel is None and not p.HasField("kernel_size"):
         raise ValueError("pooling_param needs kernel_size, kernel_h/kernel_w or global_pooling")
     attrs["kernel"] = list(kernel or (p.kernel_size, p.kernel_size))
-    attrs["stride"] = list(two("stride_h", "stride_w") or (p.stride, p.stride))
-    attrs["pad"] = list(two("pad_h", "pad_w") or (p.pad, p.pad))
+    attrs["stride"] = list(pair("stride_h", "stride_w") or (p.stride, p.stride))
+    attrs["pad"] = list(pair("pad_h", "pad_w") or (p.pad, p.pad))
     if min(attrs["kernel"]) < 1 or min(attrs["stride"]) < 1:
         raise ValueError(
             f"pooling kernel {attrs['kernel']} and stride {attrs['stride']} must be >= 1"
         )
+    if attrs["pad"][0] >= attrs["kernel"][0] or attrs["pad"][1] >= attrs["kernel"][1]:
+        raise ValueError(f"pooling pad {attrs['pad']} must be smaller than the kernel "
+                         f"{attrs['kernel']} (Caffe's CHECK_LT(pad, kernel))")
     return "Pool", attrs
 
 
@@ -129,6 +144,16 @@ def _inner_product(layer):
         raise ValueError("inner_product_param.num_output is missing")
     return "Dense", {"out_features": p.num_output, "axis": p.axis, "bias": p.bias_term,
                      "transpose": p.transpose}
+
+
+def _batch_norm(layer):
+    """Caffe's batch_norm_layer.cpp: in the TEST phase the stored statistics are used unless
+    use_global_stats is given as false; then each forward pass normalizes with the batch's own
+    mean and (biased) variance over the batch and spatial axes. moving_average_fraction only
+    updates the statistics during training."""
+    p = layer.batch_norm_param
+    global_stats = p.use_global_stats if p.HasField("use_global_stats") else True
+    return "BatchNorm", {"eps": p.eps, "use_global_stats": global_stats}
 
 
 def _scale(layer):
@@ -173,7 +198,7 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
     "PReLU": lambda l: ("PReLU", {"channel_shared": l.prelu_param.channel_shared}),
     "Dropout": lambda l: ("Dropout", {"ratio": l.dropout_param.dropout_ratio}),
     "Softmax": lambda l: ("Softmax", {"axis": l.softmax_param.axis}),
-    "BatchNorm": lambda l: ("BatchNorm", {"eps": l.batch_norm_param.eps}),
+    "BatchNorm": _batch_norm,
     "Scale": _scale,
     "Bias": _bias,
     "Concat": _concat,
@@ -417,7 +442,9 @@ def blobs_to_weights(layer: Layer, blobs: list[np.ndarray], source: str) -> dict
 
 def weights_to_blobs(layer: Layer, weights: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The inverse of `blobs_to_weights`, for writing caffemodels (BatchNorm factor 1)."""
-    blobs = [np.ascontiguousarray(weights[name], dtype=np.float32) for name in layer.params]
+    # np.array keeps 0-d blobs 0-d (a shared PReLU slope, a Scale with num_axes 0): Caffe
+    # refuses a (1,) blob where it expects a scalar.
+    blobs = [np.array(weights[name], dtype=np.float32, order="C") for name in layer.params]
     if layer.op == "BatchNorm":
         blobs.append(np.ones(1, dtype=np.float32))
     return blobs
