@@ -50,37 +50,43 @@ def _areas(boxes: np.ndarray) -> np.ndarray:
     return np.where((w < 0) | (h < 0), np.float32(0), w * h)
 
 
+def overlaps(boxes: np.ndarray) -> np.ndarray:
+    """Caffe's JaccardOverlap (normalized) of every pair of boxes (K, 4) -> (K, K), float32:
+    0 unless the boxes intersect with positive width and height."""
+    x0 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    y0 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    x1 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
+    y1 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
+    iw, ih = x1 - x0, y1 - y0
+    inter = iw * ih
+    areas = _areas(boxes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / (areas[:, None] + areas[None, :] - inter)
+    return np.where((iw > 0) & (ih > 0), iou, np.float32(0)).astype(np.float32)
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_threshold: float,
         eta: float, top_k: int) -> list[int]:
     """Caffe's ApplyNMSFast: indices kept, in descending score order.
 
     Candidates: score > threshold, stably sorted by score, the first top_k (-1: all). A candidate
     is kept when its overlap with every kept box is <= the (adaptive, with eta < 1) threshold.
+    The overlaps of all candidates are computed at once; the greedy pass is what stays a loop.
     """
     candidates = np.flatnonzero(scores > score_threshold)
     candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
     if top_k > -1:
         candidates = candidates[:top_k]
-    areas = _areas(boxes)
+    iou = overlaps(boxes[candidates])
     kept: list[int] = []
     threshold = nms_threshold
-    for index in candidates:
-        if kept:
-            other = boxes[kept]
-            box = boxes[index]
-            separate = ((other[:, 0] > box[2]) | (other[:, 2] < box[0])
-                        | (other[:, 1] > box[3]) | (other[:, 3] < box[1]))
-            iw = np.minimum(other[:, 2], box[2]) - np.maximum(other[:, 0], box[0])
-            ih = np.minimum(other[:, 3], box[3]) - np.maximum(other[:, 1], box[1])
-            inter = iw * ih
-            overlap = np.where(separate | (iw <= 0) | (ih <= 0), np.float32(0),
-                               inter / (areas[kept] + areas[index] - inter))
-            if np.any(overlap > threshold):
-                continue
-        kept.append(int(index))
+    for position in range(len(candidates)):
+        if kept and iou[position, kept].max() > threshold:
+            continue
+        kept.append(position)
         if eta < 1 and threshold > 0.5:
             threshold *= eta
-    return kept
+    return [int(candidates[p]) for p in kept]
 
 
 def _check(inputs, attrs) -> tuple[int, int, int]:
