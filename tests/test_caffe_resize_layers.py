@@ -36,6 +36,11 @@ def test_interp_against_opencv(oracle, shape, params, size):
     ((1, 2, 9, 12), "interp_param { shrink_factor: 2 }", (5, 6)),
     ((1, 2, 10, 7), "interp_param { shrink_factor: 3 }", (4, 3)),
     ((1, 2, 9, 12), "interp_param { shrink_factor: 2 zoom_factor: 3 }", (13, 16)),
+    # Both factors and a size: interp_layer.cpp takes the size.
+    ((1, 2, 9, 12), "interp_param { shrink_factor: 2 zoom_factor: 3 height: 4 width: 5 }",
+     (4, 5)),
+    # One factor and a size: the factor wins.
+    ((1, 2, 9, 12), "interp_param { shrink_factor: 2 height: 4 width: 5 }", (5, 6)),
 ])
 def test_interp_shrink_against_onnxruntime(tmp_path, shape, params, size):
     path = tmp_path / "interp.prototxt"

@@ -301,8 +301,14 @@ def _prior_box(layer):
         raise ValueError("give either img_size or img_h/img_w, not both")
     if p.HasField("step") and (p.HasField("step_h") or p.HasField("step_w")):
         raise ValueError("give either step or step_h/step_w, not both")
+    for pair in (("img_h", "img_w"), ("step_h", "step_w")):
+        given = [p.HasField(f) and getattr(p, f) > 0 for f in pair]
+        if any(p.HasField(f) for f in pair) and not all(given):
+            raise ValueError(f"prior_box_param needs both {pair[0]} and {pair[1]}, positive")
     img = (p.img_size, p.img_size) if p.HasField("img_size") else (p.img_h, p.img_w)
     step = (p.step, p.step) if p.HasField("step") else (p.step_h, p.step_w)
+    if (p.HasField("img_size") and p.img_size == 0) or (p.HasField("step") and p.step <= 0):
+        raise ValueError("prior_box_param img_size and step must be positive")
     return "PriorBox", {
         "min_sizes": list(p.min_size), "max_sizes": list(p.max_size),
         "aspect_ratios": list(p.aspect_ratio), "flip": p.flip, "clip": p.clip,
@@ -340,15 +346,18 @@ def _interp(layer):
     if len(layer.bottom) != 1:
         raise ValueError("Interp with a second bottom (size taken from it) is not supported")
     shrink, zoom = p.HasField("shrink_factor"), p.HasField("zoom_factor")
-    if not (shrink or zoom) and not (p.HasField("height") and p.HasField("width")):
+    sized = p.HasField("height") and p.HasField("width")
+    if not (shrink or zoom or sized):
         raise ValueError("interp_param needs shrink_factor, zoom_factor, or height and width")
+    # interp_layer.cpp's order: one factor alone, else height + width, else both factors.
+    factors = shrink != zoom or not sized
     if (shrink and p.shrink_factor < 1) or (zoom and p.zoom_factor < 1):
         raise ValueError("interp_param shrink_factor and zoom_factor must be >= 1")
     return "Resize", {"mode": "linear", "coordinate_transformation_mode": "align_corners",
                       "interp": {"shrink": p.shrink_factor if shrink else 1,
                                  "zoom": p.zoom_factor if zoom else 1,
                                  "height": p.height, "width": p.width,
-                                 "factors": shrink or zoom}}
+                                 "factors": factors}}
 
 
 def _upsample(layer):
