@@ -13,7 +13,8 @@ def input_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(p) for p in parts)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--input-size wants HxW, e.g. 300x400, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--input-size wants HxW, e.g. 300x400, not {text!r}") from None
     if height < 1 or width < 1:
         raise argparse.ArgumentTypeError(f"--input-size {text!r}: sizes must be positive")
     return height, width

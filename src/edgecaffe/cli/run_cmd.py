@@ -66,8 +66,9 @@ def _load(args: argparse.Namespace):
         if not folder.caffemodel.exists():
             raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
                              f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
+        image_hw = _image_size(args) if folder.use_scales else None
         net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
-                         **{**folder.load_options(), **options})
+                         **{**folder.load_options(image_hw), **options})
         net.meta.update(folder.preprocess(), labels=folder.labels())
     else:
         model = get_zoo_model(args.model[0])
@@ -76,6 +77,16 @@ def _load(args: argparse.Namespace):
         net = load_caffe(prototxt, caffemodel, name=model.name, **options)
         net.meta.update(model.meta)
     return net, (time.perf_counter() - started) * 1e3
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """H, W of the input image (None for a .npy input, whose shape is already the net's)."""
+    from edgecaffe.model.preprocess import load_image, sample_image
+
+    if args.input and Path(args.input).suffix == ".npy":
+        return None
+    image = load_image(args.input) if args.input else sample_image()
+    return image.shape[0], image.shape[1]
 
 
 def _input(args: argparse.Namespace, net):

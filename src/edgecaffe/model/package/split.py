@@ -132,11 +132,19 @@ def split(
     batch: int = 1,
     synthetic: bool = False,
     progress: Progress | None = None,
+    stages: Sequence[str] | None = None,
+    level: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> ModelPackage:
     """Make a package from `source`: [zoo name], [original folder] or [prototxt, caffemodel].
 
     `synthetic` fills the weights from `seed` instead of reading a caffemodel (for networks
-    whose trained weights are not at hand); zoo networks always are synthetic.
+    whose trained weights are not at hand); zoo networks always are synthetic. `stages` and
+    `level` choose Caffe's net state, `input_shape` reshapes the input (all dims, or H and W)
+    before shapes, bytes and FLOPs are inferred. `image_size` (H, W) is the image an original
+    folder with `use-scales: true` will run on: its input becomes the image enlarged 5x, as the
+    original does (see `OriginalNetwork.scaled_input_size`).
     """
     from edgecaffe.model.zoo import ZOO, get_zoo_model, zoo_files
 
@@ -149,6 +157,8 @@ def split(
         name, meta = folder.name, {**folder.preprocess(), "labels": folder.labels()}
         original, original_layers = folder.top_level(), folder.layers
         kind = "original-edgecaffe"
+        if input_shape is None and image_size is not None:
+            input_shape = folder.load_options(image_size).get("input_shape")
     elif len(paths) == 1 and (paths[0].suffix == ".prototxt" and synthetic):
         prototxt, caffemodel, name, kind = paths[0], None, None, "caffe"
     elif len(paths) == 1 and str(source[0]).lower() in {n.lower() for n in ZOO}:
@@ -166,11 +176,16 @@ def split(
             f"cannot split {' '.join(map(str, source))}: give a zoo name, a folder with "
             "description.yaml, or a prototxt and its caffemodel"
         )
-    network = load_caffe(prototxt, name=name)
+    network = load_caffe(prototxt, name=name, stages=stages, level=level,
+                         input_shape=input_shape)
     network.meta.update(meta)
     if original_layers:
         _keep_unmatched(original, original_layers, network, prototxt)
     record: dict[str, Any] = {"kind": kind, "prototxt": str(prototxt)}
+    if stages or level:
+        record.update(stages=list(stages or []), level=int(level or 0))
+    if input_shape is not None:
+        record["input_shape"] = list(network.input_shape)
     if kind == "zoo" or synthetic:
         record.update(seed=seed, synthetic=True)
     if synthetic or caffemodel is None:
