@@ -12,9 +12,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
+import numpy as np
+
 from edgecaffe.model.caffe.caffemodel import CaffeModelReader
+from edgecaffe.model.caffe.fields import audit_fields
 from edgecaffe.model.caffe.layers import blobs_to_weights, convert, upgrade_v1
 from edgecaffe.model.caffe.prototxt import CaffeError, read_prototxt
 from edgecaffe.model.errors import ModelError
@@ -144,6 +148,9 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
     state = NetState.of(net, stages, level)
     everything = _all_layers(net, source)
     messages = [m for m in everything if state.includes(m, source)]
+    kept = {m.name for m in messages}
+    audit_fields(net, [m for m in (net.layers or messages) if m.name in kept], source)
+    owners: dict[str, tuple[str, int]] = {}  # shared param name -> (layer, blob index)
     dropped = {top: m.name for m in everything if m not in messages for top in m.top}
     declared = dict(_legacy_inputs(net, source))
     for message in messages:
@@ -186,6 +193,9 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
                 input_names.add(top)
             continue
         op, attrs = convert(message, source)
+        shared = _shared_params(message, owners)
+        if shared:
+            attrs["shared_params"] = shared
         bottoms = [resolve(blob, message.name) for blob in message.bottom]
         tops = []
         for top in message.top:
@@ -197,6 +207,21 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
             current[top] = tops[-1]
         layers.append(Layer(message.name, op, bottoms, tops, attrs))
     return layers
+
+
+def _shared_params(message, owners: dict[str, tuple[str, int]]) -> list[list]:
+    """[[blob index, owner layer, owner blob index, strict], ...] for the blobs this layer
+    shares through `param { name: ... }` with an earlier layer (Caffe's Net::AppendParam);
+    records the blobs it owns in `owners`."""
+    shared = []
+    for index, spec in enumerate(message.param):
+        if not spec.name:
+            continue
+        if spec.name in owners:
+            shared.append([index, *owners[spec.name], spec.share_mode == 0])
+        else:
+            owners[spec.name] = (message.name, index)
+    return shared
 
 
 def _input_layer_shapes(message, source: str) -> dict[str, list[int]]:
@@ -243,21 +268,87 @@ def load_caffe(
         network = Network(name or net_param.name or prototxt.stem, layers)
     except ModelError as error:
         raise CaffeError(f"{prototxt}: {error}") from None
+    check_shared_params(network, str(prototxt))
     if caffemodel is not None:
         load_caffe_weights(network, caffemodel)
     return network
+
+
+def check_shared_params(network: Network, source: str) -> None:
+    """Caffe's Net::AppendParam checks: blobs shared by name must have the same shape
+    (share_mode STRICT, the default) or the same number of values (PERMISSIVE)."""
+    for layer in network.layers:
+        for index, owner_name, owner_index, strict in layer.attrs.get("shared_params") or []:
+            owner = network.layer_by_name[owner_name]
+            if index >= len(layer.params) or owner_index >= len(owner.params):
+                raise CaffeError(f"{source}: layer {layer.name!r}: param {index} shares a blob "
+                                 f"with layer {owner_name!r}, but one of them has no such blob")
+            mine = list(layer.params.values())[index]
+            theirs = list(owner.params.values())[owner_index]
+            if (mine != theirs) if strict else (prod(mine) != prod(theirs)):
+                raise CaffeError(
+                    f"{source}: layer {layer.name!r}: param {index} (shape {mine}) shares a blob "
+                    f"with layer {owner_name!r} (shape {theirs}); share_mode "
+                    f"{'STRICT needs the same shape' if strict else 'PERMISSIVE the same count'}")
 
 
 def load_caffe_weights(network: Network, caffemodel: str | Path) -> None:
     """Fill `network.weights` from a caffemodel, checking every blob against the prototxt."""
     with CaffeModelReader(caffemodel) as model:
         for layer in network.layers:
-            if not layer.params:
-                continue
-            if layer.name not in model.layers:
+            if layer.params:
+                network.weights[layer.name] = read_layer_weights(model, network, layer)
+
+
+def read_layer_weights(model: CaffeModelReader, network: Network, layer: Layer
+                       ) -> dict[str, np.ndarray]:
+    """One layer's named weights from a caffemodel, matched by layer name as Caffe does.
+
+    Blobs shared through `param { name: ... }` (Caffe's Net::AppendParam) are one blob in
+    Caffe, and CopyTrainedLayersFrom writes into it once per sharing layer the caffemodel holds:
+    the last of those in file order wins, for every layer sharing it. Raises CaffeError naming
+    the file and layer when weights are missing or do not fit.
+    """
+    source = str(model.path)
+    names = list(layer.params)
+    own = (blobs_to_weights(layer, model.read_blobs(layer.name), source)
+           if layer.name in model.layers else None)
+    groups = _share_groups(network)
+    weights = {}
+    for index, name in enumerate(names):
+        group = groups.get((layer.name, index))
+        if group is None:
+            if own is None:
                 raise CaffeError(
-                    f"{caffemodel}: has no weights for layer {layer.name!r} ({layer.op}) of the "
-                    f"prototxt; its layers are: {', '.join(list(model.layers)[:40])}"
-                )
-            blobs = model.read_blobs(layer.name)
-            network.weights[layer.name] = blobs_to_weights(layer, blobs, str(caffemodel))
+                    f"{source}: has no weights for layer {layer.name!r} ({layer.op}) of the "
+                    f"prototxt; its layers are: {', '.join(list(model.layers)[:40])}")
+            weights[name] = own[name]
+            continue
+        order = {layer_name: position for position, layer_name in enumerate(model.layers)}
+        present = [member for member in group if member[0] in order]
+        if not present:
+            raise CaffeError(f"{source}: has no weights for layer {layer.name!r} nor for any "
+                             f"layer sharing its param {index}: {[m[0] for m in group]}")
+        holder_name, holder_index = max(present, key=lambda member: order[member[0]])
+        holder = network.layer_by_name[holder_name]
+        array = blobs_to_weights(holder, model.read_blobs(holder_name), source)[
+            list(holder.params)[holder_index]]
+        shape = layer.params[name]
+        if array.size != prod(shape):
+            raise CaffeError(
+                f"{source}: layer {layer.name!r} shares param {index} with layer "
+                f"{holder_name!r}, whose blob has shape {tuple(array.shape)}; this layer "
+                f"needs {shape}")
+        weights[name] = array.reshape(shape)
+    return weights
+
+
+def _share_groups(network: Network) -> dict[tuple[str, int], list[tuple[str, int]]]:
+    """(layer, blob index) -> every (layer, blob index) sharing that blob, owner first."""
+    groups: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for layer in network.layers:
+        for index, owner, owner_index, _strict in layer.attrs.get("shared_params") or []:
+            group = groups.setdefault((owner, owner_index), [(owner, owner_index)])
+            group.append((layer.name, index))
+            groups[(layer.name, index)] = group
+    return groups

@@ -53,6 +53,8 @@ def upgrade_v1(v1, source: str = "<prototxt>") -> Any:
     layer.top.extend(v1.top)
     layer.include.extend(v1.include)
     layer.exclude.extend(v1.exclude)
+    for name in v1.param:  # Caffe's UpgradeV1LayerParameter: V1 param names -> ParamSpec
+        layer.param.add(name=name)
     for field, value in v1.ListFields():
         if field.name.endswith("_param"):
             getattr(layer, field.name).CopyFrom(value)
@@ -146,6 +148,19 @@ def _inner_product(layer):
                      "transpose": p.transpose}
 
 
+def _dropout(layer):
+    """BVLC Caffe: the identity at TEST. Faster R-CNN's fork (dropout_layer.cpp) adds
+    scale_train: false, which leaves training unscaled and scales by 1 - ratio at TEST: a Power
+    layer with that scale (not a view of its input, unlike the identity)."""
+    p = layer.dropout_param
+    if not 0.0 <= p.dropout_ratio < 1.0:
+        raise ValueError(f"dropout_ratio {p.dropout_ratio} must be in [0, 1)")
+    if not p.scale_train:
+        keep = float(np.float32(1.0) / np.float32(1.0 / (1.0 - np.float32(p.dropout_ratio))))
+        return "Power", {"power": 1.0, "scale": keep, "shift": 0.0}
+    return "Dropout", {"ratio": p.dropout_ratio}
+
+
 def _batch_norm(layer):
     """Caffe's batch_norm_layer.cpp: in the TEST phase the stored statistics are used unless
     use_global_stats is given as false; then each forward pass normalizes with the batch's own
@@ -196,7 +211,7 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
     "InnerProduct": _inner_product,
     "ReLU": lambda l: ("ReLU", {"negative_slope": l.relu_param.negative_slope}),
     "PReLU": lambda l: ("PReLU", {"channel_shared": l.prelu_param.channel_shared}),
-    "Dropout": lambda l: ("Dropout", {"ratio": l.dropout_param.dropout_ratio}),
+    "Dropout": _dropout,
     "Softmax": lambda l: ("Softmax", {"axis": l.softmax_param.axis}),
     "BatchNorm": _batch_norm,
     "Scale": _scale,

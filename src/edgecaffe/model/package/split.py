@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecaffe.model.caffe import CaffeModelReader, load_caffe
-from edgecaffe.model.caffe.layers import blobs_to_weights
+from edgecaffe.model.caffe.importer import read_layer_weights
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.model.package.manifest import (
     FORMAT,
@@ -100,11 +100,9 @@ def write_package(
     return open_package(directory)
 
 
-def _caffe_weights(reader: CaffeModelReader, caffemodel: Path) -> WeightSource:
+def _caffe_weights(reader: CaffeModelReader, network: Network) -> WeightSource:
     def weights_for(layer: Layer) -> dict[str, np.ndarray]:
-        if layer.name not in reader.layers:
-            raise PackageError(f"{caffemodel}: has no weights for layer {layer.name!r}")
-        return blobs_to_weights(layer, reader.read_blobs(layer.name), str(caffemodel))
+        return read_layer_weights(reader, network, layer)
 
     return weights_for
 
@@ -200,6 +198,6 @@ def split(
         )
     record["caffemodel"] = str(caffemodel)
     with CaffeModelReader(caffemodel) as reader:
-        return write_package(network, _caffe_weights(reader, caffemodel), directory,
+        return write_package(network, _caffe_weights(reader, network), directory,
                              source=record, original=original, original_layers=original_layers,
                              progress=progress)
