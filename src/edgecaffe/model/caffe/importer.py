@@ -102,7 +102,9 @@ def _legacy_inputs(net, source: str) -> list[tuple[str, list[int]]]:
                 f"got {len(dims)}"
             )
         shapes = [dims[4 * i : 4 * i + 4] for i in range(len(names))]
-    return list(zip(names, shapes, strict=True))
+    field = "input_shape" if net.input_shape else "input_dim"
+    return [(name, _checked_dims(shape, source, "input", field))
+            for name, shape in zip(names, shapes, strict=True)]
 
 
 InputShape = Mapping[str, Sequence[int]] | Sequence[int]
@@ -192,6 +194,7 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
                 current[top] = top
                 input_names.add(top)
             continue
+        _check_blob_lists(message, source)
         op, attrs = convert(message, source)
         shared = _shared_params(message, owners)
         if shared:
@@ -209,6 +212,15 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
     return layers
 
 
+def _check_blob_lists(message, source: str) -> None:
+    """Every computing layer reads at least one blob and writes at least one (Caffe's
+    Layer::CheckBlobCounts for the layers we run)."""
+    for field in ("bottom", "top"):
+        if not getattr(message, field):
+            raise CaffeError(f"{source}: layer {message.name!r} ({message.type}) has no {field} "
+                             f"blob: field {field} is required")
+
+
 def _shared_params(message, owners: dict[str, tuple[str, int]]) -> list[list]:
     """[[blob index, owner layer, owner blob index, strict], ...] for the blobs this layer
     shares through `param { name: ... }` with an earlier layer (Caffe's Net::AppendParam);
@@ -224,16 +236,26 @@ def _shared_params(message, owners: dict[str, tuple[str, int]]) -> list[list]:
     return shared
 
 
+def _checked_dims(dims, source: str, layer: str, field: str) -> list[int]:
+    dims = [int(d) for d in dims]
+    if not dims or any(d < 1 for d in dims):
+        raise CaffeError(f"{source}: layer {layer!r}: field {field} is {dims}: an input shape "
+                         "needs one or more dims, each at least 1")
+    return dims
+
+
 def _input_layer_shapes(message, source: str) -> dict[str, list[int]]:
     """Top -> shape of an Input or MemoryData layer (empty for other layers)."""
     if message.type == "MemoryData":  # pycaffe's in-memory input: data (+ an unused label)
         p = message.memory_data_param
         if not message.top:
             raise CaffeError(f"{source}: layer {message.name!r} (MemoryData) has no top")
-        return {message.top[0]: [p.batch_size, p.channels, p.height, p.width]}
+        return {message.top[0]: _checked_dims([p.batch_size, p.channels, p.height, p.width],
+                                              source, message.name, "memory_data_param")}
     if message.type != "Input":
         return {}
-    shapes = [list(s.dim) for s in message.input_param.shape]
+    shapes = [_checked_dims(s.dim, source, message.name, "input_param.shape.dim")
+              for s in message.input_param.shape]
     if len(shapes) not in (1, len(message.top)) or not message.top:
         raise CaffeError(f"{source}: input layer {message.name!r} has {len(message.top)} "
                          f"top(s) but {len(shapes)} shape(s)")

@@ -201,6 +201,9 @@ def _slice(layer):
 
 def _reshape(layer):
     p = layer.reshape_param
+    if any(d < -1 for d in p.shape.dim):
+        raise ValueError(f"reshape_param.shape.dim {list(p.shape.dim)}: each dim is -1 (infer), "
+                         "0 (copy) or positive")
     return "Reshape", {"shape": list(p.shape.dim), "axis": p.axis, "num_axes": p.num_axes}
 
 
