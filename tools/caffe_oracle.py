@@ -159,6 +159,25 @@ def _chroot(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def run_case(case: Case, root: Path) -> Path:
     """Run one case in pycaffe and write its fixture; returns the fixture's path."""
+    inputs, blobs, meta = run_pycaffe(case, root)
+    names = meta["inputs"]
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    target = FIXTURES / f"{case.name}.npz"
+    np.savez_compressed(target, meta=json.dumps(meta),
+                        **{f"i{i}": inputs[n] for i, n in enumerate(names)},
+                        **{f"b{i}": blobs[n] for i, n in enumerate(meta["blobs"])})
+    return target
+
+
+def chroot_ready(root: Path = DEFAULT_ROOT) -> bool:
+    """True when `root` is a chroot with pycaffe and we may enter it (root)."""
+    return os.geteuid() == 0 and (root / "usr/lib/python3/dist-packages/caffe").exists()
+
+
+def run_pycaffe(case: Case, root: Path
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Run one case in pycaffe: (inputs, blob name -> array, meta). Raises RuntimeError when
+    pycaffe fails or a parameter layer got no weights there."""
     work = root / "cases" / case.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -184,13 +203,9 @@ def run_case(case: Case, root: Path) -> Path:
             "inputs": names, "blobs": result["blobs"], "shapes": result["shapes"],
             "param_layers": result["param_layers"], "layers": result["layers"]}
     with np.load(work / "outputs.npz") as outputs:
-        blobs = {key: outputs[key] for key in outputs.files}
-    FIXTURES.mkdir(parents=True, exist_ok=True)
-    target = FIXTURES / f"{case.name}.npz"
-    np.savez_compressed(target, meta=json.dumps(meta),
-                        **{f"i{i}": inputs[n] for i, n in enumerate(names)}, **blobs)
+        blobs = {name: outputs[f"b{i}"] for i, name in enumerate(result["blobs"])}
     shutil.rmtree(work)
-    return target
+    return inputs, blobs, meta
 
 
 def compare_opencv(name: str) -> list[str]:
