@@ -46,6 +46,11 @@ def test_matches_pycaffe(name, tmp_path):
     assert sorted(with_weights) == sorted(meta["param_layers"]), (
         f"{name}: parameter layers here {with_weights}, in Caffe {meta['param_layers']}")
     network = oracle.build_network(case, model if with_weights else None)
+    # The same layers survive the net state's include/exclude rules (and Caffe's upgrades).
+    # (A multi-top Input layer is one IR layer per top here, named "<layer>/<top>".)
+    ours = [layer.name.split("/")[0] if layer.op == "Input" else layer.name
+            for layer in network.layers]
+    assert list(dict.fromkeys(ours)) == meta["layers"]
     # Every blob Caffe has (but the copies of its inserted Split layers) exists here, same shape.
     for blob, shape in meta["shapes"].items():
         assert blob in network.blob_shapes, f"{name}: Caffe blob {blob!r} missing"

@@ -99,8 +99,10 @@ def build_network(case: Case, caffemodel: Path | None = None):
     return load_caffe(case.prototxt, caffemodel, **case.load_kwargs())
 
 
-def write_weights(case: Case, path: Path) -> list[str]:
-    """Write the case's seeded synthetic weights as a caffemodel; returns the parameter layers."""
+def write_weights(case: Case, path: Path, scalar_as_1d: bool = False) -> list[str]:
+    """Write the case's seeded synthetic weights as a caffemodel; returns the parameter layers.
+
+    `scalar_as_1d` writes 0-d blobs as 1-d (for OpenCV, which cannot read 0-d blobs)."""
     from edgecaffe.model.caffe import LayerBlobs, write_caffemodel
     from edgecaffe.model.caffe.layers import weights_to_blobs
     from edgecaffe.model.synth import synthesize_weights
@@ -113,6 +115,8 @@ def write_weights(case: Case, path: Path) -> list[str]:
         blobs = weights_to_blobs(layer, synthesize_weights(layer, case.seed))
         for index, value in case.blob_values.get(layer.name, {}).items():
             blobs[int(index)] = np.full_like(blobs[int(index)], value)
+        if scalar_as_1d:
+            blobs = [blob.reshape(1) if blob.ndim == 0 else blob for blob in blobs]
         layers.append(LayerBlobs(layer.name, _caffe_type(case, layer.name), blobs))
     write_caffemodel(path, network.name, layers)
     return [layer.name for layer in layers]
@@ -155,6 +159,25 @@ def _chroot(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def run_case(case: Case, root: Path) -> Path:
     """Run one case in pycaffe and write its fixture; returns the fixture's path."""
+    inputs, blobs, meta = run_pycaffe(case, root)
+    names = meta["inputs"]
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    target = FIXTURES / f"{case.name}.npz"
+    np.savez_compressed(target, meta=json.dumps(meta),
+                        **{f"i{i}": inputs[n] for i, n in enumerate(names)},
+                        **{f"b{i}": blobs[n] for i, n in enumerate(meta["blobs"])})
+    return target
+
+
+def chroot_ready(root: Path = DEFAULT_ROOT) -> bool:
+    """True when `root` is a chroot with pycaffe and we may enter it (root)."""
+    return os.geteuid() == 0 and (root / "usr/lib/python3/dist-packages/caffe").exists()
+
+
+def run_pycaffe(case: Case, root: Path
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict]:
+    """Run one case in pycaffe: (inputs, blob name -> array, meta). Raises RuntimeError when
+    pycaffe fails or a parameter layer got no weights there."""
     work = root / "cases" / case.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -178,15 +201,83 @@ def run_case(case: Case, root: Path) -> Path:
                            f"{result['zero_param_layers'] + missing}")
     meta = {"case": case.name, "seed": case.seed, "caffe_version": result["caffe_version"],
             "inputs": names, "blobs": result["blobs"], "shapes": result["shapes"],
-            "param_layers": result["param_layers"]}
+            "param_layers": result["param_layers"], "layers": result["layers"]}
     with np.load(work / "outputs.npz") as outputs:
-        blobs = {key: outputs[key] for key in outputs.files}
-    FIXTURES.mkdir(parents=True, exist_ok=True)
-    target = FIXTURES / f"{case.name}.npz"
-    np.savez_compressed(target, meta=json.dumps(meta),
-                        **{f"i{i}": inputs[n] for i, n in enumerate(names)}, **blobs)
+        blobs = {name: outputs[f"b{i}"] for i, name in enumerate(result["blobs"])}
     shutil.rmtree(work)
-    return target
+    return inputs, blobs, meta
+
+
+def compare_opencv(name: str) -> list[str]:
+    """How OpenCV DNN's Caffe importer differs from the committed pycaffe fixture of `name`.
+
+    Each saved blob is computed by OpenCV from a prototxt pruned to the layers it depends on (so
+    one layer OpenCV refuses does not hide the others), with weights 1-d where Caffe's are 0-d
+    (OpenCV cannot read 0-d blobs). Returns one line per blob OpenCV cannot produce or gets
+    wrong (max abs error over 1e-4 of the blob's scale); empty when OpenCV agrees everywhere.
+    """
+    import tempfile
+
+    import cv2
+    from google.protobuf import text_format
+
+    from edgecaffe.model.caffe import read_prototxt
+    from edgecaffe.model.caffe.importer import caffe_layers
+
+    case = load_case(name)
+    inputs, expected, _ = load_fixture(name)
+    network = build_network(case)
+    net_param = read_prototxt(case.prototxt)
+    messages = caffe_layers(net_param, **{k: v for k, v in case.load_kwargs().items()
+                                          if k in ("stages", "level")})
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "w.caffemodel"
+        has_weights = write_weights(case, model, scalar_as_1d=True)
+        for blob, reference in expected.items():
+            if blob in inputs:
+                continue
+            needed = {layer.name for layer in network.needed_layers([blob])}
+            producer = next(layer for layer in network.layers if blob in layer.outputs)
+            pruned = type(net_param)()
+            pruned.CopyFrom(net_param)
+            del pruned.layer[:]
+            del pruned.layers[:]
+            pruned.layer.extend(m for m in messages if m.name in needed or m.type == "Input")
+            text = Path(tmp) / "net.prototxt"
+            text.write_text(text_format.MessageToString(pruned))
+            try:
+                net = (cv2.dnn.readNetFromCaffe(str(text), str(model)) if has_weights
+                       else cv2.dnn.readNetFromCaffe(str(text)))
+                net.enableFusion(False)
+                for input_name, array in inputs.items():
+                    net.setInput(array, input_name)
+                outputs = net.forwardAndRetrieve([producer.name])[0]
+                got = np.asarray(outputs[producer.outputs.index(blob)])
+            except cv2.error as error:
+                lines.append(f"{blob}: OpenCV fails: {_last_line(error)}")
+                continue
+            lines.extend(_difference(blob, got, reference))
+    return lines
+
+
+def _last_line(error: Exception) -> str:
+    text = [line for line in str(error).strip().splitlines() if "error:" in line] or [str(error)]
+    return text[-1].split("error:")[-1].strip()[:150]
+
+
+def _difference(blob: str, got: np.ndarray, reference: np.ndarray) -> list[str]:
+    if got.shape != reference.shape:
+        return [f"{blob}: shape {tuple(got.shape)}, Caffe {reference.shape}"]
+    plain = np.isfinite(reference) & (np.abs(reference) < 3e38)
+    scale = max(float(np.max(np.abs(reference[plain]), initial=0.0)), 1e-6)
+    error = float(np.max(np.abs(got[plain] - reference[plain]), initial=0.0))
+    special = ~(np.isnan(got[~plain]) & np.isnan(reference[~plain]))
+    differ = int(np.sum((got[~plain] != reference[~plain]) & special))
+    if error <= 1e-4 * scale and not differ:
+        return []
+    return [f"{blob}: max error {error:.3g} ({error / scale:.1%} of scale {scale:.3g}); "
+            f"{differ} of Caffe's NaN/-FLT_MAX values differ"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,9 +286,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"the bullseye chroot with python3-caffe (default {DEFAULT_ROOT})")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--opencv", action="store_true",
+                        help="compare OpenCV DNN with the committed fixtures (no chroot needed)")
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(case_names()))
+        return 0
+    if args.opencv:
+        for name in args.cases or case_names():
+            lines = compare_opencv(name)
+            print(f"{name}: " + ("agrees with Caffe" if not lines else "\n  ".join(["", *lines])))
         return 0
     if not (args.root / "usr/lib/python3/dist-packages/caffe").exists():
         parser.error(f"{args.root} is not a chroot with python3-caffe (see docs/oracles.md)")

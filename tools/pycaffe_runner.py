@@ -53,7 +53,8 @@ def main(folder):
         "shapes": {b: list(net.blobs[b].data.shape) for b in net.blobs if b not in inserted},
         "param_layers": list(net.params),
         "zero_param_layers": zero,
-        "layers": [str(n) for n in net._layer_names],
+        "layers": [str(n) for n, layer in zip(net._layer_names, net.layers)  # noqa: B905 (3.9)
+                   if layer.type != "Split"],
     }
     with open(os.path.join(folder, "result.json"), "w") as handle:
         json.dump(result, handle)

@@ -8,6 +8,8 @@ import statistics
 import time
 from pathlib import Path
 
+from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -38,6 +40,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--batch", type=int, default=1, help="zoo input batch (default 1)")
     parser.add_argument("--whole", action="store_true",
                         help="for a package: load every layer first instead of layer by layer")
+    add_caffe_flags(parser)
     parser.set_defaults(handler=run)
 
 
@@ -49,12 +52,16 @@ def _load(args: argparse.Namespace):
     from edgecaffe.model.zoo import get_zoo_model, zoo_files
 
     started = time.perf_counter()
+    options = caffe_kwargs(args)
     if len(args.model) == 2:
-        net = load_caffe(*args.model)
+        net = load_caffe(*args.model, **options)
     elif len(args.model) != 1:
         raise ValueError("give a zoo name, a package folder, an original network folder, or a "
                          "prototxt and a caffemodel")
     elif (Path(args.model[0]) / "manifest.yaml").exists():
+        if options:
+            raise ValueError("--stage, --level and --input-size apply to Caffe files; a package "
+                             "has its shapes fixed: split it again with them")
         net = open_package(args.model[0])
         if args.whole:
             net = net.load_all()
@@ -63,15 +70,27 @@ def _load(args: argparse.Namespace):
         if not folder.caffemodel.exists():
             raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
                              f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
-        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name)
+        image_hw = _image_size(args) if folder.use_scales else None
+        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
+                         **{**folder.load_options(image_hw), **options})
         net.meta.update(folder.preprocess(), labels=folder.labels())
     else:
         model = get_zoo_model(args.model[0])
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
         started = time.perf_counter()
-        net = load_caffe(prototxt, caffemodel, name=model.name)
+        net = load_caffe(prototxt, caffemodel, name=model.name, **options)
         net.meta.update(model.meta)
     return net, (time.perf_counter() - started) * 1e3
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """H, W of the input image (None for a .npy input, whose shape is already the net's)."""
+    from edgecaffe.model.preprocess import load_image, sample_image
+
+    if args.input and Path(args.input).suffix == ".npy":
+        return None
+    image = load_image(args.input) if args.input else sample_image()
+    return image.shape[0], image.shape[1]
 
 
 def _input(args: argparse.Namespace, net):

@@ -96,7 +96,8 @@ class Network:
                 layer.params = {key: tuple(shape) for key, shape in params.items()}
                 out_shapes = op.output_shapes(in_shapes, layer.attrs)
                 layer.flops = int(op.flops(in_shapes, out_shapes, layer.attrs))
-            except (OpError, KeyError, ZeroDivisionError) as error:
+            except (OpError, KeyError, ZeroDivisionError, IndexError, TypeError, ValueError,
+                    OverflowError) as error:  # attrs from a file: any of these is bad input
                 detail = f"missing hyperparameter {error}" if isinstance(error, KeyError) else error
                 raise NetworkError(
                     f"layer {layer.name!r} ({layer.op}) with input shapes {in_shapes}: {detail}"

@@ -53,6 +53,8 @@ def upgrade_v1(v1, source: str = "<prototxt>") -> Any:
     layer.top.extend(v1.top)
     layer.include.extend(v1.include)
     layer.exclude.extend(v1.exclude)
+    for name in v1.param:  # Caffe's UpgradeV1LayerParameter: V1 param names -> ParamSpec
+        layer.param.add(name=name)
     for field, value in v1.ListFields():
         if field.name.endswith("_param"):
             getattr(layer, field.name).CopyFrom(value)
@@ -76,8 +78,15 @@ def _conv(layer) -> tuple[str, dict]:
         raise ValueError(f"convolution axis {p.axis}: only axis 1 (NCHW) is supported")
     if not p.HasField("num_output") or p.num_output == 0:
         raise ValueError("convolution_param.num_output is missing")
-    if p.HasField("kernel_h") != p.HasField("kernel_w"):
-        raise ValueError("kernel_h and kernel_w must be given together")
+    # base_conv_layer.cpp LayerSetUp: kernel/stride/pad as h + w or as the repeated field.
+    for single, h, w in (("kernel_size", "kernel_h", "kernel_w"), ("stride", "stride_h",
+                                                                    "stride_w")):
+        if p.HasField(h) != p.HasField(w):
+            raise ValueError(f"{h} and {w} must be given together (Caffe refuses one alone)")
+        if p.HasField(h) and len(getattr(p, single)):
+            raise ValueError(f"give {single} or {h} and {w}, not both (Caffe refuses both)")
+    if (p.HasField("pad_h") or p.HasField("pad_w")) and len(p.pad):
+        raise ValueError("give pad or pad_h and pad_w, not both (Caffe refuses both)")
     if not p.kernel_size and not p.HasField("kernel_h"):
         raise ValueError("convolution_param needs kernel_size or kernel_h and kernel_w")
     two = lambda h, w: (getattr(p, h), getattr(p, w)) if p.HasField(h) or p.HasField(w) else None  # noqa: E731
@@ -146,6 +155,27 @@ def _inner_product(layer):
                      "transpose": p.transpose}
 
 
+def _exp(layer):
+    """Caffe's exp_layer.cpp: base -1 means e; any other base must be positive."""
+    p = layer.exp_param
+    if p.base != -1 and not p.base > 0:
+        raise ValueError(f"exp_param.base {p.base} must be positive (or -1 for e)")
+    return "Exp", {"base": p.base, "scale": p.scale, "shift": p.shift}
+
+
+def _dropout(layer):
+    """BVLC Caffe: the identity at TEST. Faster R-CNN's fork (dropout_layer.cpp) adds
+    scale_train: false, which leaves training unscaled and scales by 1 - ratio at TEST: a Power
+    layer with that scale (not a view of its input, unlike the identity)."""
+    p = layer.dropout_param
+    if not 0.0 <= p.dropout_ratio < 1.0:
+        raise ValueError(f"dropout_ratio {p.dropout_ratio} must be in [0, 1)")
+    if not p.scale_train:
+        keep = float(np.float32(1.0) / np.float32(1.0 / (1.0 - np.float32(p.dropout_ratio))))
+        return "Power", {"power": 1.0, "scale": keep, "shift": 0.0}
+    return "Dropout", {"ratio": p.dropout_ratio}
+
+
 def _batch_norm(layer):
     """Caffe's batch_norm_layer.cpp: in the TEST phase the stored statistics are used unless
     use_global_stats is given as false; then each forward pass normalizes with the batch's own
@@ -168,6 +198,9 @@ def _bias(layer):
 
 def _concat(layer):
     p = layer.concat_param
+    if p.HasField("axis") and p.HasField("concat_dim"):
+        raise ValueError("give concat_param.axis or the legacy concat_dim, not both (Caffe "
+                         "refuses both)")
     axis = p.concat_dim if p.HasField("concat_dim") and not p.HasField("axis") else p.axis
     return "Concat", {"axis": axis}
 
@@ -180,12 +213,18 @@ def _eltwise(layer):
 
 def _slice(layer):
     p = layer.slice_param
+    if p.HasField("axis") and p.HasField("slice_dim"):
+        raise ValueError("give slice_param.axis or the legacy slice_dim, not both (Caffe "
+                         "refuses both)")
     axis = p.slice_dim if p.HasField("slice_dim") and not p.HasField("axis") else p.axis
     return "Slice", {"axis": axis, "points": list(p.slice_point), "num_outputs": len(layer.top)}
 
 
 def _reshape(layer):
     p = layer.reshape_param
+    if any(d < -1 for d in p.shape.dim):
+        raise ValueError(f"reshape_param.shape.dim {list(p.shape.dim)}: each dim is -1 (infer), "
+                         "0 (copy) or positive")
     return "Reshape", {"shape": list(p.shape.dim), "axis": p.axis, "num_axes": p.num_axes}
 
 
@@ -196,7 +235,7 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
     "InnerProduct": _inner_product,
     "ReLU": lambda l: ("ReLU", {"negative_slope": l.relu_param.negative_slope}),
     "PReLU": lambda l: ("PReLU", {"channel_shared": l.prelu_param.channel_shared}),
-    "Dropout": lambda l: ("Dropout", {"ratio": l.dropout_param.dropout_ratio}),
+    "Dropout": _dropout,
     "Softmax": lambda l: ("Softmax", {"axis": l.softmax_param.axis}),
     "BatchNorm": _batch_norm,
     "Scale": _scale,
@@ -214,8 +253,7 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
     "ELU": lambda l: ("ELU", {"alpha": l.elu_param.alpha}),
     "Power": lambda l: ("Power", {"power": l.power_param.power, "scale": l.power_param.scale,
                                   "shift": l.power_param.shift}),
-    "Exp": lambda l: ("Exp", {"base": l.exp_param.base, "scale": l.exp_param.scale,
-                              "shift": l.exp_param.shift}),
+    "Exp": _exp,
 }
 
 # -- layer types beyond the core set: Deconvolution, Crop, the SSD family, forks' resizes ------

@@ -1,7 +1,9 @@
 """The subset of Caffe's protobuf schema that EdgeCaffe reads and writes.
 
 The schema is written here in .proto syntax (the messages and fields we need; field numbers and
-enum values are facts of the Caffe file format) and compiled at import into protobuf message
+enum values are facts of the Caffe file format; DropoutParameter.scale_train comes from Faster
+R-CNN's fork, rbgirshick/caffe-fast-rcnn; BlobProto's raw_data fields and the Type enum from
+NVIDIA Caffe, NVIDIA/caffe) and compiled at import into protobuf message
 classes with the `protobuf` runtime, so no generated code and no protoc are needed.
 Fields we do not model are skipped by the text parser with a warning (see `prototxt.py`).
 """
@@ -25,11 +27,17 @@ message BlobProto {
   repeated float diff = 6 [packed = true];
   repeated double double_data = 8 [packed = true];
   repeated double double_diff = 9 [packed = true];
+  optional Type raw_data_type = 10;
+  optional Type raw_diff_type = 11;
+  optional bytes raw_data = 12;
+  optional bytes raw_diff = 13;
   optional int32 num = 1 [default = 0];
   optional int32 channels = 2 [default = 0];
   optional int32 height = 3 [default = 0];
   optional int32 width = 4 [default = 0];
 }
+
+enum Type { DOUBLE = 0; FLOAT = 1; FLOAT16 = 2; INT = 3; UINT = 4; BOOL = 5; }
 
 message NetState {
   optional Phase phase = 1 [default = TEST];
@@ -205,7 +213,10 @@ message ConvolutionParameter {
   optional bool force_nd_im2col = 17 [default = false];
 }
 
-message DropoutParameter { optional float dropout_ratio = 1 [default = 0.5]; }
+message DropoutParameter {
+  optional float dropout_ratio = 1 [default = 0.5];
+  optional bool scale_train = 2 [default = true];
+}
 
 message EltwiseParameter {
   enum EltwiseOp { PROD = 0; SUM = 1; MAX = 2; }
