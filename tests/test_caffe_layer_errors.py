@@ -73,3 +73,24 @@ def test_bad_layer_parameters_are_named(tmp_path, inputs, text, words):
     assert str(path) in message
     name = text.split('name: "')[1].split('"')[0]
     assert repr(name) in message, message
+
+
+def test_fields_without_effect_at_inference_are_named(tmp_path):
+    """The SSD fork's display and file options, and Normalize's filler, cannot change the
+    output; the warning names them and says why."""
+    path = tmp_path / "ssd.prototxt"
+    path.write_text(net(
+        inputs_layer({"data": (1, 4, 6, 6), "loc": (1, 16), "conf": (1, 8),
+                      "prior": (1, 2, 16)}),
+        layer("norm", "Normalize", ["data"], ["norm"],
+              'norm_param { scale_filler { type: "constant" value: 20 } }'),
+        layer("det", "DetectionOutput", ["loc", "conf", "prior"], ["det"],
+              'detection_output_param { num_classes: 2 visualize: true '
+              'visualize_threshold: 0.6 save_file: "out.txt" }')))
+    with pytest.warns(UserWarning) as caught:
+        load_caffe(path)
+    message = " ".join(str(w.message) for w in caught)
+    for words in ("norm_param.scale_filler", "detection_output_param.visualize:",
+                  "detection_output_param.visualize_threshold", "detection_output_param.save_file",
+                  "initializes weights before training"):
+        assert words in message, message

@@ -112,6 +112,40 @@ USED: set[tuple[str, str]] = {
     ("SoftmaxParameter", "axis"),
 }
 
+# -- the layer types of schema.LAYER_TYPES_SCHEMA (Deconvolution, Crop, the SSD family, ...) ----
+IGNORED.update({
+    ("NormalizeParameter", "scale_filler"): _FILLER,
+    ("DetectionOutputParameter", "visualize"): "only draws the detections in a window (the "
+                                               "SSD fork's debugging aid)",
+    ("DetectionOutputParameter", "visualize_threshold"): "only used when visualizing",
+    ("DetectionOutputParameter", "save_file"): "only names a file the SSD fork writes; the "
+                                               "output blob is the same",
+})
+USED.update({
+    ("ArgMaxParameter", "out_max_val"), ("ArgMaxParameter", "top_k"), ("ArgMaxParameter", "axis"),
+    ("ClipParameter", "min"), ("ClipParameter", "max"),
+    ("CropParameter", "axis"), ("CropParameter", "offset"),
+    ("LogParameter", "base"), ("LogParameter", "scale"), ("LogParameter", "shift"),
+    *(("MVNParameter", f) for f in ("normalize_variance", "across_channels", "eps")),
+    *(("ReductionParameter", f) for f in ("operation", "axis", "coeff")),
+    ("SwishParameter", "beta"),
+    ("ThresholdParameter", "threshold"),
+    ("TileParameter", "axis"), ("TileParameter", "tiles"),
+    *(("NormalizeParameter", f) for f in ("across_spatial", "channel_shared", "eps")),
+    ("PermuteParameter", "order"),
+    *(("PriorBoxParameter", f) for f in ("min_size", "max_size", "aspect_ratio", "flip", "clip",
+                                         "variance", "img_size", "img_h", "img_w", "step",
+                                         "step_h", "step_w", "offset")),
+    *(("NonMaximumSuppressionParameter", f) for f in ("nms_threshold", "top_k", "eta")),
+    *(("DetectionOutputParameter", f) for f in ("num_classes", "share_location",
+                                                "background_label_id", "nms_param", "code_type",
+                                                "variance_encoded_in_target", "keep_top_k",
+                                                "confidence_threshold")),
+    # pad_beg/pad_end are read and refused unless 0 (layers.py).
+    *(("InterpParameter", f) for f in ("height", "width", "zoom_factor", "shrink_factor",
+                                       "pad_beg", "pad_end")),
+    ("UpsampleParameter", "scale"),
+})
 
 #: Layer type -> the one `*_param` block it reads, where the name is not the type in snake case.
 PARAM_OF_TYPE = {
