@@ -1,4 +1,5 @@
-"""`edgecaffe run`: one network on one image; prints output shapes, top-5 and timings."""
+"""`edgecaffe run`: one network on one image; prints output shapes, top-5 (or, for a detector's
+DetectionOutput, the boxes and scores) and timings."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+
+from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
 
 
 def add_parser(commands) -> None:
@@ -19,7 +22,7 @@ def add_parser(commands) -> None:
     parser.add_argument("model", nargs="+", metavar="MODEL",
                         help="zoo name, package folder, original network folder, or "
                         "PROTOTXT CAFFEMODEL")
-    parser.add_argument("--input", "-i", default=None,
+    parser.add_argument("--input", "--image", "-i", default=None,
                         help="image file or .npy NCHW array (default: the built-in sample image)")
     parser.add_argument("--mean", default=None,
                         help="per-channel mean in the input's channel order, e.g. 104,117,123")
@@ -28,12 +31,16 @@ def add_parser(commands) -> None:
     parser.add_argument("--outputs", default=None,
                         help="comma-separated blob names to return instead of the outputs")
     parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="detectors (SSD DetectionOutput): show boxes scoring at least this "
+                        "(default 0.5)")
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed passes after the first, warm-up pass (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="zoo weight seed (default 0)")
     parser.add_argument("--batch", type=int, default=1, help="zoo input batch (default 1)")
     parser.add_argument("--whole", action="store_true",
                         help="for a package: load every layer first instead of layer by layer")
+    add_caffe_flags(parser)
     parser.set_defaults(handler=run)
 
 
@@ -45,12 +52,16 @@ def _load(args: argparse.Namespace):
     from edgecaffe.model.zoo import get_zoo_model, zoo_files
 
     started = time.perf_counter()
+    options = caffe_kwargs(args)
     if len(args.model) == 2:
-        net = load_caffe(*args.model)
+        net = load_caffe(*args.model, **options)
     elif len(args.model) != 1:
         raise ValueError("give a zoo name, a package folder, an original network folder, or a "
                          "prototxt and a caffemodel")
     elif (Path(args.model[0]) / "manifest.yaml").exists():
+        if options:
+            raise ValueError("--stage, --level and --input-size apply to Caffe files; a package "
+                             "has its shapes fixed: split it again with them")
         net = open_package(args.model[0])
         if args.whole:
             net = net.load_all()
@@ -59,15 +70,27 @@ def _load(args: argparse.Namespace):
         if not folder.caffemodel.exists():
             raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
                              f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
-        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name)
+        image_hw = _image_size(args) if folder.use_scales else None
+        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
+                         **{**folder.load_options(image_hw), **options})
         net.meta.update(folder.preprocess(), labels=folder.labels())
     else:
         model = get_zoo_model(args.model[0])
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
         started = time.perf_counter()
-        net = load_caffe(prototxt, caffemodel, name=model.name)
+        net = load_caffe(prototxt, caffemodel, name=model.name, **options)
         net.meta.update(model.meta)
     return net, (time.perf_counter() - started) * 1e3
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """H, W of the input image (None for a .npy input, whose shape is already the net's)."""
+    from edgecaffe.model.preprocess import load_image, sample_image
+
+    if args.input and Path(args.input).suffix == ".npy":
+        return None
+    image = load_image(args.input) if args.input else sample_image()
+    return image.shape[0], image.shape[1]
 
 
 def _input(args: argparse.Namespace, net):
@@ -76,7 +99,7 @@ def _input(args: argparse.Namespace, net):
     from edgecaffe.model.preprocess import load_image, preprocess, sample_image
 
     if args.input and Path(args.input).suffix == ".npy":
-        return np.load(args.input), args.input
+        return np.load(args.input), args.input, None
     image = load_image(args.input) if args.input else sample_image()
     mean = net.meta.get("mean", (0.0, 0.0, 0.0))
     if args.mean:
@@ -84,7 +107,7 @@ def _input(args: argparse.Namespace, net):
     scale = args.scale if args.scale is not None else net.meta.get("scale", 1.0)
     order = "RGB" if args.rgb else net.meta.get("channel_order", "BGR")
     x = preprocess(image, net.input_shape, mean=mean, scale=scale, channel_order=order)
-    return x, args.input or "built-in sample image"
+    return x, args.input or "built-in sample image", image.shape[:2]
 
 
 def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
@@ -105,9 +128,33 @@ def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
     return lines
 
 
+def describe_detections(name: str, array, image_size: tuple[int, int] | None,
+                        threshold: float, labels: list[str]) -> list[str]:
+    """Lines for an SSD DetectionOutput blob (1 x 1 x N x 7 rows [image, label, score, xmin,
+    ymin, xmax, ymax], corners relative to the image): the rows scoring >= threshold, with
+    corners in pixels of the original image when its (height, width) is known."""
+    rows = array.reshape(-1, 7)
+    found = rows[(rows[:, 1] >= 0) & (rows[:, 2] >= threshold)]
+    unit = "relative to the image"
+    scale = [1.0, 1.0, 1.0, 1.0]
+    if image_size is not None:
+        height, width = image_size
+        unit = f"pixels of the {width}x{height} image"
+        scale = [width, height, width, height]
+    lines = [f"{name}: {len(found)} detection(s) with score >= {threshold:g} "
+             f"(of {int(sum(rows[:, 1] >= 0))} the net kept); boxes in {unit}"]
+    for image, label, score, *box in found:
+        named = labels[int(label)] if 0 <= int(label) < len(labels) else f"class {int(label)}"
+        corners = ", ".join(f"{v * s:.1f}" if image_size else f"{v:.4f}"
+                            for v, s in zip(box, scale, strict=True))
+        lines.append(f"  image {int(image)}  {named:<12} score {score:.4f}  "
+                     f"box (xmin, ymin, xmax, ymax) = ({corners})")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     net, load_ms = _load(args)
-    x, source = _input(args, net)
+    x, source, image_size = _input(args, net)
     outputs = args.outputs.split(",") if args.outputs else None
     times_ms = []
     for _ in range(1 + max(0, args.repeat)):
@@ -122,6 +169,13 @@ def run(args: argparse.Namespace) -> int:
     steady = times_ms[1:] or times_ms
     print(f"open {load_ms:.1f} ms; forward {statistics.median(steady):.1f} ms "
           f"(median of {len(steady)}; first {times_ms[0]:.1f} ms)")
+    detections = {blob for layer in layers if layer.op == "DetectionOutput"
+                  for blob in layer.outputs}
+    labels = net.meta.get("labels", [])
     for name, array in results.items():
-        print("\n".join(_describe(name, array, net.meta.get("labels", []), args.top)))
+        if name in detections:
+            lines = describe_detections(name, array, image_size, args.threshold, labels)
+        else:
+            lines = _describe(name, array, labels, args.top)
+        print("\n".join(lines))
     return 0

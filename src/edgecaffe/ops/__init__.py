@@ -1,6 +1,28 @@
 """Numpy kernels, one small module per family, registered by operator name."""
 
-from edgecaffe.ops import activation, conv, dense, lrn, norm, pool, softmax, tensor  # noqa: F401
+from edgecaffe.ops import (  # noqa: F401
+    activation,
+    argmax,
+    clip,
+    conv,
+    conv_transpose,
+    crop,
+    dense,
+    detection,
+    lrn,
+    mvn,
+    norm,
+    pad,
+    pointwise,
+    pool,
+    reduce,
+    resize,
+    softmax,
+    ssd,
+    tensor,
+    tile,
+    transpose,
+)
 from edgecaffe.ops.base import OPS, Op, OpError, Shape, get_op, register
 
 __all__ = ["OPS", "Op", "OpError", "Shape", "get_op", "register"]
