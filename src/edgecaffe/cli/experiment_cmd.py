@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 FLAGS = [  # (flag, config key, type, help)
-    ("--mode", "mode", str, "execution mode (masa, bulk, linear, deepeye, ...)"),
+    ("--mode", "mode", str, "execution mode"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
     ("--mem-limit", "mem_limit", str, "memory budget, e.g. 512M, 1G"),
-    ("--granularity", "granularity", str, "memory accounting: layer or network"),
+    ("--granularity", "granularity", str, "memory accounting"),
     ("--n-workers", "workers", int, "worker threads"),
     ("--blas-threads", "blas_threads", int, "BLAS threads (default: the worker count)"),
     ("--networks", "networks", str, "comma-separated networks (zoo names or folders)"),
@@ -38,7 +38,12 @@ def add_parser(commands) -> None:
                         "output-path, else ./results)")
     parser.add_argument("--synthetic", action="store_true", default=None,
                         help="seeded synthetic weights for original folders without caffemodels")
+    from edgecaffe.sched import GRANULARITIES, MODES, POLICIES
+
+    registries = {"mode": MODES, "policy": POLICIES, "granularity": GRANULARITIES}
     for flag, key, kind, text in FLAGS:
+        if key in registries:  # the registries' names, so that new entries show up here too
+            text = f"{text}; one of {', '.join(registries[key])}"
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")

@@ -87,8 +87,6 @@ class Engine:
     ) -> None:
         self.packages = resolve_packages(packages)
         infos = {name: package_info(p) for name, p in self.packages.items()}
-        for name, info in infos.items():
-            info.name = name  # the caller's name for it (an original folder may say otherwise)
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit)
