@@ -402,10 +402,13 @@ def zoo_files(name: str, seed: int = 0, batch: int = 1,
 
 def zoo_package(name: str, seed: int = 0, batch: int = 1, profile_runs: int = 0):
     """A zoo network as a model package in the cache (split on first use); with
-    `profile_runs`, profiled once so schedulers know its per-layer and mean times."""
+    `profile_runs`, profiled so schedulers know its per-layer and mean times: again whenever
+    the stored profile is stale (another host, or too old: `profile.stale_reasons`; a profile
+    that was doubtful when taken is kept, with its warnings, until `edgecaffe profile
+    --refresh`)."""
     from edgecaffe.model.package import open_package, split
     from edgecaffe.model.package.manifest import MANIFEST
-    from edgecaffe.model.package.profile import profile_package
+    from edgecaffe.model.package.profile import profile_package, stale_reasons
 
     model = get_zoo_model(name)
     directory = cache_dir() / "packages" / f"seed{seed}-batch{batch}" / model.name
@@ -413,7 +416,7 @@ def zoo_package(name: str, seed: int = 0, batch: int = 1, profile_runs: int = 0)
         package = open_package(directory)
     else:
         package = split([model.name], directory, seed=seed, batch=batch)
-    if profile_runs and "profile" not in package.manifest:
+    if profile_runs and stale_reasons(package.manifest, doubts=False):
         profile_package(package, runs=profile_runs)
         package.save_manifest()
     return package
