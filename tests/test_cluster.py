@@ -1,0 +1,268 @@
+"""Campaigns on a Dask cluster (`experiment --cluster`): local clusters of 2 worker processes on
+127.0.0.1, compared with the same matrix run without a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import read_csv
+from edgecaffe.cli import build_parser, main
+from edgecaffe.experiment.cluster import ClusterError, fits, write_home
+from edgecaffe.experiment.results import COMPLETE, is_complete
+
+MATRIX = """\
+networks: [TinyAlex, TinyResidual]
+arrival-mode: {arrival_mode}
+mean-gap-ms: 5
+n-arrivals: {n}
+seed: 11
+matrix:
+  sets: [[TinyAlex, TinyResidual]]
+  mem_limits: [64M, 1G]
+  modes: [masa, bulk]
+  repetitions: 2
+"""
+RUNS = 8  # 2 limits x 2 modes x 2 repetitions
+SAME_FILES = ("summary.json", "tasks.csv", "requests.csv", "networks.csv", "ledger.csv",
+              "workers.csv")
+
+
+def _config(folder: Path, arrival_mode: str = "poisson", n: int = 4) -> Path:
+    path = folder / f"matrix-{arrival_mode}-{n}.yaml"
+    path.write_text(MATRIX.format(arrival_mode=arrival_mode, n=n))
+    return path
+
+
+def _runs(root: Path) -> dict[str, Path]:
+    return {p.parent.relative_to(root).as_posix(): p.parent for p in root.rglob("summary.json")}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One zoo cache for this module's tests and workers (set before any worker starts, so
+    they inherit it): the tiny networks are built and profiled once."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGECAFFE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def cluster(cache):
+    """A 2-process local cluster on loopback."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address="127.0.0.1:0", resources={"device": 1},
+            silence_logs=50) as local, distributed.Client(local) as client:
+        yield local, client
+
+
+def test_without_the_extra_cluster_says_what_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    code = main(["experiment", str(_config(tmp_path)), "--simulate", "--cluster", "local:2",
+                 "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert "pip install 'edgecaffe[cluster]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_cluster_flags_are_refused_before_anything_runs(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    config = str(_config(tmp_path))
+    assert main(["experiment", config, "--cluster", "127.0.0.1:8786"]) == 1
+    assert "give tcp://HOST:PORT" in capsys.readouterr().err
+    assert main(["experiment", config, "--cluster", "local:2", "--enforce-memory"]) == 1
+    assert "--enforce-memory" in capsys.readouterr().err
+
+
+def test_placement_needs_the_device_resource_memory_and_name():
+    worker = {"name": "rpi4-a", "memory_limit": 2 * 2**30, "resources": {"device": 1}}
+    assert fits(worker, 2**30, None)
+    assert fits(worker, 2**30, "rpi4")
+    assert not fits(worker, 2**30, "jetson")
+    assert not fits(worker, 3 * 2**30, None)  # budget above the worker's memory
+    assert not fits({**worker, "resources": {}}, 2**30, None)  # no device slot
+    assert fits({**worker, "memory_limit": 0}, 64 * 2**30, None)  # 0: unlimited
+
+
+def test_results_from_a_worker_stay_inside_their_folder(tmp_path):
+    with pytest.raises(ClusterError, match="outside its run folder"):
+        write_home(tmp_path / "run", {"../escape.txt": b"x"})
+    write_home(tmp_path / "run", {"a.csv": b"1,2\n", COMPLETE: b"{}"})
+    assert (tmp_path / "run" / "a.csv").read_bytes() == b"1,2\n"
+
+
+def test_simulated_matrix_on_a_local_cluster_equals_the_local_run(tmp_path, cache, capsys,
+                                                                   monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr("edgecaffe.experiment.report._plots", lambda runs, folder: [])
+    config = str(_config(tmp_path))
+    assert main(["experiment", config, "--simulate", "-o", str(tmp_path / "local")]) == 0
+    assert main(["experiment", config, "--simulate", "-o", str(tmp_path / "cluster"),
+                 "--cluster", "local:2"]) == 0
+    out = capsys.readouterr().out
+    assert f"campaign: {RUNS} done, 0 failed" in out
+    local, remote = _runs(tmp_path / "local"), _runs(tmp_path / "cluster")
+    assert len(local) == RUNS and set(remote) == set(local)
+    for name, folder in local.items():
+        for file in SAME_FILES:  # bit-identical numbers, not merely close ones
+            assert (remote[name] / file).read_bytes() == (folder / file).read_bytes(), \
+                (name, file)
+        assert is_complete(remote[name])
+    # The gathered folders make the same report's table as the local ones (plots skipped).
+    tables = []
+    for results in ("local", "cluster"):
+        assert main(["report", str(tmp_path / results), "-o", str(tmp_path / f"r-{results}")]) == 0
+        tables.append([line for line in (tmp_path / f"r-{results}" / "report.md").read_text()
+                       .splitlines() if line.startswith("| TinyAlex+TinyResidual |")])
+    assert len(tables[0]) == 4 and tables[1] == tables[0]
+
+
+def test_real_matrix_on_a_cluster_has_the_local_arrivals_and_seeds(tmp_path, cluster, capsys):
+    local_cluster, _ = cluster
+    config = str(_config(tmp_path))
+    assert main(["experiment", config, "-o", str(tmp_path / "local")]) == 0
+    assert main(["experiment", config, "-o", str(tmp_path / "remote"),
+                 "--cluster", local_cluster.scheduler_address]) == 0
+    out = capsys.readouterr().out
+    assert "worker 0:" in out and "worker 1:" in out  # per-worker activity, both used
+    local, remote = _runs(tmp_path / "local"), _runs(tmp_path / "remote")
+    assert len(local) == RUNS and set(remote) == set(local)
+    for name, folder in local.items():
+        ours = yaml.safe_load((folder / "config.yaml").read_text())
+        theirs = yaml.safe_load((remote[name] / "config.yaml").read_text())
+        assert theirs["arrivals"] == ours["arrivals"]
+        assert theirs["seed"] == ours["seed"] and theirs["mode"] == ours["mode"]
+        assert theirs["budget_bytes"] == ours["budget_bytes"]
+        requests = read_csv(remote[name] / "requests.csv")
+        assert [r["networks"] for r in requests] == [
+            r["networks"] for r in read_csv(folder / "requests.csv")]
+        assert all(r["status"] == "completed" for r in requests)
+        assert (remote[name] / "rss.csv").exists()  # a real run: RSS sampled on the worker
+
+
+def _specs(tmp_path: Path, argv: list[str]):
+    from edgecaffe.cli.cluster_cmd import _specs
+    from edgecaffe.cli.experiment_cmd import _device, _plan
+
+    args = build_parser().parse_args(["experiment", *argv])
+    args.argv = argv
+    return _specs(args, _plan(args), _device(args))
+
+
+def test_a_run_failing_on_a_worker_is_reported_and_retried(tmp_path, cluster):
+    from edgecaffe.experiment.cluster import run_campaign
+
+    _, client = cluster
+    specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 2)), "-o",
+                                       str(tmp_path / "out")])
+    specs = specs[:2]
+    specs[0].fingerprints = {name: "0" * 16 for name in specs[0].fingerprints}
+    lines: list[str] = []
+    campaign = run_campaign(client, specs, folders, retries=1, log=lines.append)
+    assert (campaign.done, campaign.failed) == (1, 1)
+    text = "\n".join(lines)
+    assert "has other weights than the submitter's" in text  # the worker's own error
+    assert text.count("FAILED on worker") == 2  # first attempt and its one retry
+    assert "retry 1 of 1" in text
+    assert not is_complete(folders[specs[0].name]) and is_complete(folders[specs[1].name])
+
+
+def test_a_worker_killed_mid_run_has_its_run_restarted_elsewhere(tmp_path, cache):
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    from edgecaffe.experiment.cluster import run_campaign
+
+    # Long enough (hundreds of closed-loop batches) that the kill lands while it runs.
+    specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 400)), "-o",
+                                       str(tmp_path / "out")])
+    specs = specs[:2]
+    killed: list[str] = []
+    lines: list[str] = []
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                     host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                     resources={"device": 1}, silence_logs=50) as local, \
+            distributed.Client(local) as client:
+        pids = client.run(os.getpid)
+
+        def kill_first(message) -> None:  # SIGKILL the first worker that starts a run
+            if message["event"] == "start" and not killed:
+                killed.append(message["run"])
+                os.kill(pids[message["worker"]], signal.SIGKILL)
+
+        campaign = run_campaign(client, specs, folders, retries=1, log=lines.append,
+                                on_event=kill_first)
+    text = "\n".join(lines)
+    assert killed and f"{killed[0]}: its worker" in text and "restarted on" in text
+    assert (campaign.done, campaign.failed) == (2, 0)
+    for spec in specs:
+        assert is_complete(folders[spec.name])
+        assert len(read_csv(folders[spec.name] / "requests.csv")) == 400
+
+
+def test_resume_skips_complete_runs_with_and_without_a_cluster(tmp_path, cluster, capsys):
+    local_cluster, _ = cluster
+    config = str(_config(tmp_path))
+    out = tmp_path / "out"
+    assert main(["experiment", config, "--simulate", "-o", str(out)]) == 0
+    runs = _runs(out)
+    first, second, third = sorted(runs)[:3]
+    (runs[first] / COMPLETE).unlink()  # interrupted before its marker
+    with open(runs[second] / "tasks.csv", "a") as cut:  # a file changed after the marker
+        cut.write("truncated")
+    before = {name: (folder / COMPLETE).stat().st_mtime_ns for name, folder in runs.items()
+              if name not in (first, second)}
+    capsys.readouterr()
+    assert main(["experiment", config, "--simulate", "-o", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("complete, skipped (--resume)") == RUNS - 2
+    assert is_complete(runs[first]) and is_complete(runs[second])
+    assert all((runs[name] / COMPLETE).stat().st_mtime_ns == mtime
+               for name, mtime in before.items())
+    # On a cluster: only the incomplete run is submitted.
+    shutil_target = runs[third]
+    (shutil_target / COMPLETE).unlink()
+    assert main(["experiment", config, "--simulate", "-o", str(out), "--resume",
+                 "--cluster", local_cluster.scheduler_address]) == 0
+    printed = capsys.readouterr().out
+    assert "; 1 runs" in printed and "campaign: 1 done, 0 failed" in printed
+    assert is_complete(runs[third])
+    assert json.loads((runs[third] / "summary.json").read_text())["completed"] == 4
+
+
+def test_ctrl_c_cancels_every_pending_run(tmp_path, cluster):
+    from edgecaffe.experiment.cluster import run_campaign
+
+    _, client = cluster
+    specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 30)), "-o",
+                                       str(tmp_path / "out")])
+
+    def interrupt(campaign) -> None:  # the user presses Ctrl-C once a run is done
+        if threading.current_thread() is threading.main_thread() and campaign.done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_campaign(client, specs, folders, retries=0, log=lambda _: None,
+                     on_progress=interrupt)
+    deadline = time.monotonic() + 20
+    left = None
+    while time.monotonic() < deadline:  # a run already started finishes; the rest are gone
+        left = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        if left == 0:
+            break
+        time.sleep(0.2)
+    assert left == 0
+    assert sum(is_complete(folder) for folder in folders.values()) < len(specs)
