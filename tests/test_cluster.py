@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,15 +56,27 @@ def cache(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
-def cluster(cache):
-    """A 2-process local cluster on loopback."""
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-            dashboard_address="127.0.0.1:0", resources={"device": 1},
-            silence_logs=50) as local, distributed.Client(local) as client:
+@contextlib.contextmanager
+def local_cluster(scratch: Path, allowed_failures: int = 1):
+    """A 2-process local cluster on loopback, as `--cluster local:2` starts it, and a client."""
+    import dask
+    import distributed
+
+    with dask.config.set({"temporary-directory": str(scratch),
+                          "distributed.scheduler.allowed-failures": allowed_failures}), \
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0", resources={"device": 1},
+                local_directory=str(scratch), silence_logs=50) as local, \
+            distributed.Client(local) as client:
         yield local, client
+
+
+@pytest.fixture(scope="module")
+def cluster(cache, tmp_path_factory):
+    pytest.importorskip("distributed")
+    with local_cluster(tmp_path_factory.mktemp("dask")) as pair:
+        yield pair
 
 
 def test_without_the_extra_cluster_says_what_to_install(tmp_path, monkeypatch, capsys):
@@ -180,9 +193,7 @@ def test_a_run_failing_on_a_worker_is_reported_and_retried(tmp_path, cluster):
 
 
 def test_a_worker_killed_mid_run_has_its_run_restarted_elsewhere(tmp_path, cache):
-    distributed = pytest.importorskip("distributed")
-    import dask
-
+    pytest.importorskip("distributed")
     from edgecaffe.experiment.cluster import run_campaign
 
     # Long enough (hundreds of closed-loop batches) that the kill lands while it runs.
@@ -191,11 +202,7 @@ def test_a_worker_killed_mid_run_has_its_run_restarted_elsewhere(tmp_path, cache
     specs = specs[:2]
     killed: list[str] = []
     lines: list[str] = []
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                     host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                                     resources={"device": 1}, silence_logs=50) as local, \
-            distributed.Client(local) as client:
+    with local_cluster(tmp_path / "dask", allowed_failures=1) as (_, client):
         pids = client.run(os.getpid)
 
         def kill_first(message) -> None:  # SIGKILL the first worker that starts a run

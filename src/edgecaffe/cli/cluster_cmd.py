@@ -77,16 +77,22 @@ def _specs(args: argparse.Namespace, plans, device):
 
 def _client(address: str, retries: int, stack):
     """A Client on the cluster at `address`; local:N starts one bound to 127.0.0.1 only."""
+    import tempfile
+
     import dask
     from distributed import Client, LocalCluster
 
     match = LOCAL.match(address)
     if match is None:
         return stack.enter_context(Client(address, timeout="30s"))
+    # The cluster's scratch space, removed after the cluster closes, however the campaign ends.
+    scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecaffe-dask-"))
     # A lost worker's run is started again at most `retries` times, as a failing one is.
-    stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": retries}))
+    stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": retries,
+                                         "temporary-directory": scratch}))
     cluster = stack.enter_context(LocalCluster(
-        n_workers=int(match.group(1)), threads_per_worker=1, processes=True,
+        local_directory=scratch, n_workers=int(match.group(1)), threads_per_worker=1,
+        processes=True,
         # Every listener on loopback, on a free port (the scheduler's HTTP server even with
         # the dashboard off would take :8787).
         host="127.0.0.1", dashboard_address="127.0.0.1:0", resources={"device": 1},

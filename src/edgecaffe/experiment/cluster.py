@@ -291,7 +291,7 @@ def run_campaign(client, specs: Sequence[RunSpec], output_folders: Mapping[str, 
                     f"{w.get('name')}: memory {w.get('memory_limit') or 'unlimited'}, "
                     f"resources {w.get('resources') or {}}" for w in workers.values())
                 raise ClusterError(
-                    f"{spec.name}: no worker fits a real run of {spec.budget_bytes} bytes"
+                    f"no worker fits a real run of {spec.budget_bytes} bytes"
                     + (f" on device {worker_device!r}" if worker_device else "")
                     + f" (needs resources device=1; workers: {described or 'none'})")
             options = dict(resources={"device": 1}, workers=addresses,
