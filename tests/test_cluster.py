@@ -273,3 +273,22 @@ def test_ctrl_c_cancels_every_pending_run(tmp_path, cluster):
         time.sleep(0.2)
     assert left == 0
     assert sum(is_complete(folder) for folder in folders.values()) < len(specs)
+
+
+def test_a_local_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    psutil = pytest.importorskip("psutil")
+    from edgecaffe.cli.cluster_cmd import _client
+
+    monkeypatch.setenv("DASK_TEMPORARY_DIRECTORY", str(tmp_path))
+    with contextlib.ExitStack() as stack:
+        client = _client("local:2", 1, stack)  # what `--cluster local:2` starts
+        pids = {os.getpid(), *client.run(os.getpid).values()}
+        pids |= {child.pid for pid in list(pids)
+                 for child in psutil.Process(pid).children(recursive=True)}
+        listening = [c.laddr for pid in pids for c in psutil.Process(pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN]
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    assert len(pids) >= 3 and listening  # this process (scheduler), 2 workers, their nannies
+    assert {address.ip for address in listening} <= {"127.0.0.1", "::1"}, listening
+    assert all(w["resources"] == {"device": 1} and w["nthreads"] == 1 for w in workers)
