@@ -292,3 +292,14 @@ def test_a_local_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
     assert len(pids) >= 3 and listening  # this process (scheduler), 2 workers, their nannies
     assert {address.ip for address in listening} <= {"127.0.0.1", "::1"}, listening
     assert all(w["resources"] == {"device": 1} and w["nthreads"] == 1 for w in workers)
+
+
+def test_real_runs_go_only_to_workers_of_the_named_device(tmp_path, cluster, capsys):
+    local_cluster, _ = cluster  # its workers are named 0 and 1
+    code = main(["experiment", str(_config(tmp_path)), "-o", str(tmp_path / "out"),
+                 "--cluster", local_cluster.scheduler_address, "--worker-device", "rpi4"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.count("no worker fits a real run") == RUNS
+    assert f"campaign: 0 done, {RUNS} failed" in out
+    assert not _runs(tmp_path / "out")

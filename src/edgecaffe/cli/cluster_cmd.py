@@ -107,13 +107,13 @@ def run_on_cluster(args: argparse.Namespace, plans, device) -> int:
 
     from edgecaffe.cli.experiment_cmd import _summary_line
     from edgecaffe.cli.progress import Progress
-    from edgecaffe.experiment.cluster import run_campaign
+    from edgecaffe.experiment.cluster import run_campaign, scheduler_workers
 
     specs, folders = _specs(args, plans, device)
     if not specs:
         print("every run is complete; nothing to do", flush=True)
         return 0
-    bar = Progress(len(specs), "campaign", unit="runs", scale=1)
+    bar = Progress(len(specs), "campaign", unit="runs", scale=1, detail_width=100)
     seen = [0]
 
     def progress(campaign) -> None:
@@ -123,7 +123,7 @@ def run_on_cluster(args: argparse.Namespace, plans, device) -> int:
 
     with ExitStack() as stack:
         client = _client(args.cluster, args.retries, stack)
-        workers = client.scheduler_info(n_workers=-1)["workers"]
+        workers = scheduler_workers(client)
         print(f"cluster {args.cluster}: {len(workers)} workers "
               f"({', '.join(sorted(str(w['name']) for w in workers.values()))}); "
               f"{len(specs)} runs", flush=True)

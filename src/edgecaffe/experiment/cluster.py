@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -109,6 +110,14 @@ def fits(worker: Mapping[str, Any], budget_bytes: int, device: str | None) -> bo
         return False
     name = str(worker.get("name", ""))
     return device is None or name == device or name.startswith(device + "-")
+
+
+def scheduler_workers(client) -> dict[str, dict[str, Any]]:
+    """Every worker the scheduler knows: {address: {name, memory_limit, resources, ...}}."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # distributed before 2025 lists every worker without being asked
+        return client.scheduler_info()["workers"]
 
 
 # -- on the worker ------------------------------------------------------------------------------
@@ -253,8 +262,13 @@ def run_campaign(client, specs: Sequence[RunSpec], output_folders: Mapping[str, 
 
     topic = f"edgecaffe-campaign-{uuid.uuid4().hex[:12]}"
     campaign = Campaign(len(specs))
+    lock = threading.Lock()  # the event thread and this one both update `campaign`
 
     def handle(event) -> None:  # runs in the client's event loop thread
+        with lock:
+            _handle(event)
+
+    def _handle(event) -> None:
         _, message = event
         # Dask sets "worker" to the address; the name is ours
         worker, run = message["worker_name"], message["run"]
@@ -283,7 +297,7 @@ def run_campaign(client, specs: Sequence[RunSpec], output_folders: Mapping[str, 
         options: dict[str, Any] = {}
         addresses = None
         if not spec.simulate:
-            workers = client.scheduler_info(n_workers=-1)["workers"]
+            workers = scheduler_workers(client)
             addresses = [a for a, w in workers.items()
                          if fits(w, spec.budget_bytes, worker_device)]
             if not addresses:
@@ -321,13 +335,21 @@ def run_campaign(client, specs: Sequence[RunSpec], output_folders: Mapping[str, 
                     continue
                 spec, attempt, _ = pending.pop(future)
                 outcome = _outcome(future, spec)
-                _account(campaign, outcome, spec, output_folders, log)
-                if not outcome.ok and attempt < retries:
-                    log(f"{spec.name}: retry {attempt + 1} of {retries}")
-                    campaign.failed -= 1
-                    batch.add(submit(spec, attempt + 1))
-                if on_progress is not None:
-                    on_progress(campaign)
+                with lock:
+                    _account(campaign, outcome, spec, output_folders, log)
+                    retry = not outcome.ok and attempt < retries
+                    if retry:
+                        log(f"{spec.name}: retry {attempt + 1} of {retries}")
+                        campaign.failed -= 1
+                    if on_progress is not None:
+                        on_progress(campaign)
+                if retry:
+                    try:
+                        batch.add(submit(spec, attempt + 1))
+                    except ClusterError as error:  # no fitting worker left
+                        with lock:
+                            campaign.failed += 1
+                            log(f"{spec.name}: FAILED: {error}")
     except BaseException:  # Ctrl-C or an error: nothing pending may keep running
         client.cancel(list(pending), force=True)
         raise
@@ -371,7 +393,7 @@ def _account(campaign: Campaign, outcome: RunOutcome, spec: RunSpec,
 def _resubmit_stranded(client, pending, batch, submit) -> None:
     """A real run restricted to workers that have all left (a worker restarted under a new
     address) would wait forever: cancel it and place it again among the workers there now."""
-    alive = set(client.scheduler_info(n_workers=-1)["workers"])
+    alive = set(scheduler_workers(client))
     for future, (spec, attempt, addresses) in list(pending.items()):
         if addresses is None or future.done() or set(addresses) & alive:
             continue
