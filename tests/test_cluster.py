@@ -303,3 +303,57 @@ def test_real_runs_go_only_to_workers_of_the_named_device(tmp_path, cluster, cap
     assert out.count("no worker fits a real run") == RUNS
     assert f"campaign: 0 done, {RUNS} failed" in out
     assert not _runs(tmp_path / "out")
+
+
+@pytest.fixture
+def dask_commands(tmp_path, cache):
+    """A scheduler and two workers started with the `dask` commands the docs give, on
+    loopback: rpi4-a (2 GB) and pi3-b (600 MB, too small for a 1G budget)."""
+    pytest.importorskip("distributed")
+    import subprocess
+
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp_path)}
+    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    commands = [["scheduler", "--scheduler-file", str(scheduler_file), "--port", "0", *loopback]]
+    for name, memory in (("rpi4-a", "2GB"), ("pi3-b", "600MB")):
+        commands.append(["worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                         "--resources", "device=1", "--name", name, "--memory-limit", memory,
+                         *loopback])
+    processes = []
+    try:
+        for command in commands:
+            processes.append(subprocess.Popen([sys.executable, "-m", "dask", *command],
+                                              env=env, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+            while command[0] == "scheduler" and not scheduler_file.exists():
+                time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        import distributed
+
+        with distributed.Client(address) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for process in reversed(processes):  # workers first, then the scheduler
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.mark.slow  # ~25 s: three `dask` processes start and stop
+def test_workers_started_as_the_docs_say_take_the_runs_that_fit(tmp_path, dask_commands,
+                                                                capsys):
+    assert main(["experiment", str(_config(tmp_path)), "-o", str(tmp_path / "out"),
+                 "--cluster", dask_commands]) == 0
+    out = capsys.readouterr().out
+    assert "2 workers (pi3-b, rpi4-a)" in out
+    assert f"campaign: {RUNS} done, 0 failed" in out
+    started = [line.split() for line in out.splitlines() if "] started " in line]
+    assert len(started) == RUNS
+    assert all(worker == "[rpi4-a]" for worker, _, run in started if "/1G/" in run)
+    assert len(_runs(tmp_path / "out")) == RUNS
