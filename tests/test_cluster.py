@@ -28,7 +28,7 @@ n-arrivals: {n}
 seed: 11
 matrix:
   sets: [[TinyAlex, TinyResidual]]
-  mem_limits: [64M, 1G]
+  mem_limits: [{limits}]
   modes: [masa, bulk]
   repetitions: 2
 """
@@ -37,9 +37,10 @@ SAME_FILES = ("summary.json", "tasks.csv", "requests.csv", "networks.csv", "ledg
               "workers.csv")
 
 
-def _config(folder: Path, arrival_mode: str = "poisson", n: int = 4) -> Path:
+def _config(folder: Path, arrival_mode: str = "poisson", n: int = 4,
+            limits: str = "64M, 1G") -> Path:
     path = folder / f"matrix-{arrival_mode}-{n}.yaml"
-    path.write_text(MATRIX.format(arrival_mode=arrival_mode, n=n))
+    path.write_text(MATRIX.format(arrival_mode=arrival_mode, n=n, limits=limits))
     return path
 
 
@@ -144,25 +145,28 @@ def test_simulated_matrix_on_a_local_cluster_equals_the_local_run(tmp_path, cach
 
 def test_real_matrix_on_a_cluster_has_the_local_arrivals_and_seeds(tmp_path, cluster, capsys):
     local_cluster, _ = cluster
-    config = str(_config(tmp_path))
+    config = str(_config(tmp_path, limits="1G"))  # 2 modes x 2 repetitions (own seeds)
     assert main(["experiment", config, "-o", str(tmp_path / "local")]) == 0
     assert main(["experiment", config, "-o", str(tmp_path / "remote"),
                  "--cluster", local_cluster.scheduler_address]) == 0
     out = capsys.readouterr().out
     assert "worker 0:" in out and "worker 1:" in out  # per-worker activity, both used
     local, remote = _runs(tmp_path / "local"), _runs(tmp_path / "remote")
-    assert len(local) == RUNS and set(remote) == set(local)
+    assert len(local) == RUNS // 2 and set(remote) == set(local)
+    seeds = set()
     for name, folder in local.items():
         ours = yaml.safe_load((folder / "config.yaml").read_text())
         theirs = yaml.safe_load((remote[name] / "config.yaml").read_text())
         assert theirs["arrivals"] == ours["arrivals"]
         assert theirs["seed"] == ours["seed"] and theirs["mode"] == ours["mode"]
         assert theirs["budget_bytes"] == ours["budget_bytes"]
+        seeds.add(theirs["seed"])
         requests = read_csv(remote[name] / "requests.csv")
         assert [r["networks"] for r in requests] == [
             r["networks"] for r in read_csv(folder / "requests.csv")]
         assert all(r["status"] == "completed" for r in requests)
         assert (remote[name] / "rss.csv").exists()  # a real run: RSS sampled on the worker
+    assert seeds == {11, 12}  # one seed per repetition
 
 
 def _specs(tmp_path: Path, argv: list[str]):
@@ -215,6 +219,10 @@ def test_a_worker_killed_mid_run_has_its_run_restarted_elsewhere(tmp_path, cache
     text = "\n".join(lines)
     assert killed and f"{killed[0]}: its worker" in text and "restarted on" in text
     assert (campaign.done, campaign.failed) == (1, 0)
+    import psutil  # the killed worker's run process died with it: no orphan left
+
+    assert not [p.pid for p in psutil.process_iter(["cmdline"])
+                if "edgecaffe.experiment.isolated" in " ".join(p.info["cmdline"] or [])]
     for spec in specs:
         assert is_complete(folders[spec.name])
         assert len(read_csv(folders[spec.name] / "requests.csv")) == 400
@@ -250,29 +258,38 @@ def test_resume_skips_complete_runs_with_and_without_a_cluster(tmp_path, cluster
     assert json.loads((runs[third] / "summary.json").read_text())["completed"] == 4
 
 
-def test_ctrl_c_cancels_every_pending_run(tmp_path, cluster):
+def test_ctrl_c_cancels_pending_runs_and_stops_running_ones(tmp_path, cluster):
     from edgecaffe.experiment.cluster import run_campaign
 
     _, client = cluster
-    specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 30)), "-o",
+    # Runs of thousands of closed-loop batches: far longer than the test waits below.
+    specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 5000)), "-o",
                                        str(tmp_path / "out")])
 
-    def interrupt(campaign) -> None:  # the user presses Ctrl-C once a run is done
-        if threading.current_thread() is threading.main_thread() and campaign.done:
+    def interrupt(campaign) -> None:  # the user presses Ctrl-C while both workers run
+        if threading.current_thread() is threading.main_thread() and len(campaign.running) == 2:
             raise KeyboardInterrupt
+
+    def runs_in_progress() -> int:  # the runs' own processes under the workers
+        import psutil
+
+        return sum("edgecaffe.experiment.isolated" in " ".join(child.cmdline())
+                   for child in psutil.Process().children(recursive=True))
 
     with pytest.raises(KeyboardInterrupt):
         run_campaign(client, specs, folders, retries=0, log=lambda _: None,
                      on_progress=interrupt)
-    deadline = time.monotonic() + 20
-    left = None
-    while time.monotonic() < deadline:  # a run already started finishes; the rest are gone
-        left = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
-        if left == 0:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        tasks = client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+        running = sum(client.run(runs_in_progress).values())
+        if tasks == 0 and running == 0:
             break
         time.sleep(0.2)
-    assert left == 0
-    assert sum(is_complete(folder) for folder in folders.values()) < len(specs)
+    assert (tasks, running) == (0, 0)
+    assert not any(is_complete(folder) for folder in folders.values())
+    # The workers are free for the next campaign.
+    assert all(not processing for processing in client.processing().values())
 
 
 def test_a_local_cluster_listens_on_loopback_only(tmp_path, monkeypatch):

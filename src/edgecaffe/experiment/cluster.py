@@ -140,7 +140,7 @@ def _report(topic: str, **message: Any) -> None:
         get_worker().log_event(topic, message)
 
 
-def _worker_packages(spec: RunSpec) -> dict[str, Any]:
+def _worker_packages(spec: RunSpec, worker: str) -> dict[str, Any]:
     """Resolve the run's networks on this worker (one resolver at a time per machine: two
     workers must not build the same zoo package at once) and check their weights."""
     import fcntl
@@ -159,7 +159,7 @@ def _worker_packages(spec: RunSpec) -> dict[str, Any]:
         found = weights_fingerprint(package)
         if expected is not None and found != expected:
             raise ClusterError(f"network {name!r} at {package.directory} on worker "
-                               f"{_worker_name()} has other weights than the submitter's "
+                               f"{worker} has other weights than the submitter's "
                                f"(fingerprint {found}, expected {expected})")
     return packages
 
@@ -170,32 +170,67 @@ def read_folder(folder: Path) -> dict[str, bytes]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def execute(spec: RunSpec) -> RunOutcome:
-    """Run one matrix entry on this worker (the Dask task). Never raises for a failing run: the
-    outcome carries the error and the worker's name, for the report and the retry."""
+def run_here(spec: RunSpec, folder: Path, worker: str) -> dict[str, Any]:
+    """Run `spec` in this process into `folder` (`runner.run_entry`); returns its summary."""
     from edgecaffe.experiment.runner import run_entry
+
+    networks = spec.infos if spec.simulate else _worker_packages(spec, worker)
+    return run_entry(spec.name, spec.config, spec.arrivals, spec.closed_loop, networks, folder,
+                     simulate=spec.simulate, device=spec.device)
+
+
+def _cancel_check() -> Callable[[], bool]:
+    """Whether the submitter has cancelled the task this thread runs (Dask cannot stop a
+    running task; the worker marks it cancelled or forgets it)."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+        key = worker.get_current_task()
+    except ValueError:  # not on a worker
+        return lambda: False
+
+    def cancelled() -> bool:
+        task = worker.state.tasks.get(key)
+        return task is None or task.state in ("cancelled", "released", "forgotten")
+
+    return cancelled
+
+
+def execute(spec: RunSpec) -> RunOutcome:
+    """Run one matrix entry on this worker (the Dask task): a simulated run in this thread, a
+    real one in a process of its own (`isolated.run_in_child`: its RSS is the run's, and a
+    cancel stops it). Never raises for a failing run: the outcome carries the error and the
+    worker's name, for the report and the retry."""
+    from edgecaffe.experiment.isolated import run_in_child
 
     worker, started = _worker_name(), time.perf_counter()
     _report(spec.topic, event="start", run=spec.name, worker_name=worker)
+    if spec.simulate:
+        def run(folder: Path) -> dict[str, Any]:
+            return run_here(spec, folder, worker)
+    else:
+        cancelled = _cancel_check()
+
+        def run(folder: Path) -> dict[str, Any]:
+            return run_in_child(spec, folder, worker, cancelled)
     try:
-        networks = spec.infos if spec.simulate else _worker_packages(spec)
-        args = (spec.name, spec.config, spec.arrivals, spec.closed_loop, networks)
-        options = dict(simulate=spec.simulate, device=spec.device)
         files = None
         if spec.shared_folder is not None:
             folder = Path(spec.shared_folder)
             if folder.exists():
                 shutil.rmtree(folder)  # an incomplete earlier attempt
-            summary = run_entry(*args, folder, **options)
+            summary = run(folder)
         else:
             with tempfile.TemporaryDirectory(prefix="edgecaffe-run-") as temp:
-                summary = run_entry(*args, Path(temp) / "run", **options)
+                summary = run(Path(temp) / "run")
                 files = read_folder(Path(temp) / "run")
         outcome = RunOutcome(spec.name, worker, True, summary, files)
     except Exception as error:  # the run failed: report it, keep the worker alive
         text = "".join(traceback.format_exception_only(error)).strip()
-        detail = traceback.format_exc(limit=-3)
-        outcome = RunOutcome(spec.name, worker, False, error=f"{text}\n{detail}")
+        # A real run's error already carries its process's traceback.
+        detail = traceback.format_exc(limit=-3) if spec.simulate else ""
+        outcome = RunOutcome(spec.name, worker, False, error=f"{text}\n{detail}".strip())
     outcome.seconds = time.perf_counter() - started
     _report(spec.topic, event="finish" if outcome.ok else "error", run=spec.name,
             worker_name=worker)
@@ -329,6 +364,9 @@ def run_campaign(client, specs: Sequence[RunSpec], output_folders: Mapping[str, 
             if not finished:
                 time.sleep(poll_s)
                 _resubmit_stranded(client, pending, batch, submit)
+                if on_progress is not None:  # what each worker runs, as it changes
+                    with lock:
+                        on_progress(campaign)
                 continue
             for future in finished:
                 if future not in pending:  # cancelled and resubmitted
