@@ -17,7 +17,8 @@ import yaml
 
 from conftest import read_csv
 from edgecaffe.cli import build_parser, main
-from edgecaffe.experiment.cluster import ClusterError, fits, write_home
+from edgecaffe.experiment.campaign import write_home
+from edgecaffe.experiment.cluster import ClusterError, fits
 from edgecaffe.experiment.results import COMPLETE, is_complete
 
 MATRIX = """\
@@ -179,7 +180,7 @@ def _specs(tmp_path: Path, argv: list[str]):
 
 
 def test_a_run_failing_on_a_worker_is_reported_and_retried(tmp_path, cluster):
-    from edgecaffe.experiment.cluster import run_campaign
+    from edgecaffe.experiment.campaign import run_campaign
 
     _, client = cluster
     specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 2)), "-o",
@@ -198,7 +199,7 @@ def test_a_run_failing_on_a_worker_is_reported_and_retried(tmp_path, cluster):
 
 def test_a_worker_killed_mid_run_has_its_run_restarted_elsewhere(tmp_path, cache):
     pytest.importorskip("distributed")
-    from edgecaffe.experiment.cluster import run_campaign
+    from edgecaffe.experiment.campaign import run_campaign
 
     # Long enough (hundreds of closed-loop batches) that the kill lands while it runs.
     specs, folders = _specs(tmp_path, [str(_config(tmp_path, "batch", 400)), "-o",
@@ -259,7 +260,7 @@ def test_resume_skips_complete_runs_with_and_without_a_cluster(tmp_path, cluster
 
 
 def test_ctrl_c_cancels_pending_runs_and_stops_running_ones(tmp_path, cluster):
-    from edgecaffe.experiment.cluster import run_campaign
+    from edgecaffe.experiment.campaign import run_campaign
 
     _, client = cluster
     # Runs of thousands of closed-loop batches: far longer than the test waits below.

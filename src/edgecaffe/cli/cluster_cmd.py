@@ -107,7 +107,8 @@ def run_on_cluster(args: argparse.Namespace, plans, device) -> int:
 
     from edgecaffe.cli.experiment_cmd import _summary_line
     from edgecaffe.cli.progress import Progress
-    from edgecaffe.experiment.cluster import run_campaign, scheduler_workers
+    from edgecaffe.experiment.campaign import run_campaign
+    from edgecaffe.experiment.cluster import scheduler_workers
 
     specs, folders = _specs(args, plans, device)
     if not specs:

@@ -1,4 +1,5 @@
-"""Campaigns across machines: every run of an experiment matrix as one Dask distributed task.
+"""Campaigns across machines: every run of an experiment matrix as one Dask distributed task;
+this module is the worker's side and what both sides share (`campaign.py` submits).
 
 The submitting machine plans the matrix (configs, seeds, arrivals: exactly as a local run does),
 then ships each run as a `RunSpec` to a worker, which runs `runner.run_entry` (the unit a local
@@ -27,16 +28,13 @@ import contextlib
 import hashlib
 import shutil
 import tempfile
-import threading
 import time
 import traceback
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from edgecaffe.experiment.results import COMPLETE, is_complete
 from edgecaffe.model.errors import ModelError
 
 INSTALL_HINT = "pip install 'edgecaffe[cluster]'  (Dask distributed)"
@@ -235,210 +233,3 @@ def execute(spec: RunSpec) -> RunOutcome:
     _report(spec.topic, event="finish" if outcome.ok else "error", run=spec.name,
             worker_name=worker)
     return outcome
-
-
-# -- on the submitting machine ------------------------------------------------------------------
-
-def write_home(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write a run's files under `folder`, the completeness marker last; an earlier incomplete
-    folder is replaced. Paths must stay inside `folder`."""
-    for name in files:
-        path = PurePosixPath(name)
-        if path.is_absolute() or ".." in path.parts or not path.parts:
-            raise ClusterError(f"a worker sent a file outside its run folder: {name!r}")
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    for name in sorted(files, key=lambda n: n == COMPLETE):
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(files[name])
-
-
-@dataclass
-class Campaign:
-    """Counters and per-worker activity of a running campaign."""
-
-    total: int
-    done: int = 0
-    failed: int = 0
-    running: dict[str, str] = field(default_factory=dict)  # worker -> run
-    per_worker: dict[str, dict[str, float]] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)  # run -> last error
-    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
-    started: dict[str, str] = field(default_factory=dict)  # run -> worker that started it
-
-    @property
-    def remaining(self) -> int:
-        return self.total - self.done - self.failed
-
-    def status(self) -> str:
-        busy = ", ".join(f"{w}: {r}" for w, r in sorted(self.running.items()))
-        return (f"{self.done} done, {self.failed} failed, {self.remaining} remaining"
-                + (f" | {busy}" if busy else ""))
-
-    def worker(self, name: str) -> dict[str, float]:
-        return self.per_worker.setdefault(name, {"done": 0, "failed": 0, "busy_s": 0.0})
-
-
-def run_campaign(client, specs: Sequence[RunSpec], output_folders: Mapping[str, Path], *,
-                 retries: int = 1, worker_device: str | None = None,
-                 log: Callable[[str], None] = print,
-                 on_event: Callable[[dict[str, Any]], None] | None = None,
-                 on_progress: Callable[[Campaign], None] | None = None,
-                 poll_s: float = 0.5) -> Campaign:
-    """Run `specs` on `client`'s cluster; write each successful run's files to
-    `output_folders[name]` (unless the spec writes to a shared folder). A failing run is
-    logged with its worker and error and submitted again, at most `retries` more times (a
-    lost worker is the scheduler's business: Dask reruns the task elsewhere, up to its
-    `allowed-failures`). Ctrl-C (KeyboardInterrupt) cancels every pending run and re-raises.
-    Returns the campaign's counters; `summaries` holds each done run's summary."""
-    from distributed import as_completed
-
-    topic = f"edgecaffe-campaign-{uuid.uuid4().hex[:12]}"
-    campaign = Campaign(len(specs))
-    lock = threading.Lock()  # the event thread and this one both update `campaign`
-
-    def handle(event) -> None:  # runs in the client's event loop thread
-        with lock:
-            _handle(event)
-
-    def _handle(event) -> None:
-        _, message = event
-        # Dask sets "worker" to the address; the name is ours
-        worker, run = message["worker_name"], message["run"]
-        if message["event"] == "start":
-            earlier = campaign.started.get(run)
-            if earlier is not None and campaign.running.get(earlier) == run:
-                log(f"{run}: its worker {earlier} was lost; restarted on {worker}")
-                campaign.running.pop(earlier, None)
-            campaign.started[run] = worker
-            campaign.running[worker] = run
-            log(f"[{worker}] started {run}")
-        elif campaign.running.get(worker) == run:
-            del campaign.running[worker]
-        if on_event is not None:
-            on_event(message)
-        if on_progress is not None:
-            on_progress(campaign)
-
-    client.subscribe_topic(topic, handle)
-    # future -> (spec, attempt, the worker addresses it may run on; None: any)
-    pending: dict[Any, tuple[RunSpec, int, list[str] | None]] = {}
-    keys = iter(range(1 << 62))
-
-    def submit(spec: RunSpec, attempt: int):
-        spec.topic = topic
-        options: dict[str, Any] = {}
-        addresses = None
-        if not spec.simulate:
-            workers = scheduler_workers(client)
-            addresses = [a for a, w in workers.items()
-                         if fits(w, spec.budget_bytes, worker_device)]
-            if not addresses:
-                described = "; ".join(
-                    f"{w.get('name')}: memory {w.get('memory_limit') or 'unlimited'}, "
-                    f"resources {w.get('resources') or {}}" for w in workers.values())
-                raise ClusterError(
-                    f"no worker fits a real run of {spec.budget_bytes} bytes"
-                    + (f" on device {worker_device!r}" if worker_device else "")
-                    + f" (needs resources device=1; workers: {described or 'none'})")
-            options = dict(resources={"device": 1}, workers=addresses,
-                           allow_other_workers=False)
-        future = client.submit(execute, spec, key=f"{topic}-{next(keys)}-{spec.name}",
-                               pure=False, **options)
-        pending[future] = (spec, attempt, addresses)
-        return future
-
-    try:
-        for spec in specs:
-            try:
-                submit(spec, 0)
-            except ClusterError as error:
-                campaign.failed += 1
-                campaign.failures[spec.name] = str(error)
-                log(f"{spec.name}: FAILED: {error}")
-        batch = as_completed(list(pending))
-        while not batch.is_empty():
-            finished = batch.next_batch(block=False)
-            if not finished:
-                time.sleep(poll_s)
-                _resubmit_stranded(client, pending, batch, submit)
-                if on_progress is not None:  # what each worker runs, as it changes
-                    with lock:
-                        on_progress(campaign)
-                continue
-            for future in finished:
-                if future not in pending:  # cancelled and resubmitted
-                    continue
-                spec, attempt, _ = pending.pop(future)
-                outcome = _outcome(future, spec)
-                with lock:
-                    _account(campaign, outcome, spec, output_folders, log)
-                    retry = not outcome.ok and attempt < retries
-                    if retry:
-                        log(f"{spec.name}: retry {attempt + 1} of {retries}")
-                        campaign.failed -= 1
-                    if on_progress is not None:
-                        on_progress(campaign)
-                if retry:
-                    try:
-                        batch.add(submit(spec, attempt + 1))
-                    except ClusterError as error:  # no fitting worker left
-                        with lock:
-                            campaign.failed += 1
-                            log(f"{spec.name}: FAILED: {error}")
-    except BaseException:  # Ctrl-C or an error: nothing pending may keep running
-        client.cancel(list(pending), force=True)
-        raise
-    finally:
-        with contextlib.suppress(Exception):  # the connection may already be gone
-            client.unsubscribe_topic(topic)
-    return campaign
-
-
-def _outcome(future, spec: RunSpec) -> RunOutcome:
-    try:
-        return future.result()
-    except Exception as error:  # the task itself failed: KilledWorker, a lost connection
-        return RunOutcome(spec.name, "?", False, error=f"{type(error).__name__}: {error}")
-
-
-def _account(campaign: Campaign, outcome: RunOutcome, spec: RunSpec,
-             output_folders: Mapping[str, Path], log: Callable[[str], None]) -> None:
-    worker = campaign.worker(outcome.worker)
-    worker["busy_s"] += outcome.seconds
-    if campaign.running.get(outcome.worker) == spec.name:
-        del campaign.running[outcome.worker]
-    if outcome.ok:
-        folder = output_folders[spec.name]
-        if outcome.files is not None:
-            write_home(folder, outcome.files)
-        if not is_complete(folder):
-            outcome.ok, outcome.error = False, f"{folder}: results incomplete after the run"
-    if outcome.ok:
-        campaign.done += 1
-        worker["done"] += 1
-        campaign.summaries[spec.name] = outcome.summary or {}
-        campaign.failures.pop(spec.name, None)
-    else:
-        campaign.failed += 1
-        worker["failed"] += 1
-        campaign.failures[spec.name] = outcome.error or "unknown error"
-        log(f"{spec.name}: FAILED on worker {outcome.worker}: {outcome.error}")
-
-
-def _resubmit_stranded(client, pending, batch, submit) -> None:
-    """A real run restricted to workers that have all left (a worker restarted under a new
-    address) would wait forever: cancel it and place it again among the workers there now."""
-    alive = set(scheduler_workers(client))
-    for future, (spec, attempt, addresses) in list(pending.items()):
-        if addresses is None or future.done() or set(addresses) & alive:
-            continue
-        try:
-            replacement = submit(spec, attempt)
-        except ClusterError:
-            continue  # nothing fits yet: keep waiting for a worker
-        del pending[future]
-        future.cancel()
-        batch.add(replacement)
