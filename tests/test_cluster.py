@@ -97,8 +97,9 @@ def test_bad_cluster_flags_are_refused_before_anything_runs(tmp_path, capsys):
     config = str(_config(tmp_path))
     assert main(["experiment", config, "--cluster", "127.0.0.1:8786"]) == 1
     assert "give tcp://HOST:PORT" in capsys.readouterr().err
-    assert main(["experiment", config, "--cluster", "local:2", "--enforce-memory"]) == 1
-    assert "--enforce-memory" in capsys.readouterr().err
+    assert main(["experiment", config, "--cluster", "local:2", "--enforce-memory",
+                 "--swap", "1G"]) == 1
+    assert "--cluster does not take --swap" in capsys.readouterr().err
 
 
 def test_placement_needs_the_device_resource_memory_and_name():
@@ -375,3 +376,42 @@ def test_workers_started_as_the_docs_say_take_the_runs_that_fit(tmp_path, dask_c
     assert len(started) == RUNS
     assert all(worker == "[rpi4-a]" for worker, _, run in started if "/1G/" in run)
     assert len(_runs(tmp_path / "out")) == RUNS
+
+
+def _limits_available() -> str:
+    from edgecaffe.experiment.limits import LimitError, MemoryCgroup
+
+    try:
+        MemoryCgroup(2**30)
+        return ""
+    except LimitError as error:
+        return str(error)
+
+
+@pytest.mark.skipif(bool(_limits_available()), reason=_limits_available() or "available")
+def test_enforce_memory_on_a_cluster_limits_each_run_and_cleans_up(tmp_path, cluster, capsys):
+    local_cluster, client = cluster
+    config = str(_config(tmp_path, limits="256M"))
+    assert main(["experiment", config, "-o", str(tmp_path / "out"), "--enforce-memory",
+                 "--cluster", local_cluster.scheduler_address]) == 0
+    runs = _runs(tmp_path / "out")
+    assert len(runs) == RUNS // 2
+    for folder in runs.values():
+        limits = json.loads((folder / "limits.json").read_text())
+        assert limits["limit_bytes"] == 256 * 2**20 and not limits["oom_killed"]
+        assert 0 < limits["peak_bytes"] <= 256 * 2**20
+        assert limits["exit_code"] == 0
+    # Too small for the run's own interpreter: the OOM killer ends it, and it is reported.
+    capsys.readouterr()
+    small = tmp_path / "small"
+    small.mkdir()
+    assert main(["experiment", str(_config(small, limits="16M")), "-o", str(tmp_path / "oom"),
+                 "--enforce-memory", "--retries", "0",
+                 "--cluster", local_cluster.scheduler_address]) == 1
+    assert "killed by signal 9, e.g. by the OOM killer" in capsys.readouterr().out
+    worker_pids = client.run(os.getpid).values()
+    import subprocess
+
+    left = subprocess.run(["find", "/sys/fs/cgroup", "-maxdepth", "5", "-name", "edgecaffe-*"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    assert not [p for p in left for pid in worker_pids if f"edgecaffe-{pid}-" in p]

@@ -40,9 +40,9 @@ def check_cluster_args(args: argparse.Namespace) -> None:
     match = LOCAL.match(address)
     if match and int(match.group(1)) < 1:
         raise ClusterError("--cluster local:N needs N >= 1")
-    if args.enforce_memory:
-        raise ClusterError("--cluster does not take --enforce-memory yet: limit the workers' "
-                           "memory instead (dask worker --memory-limit)")
+    if args.swap:
+        raise ClusterError("--cluster does not take --swap: give the workers' machines swap "
+                           "of their own (--enforce-memory limits each run's memory)")
     if args.run_only is not None:
         raise ClusterError("--cluster runs the whole matrix; drop --run-only")
     if args.retries < 0:
@@ -71,7 +71,8 @@ def _specs(args: argparse.Namespace, plans, device):
             infos=dict(networks) if args.simulate else None,
             fingerprints={} if args.simulate else {
                 n: weights_fingerprint(p) for n, p in networks.items()},
-            shared_folder=str(folder.resolve()) if args.shared_results else None))
+            shared_folder=str(folder.resolve()) if args.shared_results else None,
+            enforce_memory=bool(args.enforce_memory)))
     return specs, folders
 
 

@@ -68,6 +68,7 @@ class RunSpec:
     infos: dict[str, Any] | None = None  # simulated runs: the submitter's NetworkInfos
     fingerprints: dict[str, str] = field(default_factory=dict)  # real runs: name -> weights
     shared_folder: str | None = None  # write the results here instead of sending them home
+    enforce_memory: bool = False  # real runs: inside a memory cgroup of the budget (root)
     topic: str = ""  # Dask event topic for start/finish reports
 
 
