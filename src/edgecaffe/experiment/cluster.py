@@ -18,7 +18,7 @@ original folders must be at the same path on the worker), and checks each packag
 fingerprint (layer names, weight files, sizes and CRC-32s from the manifest) against the
 submitter's, so a worker never measures different weights.
 
-Dask distributed is imported only here, and only when a campaign starts: it is the optional
+Dask distributed is imported only inside functions, when a campaign starts: it is the optional
 extra `edgecaffe[cluster]`.
 """
 
@@ -212,6 +212,9 @@ def execute(spec: RunSpec) -> RunOutcome:
         cancelled = _cancel_check()
 
         def run(folder: Path) -> dict[str, Any]:
+            # Build (zoo) and check the packages here, outside the run's memory limit; the
+            # run's process then only opens them.
+            _worker_packages(spec, worker)
             return run_in_child(spec, folder, worker, cancelled)
     try:
         files = None
