@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 LOCAL = re.compile(r"local:(\d+)$")
@@ -101,6 +102,14 @@ def _client(address: str, retries: int, stack):
     return stack.enter_context(Client(cluster))
 
 
+def log(bar, line: str) -> None:
+    """Print a line above the progress bar (which the next update redraws)."""
+    if bar.enabled:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    print(line, flush=True)
+
+
 def run_on_cluster(args: argparse.Namespace, plans, device) -> int:
     """Run `plans` (experiment_cmd._plan) on the cluster `args.cluster`; print each run's
     summary line, failures with their errors, and per-worker activity."""
@@ -131,7 +140,7 @@ def run_on_cluster(args: argparse.Namespace, plans, device) -> int:
               f"{len(specs)} runs", flush=True)
         campaign = run_campaign(client, specs, folders, retries=args.retries,
                                 worker_device=args.worker_device,
-                                log=lambda line: print(line, flush=True),
+                                log=lambda line: log(bar, line),
                                 on_progress=progress)
     bar.close()
     failed_requests = 0
