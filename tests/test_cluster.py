@@ -225,6 +225,12 @@ def test_a_worker_killed_mid_run_has_its_run_restarted_elsewhere(tmp_path, cache
 
     assert not [p.pid for p in psutil.process_iter(["cmdline"])
                 if "edgecaffe.experiment.isolated" in " ".join(p.info["cmdline"] or [])]
+    # ... nor its temporary folders: they live in the workers' own directories.
+    import tempfile
+
+    assert not [*(tmp_path / "dask").rglob("edgecaffe-*"),
+                *Path(tempfile.gettempdir()).glob("edgecaffe-run-*"),
+                *Path(tempfile.gettempdir()).glob("edgecaffe-job-*")]
     for spec in specs:
         assert is_complete(folders[spec.name])
         assert len(read_csv(folders[spec.name] / "requests.csv")) == 400

@@ -130,6 +130,18 @@ def _worker_name() -> str:
         return "local"
 
 
+def scratch_dir() -> str | None:
+    """The worker's own local directory (Dask removes it when the worker closes, and a later
+    worker on the machine purges one a killed worker left), so temporary run folders go
+    there, not to /tmp; None when not on a worker."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().local_directory
+    except ValueError:
+        return None
+
+
 def _report(topic: str, **message: Any) -> None:
     if not topic:
         return
@@ -224,7 +236,7 @@ def execute(spec: RunSpec) -> RunOutcome:
                 shutil.rmtree(folder)  # an incomplete earlier attempt
             summary = run(folder)
         else:
-            with tempfile.TemporaryDirectory(prefix="edgecaffe-run-") as temp:
+            with tempfile.TemporaryDirectory(prefix="edgecaffe-run-", dir=scratch_dir()) as temp:
                 summary = run(Path(temp) / "run")
                 files = read_folder(Path(temp) / "run")
         outcome = RunOutcome(spec.name, worker, True, summary, files)

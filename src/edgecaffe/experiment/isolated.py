@@ -52,9 +52,10 @@ def run_in_child(spec: Any, folder: Path, worker: str,
     `folder/limits.json`); returns the run's summary. Polls `cancelled` every `poll_s` seconds
     and kills the child when it says so. Raises RunProcessError with the child's error, its
     exit status, an OOM kill, or the cancel; LimitError when the cgroup cannot be made."""
+    from edgecaffe.experiment.cluster import scratch_dir
     from edgecaffe.experiment.limits import MemoryCgroup
 
-    with tempfile.TemporaryDirectory(prefix="edgecaffe-job-") as temp, \
+    with tempfile.TemporaryDirectory(prefix="edgecaffe-job-", dir=scratch_dir()) as temp, \
             (MemoryCgroup(spec.budget_bytes) if spec.enforce_memory
              else contextlib.nullcontext()) as cgroup:
         job, result = Path(temp) / "job.pickle", Path(temp) / "result.pickle"
