@@ -75,3 +75,33 @@ def _assert_blob_close(what: str, got: np.ndarray, reference: np.ndarray) -> Non
     scale = max(float(np.max(np.abs(reference))), 1e-6)
     error = float(np.max(np.abs(got - reference)))
     assert error <= 1e-4 * scale, f"{what}: max |ours - Caffe| = {error:.3g}, scale {scale:.3g}"
+
+
+def _original_ten() -> list[str]:
+    from edgecaffe.model.zoo import ZOO
+
+    return [name for name, model in ZOO.items() if not model.tiny]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not oracle.chroot_ready(), reason="needs root and the pycaffe chroot "
+                    "(docs/oracles.md)")
+@pytest.mark.parametrize("name", _original_ten())
+def test_original_network_blob_by_blob(name, tmp_path):
+    """The ten original networks (zoo prototxts, weights by seed 7, inputs uniform in
+    [-50, 50]) against pycaffe run live in the chroot, every blob compared."""
+    from edgecaffe.model.zoo import get_zoo_model
+
+    prototxt = tmp_path / f"{name}.prototxt"
+    prototxt.write_text(get_zoo_model(name).prototxt(1))
+    case = oracle.Case(name=f"zoo_{name}", prototxt=prototxt, seed=7, input_range=(-50.0, 50.0))
+    inputs, expected, meta = oracle.run_pycaffe(case, oracle.DEFAULT_ROOT)
+    model = tmp_path / "weights.caffemodel"
+    oracle.write_weights(case, model)
+    network = oracle.build_network(case, model)
+    for blob, shape in meta["shapes"].items():
+        assert list(network.blob_shapes[blob]) == shape, blob
+    compared = [b for b in expected if b not in inputs]
+    ours = network.forward(inputs, outputs=compared)
+    for blob in compared:
+        _assert_blob_close(f"{name}/{blob}", ours[blob], expected[blob])
