@@ -105,3 +105,26 @@ def test_original_network_blob_by_blob(name, tmp_path):
     ours = network.forward(inputs, outputs=compared)
     for blob in compared:
         _assert_blob_close(f"{name}/{blob}", ours[blob], expected[blob])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not oracle.chroot_ready(), reason="needs root and the pycaffe chroot "
+                    "(docs/oracles.md)")
+def test_facenet_at_1340_against_pycaffe(tmp_path):
+    """FaceNet reshaped to 1340 x 1340 (the original's use-scales on a 268 px image) against
+    pycaffe reshaped the same way: the 2 x 36 x 36 probability map and the layers before it."""
+    from edgecaffe.model.zoo import get_zoo_model
+
+    prototxt = tmp_path / "FaceNet.prototxt"
+    prototxt.write_text(get_zoo_model("FaceNet").prototxt(1))
+    case = oracle.Case(name="zoo_FaceNet_1340", prototxt=prototxt, seed=7,
+                       input_range=(-50.0, 50.0), input_shape={"data": [1, 3, 1340, 1340]},
+                       blobs=["pool5", "fc6-conv", "fc8-conv", "prob"])
+    inputs, expected, meta = oracle.run_pycaffe(case, oracle.DEFAULT_ROOT)
+    assert meta["shapes"]["prob"] == [1, 2, 36, 36]
+    model = tmp_path / "weights.caffemodel"
+    oracle.write_weights(case, model)
+    network = oracle.build_network(case, model)
+    ours = network.forward(inputs, outputs=list(case.blobs))
+    for blob in case.blobs:
+        _assert_blob_close(f"FaceNet-1340/{blob}", ours[blob], expected[blob])

@@ -186,6 +186,10 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
             for top in message.top:
                 current[top] = source_blob
             continue
+        if message.type == "Silence":  # Caffe's sink for unused blobs: computes nothing
+            for blob in message.bottom:
+                resolve(blob, message.name)
+            continue
         if message.type in ("Input", "MemoryData"):
             tops = list(_input_layer_shapes(message, source))
             for top in tops:

@@ -34,7 +34,7 @@ V1_TYPES = {
 TRAINING_ONLY = {
     "Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "Accuracy",
     "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "ContrastiveLoss",
-    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "Silence", "HDF5Output",
+    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "HDF5Output",
 }
 
 
@@ -257,7 +257,7 @@ CONVERTERS: dict[str, Callable[[Any], tuple[str, dict]]] = {
 }
 
 #: Types handled by the graph builder itself rather than converted to an operator.
-STRUCTURAL = {"Input", "MemoryData", "Split"}
+STRUCTURAL = {"Input", "MemoryData", "Split", "Silence"}
 
 
 def supported_types() -> list[str]:
