@@ -20,6 +20,7 @@ DATA = ('layer { name: "data" type: "Input" top: "data" '
     ('type: "Pooling" pooling_param { kernel_size: 3 kernel_h: 3 kernel_w: 3 }', ["not both"]),
     ('type: "Pooling" pooling_param { global_pooling: true kernel_size: 3 }', ["global"]),
     ('type: "Pooling" pooling_param { kernel_size: 3 stride_h: 2 }', ["stride_h and stride_w"]),
+    ('type: "Pooling" pooling_param { global_pooling: true stride: 2 }', ["stride 1"]),
     ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 kernel_h: 3 '
      'kernel_w: 3 }', ["not both"]),
     ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 2 }',
