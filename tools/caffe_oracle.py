@@ -19,6 +19,8 @@ shapes of all blobs. Weights are not stored: the tests regenerate them by seed.
     python tools/caffe_oracle.py                # every case
     python tools/caffe_oracle.py pool_pad_w     # named cases
     python tools/caffe_oracle.py --list
+    python tools/caffe_oracle.py --zoo [NAME...]  # outputs of the ten original networks
+    python tools/caffe_oracle.py --opencv         # where OpenCV DNN differs from the fixtures
 
 Runs on the host as root (chroot); the tests (`tests/test_caffe_oracle.py`) need no chroot.
 """
