@@ -58,47 +58,78 @@ def default_blas_threads(workers: int) -> int:
 
 
 class BlasHold:
-    """BLAS at `threads` threads while at least one holder is inside (`with hold:`); when the
-    last holder in the process leaves, the process gets back the count it had before.
+    """BLAS at `threads` threads while at least one holder is inside (`enter` / `leave`, from
+    any thread); when the last holder in the process leaves, the process gets back the count
+    it had before the first one entered.
 
-    OpenBLAS's thread count is global to the process, so this is as narrow as a scope can be:
-    an engine holds it only while it has requests in flight, and code elsewhere in the process
-    sees its own setting whenever no engine is busy. Holders share one count at a time (the
-    latest `enter` sets it). Setting it costs about 10 us (threadpoolctl's controller)."""
+    OpenBLAS (pthreads, as numpy's wheels ship it) keeps one thread count for the whole
+    process, so this is as narrow as a scope can be: an engine holds it only while it has
+    requests in flight, and code elsewhere in the process sees its own setting whenever no
+    engine is busy. The first holder sets the count; a later holder asking for another count
+    while it is held gets the one in force (`enter` returns it) and a warning. The count is
+    set through OpenBLAS's own `openblas_set_num_threads`, which acts from any thread
+    (threadpoolctl's limits act only from the thread that first set one); other BLAS
+    libraries go through threadpoolctl."""
 
     _lock = threading.Lock()
     _holders = 0
-    _saved: Any = None
-    _controller: Any = None
+    _saved: list[Any] = []
+    _held: int | None = None
+    _libraries: list[tuple[Any, Any]] | None = None
 
     def __init__(self, threads: int) -> None:
         self.threads = threads
 
-    def __enter__(self) -> BlasHold:
+    def enter(self) -> int:
+        """Hold the count; returns the count in force (`threads`, or an earlier holder's)."""
         cls = BlasHold
         with cls._lock:
-            controller = cls._get_controller()
-            if controller is not None:
-                limit = controller.limit(limits=self.threads, user_api="blas")
-                if cls._holders == 0:
-                    cls._saved = limit  # remembers what the process had
-            cls._holders += 1
-        return self
+            if cls._holders == 0:
+                libraries = cls._blas_libraries()
+                cls._saved = [get() for get, _ in libraries]
+                for _, set_ in libraries:
+                    set_(self.threads)
+                cls._held = self.threads
+            elif cls._held != self.threads:
+                import warnings
 
-    def __exit__(self, *exc: object) -> None:
+                warnings.warn(f"BLAS threads: {self.threads} asked for while another engine "
+                              f"holds {cls._held}; OpenBLAS has one count per process, so "
+                              f"{cls._held} it is", stacklevel=2)
+            cls._holders += 1
+            return cls._held
+
+    def leave(self) -> None:
         cls = BlasHold
         with cls._lock:
             cls._holders -= 1
-            if cls._holders == 0 and cls._saved is not None:
-                cls._saved.restore_original_limits()
-                cls._saved = None
+            if cls._holders == 0:
+                for (_, set_), threads in zip(cls._blas_libraries(), cls._saved, strict=True):
+                    if threads is not None:
+                        set_(threads)
+                cls._saved, cls._held = [], None
 
     @classmethod
-    def _get_controller(cls) -> Any:
-        if cls._controller is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:
-                return None
-            cls._controller = ThreadpoolController()
-        return cls._controller
+    def _blas_libraries(cls) -> list[tuple[Any, Any]]:
+        """(get, set) of the thread count of every BLAS library loaded (numpy's, OpenCV's...)."""
+        if cls._libraries is None:
+            cls._libraries = _count_calls()
+        return cls._libraries
+
+
+def _count_calls() -> list[tuple[Any, Any]]:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    calls = []
+    for lib in ThreadpoolController().lib_controllers:
+        if lib.user_api != "blas":
+            continue
+        setter = lib._get_symbol("openblas_set_num_threads") \
+            if lib.internal_api == "openblas" else None
+        if setter is None:  # another library: threadpoolctl's own setter
+            calls.append((lib.get_num_threads, lib.set_num_threads))
+        else:
+            calls.append((lib.get_num_threads, lambda threads, set_=setter: set_(int(threads))))
+    return calls

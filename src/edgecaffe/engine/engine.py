@@ -97,6 +97,9 @@ class Engine:
         core.trace.info["blas_threads"] = self.blas_threads
         self._blas = BlasHold(self.blas_threads)
         self._blas_held = False
+        #: Requests settled and futures to cancel, waiting for `_flush` (outside the lock).
+        self._outcomes: list[tuple[Request, Any]] = []
+        self._cancels: list[Future] = []
         self.cold_loads = cold_loads
         self._run_task = task_runner or partial(run_task, per_layer=self.mode.per_layer,
                                                 cold=cold_loads)
@@ -125,23 +128,27 @@ class Engine:
         The future's result is a `RequestResult`: a mapping network -> {blob: array} with each
         network's status and timings in `.networks`; if a network fails, `result()` raises
         `RequestError`, whose `.result` holds the others' outputs. A network named twice runs
-        twice; the second result is keyed `name#2`. Raises
-        ValueError for unknown networks, `BudgetError` (with `allow_overcommit=False`) for a
-        request that can never fit, `EngineClosedError` after `close`."""
+        twice; the second result is keyed `name#2`. Raises ValueError for unknown networks,
+        `BudgetError` (with `allow_overcommit=False`) for a request that can never fit,
+        `EngineClosedError` after `close`; anything raised while the request is registered
+        (an interrupt) withdraws it and goes on to the caller."""
         networks = list(networks)
         self.core.check_networks(networks)
+        future: Future = Future()
         with self._condition:
             if self._closing:
                 raise EngineClosedError("the engine is closed; submit before close()")
             if not self.scheduler.allow_overcommit:
                 self.core.check_fits(networks)
-            if not self._blas_held:
-                self._blas.__enter__()
-                self._blas_held = True
-            request = self.core.submit(networks, self.now(), x)
-            request.handle = future = Future()
-            self._settle_policy_failures()
+            self._hold_blas()
+            try:
+                request = self.book.submit(networks, self.core.check_networks(networks),
+                                           self.now(), x, handle=future)
+            finally:
+                self._release_blas_if_idle()
+                self._settle_policy_failures()
             self._condition.notify_all()
+        self._flush()
         request_id = request.record.request_id
         future.add_done_callback(lambda f: self._on_cancel(f, request_id))
         return future
@@ -157,6 +164,7 @@ class Engine:
             while True:
                 with self._condition:
                     task = self._wait_for_task(pool, worker)
+                self._flush()
                 if task is None:
                     return
                 error, interrupted = self._execute(task)
@@ -166,6 +174,7 @@ class Engine:
                     if interrupted:
                         self._begin_close(cancel=True)
                     self._condition.notify_all()
+                self._flush()
         except BaseException as exc:  # a bug in the engine itself: fail what is open, stop
             self._stop_on_error(f"worker {worker}: {type(exc).__name__}: {exc}\n"
                                 f"{traceback.format_exc()}")
@@ -204,36 +213,53 @@ class Engine:
             return f"{task.label} failed: {type(exc).__name__}: {exc}", False
         return None, False
 
+    # -- settling requests (under the lock; futures are set after it, by `_flush`) -------------
+
     def _apply(self, step: Step) -> None:
-        """Resolve the requests whose last network just finished (called under the lock)."""
+        """Settle the requests whose last network just finished."""
+        for instance in step.finished:
+            if instance.failed is not None:
+                instance.work = None  # its weights and activations go now, as the ledger's did
         for request in self.book.settle(step):
             self._resolve(request)
-        if self._blas_held and not self.book.open:
-            self._blas.__exit__(None, None, None)
-            self._blas_held = False
+        self._release_blas_if_idle()
 
     def _resolve(self, request: Request) -> None:
-        """Set the request's future: a `RequestResult`, or a `RequestError` carrying one. A
-        future cancelled meanwhile (even between the check and the set) stays cancelled."""
-        future: Future = request.handle
-        cancelled = future.cancelled()
+        """Work out the request's `RequestResult` (or `RequestError`); its future is set by
+        `_flush`, outside the lock, so that done-callbacks may call the engine."""
+        cancelled = request.handle.cancelled()
         networks = {i.result_key: NetworkResult.of(i, getattr(i.work, "outputs", None),
                                                    cancelled and i.failed is not None)
                     for i in request.instances}
         record = request.record
         response_ms = None if request.failed else (record.completion_s - record.arrival_s) * 1e3
         result = RequestResult(record.request_id, networks, response_ms)
-        try:
-            if request.failed:
-                future.set_exception(RequestError(record.error, result))
-            else:
-                future.set_result(result)
-        except InvalidStateError:  # cancelled concurrently: its callback finds it closed
-            record.status = "cancelled"
-        if future.cancelled():
+        outcome = RequestError(record.error, result) if request.failed else result
+        self._outcomes.append((request, outcome))
+        if cancelled:
             record.status = "cancelled"
         for instance in request.instances:
             instance.work = instance.input = None
+
+    def _flush(self) -> None:
+        """Set the futures of the requests settled so far and cancel those `close` asked to
+        (outside the lock: done-callbacks run here). A future cancelled meanwhile stays
+        cancelled."""
+        with self._condition:
+            outcomes, self._outcomes = self._outcomes, []
+            cancels, self._cancels = self._cancels, []
+        for request, outcome in outcomes:
+            future: Future = request.handle
+            try:
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+            except InvalidStateError:  # cancelled concurrently: its callback found it closed
+                with self._condition:
+                    request.record.status = "cancelled"
+        for future in cancels:
+            future.cancel()  # its callback (`_on_cancel`) fails what is left
 
     def _settle_policy_failures(self) -> None:
         """Fail the networks a user policy could not order (called under the lock)."""
@@ -241,6 +267,9 @@ class Engine:
             return
         for instance, reason in self._guard.take_failures():
             self._apply(self.scheduler.fail(instance, reason, self.now()))
+        if self._guard.interrupted:
+            self._guard.interrupted = False
+            self._begin_close(cancel=True)
 
     def _on_cancel(self, future: Future, request_id: int) -> None:
         if not future.cancelled():
@@ -254,27 +283,44 @@ class Engine:
                 for instance in request.instances:
                     self._apply(self.scheduler.fail(instance, "cancelled", self.now()))
             self._condition.notify_all()
+        self._flush()
+
+    def _hold_blas(self) -> None:
+        if not self._blas_held:
+            self._blas.enter()
+            self._blas_held = True
+
+    def _release_blas_if_idle(self) -> None:
+        # Before any future of the batch is set: a caller woken by `result()` finds the
+        # process's own BLAS thread count again.
+        if self._blas_held and not self.book.open:
+            self._blas.leave()
+            self._blas_held = False
 
     def _stop_on_error(self, reason: str) -> None:
-        """An internal error: stop every worker and fail every open request with it."""
+        """An internal error: stop every worker, fail every open request with it, and return
+        what they held to the ledger."""
         with self._condition:
             self._broken = reason
             self._closing = True
             for request in list(self.book.open.values()):
+                for instance in request.instances:
+                    with contextlib.suppress(Exception):  # the state may be what broke
+                        self.scheduler.fail(instance, reason, self.now())
                 request.record.status = "failed"
                 request.record.error = reason
-                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-                    request.handle.set_exception(EngineError(reason))
+                if request.handle is not None:
+                    self._outcomes.append((request, EngineError(reason)))
             self.book.open.clear()
-            if self._blas_held:
-                self._blas.__exit__(None, None, None)
-                self._blas_held = False
+            self._release_blas_if_idle()
             self._condition.notify_all()
+        self._flush()
 
     # -- closing -------------------------------------------------------------------------------
 
     def _begin_close(self, cancel: bool) -> None:
-        """Stop accepting requests; with `cancel`, fail what has not finished (under the lock)."""
+        """Stop accepting requests; with `cancel`, fail what has not finished (under the lock;
+        the cancels themselves happen in `_flush`)."""
         self._closing = True
         if cancel:
             for request in list(self.book.open.values()):
@@ -284,17 +330,23 @@ class Engine:
                         self._apply(self.scheduler.fail(instance, "the engine is closing",
                                                         self.now()))
                 else:
-                    request.handle.cancel()  # its callback (`_on_cancel`) fails what is left
+                    self._cancels.append(request.handle)
         self._condition.notify_all()
 
     def close(self, cancel: bool = False) -> None:
         """Stop accepting requests and wait for the workers. In-flight requests finish, or with
-        `cancel=True` those not yet done are cancelled (their futures say so); none is lost."""
+        `cancel=True` those not yet done are cancelled (their futures say so); none is lost.
+
+        Called from inside the engine (a task, or a done-callback running on a worker), it
+        cannot wait for its own worker: it stops the engine accepting work and returns; the
+        workers end when the work in flight is done."""
         with self._condition:
             self._begin_close(cancel)
+        self._flush()
+        if threading.current_thread() in self._threads:
+            return
         for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join()
+            thread.join()
         if self._broken is not None:
             raise EngineError(f"the engine stopped on an internal error: {self._broken}")
 

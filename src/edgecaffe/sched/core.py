@@ -18,7 +18,7 @@ from typing import Any
 
 from edgecaffe.sched.budget import MemoryBudget
 from edgecaffe.sched.info import NetworkInfo
-from edgecaffe.sched.memory import memory_manager
+from edgecaffe.sched.memory import NEVER, memory_manager
 from edgecaffe.sched.planner import MODES, Planner
 from edgecaffe.sched.policies import Policy, get_policy
 from edgecaffe.sched.requests import Request, RequestBook
@@ -86,14 +86,14 @@ class Core:
 
         Planned on a scratch planner: the real one links networks across requests and must
         only see accepted ones."""
-        capacity = self.budget.capacity_bytes
         for instance in Planner(self.mode).plan(-1, self.check_networks(networks)):
             for task in instance.tasks:
                 need = self.scheduler.reservation(task)
-                if need > capacity:
+                if self.memory.fit_bytes(need) is NEVER:
                     raise BudgetError(
                         f"request for {list(networks)}: {task.label} of {instance.name} needs "
-                        f"{need} bytes, more than the whole budget of {capacity}")
+                        f"{need} bytes, more than the whole budget of "
+                        f"{self.budget.capacity_bytes}")
 
     def submit(self, networks: Sequence[str], now: float, data: Any = None) -> Request:
         """Plan one request for `networks` at time `now` and hand its tasks to the scheduler."""

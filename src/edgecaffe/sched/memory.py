@@ -87,16 +87,16 @@ class MemoryManager:
         return cached[:3]
 
     def fit(self, plan: Plan) -> Fit:
-        """Whether a task with this plan may start now as far as memory goes."""
-        nbytes = plan.nbytes
+        """Whether a task with this plan may start now as far as memory goes: its bytes
+        (`fit_bytes`), or the granularity's own admission rule (see `NetworkMemory`)."""
+        return self.fit_bytes(plan.nbytes)
+
+    def fit_bytes(self, nbytes: int) -> Fit:
+        """NOW: within what is free; LATER: within the capacity; NEVER: more than all of it."""
         budget = self.budget
         if nbytes <= budget.capacity_bytes - budget.used_bytes or nbytes <= 0:
             return NOW
         return LATER if nbytes <= budget.capacity_bytes else NEVER
-
-    def within_free(self, plan: Plan) -> bool:
-        """Whether its bytes fit in what is free, whatever the granularity's own rule says."""
-        return plan.nbytes <= 0 or plan.nbytes <= self.budget.free_bytes
 
     # -- what happens -----------------------------------------------------------------------------
 

@@ -52,21 +52,36 @@ class RequestBook:
         self._next_id = 0
 
     def submit(self, networks: Sequence[str], infos: Sequence[NetworkInfo], now: float,
-               data: Any = None) -> Request:
-        """Plan one request, register its tasks with the scheduler; returns it (still open)."""
+               data: Any = None, handle: Any = None) -> Request:
+        """Plan one request, register its tasks with the scheduler; returns it (still open).
+
+        If registering raises (a user policy, an interrupt), the request is withdrawn: its
+        networks fail, it leaves the book, its record says "rejected", and the exception goes
+        on to the caller."""
         request_id = self._next_id
         self._next_id += 1
         instances = self.planner.plan(request_id, infos)
         record = RequestRecord(request_id, tuple(networks), now)
         self.trace.requests[request_id] = record
-        request = Request(record, instances, len(instances))
+        request = Request(record, instances, len(instances), handle)
         self.open[request_id] = request
         for key, instance in zip(result_keys(networks), instances, strict=True):
             instance.input = data
             instance.arrival = now
             instance.result_key = key
-        self.scheduler.add(instances, now)
+        try:
+            self.scheduler.add(instances, now)
+        except BaseException as error:
+            self._withdraw(request, f"not accepted: {type(error).__name__}: {error}", now)
+            raise
         return request
+
+    def _withdraw(self, request: Request, reason: str, now: float) -> None:
+        del self.open[request.record.request_id]
+        for instance in request.instances:
+            self.scheduler.fail(instance, reason, now)
+        request.record.status = "rejected"
+        request.record.error = reason
 
     def settle(self, step: Step) -> list[Request]:
         """Account for the instances `step` finished; returns the requests now closed, with

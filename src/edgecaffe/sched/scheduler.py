@@ -141,17 +141,17 @@ class Scheduler:
         return roots
 
     def _make_ready(self, task: Task, now: float) -> None:
-        task.state = READY
-        task.ready = now
         plan = task.plan
         if self._ranked:
             key = plan.key + task.id
             heappush(plan.heap, key)
             self._waiting[key] = task
-        elif self._static:
+        elif self._static:  # the key first: if the policy raises, the task stays as it was
             heappush(plan.heap, ((self.policy.key(task, now), task.id), task))
         else:
             plan.heap.append(task)
+        task.state = READY
+        task.ready = now
 
     @property
     def ready_count(self) -> int:
@@ -178,7 +178,7 @@ class Scheduler:
         else:
             task = None  # a dynamic policy's order is worked out afresh each time
         if task is not None and self.memory.fit(task.plan) is NOW and (
-                self.allow_overcommit or self.memory.within_free(task.plan)):
+                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW):
             if self._ranked:
                 del self._waiting[heappop(heap)]
             else:
@@ -187,7 +187,7 @@ class Scheduler:
             task = self._choose(heap, pool, now)
             if task is None:
                 return None
-            if not self.allow_overcommit and not self.memory.within_free(task.plan):
+            if not self.allow_overcommit and self.memory.fit_bytes(task.plan.nbytes) is not NOW:
                 raise BudgetError(
                     f"{task!r} needs {task.plan.nbytes} bytes but only "
                     f"{self.budget.free_bytes} of {self.budget.capacity_bytes} are free and "
@@ -314,6 +314,8 @@ class Scheduler:
                  ready: list[Task]) -> None:
         """Count `task` as finished for its dependents; those left with none become ready."""
         if task._dependents is None:  # the template's links, by position in the instance
+            if task.plan is None:
+                return  # its instance was never added: nothing counts on it
             pending = instance.pending
             tasks = instance.tasks
             for index in task.plan.dependents:

@@ -22,13 +22,14 @@ from typing import Any
 
 import yaml
 
-from edgecaffe.model.package.original import DESCRIPTION
 from edgecaffe.sched import LayerInfo, NetworkInfo, parse_bytes
 from edgecaffe.sim.device import DeviceError
 from edgecaffe.yamlfile import read_yaml
 
 
 def is_generated_folder(path: str | Path) -> bool:
+    from edgecaffe.model.package.original import DESCRIPTION  # the original's file name
+
     description = Path(path) / DESCRIPTION
     if not description.is_file():
         return False
@@ -55,6 +56,8 @@ def _number(source: str, where: str, value: Any, size: bool = False) -> float:
 def read_generated(folder: str | Path) -> NetworkInfo:
     """A NetworkInfo from a `type: generated` description.yaml (or the file itself)."""
     path = Path(folder)
+    from edgecaffe.model.package.original import DESCRIPTION
+
     source = path / DESCRIPTION if path.is_dir() else path
     raw = read_yaml(source, DeviceError)
     if not isinstance(raw, dict) or raw.get("type") != "generated":

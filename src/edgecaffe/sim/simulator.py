@@ -135,10 +135,13 @@ class Simulator:
                 if task is None:
                     still_idle.append(worker)
                     continue
-                try:  # the device's time depends on the planned task only: once per spec
-                    duration_s = memo[task.spec]
-                except (KeyError, TypeError):  # not yet, or no memo (`task_ms` given)
+                if memo is None:  # `task_ms` given: any function of the task
                     duration_s = self._duration_s(task)
+                else:  # the device's time depends on the planned task only: once per spec
+                    try:
+                        duration_s = memo[task.spec]
+                    except KeyError:
+                        duration_s = self._duration_s(task)
                 sequence += 1
                 heappush(ends, (now + duration_s, sequence, task, worker))
                 if parallelism is not None:
