@@ -36,15 +36,20 @@ def _geometry(shape, attrs):
     return tuple(kernel), tuple(stride), tuple(pad), out
 
 
-def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int) -> np.ndarray:
-    """Caffe's average-pooling divisor along one axis: the window clipped to size + pad."""
+def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int,
+                  include_pad: bool = True) -> np.ndarray:
+    """Average-pooling divisor along one axis: Caffe's window clipped to size + pad, or with
+    `include_pad` False (ONNX's count_include_pad=0) only the window's part inside the input."""
     start = np.arange(out) * stride - pad
+    if not include_pad:
+        return np.minimum(start + kernel, size) - np.maximum(start, 0)
     return np.minimum(start + kernel, size + pad) - start
 
 
 @register
 class Pool(Op):
-    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool)."""
+    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool),
+    count_include_pad (bool, default True: Caffe's divisor counts the padding)."""
 
     name = "Pool"
 
@@ -85,6 +90,8 @@ class Pool(Op):
         for j in range(1, kw):
             reduce(out, rows[:, :, :, j : j + sw * (ow - 1) + 1 : sw], out=out)
         if not is_max:
-            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph), _window_sizes(w, ow, kw, sw, pw))
+            include = attrs.get("count_include_pad", True)
+            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph, include),
+                               _window_sizes(w, ow, kw, sw, pw, include))
             out /= divisor.astype(x.dtype)
         return [out]
