@@ -3,8 +3,10 @@
 from edgecaffe.ops import (  # noqa: F401
     activation,
     binary,
+    clip,
     constant,
     conv,
+    conv_transpose,
     dense,
     hard,
     identity,
@@ -12,10 +14,14 @@ from edgecaffe.ops import (  # noqa: F401
     lrn,
     matmul,
     norm,
+    pad,
     pool,
+    reduce,
+    resize,
     softmax,
     strided_slice,
     tensor,
+    transpose,
 )
 from edgecaffe.ops.base import OPS, Op, OpError, Shape, get_op, register
 
