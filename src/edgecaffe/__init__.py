@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from os import PathLike
 
     from edgecaffe.model.network import Network
@@ -25,6 +26,21 @@ def load_caffe(
     from edgecaffe.model.caffe import load_caffe as _load
 
     return _load(prototxt, caffemodel, name)
+
+
+def load_onnx(
+    path: str | PathLike[str],
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    name: str | None = None,
+) -> Network:
+    """Read an ONNX model into a runnable `Network` (needs the `onnx` extra).
+
+    `input_shape` fills symbolic dims (`N`, `batch`; default 1): one shape, or input name ->
+    shape. A side file `<path>.yaml` adds labels and preprocessing. Raises `OnnxError`.
+    """
+    from edgecaffe.model.onnx import load_onnx as _load
+
+    return _load(path, input_shape, name)
 
 
 def open_package(directory: str | PathLike[str]) -> ModelPackage:
@@ -47,6 +63,10 @@ def __getattr__(name: str):
         from edgecaffe.model.errors import ModelError
 
         return ModelError
+    if name in {"OnnxError"}:
+        from edgecaffe.model.onnx.errors import OnnxError
+
+        return OnnxError
     if name in {"CaffeError"}:
         from edgecaffe.model.caffe import CaffeError
 
@@ -61,7 +81,9 @@ __all__ = [
     "ModelError",
     "Network",
     "NetworkError",
+    "OnnxError",
     "RequestError",
     "load_caffe",
+    "load_onnx",
     "open_package",
 ]

@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from edgecaffe.model.network import Network, NetworkError
-from edgecaffe.model.onnx import convert_math, convert_nn, convert_tensor  # noqa: F401
+from edgecaffe.model.onnx import (  # noqa: F401
+    convert_math,
+    convert_nn,
+    convert_shape,
+    convert_tensor,
+)
 from edgecaffe.model.onnx.context import ImportContext, attributes
 from edgecaffe.model.onnx.errors import OnnxError
 from edgecaffe.model.onnx.fold import fold_node
@@ -76,7 +81,7 @@ def load_onnx(
             _convert(ctx, node)
     ctx.node = None
     _graph_outputs(ctx, graph)
-    network_name = name or graph.name or path.stem
+    network_name = name or path.stem
     try:
         network = Network(network_name, ctx.layers, ctx.weights)
     except NetworkError as error:
