@@ -22,6 +22,12 @@ from edgecaffe.ops import OpError, get_op
 FLOAT = np.dtype(np.float32)
 
 
+def as_float(value) -> np.ndarray:
+    """float32, C-contiguous, same shape (np.ascontiguousarray would turn a scalar into (1,))."""
+    array = np.asarray(value, dtype=FLOAT)
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
 def attributes(node: Any) -> dict[str, Any]:
     """A node's attributes as Python values (strings decoded, tensors as numpy arrays)."""
     from onnx import helper, numpy_helper
@@ -82,8 +88,14 @@ class ImportContext:
             name = self.aliases[name]
         return name
 
-    def is_const(self, name: str) -> bool:
-        return self.resolve(name) in self.consts
+    def is_const(self, ref: int | str) -> bool:
+        """Whether the node's input at position `ref` (or the tensor named `ref`) is constant;
+        an omitted optional input is not."""
+        if isinstance(ref, int):
+            if ref >= len(self.node.input) or not self.node.input[ref]:
+                return False
+            ref = self.node.input[ref]
+        return self.resolve(ref) in self.consts
 
     def const(self, position: int, default: Any = None, what: str = "") -> np.ndarray | None:
         """The node's input at `position` as a constant (None/default when omitted); an error
@@ -106,14 +118,14 @@ class ImportContext:
         value = self.const(position, what=what)
         if value is None:
             raise self.error(f"{what} is missing")
-        return np.ascontiguousarray(value, dtype=FLOAT)
+        return as_float(value)
 
     def blob(self, position: int) -> str:
         """The node's input at `position` as a blob; a constant becomes a Constant layer."""
         name = self.resolve(self.node.input[position])
         if name in self.consts:
             if name not in self._constant_layers:
-                value = np.ascontiguousarray(self.consts[name], dtype=FLOAT)
+                value = as_float(self.consts[name])
                 blob = f"{name}@const"
                 layer = self.add_layer("Constant", [], [blob], {"shape": list(value.shape)},
                                        {"value": value}, name=self.layer_name("/const"))
@@ -150,7 +162,7 @@ class ImportContext:
             if key not in weights or tuple(weights[key].shape) != tuple(shape):
                 got = None if key not in weights else tuple(weights[key].shape)
                 raise self.error(f"IR {op} needs weight {key!r} of shape {tuple(shape)}, got {got}")
-            weights[key] = np.ascontiguousarray(weights[key], dtype=FLOAT)
+            weights[key] = as_float(weights[key])
         for blob, shape in zip(outputs, out_shapes, strict=True):
             self.shapes[blob] = tuple(int(d) for d in shape)
             self.producer[blob] = layer
