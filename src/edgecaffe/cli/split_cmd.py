@@ -11,11 +11,15 @@ def add_parser(commands) -> None:
         description="Write a model package: manifest.yaml (layers, shapes, bytes, FLOPs, "
         "preprocessing, labels) and weights/NNN_<layer>.safetensors for every weight-bearing "
         "layer. SOURCE is a zoo name, one of the original EdgeCaffe's network folders "
-        "(description.yaml + prototxt + caffemodel), or PROTOTXT CAFFEMODEL. Streams: one "
-        "layer's weights in memory at a time.",
+        "(description.yaml + prototxt + caffemodel), MODEL.onnx (with its side file's labels and "
+        "preprocessing), or PROTOTXT CAFFEMODEL. Caffe models stream: one layer's weights in "
+        "memory at a time.",
     )
     parser.add_argument("source", nargs="+", metavar="SOURCE",
-                        help="zoo name | original network folder | PROTOTXT CAFFEMODEL")
+                        help="zoo name | original network folder | MODEL.onnx | "
+                        "PROTOTXT CAFFEMODEL")
+    parser.add_argument("--input-shape", default=None, metavar="DIMS",
+                        help="ONNX input shape, e.g. 4,3,224,224 (fills symbolic dims)")
     parser.add_argument("-o", "--output", required=True, help="package folder to write")
     parser.add_argument("--synthetic", action="store_true",
                         help="seeded synthetic weights instead of the caffemodel's")
@@ -29,8 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.model.package import split
 
     bar = Progress(0, "split")  # total unknown until the network is read: shows MB done
+    shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else None
     package = split(args.source, args.output, seed=args.seed, batch=args.batch,
-                    synthetic=args.synthetic, progress=lambda layer, n: bar.advance(n, layer))
+                    synthetic=args.synthetic, progress=lambda layer, n: bar.advance(n, layer),
+                    input_shape=shape)
     seconds = bar.close()
     weighted = sum(1 for layer in package.network.layers if layer.params)
     print(f"wrote package {args.output}: {package.name}, {len(package.network.layers)} layers "

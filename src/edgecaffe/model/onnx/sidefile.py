@@ -60,7 +60,10 @@ def read_side_file(model: str | Path) -> dict[str, Any]:
 
 
 def apply_side_file(network: Any, model: str | Path) -> None:
-    """Put the side file's preprocessing and labels into `network.meta`."""
-    data = read_side_file(model)
+    """Put the model's labels and preprocessing into `network.meta`: those of a known model
+    (`known.py`), overridden by the side file's."""
+    from edgecaffe.model.onnx.known import known_meta
+
+    data = {**known_meta(model), **read_side_file(model)}
     data.pop("name", None)
     network.meta.update(data)
