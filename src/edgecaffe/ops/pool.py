@@ -14,10 +14,15 @@ import numpy as np
 from edgecaffe.ops.base import Op, OpError, register
 
 
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
-    span = size + 2 * pad - kernel
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil: bool,
+                     pad_end: int | None = None) -> int:
+    """Caffe's rule (pooling_layer.cpp), which ONNX's ceil_mode shares; `pad_end` (default
+    `pad`) allows ONNX's asymmetric padding."""
+    pad_end = pad if pad_end is None else pad_end
+    span = size + pad + pad_end - kernel
     if span < 0:
-        raise OpError(f"pooling kernel {kernel} is larger than the padded input {size + 2 * pad}")
+        raise OpError(f"pooling kernel {kernel} is larger than the padded input "
+                      f"{size + pad + pad_end}")
     out = (-(-span // stride) if ceil else span // stride) + 1
     if pad and (out - 1) * stride >= size + pad:
         out -= 1
@@ -29,27 +34,30 @@ def _geometry(shape, attrs):
     if attrs["global"]:
         return (h, w), (1, 1), (0, 0), (1, 1)
     kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
+    pad_end = attrs.get("pad_end") or pad
     out = tuple(
-        pool_output_size(size, k, s, p, attrs["ceil"])
-        for size, k, s, p in zip((h, w), kernel, stride, pad, strict=True)
+        pool_output_size(size, k, s, p, attrs["ceil"], e)
+        for size, k, s, p, e in zip((h, w), kernel, stride, pad, pad_end, strict=True)
     )
     return tuple(kernel), tuple(stride), tuple(pad), out
 
 
 def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int,
-                  include_pad: bool = True) -> np.ndarray:
-    """Average-pooling divisor along one axis: Caffe's window clipped to size + pad, or with
-    `include_pad` False (ONNX's count_include_pad=0) only the window's part inside the input."""
+                  include_pad: bool = True, pad_end: int | None = None) -> np.ndarray:
+    """Average-pooling divisor along one axis: Caffe's window clipped to size + pad (ONNX's
+    count_include_pad=1: size + the end pad), or with `include_pad` False (ONNX's
+    count_include_pad=0) only the window's part inside the input."""
     start = np.arange(out) * stride - pad
     if not include_pad:
         return np.minimum(start + kernel, size) - np.maximum(start, 0)
-    return np.minimum(start + kernel, size + pad) - start
+    return np.minimum(start + kernel, size + (pad if pad_end is None else pad_end)) - start
 
 
 @register
 class Pool(Op):
     """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool),
-    count_include_pad (bool, default True: Caffe's divisor counts the padding)."""
+    count_include_pad (bool, default True: Caffe's divisor counts the padding), pad_end (pair,
+    default `pad`: ONNX's asymmetric end padding)."""
 
     name = "Pool"
 
@@ -91,7 +99,8 @@ class Pool(Op):
             reduce(out, rows[:, :, :, j : j + sw * (ow - 1) + 1 : sw], out=out)
         if not is_max:
             include = attrs.get("count_include_pad", True)
-            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph, include),
-                               _window_sizes(w, ow, kw, sw, pw, include))
+            eh, ew = attrs.get("pad_end") or (ph, pw)
+            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph, include, eh),
+                               _window_sizes(w, ow, kw, sw, pw, include, ew))
             out /= divisor.astype(x.dtype)
         return [out]

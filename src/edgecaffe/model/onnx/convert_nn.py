@@ -88,25 +88,21 @@ def conv(ctx: ImportContext) -> None:
 def pool(ctx: ImportContext) -> None:
     _need_4d(ctx, "pooling")
     attrs = attributes(ctx.node)
-    if len(ctx.node.output) > 1 and ctx.node.output[1]:
+    if len(ctx.node.output) > 1 and ctx.readers[ctx.node.output[1]]:
         raise ctx.error("MaxPool's Indices output is not supported")
     kernel = list(attrs["kernel_shape"])
     strides, dilations, pads = _window(ctx, attrs, ctx.shape(0)[2:], kernel)
     if any(d != 1 for d in dilations):
         raise ctx.error(f"pooling dilations {dilations} are not supported")
     is_max = ctx.node.op_type == "MaxPool"
-    include = bool(attrs.get("count_include_pad", 0))
-    blob = ctx.blob(0)
-    if pads[:2] != pads[2:]:
-        if not is_max and not include:
-            raise ctx.error("asymmetric pads with count_include_pad=0 are not supported")
-        blob = _pad_layer(ctx, blob, pads, float("-inf") if is_max else 0.0)
-        pads = [0, 0, 0, 0]
-    ctx.add_layer("Pool", [blob], [ctx.output()], {
+    layer_attrs = {
         "method": "max" if is_max else "avg", "kernel": kernel, "stride": strides,
         "pad": pads[:2], "global": False, "ceil": bool(attrs.get("ceil_mode", 0)),
-        "count_include_pad": include,
-    })
+        "count_include_pad": bool(attrs.get("count_include_pad", 0)),
+    }
+    if pads[:2] != pads[2:]:
+        layer_attrs["pad_end"] = pads[2:]
+    ctx.add_layer("Pool", [ctx.blob(0)], [ctx.output()], layer_attrs)
 
 
 @converts("GlobalAveragePool", "GlobalMaxPool")

@@ -18,8 +18,8 @@ FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 @converts("Identity", "Dropout", note="Dropout's mask output is not supported")
 def identity(ctx: ImportContext) -> None:
-    if len(ctx.node.output) > 1 and ctx.node.output[1]:
-        raise ctx.error("Dropout's mask output is not supported (inference graphs only)")
+    if len(ctx.node.output) > 1 and ctx.readers[ctx.node.output[1]]:
+        raise ctx.error("Dropout's mask output is read; it is not supported (inference only)")
     ctx.alias(ctx.output(), ctx.node.input[0])
 
 

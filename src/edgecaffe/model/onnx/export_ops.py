@@ -79,9 +79,10 @@ def pool(b, layer, weights):
     elif a.get("count_include_pad", True) and any(pad):
         # Caffe divides by the window clipped to size + pad: zero-pad first, then exclude
         # only what lies beyond that.
+        pad_end = a.get("pad_end") or pad
         padded = b.node("Pad", [x, b.ints(f"{layer.name}/pads",
-                                          [0, 0, *pad, 0, 0, *pad])])[0]
-        extra = [max(0, e - p) for e, p in zip(end, pad, strict=True)]
+                                          [0, 0, *pad, 0, 0, *pad_end])])[0]
+        extra = [max(0, e - p) for e, p in zip(end, pad_end, strict=True)]
         y = b.node("AveragePool", [padded], target, kernel_shape=list(kernel),
                    strides=list(stride), pads=[0, 0, *extra], count_include_pad=0)[0]
     else:

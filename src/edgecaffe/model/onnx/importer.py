@@ -33,6 +33,7 @@ from edgecaffe.model.onnx.reader import (
     node_label,
     read_model,
     topological_order,
+    upgrade_opset,
 )
 from edgecaffe.model.onnx.registry import CONVERTERS
 
@@ -57,6 +58,7 @@ def load_onnx(
     path = Path(path)
     started = time.perf_counter()
     model = read_model(path)
+    model, converted_from = upgrade_opset(model, path)
     opset = default_opset(model, path)
     graph = model.graph
     nodes = topological_order(graph, path)
@@ -89,6 +91,8 @@ def load_onnx(
     network.meta["source"] = {"kind": "onnx", "path": str(path), "opset": opset,
                               "producer": model.producer_name, "folded_nodes": folded,
                               "import_ms": round((time.perf_counter() - started) * 1e3, 1)}
+    if converted_from is not None:
+        network.meta["source"]["converted_from_opset"] = converted_from
     from edgecaffe.model.onnx.sidefile import apply_side_file
 
     apply_side_file(network, path)

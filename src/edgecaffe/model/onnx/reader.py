@@ -44,6 +44,10 @@ def read_model(path: str | Path) -> Any:
     return model
 
 
+#: Older opsets are converted up to this one with onnx's version converter before mapping.
+CONVERT_TO = 13
+
+
 def default_opset(model: Any, path: Path) -> int:
     """The default-domain opset, checked against the range the importer maps."""
     versions = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
@@ -56,6 +60,23 @@ def default_opset(model: Any, path: Path) -> int:
             "convert it first: onnx.version_converter.convert_version(model, 13)"
         )
     return int(opset)
+
+
+def upgrade_opset(model: Any, path: Path) -> tuple[Any, int | None]:
+    """A model below MIN_OPSET converted to CONVERT_TO with onnx's version converter (the
+    format's own tool); returns (model, the original opset or None when nothing changed)."""
+    from onnx import version_converter
+
+    versions = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    opset = versions.get("ai.onnx")
+    if opset is None or opset >= MIN_OPSET:
+        return model, None
+    try:
+        return version_converter.convert_version(model, CONVERT_TO), int(opset)
+    except Exception as error:  # the converter raises RuntimeError and its own C++ errors
+        raise OnnxError(f"{path}: opset {opset} is below {MIN_OPSET} and onnx's version "
+                        f"converter could not raise it to {CONVERT_TO}: "
+                        f"{str(error).splitlines()[0] if str(error) else error!r}") from None
 
 
 def check_model(model: Any, path: Path) -> None:
