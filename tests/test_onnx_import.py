@@ -189,3 +189,41 @@ def test_weights_are_named_per_operator(tmp_path):
     conv = next(layer for layer in net.layers if layer.op == "Conv")
     assert set(net.weights[conv.name]) == {"weight", "bias"}
     np.testing.assert_array_equal(net.weights[conv.name]["weight"], W)
+
+
+def nhwc_model():
+    """TensorFlow's layout: NHWC activations, a Transpose around each Conv, a residual Add,
+    a Pad and a ReduceMean in NHWC."""
+    to_nchw, to_nhwc = [0, 3, 1, 2], [0, 2, 3, 1]
+    nodes = [
+        node("Transpose", ["x"], ["t0"], perm=to_nchw),
+        node("Conv", ["t0", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("Transpose", ["c1"], ["h1"], perm=to_nhwc),
+        node("Add", ["h1", "b1"], ["a1"]),
+        node("Relu", ["a1"], ["r1"]),
+        node("Pad", ["r1", "pads"], ["p1"]),
+        node("Transpose", ["p1"], ["t1"], perm=to_nchw),
+        node("Conv", ["t1", "w2"], ["c2"]),
+        node("Transpose", ["c2"], ["h2"], perm=to_nhwc),
+        node("Mul", ["h2", "s2"], ["m2"]),
+        node("Add", ["m2", "r1"], ["res"]),
+        node("Relu", ["res"], ["r2"]),
+        node("ReduceMean", ["r2"], ["y"], axes=[1, 2], keepdims=0),
+    ]
+    inits = {"w1": rand(4, 3, 3, 3), "b1": rand(1, 1, 1, 4), "w2": rand(4, 4, 3, 3, seed=5),
+             "s2": rand(4, seed=6), "pads": np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64)}
+    return make_model(nodes, inits, {"x": (1, 8, 8, 3)}, opset=13)
+
+
+def test_nhwc_transposes_fold_away(tmp_path):
+    net = compare(nhwc_model(), tmp_path / "nhwc.onnx")
+    assert net.meta["source"]["transposes_removed"] == 3
+    assert [layer.op for layer in net.layers].count("Transpose") == 1  # the input's
+    plain = compare(nhwc_model(), tmp_path / "nhwc.onnx")
+    import edgecaffe
+
+    unfolded = edgecaffe.load_onnx(tmp_path / "nhwc.onnx", fold_transposes=False)
+    assert [layer.op for layer in unfolded.layers].count("Transpose") == 4
+    x = rand(1, 8, 8, 3, seed=9)
+    np.testing.assert_allclose(plain.forward(x.copy())["y"], unfolded.forward(x.copy())["y"],
+                               rtol=1e-6, atol=1e-6)

@@ -92,6 +92,7 @@ def test_open_nsfw_tensorflow_export_matches_onnxruntime():
     net = edgecaffe.load_onnx(path)
     assert net.input_shape == (1, 224, 224, 3)  # NHWC, the batch dim defaulted to 1
     assert net.meta["source"]["folded_nodes"] > 50  # the TF "same" padding arithmetic
+    assert net.meta["source"]["transposes_removed"] == 107  # of 108: only the input's is left
     for image in photos():
         x = open_nsfw_input(image)
         ours = net.forward(x)

@@ -32,15 +32,17 @@ def load_onnx(
     path: str | PathLike[str],
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     name: str | None = None,
+    fold_transposes: bool = True,
 ) -> Network:
     """Read an ONNX model into a runnable `Network` (needs the `onnx` extra).
 
     `input_shape` fills symbolic dims (`N`, `batch`; default 1): one shape, or input name ->
-    shape. A side file `<path>.yaml` adds labels and preprocessing. Raises `OnnxError`.
+    shape. A side file `<path>.yaml` adds labels and preprocessing. `fold_transposes` cancels
+    the Transpose pairs of NHWC exports. Raises `OnnxError`.
     """
     from edgecaffe.model.onnx import load_onnx as _load
 
-    return _load(path, input_shape, name)
+    return _load(path, input_shape, name, fold_transposes)
 
 
 def open_package(directory: str | PathLike[str]) -> ModelPackage:

@@ -48,11 +48,13 @@ def load_onnx(
     path: str | Path,
     input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
     name: str | None = None,
+    fold_transposes: bool = True,
 ) -> Network:
     """Read an ONNX model into a runnable `Network` with its weights.
 
     `input_shape`: a shape for a single-input graph, or input name -> shape; it fills the
     graph's symbolic dims (`N`, `batch`; default 1) and must agree with its fixed ones.
+    `fold_transposes` sinks and cancels the Transpose pairs of NHWC exports (transposes.py).
     Raises OnnxError (a ModelError) naming the file, and the node where one is at fault.
     """
     path = Path(path)
@@ -83,13 +85,20 @@ def load_onnx(
             _convert(ctx, node)
     ctx.node = None
     _graph_outputs(ctx, graph)
+    layers, weights, removed = ctx.layers, ctx.weights, 0
+    if fold_transposes:
+        from edgecaffe.model.onnx.transposes import fold_transposes as fold
+
+        layers, weights, removed = fold(layers, weights, ctx.shapes,
+                                        {o.name for o in graph.output})
     network_name = name or path.stem
     try:
-        network = Network(network_name, ctx.layers, ctx.weights)
+        network = Network(network_name, layers, weights)
     except NetworkError as error:
         raise OnnxError(f"{path}: {error}") from None
     network.meta["source"] = {"kind": "onnx", "path": str(path), "opset": opset,
                               "producer": model.producer_name, "folded_nodes": folded,
+                              "transposes_removed": removed,
                               "import_ms": round((time.perf_counter() - started) * 1e3, 1)}
     if converted_from is not None:
         network.meta["source"]["converted_from_opset"] = converted_from
