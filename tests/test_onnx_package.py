@@ -106,7 +106,7 @@ def image(seed):
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("policy", [None, "masa", "fcfs"])
-def test_engine_outputs_equal_the_plain_forward(mixed, mode, policy):
+def test_engine_outputs_equal_the_plain_forward(mixed, mode, policy, cache):
     path, package = mixed
     networks = {"mixed": package.directory, "again": path}  # a folder and an .onnx file
     with Engine(networks, mode=mode, policy=policy, budget="64K" if policy == "masa" else "64M",
