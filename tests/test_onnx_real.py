@@ -114,3 +114,26 @@ def test_onnx_and_caffe_nsfw_give_the_same_score():
         caffe_score = caffe_net.forward(np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2)))["prob"]
         assert onnx_score.shape == caffe_score.shape == (1, 2)
         np.testing.assert_allclose(onnx_score, caffe_score, atol=1e-4, rtol=0)
+
+
+NUDENET = package_dir("nudenet")
+
+
+@pytest.mark.skipif(NUDENET is None, reason="pip install --no-deps nudenet==3.4.2")
+def test_yolov8_detector_exported_by_pytorch_with_user_shapes():
+    """NudeNet 3.4.2's 320n.onnx: a YOLOv8n detector exported by PyTorch (ultralytics) with
+    symbolic batch, height and width; the user gives the size, the shape arithmetic (Shape,
+    Gather, Range, Expand, ...) folds, and the raw detections match onnxruntime."""
+    from nudenet.nudenet import _read_image
+
+    path = NUDENET / "320n.onnx"
+    with pytest.raises(edgecaffe.OnnxError, match=r"320n.onnx: node '/model.\d+/Concat' "
+                                                  r"\(Concat, opset 17\)"):
+        edgecaffe.load_onnx(path)  # height and width default to 1: the shapes do not fit
+    net = edgecaffe.load_onnx(path, input_shape=(1, 3, 320, 320))
+    assert net.meta["source"]["folded_nodes"] > 50
+    for image in (real_photo(), real_photo().parent / "Minduka_Present_Blue_Pack.png"):
+        x = _read_image(str(image), 320)[0].astype(np.float32)
+        ours = net.forward(x)
+        theirs = onnxruntime_outputs(path, {"images": x})
+        assert_close(ours["output0"], theirs["output0"], "YOLOv8n detections")
