@@ -227,3 +227,14 @@ def test_nhwc_transposes_fold_away(tmp_path):
     x = rand(1, 8, 8, 3, seed=9)
     np.testing.assert_allclose(plain.forward(x.copy())["y"], unfolded.forward(x.copy())["y"],
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("scales", [[1, 1, 2, 2], [1, 1, 1.5, 2.5]])
+def test_opset9_upsample_is_converted_to_resize(mode, scales, tmp_path):
+    """Upsample (opsets 7-9) through onnx's version converter; its asymmetric coordinate
+    rule is restored on the converter's Resize."""
+    model = make_model([node("Upsample", ["x", "s"], ["y"], mode=mode)],
+                       {"s": np.array(scales, np.float32)}, {"x": (1, 2, 5, 7)}, opset=9)
+    net = compare(model, tmp_path / "up.onnx")
+    assert [layer.op for layer in net.layers] == ["Input", "Resize"]

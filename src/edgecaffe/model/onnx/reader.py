@@ -71,12 +71,26 @@ def upgrade_opset(model: Any, path: Path) -> tuple[Any, int | None]:
     opset = versions.get("ai.onnx")
     if opset is None or opset >= MIN_OPSET:
         return model, None
+    upsampled = {node.output[0] for node in model.graph.node if node.op_type == "Upsample"}
     try:
-        return version_converter.convert_version(model, CONVERT_TO), int(opset)
+        converted = version_converter.convert_version(model, CONVERT_TO)
     except Exception as error:  # the converter raises RuntimeError and its own C++ errors
         raise OnnxError(f"{path}: opset {opset} is below {MIN_OPSET} and onnx's version "
                         f"converter could not raise it to {CONVERT_TO}: "
                         f"{str(error).splitlines()[0] if str(error) else error!r}") from None
+    # Upsample maps output x to input x / scale (the asymmetric transform); the converter's
+    # Resize leaves the default half_pixel, which is another function for linear mode.
+    from onnx import helper
+
+    for node in converted.graph.node:
+        if node.op_type == "Resize" and node.output[0] in upsampled:
+            names = {a.name for a in node.attribute}
+            if "coordinate_transformation_mode" not in names:
+                node.attribute.append(helper.make_attribute("coordinate_transformation_mode",
+                                                            "asymmetric"))
+            if "nearest_mode" not in names:
+                node.attribute.append(helper.make_attribute("nearest_mode", "floor"))
+    return converted, int(opset)
 
 
 def check_model(model: Any, path: Path) -> None:
