@@ -129,7 +129,9 @@ def fold_transposes(layers: list[Layer], weights: dict, shapes: dict,
     before = sum(layer.op == "Transpose" for layer in layers)
     if not before:
         return layers, weights, 0
-    graph = _Graph(copy.deepcopy(layers), copy.deepcopy(weights), dict(shapes), protected)
+    # Weights are replaced, never written into: copying the dicts is enough.
+    graph = _Graph(copy.deepcopy(layers), {k: dict(v) for k, v in weights.items()},
+                   dict(shapes), protected)
     for _ in range(4 * len(layers)):
         moved = False
         for transpose in [layer for layer in graph.layers if layer.op == "Transpose"]:
@@ -164,7 +166,7 @@ def fold_transposes(layers: list[Layer], weights: dict, shapes: dict,
 
 def _can_absorb(graph: _Graph, reader: Layer, transpose: Layer) -> bool:
     """Dry run of `_absorb` on copies."""
-    trial = _Graph(graph.layers, copy.deepcopy({reader.name: graph.weights.get(reader.name, {})}),
+    trial = _Graph(graph.layers, {reader.name: dict(graph.weights.get(reader.name, {}))},
                    dict(graph.shapes), graph.protected)
     clone = copy.deepcopy(reader)
     trial.layers = [clone if layer is reader else layer for layer in graph.layers]
