@@ -190,3 +190,16 @@ def test_graph_command_takes_onnx(mixed, tmp_path, capsys):
     path, _ = mixed
     assert main(["graph", "masa", str(path), "-o", str(tmp_path / "g.dot")]) == 0
     assert "Mixed" in (tmp_path / "g.dot").read_text()
+
+
+def test_experiment_runs_onnx_networks(mixed, tmp_path, cache, capsys):
+    path, _ = mixed
+    out = tmp_path / "results"
+    assert main(["experiment", "--mode", "masa", "--networks", "Mixed,Mixed.onnx",
+                 "--network-path", str(path.parent), "--n-arrivals", "2", "-o", str(out)]) == 0
+    assert "2/2 requests" in capsys.readouterr().out
+    from conftest import read_csv
+
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    rows = read_csv(run / "networks.csv")
+    assert {row["network"] for row in rows} == {"Mixed", "Mixed.onnx"}

@@ -28,7 +28,11 @@ def newest_opset() -> int:
 
 def read_model(path: str | Path) -> Any:
     """Decode and check `path`; returns the ModelProto (external data loaded from its folder)."""
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxError(f"{path}: reading ONNX needs the onnx package: "
+                        "pip install 'edgecaffe[onnx]'") from None
     from google.protobuf.message import DecodeError
 
     path = Path(path)
