@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgecaffe.model.caffe import LayerBlobs, load_caffe, write_caffemodel
+from edgecaffe.model.caffe import CaffeModelReader, LayerBlobs, load_caffe, write_caffemodel
 from edgecaffe.model.caffe.synth import synthesize_caffemodel
 from edgecaffe.model.network import Network
 
@@ -153,6 +153,22 @@ def opencv_forward(
     return theirs
 
 
+def _without_scalar_blobs(model_path: Path | None) -> Path | None:
+    """OpenCV cannot read the 0-d blobs Caffe writes (a shared PReLU slope, a Scale with
+    num_axes 0): give it a copy where they are 1-d."""
+    if model_path is None:
+        return None
+    with CaffeModelReader(model_path) as reader:
+        layers = [(name, record.type, reader.read_blobs(name))
+                  for name, record in reader.layers.items()]
+    if not any(blob.ndim == 0 for _, _, blobs in layers for blob in blobs):
+        return model_path
+    copy = model_path.with_name(model_path.stem + ".opencv1d.caffemodel")
+    write_caffemodel(copy, model_path.stem, [
+        LayerBlobs(name, kind, [b.reshape(-1) for b in blobs]) for name, kind, blobs in layers])
+    return copy
+
+
 def compare_with_opencv(
     directory: Path,
     prototxt: str,
@@ -195,7 +211,7 @@ def compare_with_opencv(
         model_path = directory / f"{name}.caffemodel"
         synthesize_caffemodel(proto_path, model_path, seed=synth_seed)
 
-    cv_proto_path, cv_model_path = proto_path, model_path
+    cv_proto_path, cv_model_path = proto_path, _without_scalar_blobs(model_path)
     if opencv_prototxt is not None:
         cv_proto_path = directory / f"{name}.opencv.prototxt"
         cv_proto_path.write_text(opencv_prototxt)

@@ -5,7 +5,7 @@ The top-level import stays light: numpy and protobuf load when a model is first 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
@@ -21,11 +21,16 @@ def load_caffe(
     prototxt: str | PathLike[str],
     caffemodel: str | PathLike[str] | None = None,
     name: str | None = None,
+    **options: Any,
 ) -> Network:
-    """Read a Caffe deploy prototxt and its caffemodel into a runnable `Network`."""
+    """Read a Caffe deploy prototxt and its caffemodel into a runnable `Network`.
+
+    `options`: `stages=[...]`, `level=N` (Caffe's NetState for include/exclude rules) and
+    `input_shape=...` (reshape the input); see `edgecaffe.model.caffe.load_caffe`.
+    """
     from edgecaffe.model.caffe import load_caffe as _load
 
-    return _load(prototxt, caffemodel, name)
+    return _load(prototxt, caffemodel, name, **options)
 
 
 def load_onnx(

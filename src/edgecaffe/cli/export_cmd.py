@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.model.onnx.export import export_onnx
 
     options = SimpleNamespace(model=args.model, seed=args.seed, batch=args.batch, whole=False,
-                              input_shape=args.input_shape)
+                              input_shape=args.input_shape, input=None)
     net, _ = _load(options)
     if hasattr(net, "network"):  # a package: weights are read one layer at a time
         network, weights_for = net.network, (lambda layer: net.read(layer.name))

@@ -1,4 +1,5 @@
-"""`edgecaffe run`: one network on one image; prints output shapes, top-5 and timings (or JSON)."""
+"""`edgecaffe run`: one network on one image; prints output shapes, top-5 (or, for a detector's
+DetectionOutput, the boxes and scores) and timings, or all of it as JSON."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+
+from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
 
 
 def add_parser(commands) -> None:
@@ -27,7 +30,7 @@ def add_parser(commands) -> None:
                         "the batch; default: the file's, symbolic dims 1)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object (outputs, top classes, timings) instead")
-    parser.add_argument("--input", "-i", default=None,
+    parser.add_argument("--input", "--image", "-i", default=None,
                         help="image file or .npy NCHW array (default: the built-in sample image)")
     parser.add_argument("--mean", default=None,
                         help="per-channel mean in the input's channel order, e.g. 104,117,123")
@@ -38,12 +41,16 @@ def add_parser(commands) -> None:
     parser.add_argument("--outputs", default=None,
                         help="comma-separated blob names to return instead of the outputs")
     parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="detectors (SSD DetectionOutput): show boxes scoring at least this "
+                        "(default 0.5)")
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed passes after the first, warm-up pass (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="zoo weight seed (default 0)")
     parser.add_argument("--batch", type=int, default=1, help="zoo input batch (default 1)")
     parser.add_argument("--whole", action="store_true",
                         help="for a package: load every layer first instead of layer by layer")
+    add_caffe_flags(parser)
     parser.set_defaults(handler=run)
 
 
@@ -55,17 +62,24 @@ def _load(args: argparse.Namespace):
     from edgecaffe.model.zoo import get_zoo_model, zoo_files
 
     started = time.perf_counter()
+    options = caffe_kwargs(args)
     if len(args.model) == 1 and Path(args.model[0]).suffix.lower() == ".onnx":
         from edgecaffe.model.onnx import load_onnx
 
+        if options:
+            raise ValueError("--stage, --level and --input-size apply to Caffe files; give an "
+                             "ONNX model's shape with --input-shape")
         shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else None
         net = load_onnx(args.model[0], input_shape=shape)
     elif len(args.model) == 2:
-        net = load_caffe(*args.model)
+        net = load_caffe(*args.model, **options)
     elif len(args.model) != 1:
         raise ValueError("give a zoo name, a package folder, an original network folder, or a "
                          "prototxt and a caffemodel")
     elif (Path(args.model[0]) / "manifest.yaml").exists():
+        if options:
+            raise ValueError("--stage, --level and --input-size apply to Caffe files; a package "
+                             "has its shapes fixed: split it again with them")
         net = open_package(args.model[0])
         if args.whole:
             net = net.load_all()
@@ -74,15 +88,27 @@ def _load(args: argparse.Namespace):
         if not folder.caffemodel.exists():
             raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
                              f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
-        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name)
+        image_hw = _image_size(args) if folder.use_scales else None
+        net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
+                         **{**folder.load_options(image_hw), **options})
         net.meta.update(folder.preprocess(), labels=folder.labels())
     else:
         model = get_zoo_model(args.model[0])
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
         started = time.perf_counter()
-        net = load_caffe(prototxt, caffemodel, name=model.name)
+        net = load_caffe(prototxt, caffemodel, name=model.name, **options)
         net.meta.update(model.meta)
     return net, (time.perf_counter() - started) * 1e3
+
+
+def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
+    """H, W of the input image (None for a .npy input, whose shape is already the net's)."""
+    from edgecaffe.model.preprocess import load_image, sample_image
+
+    if args.input and Path(args.input).suffix == ".npy":
+        return None
+    image = load_image(args.input) if args.input else sample_image()
+    return image.shape[0], image.shape[1]
 
 
 def _input(args: argparse.Namespace, net):
@@ -91,7 +117,7 @@ def _input(args: argparse.Namespace, net):
     from edgecaffe.model.preprocess import load_image, preprocess_for, sample_image
 
     if args.input and Path(args.input).suffix == ".npy":
-        return np.load(args.input), args.input
+        return np.load(args.input), args.input, None
     image = load_image(args.input) if args.input else sample_image()
     meta = dict(net.meta)
     if args.mean:
@@ -102,7 +128,8 @@ def _input(args: argparse.Namespace, net):
         meta["channel_order"] = "RGB"
     if args.nhwc:
         meta["layout"] = "NHWC"
-    return preprocess_for(image, net.input_shape, meta), args.input or "built-in sample image"
+    x = preprocess_for(image, net.input_shape, meta)
+    return x, args.input or "built-in sample image", image.shape[:2]
 
 
 def top_classes(array, labels: list[str], top: int) -> list[dict] | None:
@@ -138,9 +165,33 @@ def _labels_for(net, name: str) -> list[str]:
     return list(net.meta.get("labels", [])) if wanted in (None, name) else []
 
 
+def describe_detections(name: str, array, image_size: tuple[int, int] | None,
+                        threshold: float, labels: list[str]) -> list[str]:
+    """Lines for an SSD DetectionOutput blob (1 x 1 x N x 7 rows [image, label, score, xmin,
+    ymin, xmax, ymax], corners relative to the image): the rows scoring >= threshold, with
+    corners in pixels of the original image when its (height, width) is known."""
+    rows = array.reshape(-1, 7)
+    found = rows[(rows[:, 1] >= 0) & (rows[:, 2] >= threshold)]
+    unit = "relative to the image"
+    scale = [1.0, 1.0, 1.0, 1.0]
+    if image_size is not None:
+        height, width = image_size
+        unit = f"pixels of the {width}x{height} image"
+        scale = [width, height, width, height]
+    lines = [f"{name}: {len(found)} detection(s) with score >= {threshold:g} "
+             f"(of {int(sum(rows[:, 1] >= 0))} the net kept); boxes in {unit}"]
+    for image, label, score, *box in found:
+        named = labels[int(label)] if 0 <= int(label) < len(labels) else f"class {int(label)}"
+        corners = ", ".join(f"{v * s:.1f}" if image_size else f"{v:.4f}"
+                            for v, s in zip(box, scale, strict=True))
+        lines.append(f"  image {int(image)}  {named:<12} score {score:.4f}  "
+                     f"box (xmin, ymin, xmax, ymax) = ({corners})")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     net, load_ms = _load(args)
-    x, source = _input(args, net)
+    x, source, image_size = _input(args, net)
     outputs = args.outputs.split(",") if args.outputs else None
     times_ms = []
     for _ in range(1 + max(0, args.repeat)):
@@ -149,17 +200,24 @@ def run(args: argparse.Namespace) -> int:
         times_ms.append((time.perf_counter() - started) * 1e3)
     layers = net.network.layers if hasattr(net, "network") else net.layers
     flops = sum(layer.flops for layer in layers)
-    steady = times_ms[1:] or times_ms
     if args.json:
         _print_json(net, x, source, results, layers, flops, load_ms, times_ms, args.top)
         return 0
     how = " layer by layer from its package" if hasattr(net, "network") else ""
     print(f"{net.name}: {len(layers)} layers, {net.weight_bytes / 1e6:.1f} MB weights, "
           f"{flops / 1e9:.2f} GFLOP{how}; input {'x'.join(map(str, x.shape))} from {source}")
+    steady = times_ms[1:] or times_ms
     print(f"open {load_ms:.1f} ms; forward {statistics.median(steady):.1f} ms "
           f"(median of {len(steady)}; first {times_ms[0]:.1f} ms)")
+    detections = {blob for layer in layers if layer.op == "DetectionOutput"
+                  for blob in layer.outputs}
     for name, array in results.items():
-        print("\n".join(_describe(name, array, _labels_for(net, name), args.top)))
+        labels = _labels_for(net, name)
+        if name in detections:
+            lines = describe_detections(name, array, image_size, args.threshold, labels)
+        else:
+            lines = _describe(name, array, labels, args.top)
+        print("\n".join(lines))
     return 0
 
 

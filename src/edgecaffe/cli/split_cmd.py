@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -25,6 +27,10 @@ def add_parser(commands) -> None:
                         help="seeded synthetic weights instead of the caffemodel's")
     parser.add_argument("--seed", type=int, default=0, help="seed for synthetic weights")
     parser.add_argument("--batch", type=int, default=1, help="input batch of zoo networks")
+    add_caffe_flags(parser)
+    parser.add_argument("--image", default=None, metavar="FILE",
+                        help="the image an original folder with `use-scales: true` will run on: "
+                        "its input becomes the image enlarged 5x, as the original does")
     parser.set_defaults(handler=run)
 
 
@@ -32,11 +38,20 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.cli.progress import Progress
     from edgecaffe.model.package import split
 
+    options = caffe_kwargs(args)
+    if args.image:
+        from edgecaffe.model.preprocess import load_image
+
+        options["image_size"] = load_image(args.image).shape[:2]
+    if args.input_shape:
+        if "input_shape" in options:
+            raise ValueError("give --input-shape (all dims, ONNX) or --input-size (H x W), "
+                             "not both")
+        options["input_shape"] = [int(d) for d in args.input_shape.split(",")]
     bar = Progress(0, "split")  # total unknown until the network is read: shows MB done
-    shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else None
     package = split(args.source, args.output, seed=args.seed, batch=args.batch,
                     synthetic=args.synthetic, progress=lambda layer, n: bar.advance(n, layer),
-                    input_shape=shape)
+                    **options)
     seconds = bar.close()
     weighted = sum(1 for layer in package.network.layers if layer.params)
     print(f"wrote package {args.output}: {package.name}, {len(package.network.layers)} layers "

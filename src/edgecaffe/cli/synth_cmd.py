@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -14,6 +16,7 @@ def add_parser(commands) -> None:
     parser.add_argument("prototxt", help="deploy .prototxt")
     parser.add_argument("-o", "--output", required=True, help="output .caffemodel")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
+    add_caffe_flags(parser)
     parser.set_defaults(handler=synth)
 
 
@@ -22,11 +25,12 @@ def synth(args: argparse.Namespace) -> int:
     from edgecaffe.model.caffe import load_caffe
     from edgecaffe.model.caffe.synth import synthesize_caffemodel
 
-    total = load_caffe(args.prototxt).weight_bytes
+    options = caffe_kwargs(args)
+    total = load_caffe(args.prototxt, **options).weight_bytes
     bar = Progress(total, "synth")
     network = synthesize_caffemodel(
         args.prototxt, args.output, seed=args.seed,
-        progress=lambda layer, nbytes: bar.advance(nbytes, layer),
+        progress=lambda layer, nbytes: bar.advance(nbytes, layer), **options,
     )
     seconds = bar.close()
     weighted = sum(1 for layer in network.layers if layer.params)

@@ -22,18 +22,39 @@ def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
         if onnx.suffix.lower() == ".onnx" and onnx.is_file():
             return onnx_package(onnx)
     if is_original_folder(path):
+        image_size = _use_scales_image_size(name, path, config)
         description = (path / "description.yaml").read_bytes()
-        key = hashlib.sha1(str(path.resolve()).encode() + description).hexdigest()[:12]
+        key = hashlib.sha1(str(path.resolve()).encode() + description
+                           + str(image_size).encode()).hexdigest()[:12]
         target = cache_dir() / "original" / f"{path.name}-{key}"
         if (target / MANIFEST).is_file():
             return open_package(target)
-        return split([path], target, synthetic=config.synthetic, seed=config.seed)
+        return split([path], target, synthetic=config.synthetic, seed=config.seed,
+                     image_size=image_size)
     if name.lower() in {zoo.lower() for zoo in ZOO}:
         return zoo_package(name, profile_runs=3)
     raise ConfigError(f"{config.source}: network {name!r} is neither a package folder, an "
                       f"original network folder nor an .onnx file under "
                       f"{config.network_path!r}, nor a zoo name "
                       f"({', '.join(n for n, m in ZOO.items() if not m.tiny)})")
+
+
+def _use_scales_image_size(name: str, path: Path, config: ExperimentConfig
+                           ) -> tuple[int, int] | None:
+    """For an original folder with `use-scales: true`: the size of the image its arrivals
+    carry (the original enlarges that image 5x and reshapes the net to it); None otherwise."""
+    from edgecaffe.model.package.original import read_original
+    from edgecaffe.model.preprocess import load_image, sample_image
+
+    if not read_original(path).use_scales:
+        return None
+    images = {a.data for a in config.arrivals or [] if name in a.networks} or {None}
+    sizes = {tuple((load_image(p) if p else sample_image()).shape[:2]) for p in images}
+    if len(sizes) > 1:
+        raise ConfigError(f"{config.source}: network {name!r} has use-scales: true but its "
+                          f"arrivals carry images of {len(sizes)} sizes {sorted(sizes)}; one "
+                          "size per network is supported (its package is shaped for it)")
+    return sizes.pop()
 
 
 def resolve_networks(names: list[str], config: ExperimentConfig) -> dict[str, ModelPackage]:

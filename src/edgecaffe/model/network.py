@@ -96,7 +96,8 @@ class Network:
                 layer.params = {key: tuple(shape) for key, shape in params.items()}
                 out_shapes = op.output_shapes(in_shapes, layer.attrs)
                 layer.flops = int(op.flops(in_shapes, out_shapes, layer.attrs))
-            except (OpError, KeyError, ZeroDivisionError) as error:
+            except (OpError, KeyError, ZeroDivisionError, IndexError, TypeError, ValueError,
+                    OverflowError) as error:  # attrs from a file: any of these is bad input
                 detail = f"missing hyperparameter {error}" if isinstance(error, KeyError) else error
                 raise NetworkError(
                     f"layer {layer.name!r} ({layer.op}) with input shapes {in_shapes}: {detail}"
@@ -291,6 +292,10 @@ class BlobRunner:
             raise NetworkError(f"layer {layer.name!r} ({layer.op}) failed: {error}") from error
         for blob, array in zip(layer.outputs, results, strict=True):
             expected = self.network.blob_shapes[blob]
+            if op.dynamic_shape and array.ndim == len(expected) and all(
+                a <= e for a, e in zip(array.shape, expected, strict=True)
+            ):
+                expected = array.shape  # a data-dependent size within the declared bound
             if array.shape != expected or array.dtype != DTYPE:
                 raise NetworkError(
                     f"layer {layer.name!r} ({layer.op}) produced {array.dtype} {array.shape} for "

@@ -42,5 +42,5 @@ def synthesize_weights(layer: Layer, seed: int = 0) -> dict[str, np.ndarray]:
             array = rng.uniform(0.05, 0.3, shape).astype(np.float32)
         else:  # bias, mean and anything else additive
             array = (rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05))
-        weights[name] = array
+        weights[name] = np.asarray(array, dtype=np.float32)
     return weights

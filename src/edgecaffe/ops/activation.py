@@ -44,7 +44,8 @@ class PReLU(Op):
     def param_shapes(self, inputs, attrs):
         if len(inputs[0]) < 2 and not attrs["channel_shared"]:
             raise OpError("PReLU needs an input with a channel axis")
-        return {"slope": (1,) if attrs["channel_shared"] else (inputs[0][1],)}
+        # Caffe's shared slope is a 0-d blob (prelu_layer.cpp: Blob(vector<int>(0))).
+        return {"slope": () if attrs["channel_shared"] else (inputs[0][1],)}
 
     def run(self, inputs, weights, attrs, inplace=False):
         x = inputs[0]

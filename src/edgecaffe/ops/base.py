@@ -31,6 +31,10 @@ class Op:
     #: True when the output is a view of the first input's memory (Dropout, Flatten, Reshape):
     #: the executor then treats both blobs as one buffer when deciding what may be overwritten.
     view: ClassVar[bool] = False
+    #: True when the output's size depends on the data (DetectionOutput's number of boxes):
+    #: `output_shapes` then gives the largest output (what memory accounting reserves), and
+    #: the kernel may return fewer entries along any axis.
+    dynamic_shape: ClassVar[bool] = False
 
     def param_shapes(self, inputs: Sequence[Shape], attrs: Attrs) -> dict[str, Shape]:
         """Name and shape of each weight array the op needs (empty for parameter-free ops)."""

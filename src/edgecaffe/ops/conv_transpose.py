@@ -1,8 +1,9 @@
 """Transposed convolution (Caffe's Deconvolution, ONNX's ConvTranspose) as GEMM + col2im.
 
-Each input pixel scatters a kernel-sized patch: one GEMM per group gives every patch at once
-(C_out/group * kh * kw rows, H * W columns), and col2im adds them into the output with one
-strided slice per kernel tap (kh * kw slices, not a loop over pixels). The padding is then
+Each input pixel scatters a kernel-sized patch: a GEMM per group gives the patches (C_out/group
+* kh * kw rows, H * W columns; built a band of kernel rows at a time to bound the buffer), and
+col2im adds them into the output with one strided slice per kernel tap (kh * kw slices, not a
+loop over pixels). The padding is then
 cropped: ConvTranspose's pads remove output, they do not add input.
 """
 
@@ -39,9 +40,18 @@ def _geometry(attrs) -> tuple[tuple[int, int], ...]:
             (pads[2], pads[3]), tuple(output_padding))
 
 
+#: Most floats of the column buffer of one band of kernel rows (4 MB), as in conv.py: a
+#: whole-kernel buffer is C_out * kh * kw * H * W (88 MB for FCN-32s' 64 x 64 upscore).
+_BAND_FLOATS = 1024 * 1024
+
+
 def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                      attrs: dict) -> np.ndarray:
-    """NCHW input, weight (C_in, C_out/group, kh, kw) -> NC'H'W' output (float32)."""
+    """NCHW input, weight (C_in, C_out/group, kh, kw) -> NC'H'W' output (float32).
+
+    The columns are built a band of kernel rows at a time (one GEMM per band and group), so
+    the buffer stays near 4 MB whatever the kernel size.
+    """
     n, c_in, h, w = x.shape
     group = attrs["group"]
     (kh, kw), (sh, sw), (dh, dw), (pt, pl), (pb, pr), (oph, opw) = _geometry(attrs)
@@ -51,20 +61,25 @@ def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
     full_h = sh * (h - 1) + dh * (kh - 1) + 1 + oph
     full_w = sw * (w - 1) + dw * (kw - 1) + 1 + opw
     oh, ow = full_h - pt - pb, full_w - pl - pr
-    # (group, C_in/g, C_out/g*kh*kw): transposed so the GEMM is W^T x.
-    w_t = weight.reshape(group, c_in // group, c_out_g * kh * kw).transpose(0, 2, 1)
+    band = max(1, _BAND_FLOATS // (c_out * kw * h * w))
+    # (group, C_out/g, kh, kw, C_in/g): a band of kernel rows is then one slice.
+    w_t = weight.reshape(group, c_in // group, c_out_g, kh, kw).transpose(0, 2, 3, 4, 1)
     out = np.empty((n, c_out, oh, ow), dtype=np.float32)
     full = np.empty((c_out, full_h, full_w), dtype=np.float32)
     for i in range(n):
-        cols = np.matmul(w_t, x[i].reshape(group, c_in // group, h * w))
-        cols = cols.reshape(c_out, kh, kw, h, w)
+        x_groups = x[i].reshape(group, c_in // group, h * w)
         full.fill(0.0)
-        for a in range(kh):
-            top = a * dh
-            for b in range(kw):
-                left = b * dw
-                full[:, top : top + sh * (h - 1) + 1 : sh,
-                     left : left + sw * (w - 1) + 1 : sw] += cols[:, a, b]
+        for a0 in range(0, kh, band):
+            a1 = min(kh, a0 + band)
+            taps = w_t[:, :, a0:a1].reshape(group, c_out_g * (a1 - a0) * kw, c_in // group)
+            cols = np.matmul(taps, x_groups).reshape(group, c_out_g, a1 - a0, kw, h, w)
+            cols = cols.reshape(c_out, a1 - a0, kw, h, w)
+            for a in range(a0, a1):
+                top = a * dh
+                for b in range(kw):
+                    left = b * dw
+                    full[:, top : top + sh * (h - 1) + 1 : sh,
+                         left : left + sw * (w - 1) + 1 : sw] += cols[:, a - a0, b]
         out[i] = full[:, pt : pt + oh, pl : pl + ow]
         if bias is not None:
             out[i] += bias[:, None, None]

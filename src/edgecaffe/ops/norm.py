@@ -41,7 +41,8 @@ def _second_input_span(inputs, attrs) -> int:
 
 @register
 class BatchNorm(Op):
-    """attrs: eps. weights: mean, var (one value per channel, axis 1)."""
+    """attrs: eps, use_global_stats (default true). weights: mean, var (one value per channel,
+    axis 1; unused when use_global_stats is false and the batch's own statistics are used)."""
 
     name = "BatchNorm"
     inplace = True
@@ -55,11 +56,21 @@ class BatchNorm(Op):
 
     def run(self, inputs, weights, attrs, inplace=False):
         x = inputs[0]
+        if not attrs.get("use_global_stats", True):
+            return [self._batch_statistics(x, attrs["eps"])]
         mean = _broadcastable(weights["mean"], 1, x.ndim)
         std = np.sqrt(weights["var"] + np.float32(attrs["eps"]))
         y = np.subtract(x, mean, out=x if inplace else None)
         y /= _broadcastable(std, 1, x.ndim)
         return [y]
+
+    @staticmethod
+    def _batch_statistics(x: np.ndarray, eps: float) -> np.ndarray:
+        """Caffe's use_global_stats: false: mean and biased variance over every axis but 1."""
+        axes = (0, *range(2, x.ndim))
+        centered = x - x.mean(axis=axes, keepdims=True, dtype=np.float64).astype(np.float32)
+        var = np.mean(np.square(centered), axis=axes, keepdims=True, dtype=np.float64)
+        return (centered / np.sqrt(var + eps).astype(np.float32)).astype(np.float32)
 
 
 @register

@@ -1,30 +1,63 @@
-"""Max and average pooling with Caffe's output-size rule (ceil by default) and its clipping.
+"""Max and average pooling with Caffe's output-size rule and window clipping.
 
-Caffe rounds the output size up, then drops the last window if it would start inside the right
-or bottom padding; average pooling divides by the window clipped to the padded input, not by
-the kernel area. Both rules are reproduced exactly.
+Rules from Caffe's pooling_layer.cpp (BVLC master; checked against pycaffe 1.0.0):
+* size = ceil((in + 2 pad - kernel) / stride) + 1 (floor with round_mode FLOOR), computed in float
+  so a kernel a little larger than the input still gives one window, clipped to the input;
+* when *any* pad (height or width) is non-zero, a last window that would start in the bottom or
+  right padding is dropped, on both axes alike;
+* a max window that covers no input value gives -FLT_MAX (Caffe's initial value), not -inf;
+* average pooling divides by the window clipped to the padded input (in + pad), not by the
+  kernel area, and by nothing smaller than that even where the window leaves the input.
+
+ONNX's MaxPool/AveragePool (attr `convention: onnx`, set by the ONNX importer) differ: pads may
+be asymmetric (`pad_end`), the size is integer arithmetic, the ceil-mode window that starts in
+the end padding is dropped per axis (onnxruntime's pool_attributes.h), and `count_include_pad`
+False divides by the window's part inside the input.
 """
 
 from __future__ import annotations
 
-from math import prod
+from math import ceil, floor, prod
 
 import numpy as np
 
 from edgecaffe.ops.base import Op, OpError, register
 
+#: Caffe's value for a max-pooling window with no input in it.
+FLT_MAX = float(np.finfo(np.float32).max)
 
-def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil: bool,
-                     pad_end: int | None = None) -> int:
-    """Caffe's rule (pooling_layer.cpp), which ONNX's ceil_mode shares; `pad_end` (default
-    `pad`) allows ONNX's asymmetric padding."""
-    pad_end = pad if pad_end is None else pad_end
+
+def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool,
+                     any_pad: bool | None = None) -> int:
+    """Output length along one axis, as Caffe's PoolingLayer::Reshape computes it.
+
+    `any_pad` says whether any axis of the layer is padded (default: this one's pad), which is
+    what enables Caffe's rule of dropping a last window that starts in the padding.
+    Raises OpError when Caffe would produce an empty or negative size.
+    """
+    if pad >= kernel:
+        raise OpError(f"pooling pad {pad} must be smaller than the kernel {kernel} "
+                      "(Caffe's CHECK_LT(pad, kernel))")
+    ratio = np.float32(size + 2 * pad - kernel) / np.float32(stride)  # Caffe divides in float
+    out = int(ceil(ratio) if ceil_mode else floor(ratio)) + 1
+    if (pad if any_pad is None else any_pad) and (out - 1) * stride >= size + pad:
+        out -= 1
+    if out < 1:
+        raise OpError(f"pooling kernel {kernel} (stride {stride}, pad {pad}) leaves no window "
+                      f"over an input of size {size}")
+    return out
+
+
+def onnx_pool_output_size(size: int, kernel: int, stride: int, pad: int, pad_end: int,
+                          ceil_mode: bool) -> int:
+    """ONNX's rule (onnxruntime's pool_attributes.h): floor or ceil of (size + pads - kernel) /
+    stride, plus one; in ceil mode a last window starting in the end padding is dropped."""
     span = size + pad + pad_end - kernel
     if span < 0:
         raise OpError(f"pooling kernel {kernel} is larger than the padded input "
                       f"{size + pad + pad_end}")
-    out = (-(-span // stride) if ceil else span // stride) + 1
-    if pad and (out - 1) * stride >= size + pad:
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -34,10 +67,17 @@ def _geometry(shape, attrs):
     if attrs["global"]:
         return (h, w), (1, 1), (0, 0), (1, 1)
     kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
-    pad_end = attrs.get("pad_end") or pad
+    if attrs.get("convention") == "onnx":
+        pad_end = attrs.get("pad_end") or pad
+        out = tuple(
+            onnx_pool_output_size(size, k, s, p, e, attrs["ceil"])
+            for size, k, s, p, e in zip((h, w), kernel, stride, pad, pad_end, strict=True)
+        )
+        return tuple(kernel), tuple(stride), tuple(pad), out
+    any_pad = bool(pad[0] or pad[1])
     out = tuple(
-        pool_output_size(size, k, s, p, attrs["ceil"], e)
-        for size, k, s, p, e in zip((h, w), kernel, stride, pad, pad_end, strict=True)
+        pool_output_size(size, k, s, p, attrs["ceil"], any_pad)
+        for size, k, s, p in zip((h, w), kernel, stride, pad, strict=True)
     )
     return tuple(kernel), tuple(stride), tuple(pad), out
 
@@ -55,9 +95,8 @@ def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int,
 
 @register
 class Pool(Op):
-    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool),
-    count_include_pad (bool, default True: Caffe's divisor counts the padding), pad_end (pair,
-    default `pad`: ONNX's asymmetric end padding)."""
+    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool);
+    ONNX's (with convention 'onnx'): pad_end (pair), count_include_pad (bool)."""
 
     name = "Pool"
 
@@ -79,12 +118,13 @@ class Pool(Op):
         if attrs["global"]:
             reduce = np.max if is_max else np.mean
             return [reduce(x, axis=(2, 3), keepdims=True)]
-        # Pad to cover every window; max ignores the padding, average counts it as zeros.
+        # Pad to cover every window; max ignores the padding (-FLT_MAX, as Caffe starts from),
+        # average counts it as zeros.
         bottom = max(0, (oh - 1) * sh + kh - h - ph)
         right = max(0, (ow - 1) * sw + kw - w - pw)
         if ph or pw or bottom or right:
             padded = np.full((n, c, h + ph + bottom, w + pw + right),
-                             -np.inf if is_max else 0.0, dtype=x.dtype)
+                             -FLT_MAX if is_max else 0.0, dtype=x.dtype)
             padded[:, :, ph : ph + h, pw : pw + w] = x
         else:
             padded = x
@@ -102,5 +142,6 @@ class Pool(Op):
             eh, ew = attrs.get("pad_end") or (ph, pw)
             divisor = np.outer(_window_sizes(h, oh, kh, sh, ph, include, eh),
                                _window_sizes(w, ow, kw, sw, pw, include, ew))
-            out /= divisor.astype(x.dtype)
+            with np.errstate(invalid="ignore", divide="ignore"):  # empty window: 0/0 as Caffe
+                out /= divisor.astype(x.dtype)
         return [out]

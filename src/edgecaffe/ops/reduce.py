@@ -16,6 +16,8 @@ OPERATIONS = ("sum", "mean", "asum", "sumsq", "l2", "max", "min", "prod", "logsu
 
 
 def _axes(rank: int, attrs) -> tuple[int, ...]:
+    if attrs.get("from_axis") is not None:  # Caffe's Reduction: this axis and all after it
+        return tuple(range(normalize_axis(attrs["from_axis"], rank, "reduction axis"), rank))
     axes = attrs.get("axes")
     if axes is None:
         return tuple(range(rank))
@@ -49,8 +51,8 @@ def _reduce(x: np.ndarray, operation: str, axes: tuple[int, ...]) -> np.ndarray:
 
 @register
 class Reduce(Op):
-    """attrs: operation (one of OPERATIONS), axes (None = all), keepdims (bool), coeff
-    (a factor applied after reducing; 1 by default)."""
+    """attrs: operation (one of OPERATIONS), axes (None = all) or from_axis (that axis and
+    every later one), keepdims (bool), coeff (a factor applied after reducing; 1 by default)."""
 
     name = "Reduce"
 
@@ -61,9 +63,8 @@ class Reduce(Op):
         axes = _axes(len(shape), attrs)
         if attrs.get("keepdims", True):
             return [tuple(1 if i in axes else d for i, d in enumerate(shape))]
-        out = tuple(d for i, d in enumerate(shape) if i not in axes)
-        # A full reduction without kept dims is a scalar; the IR keeps blobs at least 1-d.
-        return [out or (1,)]
+        # A full reduction without kept dims is a 0-d scalar, as in ONNX and Caffe.
+        return [tuple(d for i, d in enumerate(shape) if i not in axes)]
 
     def flops(self, inputs, outputs, attrs):
         return 2 * prod(inputs[0])

@@ -25,6 +25,9 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 def _sizes(shape, attrs) -> tuple[tuple[int, int], tuple[float, float]]:
     """Output (h, w) and the scale factors the coordinate rules use."""
     h, w = shape[2], shape[3]
+    if attrs.get("interp") is not None:
+        oh, ow = interp_size(h, attrs["interp"]), interp_size(w, attrs["interp"], width=True)
+        return (oh, ow), (oh / h, ow / w)
     if attrs.get("sizes") is not None:
         oh, ow = (int(v) for v in attrs["sizes"])
         return (oh, ow), (oh / h, ow / w)
@@ -35,6 +38,15 @@ def _sizes(shape, attrs) -> tuple[tuple[int, int], tuple[float, float]]:
         raise OpError(f"resize scales must be positive, got {attrs['scales']}")
     # ONNX: output size = floor(input size * scale).
     return (int(np.floor(h * sh)), int(np.floor(w * sw))), (sh, sw)
+
+
+def interp_size(size: int, rule: dict, width: bool = False) -> int:
+    """DeepLab/PSPNet Interp's output size (interp_layer.cpp): shrink, then zoom, by integer
+    factors ((n - 1) / shrink + 1, then n + (n - 1) * (zoom - 1)); or the given height/width."""
+    if not rule["factors"]:
+        return rule["width"] if width else rule["height"]
+    size = (size - 1) // rule["shrink"] + 1
+    return size + (size - 1) * (rule["zoom"] - 1)
 
 
 def source_coordinates(out_size: int, in_size: int, scale: float, transform: str) -> np.ndarray:
@@ -86,7 +98,8 @@ def _linear_1d(x: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
 
 @register
 class Resize(Op):
-    """attrs: mode (MODES), sizes (out h, w) or scales (h, w), coordinate_transformation_mode
+    """attrs: mode (MODES), sizes (out h, w) or scales (h, w) or interp (Caffe Interp's size
+    rule: shrink, zoom, height, width, factors), coordinate_transformation_mode
     (TRANSFORMS, default half_pixel), nearest_mode (NEAREST_MODES, default round_prefer_floor).
     Input NCHW; N and C are kept."""
 

@@ -106,17 +106,21 @@ class Eltwise(Op):
     def output_shapes(self, inputs, attrs):
         if len(inputs) < 2 or any(tuple(s) != tuple(inputs[0]) for s in inputs):
             raise OpError(f"eltwise needs two or more inputs of one shape, got {list(inputs)}")
+        # Caffe's eltwise_layer.cpp: one coefficient per input or none; PROD refuses them and
+        # MAX accepts and ignores them.
         coeffs = attrs.get("coeffs") or []
-        if coeffs and (attrs["operation"] != "sum" or len(coeffs) != len(inputs)):
+        if coeffs and (attrs["operation"] == "prod" or len(coeffs) != len(inputs)):
             raise OpError(f"{len(coeffs)} coefficients for {len(inputs)} inputs of "
-                          f"{attrs['operation']!r}: only sum takes one per input")
+                          f"{attrs['operation']!r}: sum and max take one per input, prod none")
         return [tuple(inputs[0])]
 
     def flops(self, inputs, outputs, attrs):
-        return prod(outputs[0]) * (len(inputs) - 1) * (2 if attrs.get("coeffs") else 1)
+        scaled = attrs.get("coeffs") and attrs["operation"] == "sum"
+        return prod(outputs[0]) * (len(inputs) - 1) * (2 if scaled else 1)
 
     def run(self, inputs, weights, attrs, inplace=False):
-        operation, coeffs = attrs["operation"], attrs.get("coeffs") or []
+        operation = attrs["operation"]
+        coeffs = (attrs.get("coeffs") or []) if operation == "sum" else []
         first = inputs[0]
         if coeffs:
             out = np.multiply(first, np.float32(coeffs[0]), out=first if inplace else None)

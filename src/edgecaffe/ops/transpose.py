@@ -12,6 +12,8 @@ def _perm(rank: int, attrs) -> list[int]:
     if perm is None:  # ONNX's default: reverse the axes
         return list(range(rank))[::-1]
     perm = [p % rank if -rank <= p < rank else p for p in perm]
+    if attrs.get("fill_perm"):  # Caffe SSD's Permute: unlisted axes follow in input order
+        perm += [axis for axis in range(rank) if axis not in perm]
     if sorted(perm) != list(range(rank)):
         raise OpError(f"perm {attrs.get('perm')} is not a permutation of {rank} axes")
     return perm
@@ -19,7 +21,8 @@ def _perm(rank: int, attrs) -> list[int]:
 
 @register
 class Transpose(Op):
-    """attrs: perm (output axis i is input axis perm[i]; None reverses the axes)."""
+    """attrs: perm (output axis i is input axis perm[i]; None reverses the axes), fill_perm
+    (bool: a short perm is completed with the missing axes in order, Caffe SSD's Permute)."""
 
     name = "Transpose"
 

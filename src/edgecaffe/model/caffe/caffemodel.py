@@ -35,6 +35,17 @@ class _MalformedError(Exception):
     pass
 
 
+class _UnreadableEncodingError(Exception):
+    """A well-formed blob whose values are stored in an encoding we cannot read."""
+
+
+#: NVIDIA Caffe's BlobProto.raw_data_type (its caffe.proto `enum Type`) -> numpy dtype.
+_RAW_TYPES = {0: ("DOUBLE", "<f8"), 1: ("FLOAT", "<f4"), 2: ("FLOAT16", "<f2")}
+_RAW_UNREADABLE = {3: "INT", 4: "UINT", 5: "BOOL"}
+#: BlobProto fields that carry values we never read (gradients), by field number.
+_DIFF_FIELDS = {6, 9, 11, 13}
+
+
 def _varint(buf, pos: int, end: int) -> tuple[int, int]:
     result = shift = 0
     while True:
@@ -166,21 +177,34 @@ class CaffeModelReader:
         return record
 
     def read_blobs(self, name: str) -> list[np.ndarray]:
-        """The blobs of layer `name`, as fresh float32 arrays in their stored shapes."""
+        """The blobs of layer `name`, as fresh float32 arrays in their stored shapes.
+
+        Reads BVLC's `data` (float) and `double_data`, the legacy 4-d header, and NVIDIA Caffe's
+        `raw_data` + `raw_data_type` (FLOAT, FLOAT16, DOUBLE). A blob stored in an encoding we
+        cannot read raises CaffeError saying so; a damaged one, saying it is damaged.
+        """
         record = self.layers[name]
-        try:
-            return [self._read_blob(start, end) for start, end in record.blob_spans]
-        except _MalformedError as error:
-            raise CaffeError(f"{self.path}: layer {name!r}: corrupt weight blob: {error}") from None
+        blobs = []
+        for index, (start, end) in enumerate(record.blob_spans):
+            try:
+                blobs.append(self._read_blob(start, end))
+            except _UnreadableEncodingError as error:
+                raise CaffeError(f"{self.path}: layer {name!r} blob {index}: {error}") from None
+            except _MalformedError as error:
+                raise CaffeError(f"{self.path}: layer {name!r} blob {index}: damaged (truncated "
+                                 f"or corrupt) weight blob: {error}") from None
+        return blobs
 
     def _read_blob(self, start: int, end: int) -> np.ndarray:
         legacy = {1: 0, 2: 0, 3: 0, 4: 0}
         shape = None
         data = None
+        raw_span = raw_type = None
         loose: list[bytes] = []
+        unknown: list[int] = []
         for number, wire, a, b in _fields(self._map, start, end):
             if number == 7 and wire == _LENGTH:
-                shape = tuple(message_class("BlobShape").FromString(self._map[a:b]).dim)
+                shape = self._blob_shape(a, b)
             elif number in legacy and wire == _VARINT:
                 legacy[number] = a
             elif number == 5 and wire == _LENGTH:
@@ -193,6 +217,19 @@ class CaffeModelReader:
                 if (b - a) % 8:
                     raise _MalformedError(f"double data of {b - a} bytes is not whole doubles")
                 data = self._read_array(a, (b - a) // 8, "<f8").astype(np.float32)
+            elif number == 10 and wire == _VARINT:
+                raw_type = a
+            elif number == 12 and wire == _LENGTH:
+                raw_span = (a, b)
+            elif number not in _DIFF_FIELDS:
+                unknown.append(number)
+        if raw_span is not None and data is None and not loose:
+            data = self._read_raw(raw_span, raw_type)
+        if data is None and not loose and unknown:
+            raise _UnreadableEncodingError(
+                f"its values are in field(s) {sorted(set(unknown))} of BlobProto, an encoding "
+                "EdgeCaffe cannot read (BVLC's data/double_data and NVIDIA Caffe's raw_data are "
+                "read; is this file from another Caffe fork?)")
         if data is None:
             data = np.frombuffer(b"".join(loose), dtype="<f4").astype(np.float32)
         if shape is None:
@@ -203,6 +240,41 @@ class CaffeModelReader:
                 f"shape {shape} declares {prod(shape)} values but {data.size} are stored"
             )
         return data.reshape(shape)
+
+    def _blob_shape(self, start: int, end: int) -> tuple[int, ...]:
+        dims = []
+        for number, wire, a, b in _fields(self._map, start, end):
+            if number != 1:
+                continue
+            if wire == _VARINT:
+                dims.append(a)
+            elif wire == _LENGTH:  # packed
+                pos = a
+                while pos < b:
+                    value, pos = _varint(self._map, pos, b)
+                    dims.append(value)
+        # int64 dims: a negative value arrives as a 10-byte two's complement varint.
+        dims = [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
+        if any(d < 0 for d in dims):
+            raise _MalformedError(f"blob shape {dims} has a negative dimension")
+        return tuple(dims)
+
+    def _read_raw(self, span: tuple[int, int], raw_type: int | None) -> np.ndarray:
+        """NVIDIA Caffe's raw_data (blob.cpp FromProto): count * sizeof(type) bytes."""
+        a, b = span
+        if raw_type is None:
+            raise _MalformedError("raw_data without raw_data_type")
+        if raw_type not in _RAW_TYPES:
+            name = _RAW_UNREADABLE.get(raw_type, f"number {raw_type}")
+            raise _UnreadableEncodingError(
+                f"its values are NVIDIA Caffe raw_data of type {name}, an encoding EdgeCaffe "
+                "cannot read as weights (FLOAT, FLOAT16 and DOUBLE are read)")
+        type_name, dtype = _RAW_TYPES[raw_type]
+        size = np.dtype(dtype).itemsize
+        if (b - a) % size:
+            raise _MalformedError(f"{type_name} raw_data of {b - a} bytes is not whole values")
+        array = self._read_array(a, (b - a) // size, dtype)
+        return array.astype(np.float32, copy=False)
 
     def _read_array(self, offset: int, count: int, dtype: str) -> np.ndarray:
         array = np.empty(count, dtype=dtype)
@@ -273,8 +345,9 @@ def write_caffemodel(path: str | Path, net_name: str, layers: Iterable[LayerBlob
                                   top=layer.top).SerializeToString()
             blobs = []
             for array in layer.blobs:
-                array = np.ascontiguousarray(array, dtype="<f4")
+                array = np.asarray(array, dtype="<f4")  # 0-d stays 0-d (Caffe's scalar blobs)
                 shape = shape_class(dim=array.shape).SerializeToString()
+                array = np.ascontiguousarray(array.reshape(-1))
                 head = (_key(7, _LENGTH) + _encode_varint(len(shape)) + shape
                         + _key(5, _LENGTH) + _encode_varint(array.nbytes))
                 blobs.append((head, array))

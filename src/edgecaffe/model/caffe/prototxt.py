@@ -23,18 +23,27 @@ def parse_prototxt(text: str, source: str = "<string>"):
     line and column.
     """
     net_class = message_class("NetParameter")
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark, as some editors write
     try:
         return text_format.Parse(text, net_class())
     except text_format.ParseError as error:
         if "has no field named" not in str(error):
             raise CaffeError(f"{source}: malformed prototxt: {error}") from None
         first_unknown = str(error)
+    except RecursionError:
+        raise CaffeError(f"{source}: malformed prototxt: blocks nested too deeply to read "
+                         "(thousands of unclosed `{`)") from None
     try:
         net = text_format.Parse(text, net_class(), allow_unknown_field=True)
     except text_format.ParseError as error:
         raise CaffeError(f"{source}: malformed prototxt: {error}") from None
+    except RecursionError:
+        raise CaffeError(f"{source}: malformed prototxt: blocks nested too deeply to read "
+                         "(thousands of unclosed `{`)") from None
     warnings.warn(
-        f"{source}: ignored fields EdgeCaffe does not use, first at {first_unknown}", stacklevel=3
+        f"{source}: skipped fields that are not in EdgeCaffe's Caffe schema (options of layers "
+        "it does not run, or of other Caffe forks; if a layer it runs depends on one, results "
+        f"may differ from that fork's), first at {first_unknown}", stacklevel=3
     )
     return net
 

@@ -1,7 +1,9 @@
 """The subset of Caffe's protobuf schema that EdgeCaffe reads and writes.
 
 The schema is written here in .proto syntax (the messages and fields we need; field numbers and
-enum values are facts of the Caffe file format) and compiled at import into protobuf message
+enum values are facts of the Caffe file format; DropoutParameter.scale_train comes from Faster
+R-CNN's fork, rbgirshick/caffe-fast-rcnn; BlobProto's raw_data fields and the Type enum from
+NVIDIA Caffe, NVIDIA/caffe) and compiled at import into protobuf message
 classes with the `protobuf` runtime, so no generated code and no protoc are needed.
 Fields we do not model are skipped by the text parser with a warning (see `prototxt.py`).
 """
@@ -25,11 +27,17 @@ message BlobProto {
   repeated float diff = 6 [packed = true];
   repeated double double_data = 8 [packed = true];
   repeated double double_diff = 9 [packed = true];
+  optional Type raw_data_type = 10;
+  optional Type raw_diff_type = 11;
+  optional bytes raw_data = 12;
+  optional bytes raw_diff = 13;
   optional int32 num = 1 [default = 0];
   optional int32 channels = 2 [default = 0];
   optional int32 height = 3 [default = 0];
   optional int32 width = 4 [default = 0];
 }
+
+enum Type { DOUBLE = 0; FLOAT = 1; FLOAT16 = 2; INT = 3; UINT = 4; BOOL = 5; }
 
 message NetState {
   optional Phase phase = 1 [default = TEST];
@@ -205,7 +213,10 @@ message ConvolutionParameter {
   optional bool force_nd_im2col = 17 [default = false];
 }
 
-message DropoutParameter { optional float dropout_ratio = 1 [default = 0.5]; }
+message DropoutParameter {
+  optional float dropout_ratio = 1 [default = 0.5];
+  optional bool scale_train = 2 [default = true];
+}
 
 message EltwiseParameter {
   enum EltwiseOp { PROD = 0; SUM = 1; MAX = 2; }
@@ -324,6 +335,140 @@ message TanHParameter {
 enum Phase { TRAIN = 0; TEST = 1; }
 """
 
+# -- layer types beyond the core set (Deconvolution, Crop, the SSD family, ...) -----------------
+# Kept as a block of its own: a message declared again here adds its fields to the one above.
+# Field numbers come from the caffe.proto that defines each layer: BVLC Caffe (master) for
+# ArgMax, Clip, Crop, Log, MVN, Reduction, Swish, Threshold, Tile; the SSD fork (weiliu89/caffe,
+# branch ssd) for Normalize, Permute, PriorBox, DetectionOutput; the YOLOv3 forks for Upsample
+# (149). DeepLab's Interp uses 143, which BVLC gave to input_param; prototxt files name fields,
+# so Interp gets a free number here (2143) and the caffemodel reader reads only names and blobs.
+LAYER_TYPES_SCHEMA = """
+message LayerParameter {
+  optional ArgMaxParameter argmax_param = 103;
+  optional ClipParameter clip_param = 148;
+  optional CropParameter crop_param = 144;
+  optional DetectionOutputParameter detection_output_param = 204;
+  optional InterpParameter interp_param = 2143;
+  optional LogParameter log_param = 134;
+  optional MVNParameter mvn_param = 120;
+  optional NormalizeParameter norm_param = 206;
+  optional PermuteParameter permute_param = 202;
+  optional PriorBoxParameter prior_box_param = 203;
+  optional ReductionParameter reduction_param = 136;
+  optional SwishParameter swish_param = 147;
+  optional ThresholdParameter threshold_param = 128;
+  optional TileParameter tile_param = 138;
+  optional UpsampleParameter upsample_param = 149;
+}
+
+message V1LayerParameter {
+  optional ArgMaxParameter argmax_param = 23;
+  optional MVNParameter mvn_param = 34;
+  optional ThresholdParameter threshold_param = 25;
+}
+
+message ArgMaxParameter {
+  optional bool out_max_val = 1 [default = false];
+  optional uint32 top_k = 2 [default = 1];
+  optional int32 axis = 3;
+}
+
+message ClipParameter {
+  optional float min = 1;
+  optional float max = 2;
+}
+
+message CropParameter {
+  optional int32 axis = 1 [default = 2];
+  repeated uint32 offset = 2;
+}
+
+message LogParameter {
+  optional float base = 1 [default = -1.0];
+  optional float scale = 2 [default = 1.0];
+  optional float shift = 3 [default = 0.0];
+}
+
+message MVNParameter {
+  optional bool normalize_variance = 1 [default = true];
+  optional bool across_channels = 2 [default = false];
+  optional float eps = 3 [default = 1e-9];
+}
+
+message ReductionParameter {
+  enum ReductionOp { SUM = 1; ASUM = 2; SUMSQ = 3; MEAN = 4; }
+  optional ReductionOp operation = 1 [default = SUM];
+  optional int32 axis = 2 [default = 0];
+  optional float coeff = 3 [default = 1.0];
+}
+
+message SwishParameter { optional float beta = 1 [default = 1]; }
+
+message ThresholdParameter { optional float threshold = 1 [default = 0]; }
+
+message TileParameter {
+  optional int32 axis = 1 [default = 1];
+  optional int32 tiles = 2;
+}
+
+message NormalizeParameter {
+  optional bool across_spatial = 1 [default = true];
+  optional FillerParameter scale_filler = 2;
+  optional bool channel_shared = 3 [default = true];
+  optional float eps = 4 [default = 1e-10];
+}
+
+message PermuteParameter { repeated uint32 order = 1; }
+
+message PriorBoxParameter {
+  repeated float min_size = 1;
+  repeated float max_size = 2;
+  repeated float aspect_ratio = 3;
+  optional bool flip = 4 [default = true];
+  optional bool clip = 5 [default = false];
+  repeated float variance = 6;
+  optional uint32 img_size = 7;
+  optional uint32 img_h = 8;
+  optional uint32 img_w = 9;
+  optional float step = 10;
+  optional float step_h = 11;
+  optional float step_w = 12;
+  optional float offset = 13 [default = 0.5];
+}
+
+message NonMaximumSuppressionParameter {
+  optional float nms_threshold = 1 [default = 0.3];
+  optional int32 top_k = 2;
+  optional float eta = 3 [default = 1.0];
+}
+
+message DetectionOutputParameter {
+  enum CodeType { CORNER = 1; CENTER_SIZE = 2; CORNER_SIZE = 3; }
+  optional uint32 num_classes = 1;
+  optional bool share_location = 2 [default = true];
+  optional int32 background_label_id = 3 [default = 0];
+  optional NonMaximumSuppressionParameter nms_param = 4;
+  optional CodeType code_type = 6 [default = CORNER];
+  optional bool variance_encoded_in_target = 8 [default = false];
+  optional int32 keep_top_k = 7 [default = -1];
+  optional float confidence_threshold = 9;
+  optional bool visualize = 10 [default = false];
+  optional float visualize_threshold = 11;
+  optional string save_file = 12;
+}
+
+message InterpParameter {
+  optional int32 height = 1 [default = 0];
+  optional int32 width = 2 [default = 0];
+  optional int32 zoom_factor = 3 [default = 1];
+  optional int32 shrink_factor = 4 [default = 1];
+  optional int32 pad_beg = 5 [default = 0];
+  optional int32 pad_end = 6 [default = 0];
+}
+
+message UpsampleParameter { optional int32 scale = 1 [default = 1]; }
+"""
+
 _F = descriptor_pb2.FieldDescriptorProto
 _SCALARS = {
     "double": _F.TYPE_DOUBLE, "float": _F.TYPE_FLOAT, "int64": _F.TYPE_INT64,
@@ -406,12 +551,19 @@ def _classes() -> dict[str, Any]:
     file_proto = descriptor_pb2.FileDescriptorProto(
         name="edgecaffe_caffe_subset.proto", package=PACKAGE, syntax="proto2"
     )
-    enum_names = set(re.findall(r"^enum (\w+)", SCHEMA, flags=re.M))
-    tokens = _Tokens(SCHEMA)
+    text = SCHEMA + LAYER_TYPES_SCHEMA
+    enum_names = set(re.findall(r"^enum (\w+)", text, flags=re.M))
+    tokens = _Tokens(text)
+    declared: dict[str, descriptor_pb2.DescriptorProto] = {}
     while tokens.peek() is not None:
         keyword = tokens.take()
         if keyword == "message":
-            file_proto.message_type.append(_parse_message(tokens, enum_names))
+            message = _parse_message(tokens, enum_names)
+            if message.name in declared:  # a later block adding fields to a message
+                declared[message.name].field.extend(message.field)
+                continue
+            file_proto.message_type.append(message)
+            declared[message.name] = file_proto.message_type[-1]  # append stored a copy
         elif keyword == "enum":
             file_proto.enum_type.append(_parse_enum(tokens))
         else:

@@ -53,7 +53,7 @@ def prelu(ctx: ImportContext) -> None:
     shape = ctx.shape(0)
     if slope.size == 1:
         ctx.add_layer("PReLU", [ctx.blob(0)], [ctx.output()], {"channel_shared": True},
-                      {"slope": slope.reshape(1)})
+                      {"slope": slope.reshape(())})
         return
     # One slope per channel: (C, 1, ..., 1) broadcast against (N, C, ...).
     aligned = (1,) * (len(shape) - slope.ndim) + tuple(slope.shape)

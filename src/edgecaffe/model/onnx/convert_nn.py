@@ -97,9 +97,8 @@ def pool(ctx: ImportContext) -> None:
         "method": "max" if is_max else "avg", "kernel": kernel, "stride": strides,
         "pad": pads[:2], "global": False, "ceil": bool(attrs.get("ceil_mode", 0)),
         "count_include_pad": bool(attrs.get("count_include_pad", 0)),
+        "convention": "onnx", "pad_end": pads[2:],
     }
-    if pads[:2] != pads[2:]:
-        layer_attrs["pad_end"] = pads[2:]
     ctx.add_layer("Pool", [ctx.blob(0)], [ctx.output()], layer_attrs)
 
 

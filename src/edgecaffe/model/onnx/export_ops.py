@@ -310,11 +310,10 @@ def strided_slice(b, layer, weights):
 
 @emits("Transpose")
 def transpose(b, layer, weights):
-    perm = layer.attrs.get("perm")
-    if perm is None:
-        b.node("Transpose", [layer.inputs[0]], layer.outputs)
-    else:
-        b.node("Transpose", [layer.inputs[0]], layer.outputs, perm=[int(p) for p in perm])
+    from edgecaffe.ops.transpose import _perm
+
+    perm = _perm(len(b.shape(layer.inputs[0])), layer.attrs)  # Caffe's short perms completed
+    b.node("Transpose", [layer.inputs[0]], layer.outputs, perm=[int(p) for p in perm])
 
 
 @emits("Clip")
@@ -345,9 +344,10 @@ _REDUCE = {"sum": "ReduceSum", "mean": "ReduceMean", "max": "ReduceMax", "min": 
 
 @emits("Reduce")
 def reduce(b, layer, weights):
+    from edgecaffe.ops.reduce import _axes
+
     a, x = layer.attrs, layer.inputs[0]
-    rank = len(b.shape(x))
-    axes = list(range(rank)) if a.get("axes") is None else [int(v) % rank for v in a["axes"]]
+    axes = list(_axes(len(b.shape(x)), a))  # axes, from_axis (Caffe's Reduction) or all
     coeff = float(a.get("coeff", 1.0))
     op = _REDUCE[a["operation"]]
     keep = int(bool(a.get("keepdims", True)))
@@ -366,7 +366,7 @@ def resize(b, layer, weights):
     a, x = layer.attrs, layer.inputs[0]
     out = b.shape(layer.outputs[0])
     inputs = [x, ""]
-    if a.get("sizes") is not None:
+    if a.get("sizes") is not None or a.get("interp") is not None:
         inputs += ["", b.ints(f"{layer.name}/sizes", out)]
     else:
         inputs.append(b.const(f"{layer.name}/scales", [1.0, 1.0, *a["scales"]]))

@@ -15,6 +15,9 @@ from edgecaffe.model.package.manifest import PackageError
 from edgecaffe.yamlfile import read_yaml
 
 DESCRIPTION = "description.yaml"
+#: The original's `use-scales` factor: scale_list() (Core/src/BaseNet.cpp) starts at 5.0 and
+#: preprocess() uses only scales[0], so the image is enlarged 5x (268 px -> 1340 px).
+USE_SCALES_FACTOR = 5.0
 TOP_LEVEL_KEYS = {
     "name", "network-file", "model-file", "partials-location", "base-path", "has-input-layer",
     "num-conv-layers", "num-fc-layers", "input-scale", "mean-scalar", "uses-result-vector",
@@ -58,6 +61,25 @@ class OriginalNetwork:
     def preprocess(self) -> dict[str, Any]:
         mean = self.description.get("mean-scalar") or [0.0, 0.0, 0.0]
         return {"mean": [float(v) for v in mean], "scale": 1.0, "channel_order": "BGR"}
+
+    @property
+    def use_scales(self) -> bool:
+        return bool(self.description.get("use-scales"))
+
+    def scaled_input_size(self, image_hw: tuple[int, int]) -> tuple[int, int] | None:
+        """The network's input H x W for an image of `image_hw` pixels when `use-scales` is on
+        (None when it is off): the image enlarged by USE_SCALES_FACTOR, truncated to whole
+        pixels as the original's cv::Size(cols * 5.0, rows * 5.0) does."""
+        if not self.use_scales:
+            return None
+        height, width = image_hw
+        return int(height * USE_SCALES_FACTOR), int(width * USE_SCALES_FACTOR)
+
+    def load_options(self, image_hw: tuple[int, int] | None = None) -> dict[str, Any]:
+        """`load_caffe` keyword arguments for this network on an image of `image_hw` pixels:
+        the scaled input shape when `use-scales` is on, nothing otherwise."""
+        size = self.scaled_input_size(image_hw) if image_hw is not None else None
+        return {"input_shape": list(size)} if size is not None else {}
 
     def labels(self) -> list[str]:
         """Class labels, only when the description says to use them (several originals carry a

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecaffe.model.caffe import CaffeModelReader, load_caffe
-from edgecaffe.model.caffe.layers import blobs_to_weights
+from edgecaffe.model.caffe.importer import read_layer_weights
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.model.package.manifest import (
     FORMAT,
@@ -150,11 +150,9 @@ def onnx_package(path: str | Path, input_shape: Sequence[int] | None = None) -> 
     return split_onnx(path, target, input_shape=input_shape)
 
 
-def _caffe_weights(reader: CaffeModelReader, caffemodel: Path) -> WeightSource:
+def _caffe_weights(reader: CaffeModelReader, network: Network) -> WeightSource:
     def weights_for(layer: Layer) -> dict[str, np.ndarray]:
-        if layer.name not in reader.layers:
-            raise PackageError(f"{caffemodel}: has no weights for layer {layer.name!r}")
-        return blobs_to_weights(layer, reader.read_blobs(layer.name), str(caffemodel))
+        return read_layer_weights(reader, network, layer)
 
     return weights_for
 
@@ -182,13 +180,20 @@ def split(
     batch: int = 1,
     synthetic: bool = False,
     progress: Progress | None = None,
+    stages: Sequence[str] | None = None,
+    level: int | None = None,
     input_shape: Sequence[int] | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> ModelPackage:
     """Make a package from `source`: [zoo name], [original folder], [prototxt, caffemodel] or
     [model.onnx] (`input_shape` fills an ONNX graph's symbolic dims).
 
     `synthetic` fills the weights from `seed` instead of reading a caffemodel (for networks
-    whose trained weights are not at hand); zoo networks always are synthetic.
+    whose trained weights are not at hand); zoo networks always are synthetic. `stages` and
+    `level` choose Caffe's net state, `input_shape` reshapes the input (all dims, or H and W)
+    before shapes, bytes and FLOPs are inferred. `image_size` (H, W) is the image an original
+    folder with `use-scales: true` will run on: its input becomes the image enlarged 5x, as the
+    original does (see `OriginalNetwork.scaled_input_size`).
     """
     from edgecaffe.model.zoo import ZOO, get_zoo_model, zoo_files
 
@@ -203,6 +208,8 @@ def split(
         name, meta = folder.name, {**folder.preprocess(), "labels": folder.labels()}
         original, original_layers = folder.top_level(), folder.layers
         kind = "original-edgecaffe"
+        if input_shape is None and image_size is not None:
+            input_shape = folder.load_options(image_size).get("input_shape")
     elif len(paths) == 1 and (paths[0].suffix == ".prototxt" and synthetic):
         prototxt, caffemodel, name, kind = paths[0], None, None, "caffe"
     elif len(paths) == 1 and str(source[0]).lower() in {n.lower() for n in ZOO}:
@@ -220,11 +227,16 @@ def split(
             f"cannot split {' '.join(map(str, source))}: give a zoo name, a folder with "
             "description.yaml, or a prototxt and its caffemodel"
         )
-    network = load_caffe(prototxt, name=name)
+    network = load_caffe(prototxt, name=name, stages=stages, level=level,
+                         input_shape=input_shape)
     network.meta.update(meta)
     if original_layers:
         _keep_unmatched(original, original_layers, network, prototxt)
     record: dict[str, Any] = {"kind": kind, "prototxt": str(prototxt)}
+    if stages or level:
+        record.update(stages=list(stages or []), level=int(level or 0))
+    if input_shape is not None:
+        record["input_shape"] = list(network.input_shape)
     if kind == "zoo" or synthetic:
         record.update(seed=seed, synthetic=True)
     if synthetic or caffemodel is None:
@@ -239,6 +251,6 @@ def split(
         )
     record["caffemodel"] = str(caffemodel)
     with CaffeModelReader(caffemodel) as reader:
-        return write_package(network, _caffe_weights(reader, caffemodel), directory,
+        return write_package(network, _caffe_weights(reader, network), directory,
                              source=record, original=original, original_layers=original_layers,
                              progress=progress)
