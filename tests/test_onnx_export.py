@@ -175,3 +175,35 @@ def test_real_onnx_models_survive_import_and_export(package, file, shape, tmp_pa
     for name, reference in original.items():
         scale = max(1.0, float(np.abs(reference).max()))
         assert float(np.abs(again[name] - reference).max()) <= TOL * scale, name
+
+
+CAFFE_LAYERS_2 = input_layer((1, 3, 6, 7)) + input_layer((1, 3, 4, 5), "ref") + """
+layer { name: "swish" type: "Swish" bottom: "data" top: "swish" swish_param { beta: 1.5 } }
+layer { name: "mvn" type: "MVN" bottom: "swish" top: "mvn" }
+layer { name: "crop" type: "Crop" bottom: "mvn" bottom: "ref" top: "crop"
+        crop_param { axis: 2 offset: 1 offset: 2 } }
+layer { name: "tile" type: "Tile" bottom: "crop" top: "tile" tile_param { axis: 1 tiles: 2 } }
+layer { name: "abs" type: "AbsVal" bottom: "tile" top: "abs" }
+layer { name: "log" type: "Log" bottom: "abs" top: "log"
+        log_param { base: 10 scale: 2 shift: 1 } }
+layer { name: "th" type: "Threshold" bottom: "log" top: "th" threshold_param { threshold: 0.3 } }
+"""
+
+
+def test_more_caffe_layers_export(tmp_path):
+    prototxt = tmp_path / "net2.prototxt"
+    prototxt.write_text(CAFFE_LAYERS_2)
+    network = edgecaffe.load_caffe(prototxt)
+    rng = np.random.default_rng(3)
+    feeds = {name: rng.uniform(-2, 2, network.blob_shapes[name]).astype(np.float32)
+             for name in network.inputs}
+    export_onnx(network, tmp_path / "net2.onnx")
+    model = onnx.load(str(tmp_path / "net2.onnx"))
+    for blob in ("log", "mvn"):
+        model.graph.output.append(helper.make_tensor_value_info(
+            blob, TensorProto.FLOAT, list(network.blob_shapes[blob])))
+    theirs = onnxruntime_run(model, feeds)
+    ours = network.forward({k: v.copy() for k, v in feeds.items()}, outputs=["th", "log", "mvn"])
+    for blob in ("th", "log", "mvn"):
+        scale = max(1.0, float(np.abs(theirs[blob]).max()))
+        assert float(np.abs(ours[blob] - theirs[blob]).max()) <= TOL * scale, blob

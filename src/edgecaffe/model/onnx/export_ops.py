@@ -377,3 +377,67 @@ def resize(b, layer, weights):
         attrs["nearest_mode"] = a.get("nearest_mode", "round_prefer_floor")
     b.node("Resize", inputs, layer.outputs, **attrs)
 
+
+
+@emits("Threshold")
+def threshold(b, layer, weights):
+    above = b.node("Greater", [layer.inputs[0],
+                               b.const(f"{layer.name}/threshold", layer.attrs["threshold"])])[0]
+    b.node("Cast", [above], layer.outputs, to=1)  # FLOAT
+
+
+@emits("Log")
+def log_(b, layer, weights):
+    a = layer.attrs
+    y = _affine(b, layer, layer.inputs[0], float(a["scale"]), float(a["shift"]))
+    if a["base"] == -1:
+        b.node("Log", [y], layer.outputs)
+        return
+    natural = b.node("Log", [y])[0]
+    b.node("Mul", [natural, b.const(f"{layer.name}/base", 1.0 / log(a["base"]))], layer.outputs)
+
+
+@emits("Swish")
+def swish(b, layer, weights):
+    x = layer.inputs[0]
+    beta = float(layer.attrs.get("beta", 1.0))
+    scaled = x if beta == 1.0 else b.node("Mul", [x, b.const(f"{layer.name}/beta", beta)])[0]
+    gate = b.node("Sigmoid", [scaled])[0]
+    b.node("Mul", [x, gate], layer.outputs)
+
+
+@emits("Tile")
+def tile(b, layer, weights):
+    from edgecaffe.ops.tile import _repeats
+
+    repeats = _repeats(len(b.shape(layer.inputs[0])), layer.attrs)
+    b.node("Tile", [layer.inputs[0], b.ints(f"{layer.name}/repeats", repeats)], layer.outputs)
+
+
+@emits("Crop")
+def crop(b, layer, weights):
+    from edgecaffe.ops.crop import _offsets
+
+    data, reference = layer.inputs[0], layer.inputs[1]
+    offsets = _offsets(b.shape(data), b.shape(reference), layer.attrs)
+    out = b.shape(layer.outputs[0])
+    axes = list(range(len(out)))
+    b.node("Slice", [data, b.ints(f"{layer.name}/starts", offsets),
+                     b.ints(f"{layer.name}/ends", [o + s for o, s in zip(offsets, out,
+                                                                         strict=True)]),
+                     b.ints(f"{layer.name}/axes", axes)], layer.outputs)
+
+
+@emits("MVN")
+def mvn(b, layer, weights):
+    a, x = layer.attrs, layer.inputs[0]
+    rank = len(b.shape(x))
+    axes = list(range(1 if a["across_channels"] else 2, rank))
+    mean = b.node("ReduceMean", [x], axes=axes, keepdims=1)[0]
+    centred = b.node("Sub", [x, mean], None if a["normalize_variance"] else layer.outputs)[0]
+    if not a["normalize_variance"]:
+        return
+    square = b.node("Mul", [centred, centred])[0]
+    std = b.node("Sqrt", [b.node("ReduceMean", [square], axes=axes, keepdims=1)[0]])[0]
+    shifted = b.node("Add", [std, b.const(f"{layer.name}/eps", a["eps"])])[0]
+    b.node("Div", [centred, shifted], layer.outputs)
