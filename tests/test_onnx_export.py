@@ -31,10 +31,10 @@ def checked_blobs(network) -> list[str]:
     return list(dict.fromkeys([*network.outputs, *extra]))
 
 
-def export_and_compare(network, path, x, weights_for=None):
+def export_and_compare(network, path, x, weights_for=None, extra=()):
     export_onnx(network, path, weights_for)
     model = onnx.load(str(path))
-    blobs = checked_blobs(network)
+    blobs = list(dict.fromkeys([*checked_blobs(network), *extra]))
     for blob in blobs:
         if blob not in network.outputs:
             model.graph.output.append(helper.make_tensor_value_info(
@@ -207,3 +207,27 @@ def test_more_caffe_layers_export(tmp_path):
     for blob in ("th", "log", "mvn"):
         scale = max(1.0, float(np.abs(theirs[blob]).max()))
         assert float(np.abs(ours[blob] - theirs[blob]).max()) <= TOL * scale, blob
+
+
+SSD_LAYERS = input_layer((1, 3, 12, 16)) + """
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "norm" type: "Normalize" bottom: "conv" top: "norm"
+        norm_param { across_spatial: false channel_shared: false } }
+layer { name: "normall" type: "Normalize" bottom: "conv" top: "normall"
+        norm_param { across_spatial: true channel_shared: true } }
+layer { name: "sum" type: "Eltwise" bottom: "norm" bottom: "normall" top: "sum" }
+layer { name: "prior" type: "PriorBox" bottom: "sum" bottom: "data" top: "prior"
+        prior_box_param { min_size: 4 max_size: 8 aspect_ratio: 2 flip: true clip: true
+                          variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }
+"""
+
+
+def test_ssd_normalize_and_prior_box_export(tmp_path):
+    prototxt = tmp_path / "ssd.prototxt"
+    prototxt.write_text(SSD_LAYERS)
+    synthesize_caffemodel(prototxt, tmp_path / "ssd.caffemodel", seed=4)
+    network = edgecaffe.load_caffe(prototxt, tmp_path / "ssd.caffemodel")
+    x = np.random.default_rng(5).uniform(-1, 1, network.input_shape).astype(np.float32)
+    export_and_compare(network, tmp_path / "ssd.onnx", x, extra=["norm", "normall"])
+    assert network.outputs == ["prior"]

@@ -441,3 +441,28 @@ def mvn(b, layer, weights):
     std = b.node("Sqrt", [b.node("ReduceMean", [square], axes=axes, keepdims=1)[0]])[0]
     shifted = b.node("Add", [std, b.const(f"{layer.name}/eps", a["eps"])])[0]
     b.node("Div", [centred, shifted], layer.outputs)
+
+
+@emits("Normalize")
+def normalize(b, layer, weights):
+    a, x = layer.attrs, layer.inputs[0]
+    rank = len(b.shape(x))
+    axes = list(range(1, rank)) if a["across_spatial"] else [1]
+    square = b.node("Mul", [x, x])[0]
+    total = b.node("ReduceSum", [square, b.ints(f"{layer.name}/axes", axes)], keepdims=1)[0]
+    shifted = b.node("Add", [total, b.const(f"{layer.name}/eps", a["eps"])])[0]
+    normed = b.node("Div", [x, b.node("Sqrt", [shifted])[0]])[0]
+    scale = _channel(b, layer, "scale", weights["scale"], 1, rank)
+    b.node("Mul", [normed, scale], layer.outputs)
+
+
+@emits("PriorBox")
+def prior_box(b, layer, weights):
+    """Prior boxes depend only on shapes, which are fixed: they are written as a constant."""
+    import numpy as np
+
+    from edgecaffe.ops import get_op
+
+    zeros = [np.zeros(b.shape(blob), np.float32) for blob in layer.inputs]
+    (boxes,) = get_op("PriorBox").run(zeros, {}, layer.attrs)
+    b.node("Identity", [b.const(f"{layer.name}.boxes", boxes)], layer.outputs)
