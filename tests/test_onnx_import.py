@@ -84,6 +84,9 @@ CASES = {
     "clip-min-only": one("Clip", ("x", "lo"), inits={"lo": np.float32(0.0)}),
     "abs": one("Abs"),
     "exp": one("Exp"),
+    "log": make_model(
+        [node("Abs", ["x"], ["a"]), node("Log", ["a"], ["y"])]),
+    "tile": one("Tile", ("x", "r"), inits={"r": np.array([1, 2, 1, 3], np.int64)}),
     "softplus": one("Softplus"),
     "neg": one("Neg"),
     "softmax-13": one("Softmax", axis=1),

@@ -16,6 +16,7 @@ _UNARY = {
     "Softplus": ("BNLL", {}),
     "HardSwish": ("HardSwish", {}),
     "Exp": ("Exp", {"base": -1.0, "scale": 1.0, "shift": 0.0}),
+    "Log": ("Log", {"base": -1.0, "scale": 1.0, "shift": 0.0}),
     "Sqrt": ("Power", {"power": 0.5, "scale": 1.0, "shift": 0.0}),
     "Neg": ("Power", {"power": 1.0, "scale": -1.0, "shift": 0.0}),
     "Reciprocal": ("Power", {"power": -1.0, "scale": 1.0, "shift": 0.0}),

@@ -35,6 +35,11 @@ def pad(ctx: ImportContext) -> None:
         "value": 0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])})
 
 
+@converts("Tile")
+def tile(ctx: ImportContext) -> None:
+    ctx.add_layer("Tile", [ctx.blob(0)], [ctx.output()], {"repeats": ctx.ints(1, "repeats")})
+
+
 @converts("Clip")
 def clip(ctx: ImportContext) -> None:
     low, high = ctx.const(1, what="min"), ctx.const(2, what="max")
