@@ -15,7 +15,7 @@ from edgecaffe.engine import Engine
 from edgecaffe.engine.tasks import network_input
 from edgecaffe.model.package import open_package, split
 from edgecaffe.model.package.profile import profile_package
-from edgecaffe.sched import MODES
+from edgecaffe.sched import MODES, POLICIES
 from tests.helpers import package_dir, real_photo
 from tests.onnx_helpers import compare, make_model
 
@@ -105,7 +105,7 @@ def image(seed):
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("policy", [None, "masa", "fcfs"])
+@pytest.mark.parametrize("policy", [None, *POLICIES])
 def test_engine_outputs_equal_the_plain_forward(mixed, mode, policy, cache):
     path, package = mixed
     networks = {"mixed": package.directory, "again": path}  # a folder and an .onnx file
