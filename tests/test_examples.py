@@ -16,6 +16,8 @@ EXPECT = {
     "network_stats.py": ["conv1", "mean execution", "peak RSS"],
     "engine.py": ["request 2:", "peak of the memory ledger"],
     "experiment.py": ["masa  mean response", "bulk  mean response"],
+    "onnx_models.py": ["exported: ['GenderNet.onnx', 'GenderNet.onnx.yaml']", "re-imported:",
+                       "GenderNet: "],
 }
 
 
@@ -24,7 +26,7 @@ EXPECT = {
 def test_example_runs(tmp_path, script):
     env = {**os.environ, "EDGECAFFE_CACHE": str(tmp_path.parent / "example-cache")}
     result = subprocess.run([sys.executable, str(EXAMPLES / script), str(tmp_path / "out")]
-                            if script in ("layer_by_layer.py", "experiment.py")
+                            if script in ("layer_by_layer.py", "experiment.py", "onnx_models.py")
                             else [sys.executable, str(EXAMPLES / script)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from os import PathLike
 
     from edgecaffe.model.network import Network
@@ -32,6 +33,23 @@ def load_caffe(
     return _load(prototxt, caffemodel, name, **options)
 
 
+def load_onnx(
+    path: str | PathLike[str],
+    input_shape: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
+    name: str | None = None,
+    fold_transposes: bool = True,
+) -> Network:
+    """Read an ONNX model into a runnable `Network` (needs the `onnx` extra).
+
+    `input_shape` fills symbolic dims (`N`, `batch`; default 1): one shape, or input name ->
+    shape. A side file `<path>.yaml` adds labels and preprocessing. `fold_transposes` cancels
+    the Transpose pairs of NHWC exports. Raises `OnnxError`.
+    """
+    from edgecaffe.model.onnx import load_onnx as _load
+
+    return _load(path, input_shape, name, fold_transposes)
+
+
 def open_package(directory: str | PathLike[str]) -> ModelPackage:
     """Open a model package folder (from `edgecaffe split`) without reading any weights."""
     from edgecaffe.model.package import open_package as _open
@@ -52,6 +70,10 @@ def __getattr__(name: str):
         from edgecaffe.model.errors import ModelError
 
         return ModelError
+    if name in {"OnnxError"}:
+        from edgecaffe.model.onnx.errors import OnnxError
+
+        return OnnxError
     if name in {"CaffeError"}:
         from edgecaffe.model.caffe import CaffeError
 
@@ -66,7 +88,9 @@ __all__ = [
     "ModelError",
     "Network",
     "NetworkError",
+    "OnnxError",
     "RequestError",
     "load_caffe",
+    "load_onnx",
     "open_package",
 ]

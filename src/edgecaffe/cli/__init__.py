@@ -12,6 +12,7 @@ from edgecaffe.cli import (
     demo_cmd,
     device_cmd,
     experiment_cmd,
+    export_cmd,
     graph_cmd,
     optimal_cmd,
     profile_cmd,
@@ -24,7 +25,7 @@ from edgecaffe.cli import (
 
 COMMANDS = [
     demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, zoo_cmd, synth_cmd,
-    split_cmd, profile_cmd, graph_cmd,
+    split_cmd, profile_cmd, export_cmd, graph_cmd,
 ]
 
 

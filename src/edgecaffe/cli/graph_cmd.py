@@ -19,7 +19,8 @@ def add_parser(commands) -> None:
                         help="scheduler mode, e.g. bulk, linear, masa, deepeye (an unknown name "
                         "lists them all)")
     parser.add_argument("networks", nargs="+", metavar="NET",
-                        help="zoo network name or package folder (from `edgecaffe split`)")
+                        help="zoo network name, package folder (from `edgecaffe split`) or "
+                        ".onnx file")
     parser.add_argument("-o", "--output", required=True, metavar="FILE.dot",
                         help="DOT file to write")
     parser.add_argument("--png", action="store_true",
@@ -41,10 +42,17 @@ def source_info(source: str):
         from edgecaffe import open_package
 
         return package_info(open_package(source))
+    if source.lower().endswith(".onnx"):
+        from edgecaffe.model.onnx import load_onnx
+        from edgecaffe.model.package.manifest import stages
+
+        network = load_onnx(source)
+        return network_info(network, stages(network))
     try:
         model = get_zoo_model(source)
     except ModelError:
-        raise ModelError(f"{source!r} is neither a zoo network nor a package folder; the zoo "
+        raise ModelError(f"{source!r} is neither a zoo network, a package folder nor an .onnx "
+                         "file; the zoo "
                          f"has: {', '.join(ZOO)}") from None
     from edgecaffe.model.caffe import build_layers, parse_prototxt
     from edgecaffe.model.network import Network

@@ -13,7 +13,8 @@ def add_parser(commands) -> None:
         "execution time and the peak memory of a whole-model and of a layer-by-layer run. "
         "Writes the figures into the package's manifest and prints a table.",
     )
-    parser.add_argument("package", help="package folder (from `edgecaffe split`)")
+    parser.add_argument("package", help="package folder (from `edgecaffe split`), or an .onnx "
+                        "file (split into the cache first; the figures go to that package)")
     parser.add_argument("--runs", type=int, default=5, help="passes to take medians over")
     parser.add_argument("--cold", action="store_true",
                         help="drop each weight file from the page cache before loading it")
@@ -32,7 +33,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1:
         raise ValueError("--runs must be 1 or more")
-    package = open_package(args.package)
+    if args.package.lower().endswith(".onnx"):
+        from edgecaffe.model.package import onnx_package
+
+        package = onnx_package(args.package)
+        print(f"profiling the package of {args.package} at {package.directory}")
+    else:
+        package = open_package(args.package)
     stale = stale_reasons(package.manifest)
     if stale or args.refresh or args.cold != package.manifest["profile"].get("cold", False):
         bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)

@@ -1,5 +1,5 @@
 """`edgecaffe run`: one network on one image; prints output shapes, top-5 (or, for a detector's
-DetectionOutput, the boxes and scores) and timings."""
+DetectionOutput, the boxes and scores) and timings, or all of it as JSON."""
 
 from __future__ import annotations
 
@@ -13,21 +13,31 @@ from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
-        "run", help="run a network on an image (zoo name, package, or prototxt + caffemodel)",
-        description="Run one network on one image and print its outputs and timings. MODEL is "
-        "a zoo name (written with synthetic weights on first use), a package folder (run layer "
-        "by layer: load, execute, free), one of the original EdgeCaffe's network folders, or a "
-        "deploy prototxt followed by its caffemodel.",
+        "run", help="run a network on an image (zoo name, package, .onnx, or prototxt + "
+        "caffemodel)",
+        description="Run one network on one image and print its outputs (named top-k classes "
+        "when the model carries labels) and timings. MODEL is a zoo name (written with "
+        "synthetic weights on first use), a package folder (run layer by layer: load, execute, "
+        "free), one of the original EdgeCaffe's network folders, an .onnx file (labels and "
+        "preprocessing from its side file MODEL.onnx.yaml), or a deploy prototxt followed by "
+        "its caffemodel.",
     )
     parser.add_argument("model", nargs="+", metavar="MODEL",
-                        help="zoo name, package folder, original network folder, or "
-                        "PROTOTXT CAFFEMODEL")
+                        help="zoo name, package folder, original network folder, MODEL.onnx, "
+                        "or PROTOTXT CAFFEMODEL")
+    parser.add_argument("--input-shape", default=None, metavar="DIMS",
+                        help="ONNX input shape, e.g. 1,3,224,224 (fills symbolic dims such as "
+                        "the batch; default: the file's, symbolic dims 1)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (outputs, top classes, timings) instead")
     parser.add_argument("--input", "--image", "-i", default=None,
                         help="image file or .npy NCHW array (default: the built-in sample image)")
     parser.add_argument("--mean", default=None,
                         help="per-channel mean in the input's channel order, e.g. 104,117,123")
     parser.add_argument("--scale", type=float, default=None, help="multiply after the mean")
     parser.add_argument("--rgb", action="store_true", help="the network expects RGB, not BGR")
+    parser.add_argument("--nhwc", action="store_true",
+                        help="the network's input is NHWC (TensorFlow exports), not NCHW")
     parser.add_argument("--outputs", default=None,
                         help="comma-separated blob names to return instead of the outputs")
     parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
@@ -53,7 +63,15 @@ def _load(args: argparse.Namespace):
 
     started = time.perf_counter()
     options = caffe_kwargs(args)
-    if len(args.model) == 2:
+    if len(args.model) == 1 and Path(args.model[0]).suffix.lower() == ".onnx":
+        from edgecaffe.model.onnx import load_onnx
+
+        if options:
+            raise ValueError("--stage, --level and --input-size apply to Caffe files; give an "
+                             "ONNX model's shape with --input-shape")
+        shape = [int(d) for d in args.input_shape.split(",")] if args.input_shape else None
+        net = load_onnx(args.model[0], input_shape=shape)
+    elif len(args.model) == 2:
         net = load_caffe(*args.model, **options)
     elif len(args.model) != 1:
         raise ValueError("give a zoo name, a package folder, an original network folder, or a "
@@ -96,36 +114,55 @@ def _image_size(args: argparse.Namespace) -> tuple[int, int] | None:
 def _input(args: argparse.Namespace, net):
     import numpy as np
 
-    from edgecaffe.model.preprocess import load_image, preprocess, sample_image
+    from edgecaffe.model.preprocess import load_image, preprocess_for, sample_image
 
     if args.input and Path(args.input).suffix == ".npy":
         return np.load(args.input), args.input, None
     image = load_image(args.input) if args.input else sample_image()
-    mean = net.meta.get("mean", (0.0, 0.0, 0.0))
+    meta = dict(net.meta)
     if args.mean:
-        mean = [float(v) for v in args.mean.split(",")]
-    scale = args.scale if args.scale is not None else net.meta.get("scale", 1.0)
-    order = "RGB" if args.rgb else net.meta.get("channel_order", "BGR")
-    x = preprocess(image, net.input_shape, mean=mean, scale=scale, channel_order=order)
+        meta["mean"] = [float(v) for v in args.mean.split(",")]
+    if args.scale is not None:
+        meta["scale"] = args.scale
+    if args.rgb:
+        meta["channel_order"] = "RGB"
+    if args.nhwc:
+        meta["layout"] = "NHWC"
+    x = preprocess_for(image, net.input_shape, meta)
     return x, args.input or "built-in sample image", image.shape[:2]
 
 
-def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
+def top_classes(array, labels: list[str], top: int) -> list[dict] | None:
+    """The `top` highest scores of batch item 0 as {rank, index, label, score}, when the output
+    is a vector of class scores (one non-unit axis after the batch); None otherwise."""
     import numpy as np
 
+    scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
+    squeezed = [d for d in array.shape[1:] if d != 1]
+    if not (len(squeezed) == 1 and scores.size >= 2 and top > 0):
+        return None
+    order = np.argsort(scores)[::-1][:top]
+    return [{"rank": rank, "index": int(index),
+             "label": labels[index] if len(labels) == scores.size else f"class {index}",
+             "score": float(scores[index])} for rank, index in enumerate(order, 1)]
+
+
+def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
     lines = [f"{name}: shape {'x'.join(map(str, array.shape))}"]
     if array.ndim >= 2 and array.shape[0] > 1:
         lines[0] += f" (showing batch item 0 of {array.shape[0]})"
-    scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
-    squeezed = [d for d in array.shape[1:] if d != 1]
-    if len(squeezed) == 1 and scores.size >= 2 and top > 0:
-        order = np.argsort(scores)[::-1][:top]
-        for rank, index in enumerate(order, 1):
-            label = labels[index] if len(labels) == scores.size else f"class {index}"
-            lines.append(f"  {rank}. {label:<16} {scores[index]:.4f}")
+    classes = top_classes(array, labels, top)
+    if classes is not None:
+        lines += [f"  {c['rank']}. {c['label']:<16} {c['score']:.4f}" for c in classes]
     else:
         lines.append(f"  min {array.min():.4g}  max {array.max():.4g}  mean {array.mean():.4g}")
     return lines
+
+
+def _labels_for(net, name: str) -> list[str]:
+    """Labels apply to the output the model names (`output`), or to any when it names none."""
+    wanted = net.meta.get("output")
+    return list(net.meta.get("labels", [])) if wanted in (None, name) else []
 
 
 def describe_detections(name: str, array, image_size: tuple[int, int] | None,
@@ -163,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
         times_ms.append((time.perf_counter() - started) * 1e3)
     layers = net.network.layers if hasattr(net, "network") else net.layers
     flops = sum(layer.flops for layer in layers)
+    if args.json:
+        _print_json(net, x, source, results, layers, flops, load_ms, times_ms, args.top)
+        return 0
     how = " layer by layer from its package" if hasattr(net, "network") else ""
     print(f"{net.name}: {len(layers)} layers, {net.weight_bytes / 1e6:.1f} MB weights, "
           f"{flops / 1e9:.2f} GFLOP{how}; input {'x'.join(map(str, x.shape))} from {source}")
@@ -171,11 +211,31 @@ def run(args: argparse.Namespace) -> int:
           f"(median of {len(steady)}; first {times_ms[0]:.1f} ms)")
     detections = {blob for layer in layers if layer.op == "DetectionOutput"
                   for blob in layer.outputs}
-    labels = net.meta.get("labels", [])
     for name, array in results.items():
+        labels = _labels_for(net, name)
         if name in detections:
             lines = describe_detections(name, array, image_size, args.threshold, labels)
         else:
             lines = _describe(name, array, labels, args.top)
         print("\n".join(lines))
     return 0
+
+
+def _print_json(net, x, source, results, layers, flops, load_ms, times_ms, top) -> None:
+    import json
+
+    steady = times_ms[1:] or times_ms
+    outputs = {}
+    for name, array in results.items():
+        entry = {"shape": list(array.shape)}
+        classes = top_classes(array, _labels_for(net, name), top)
+        if classes is not None:
+            entry["top"] = classes
+        if array.size <= 1000:
+            entry["values"] = array.tolist()
+        outputs[name] = entry
+    print(json.dumps({
+        "model": net.name, "layers": len(layers), "weight_bytes": int(net.weight_bytes),
+        "flops": int(flops), "input": source, "input_shape": list(x.shape),
+        "open_ms": round(load_ms, 3), "forward_ms": round(statistics.median(steady), 3),
+        "first_forward_ms": round(times_ms[0], 3), "outputs": outputs}, indent=2))

@@ -13,11 +13,15 @@ def add_parser(commands) -> None:
         description="Write a model package: manifest.yaml (layers, shapes, bytes, FLOPs, "
         "preprocessing, labels) and weights/NNN_<layer>.safetensors for every weight-bearing "
         "layer. SOURCE is a zoo name, one of the original EdgeCaffe's network folders "
-        "(description.yaml + prototxt + caffemodel), or PROTOTXT CAFFEMODEL. Streams: one "
-        "layer's weights in memory at a time.",
+        "(description.yaml + prototxt + caffemodel), MODEL.onnx (with its side file's labels and "
+        "preprocessing), or PROTOTXT CAFFEMODEL. Caffe models stream: one layer's weights in "
+        "memory at a time.",
     )
     parser.add_argument("source", nargs="+", metavar="SOURCE",
-                        help="zoo name | original network folder | PROTOTXT CAFFEMODEL")
+                        help="zoo name | original network folder | MODEL.onnx | "
+                        "PROTOTXT CAFFEMODEL")
+    parser.add_argument("--input-shape", default=None, metavar="DIMS",
+                        help="ONNX input shape, e.g. 4,3,224,224 (fills symbolic dims)")
     parser.add_argument("-o", "--output", required=True, help="package folder to write")
     parser.add_argument("--synthetic", action="store_true",
                         help="seeded synthetic weights instead of the caffemodel's")
@@ -39,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
         from edgecaffe.model.preprocess import load_image
 
         options["image_size"] = load_image(args.image).shape[:2]
+    if args.input_shape:
+        if "input_shape" in options:
+            raise ValueError("give --input-shape (all dims, ONNX) or --input-size (H x W), "
+                             "not both")
+        options["input_shape"] = [int(d) for d in args.input_shape.split(",")]
     bar = Progress(0, "split")  # total unknown until the network is read: shows MB done
     package = split(args.source, args.output, seed=args.seed, batch=args.batch,
                     synthetic=args.synthetic, progress=lambda layer, n: bar.advance(n, layer),

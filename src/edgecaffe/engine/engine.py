@@ -31,7 +31,7 @@ from edgecaffe.engine.guard import PolicyGuard
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.model.info import package_info
-from edgecaffe.model.package import ModelPackage, open_package
+from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.sched import BudgetError, Core, Policy, Request, Step, Task
 
 
@@ -49,16 +49,25 @@ TaskRunner = Callable[[Task, ModelPackage], None]
 
 
 def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, ModelPackage]:
-    """A mapping of name -> package folder or `ModelPackage`, or one folder holding packages."""
+    """A mapping of name -> package folder, .onnx file or `ModelPackage`, or one folder holding
+    packages (and .onnx files, split into the cache on first use)."""
     if isinstance(packages, str | Path):
         folder = Path(packages)
         found = sorted(p.parent for p in folder.glob("*/manifest.yaml"))
-        if not found:
-            raise ValueError(f"{folder}: holds no model packages (*/manifest.yaml)")
-        opened = [open_package(path) for path in found]
+        models = sorted(folder.glob("*.onnx"))
+        if not found and not models:
+            raise ValueError(f"{folder}: holds no model packages (*/manifest.yaml) or .onnx files")
+        opened = [open_package(path) for path in found] + [onnx_package(m) for m in models]
         return {package.name: package for package in opened}
-    return {name: value if isinstance(value, ModelPackage) else open_package(value)
-            for name, value in packages.items()}
+    return {name: _package(value) for name, value in packages.items()}
+
+
+def _package(value: Any) -> ModelPackage:
+    if isinstance(value, ModelPackage):
+        return value
+    if Path(value).suffix.lower() == ".onnx":
+        return onnx_package(value)
+    return open_package(value)
 
 
 class Engine:

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package import ModelPackage
-from edgecaffe.model.preprocess import ImageError, load_image, preprocess
+from edgecaffe.model.preprocess import ImageError, load_image, preprocess_for
 from edgecaffe.sched.graph import Kind, Task
 
 
@@ -23,10 +23,7 @@ def network_input(source: Any, package: ModelPackage) -> np.ndarray:
     if array.shape == tuple(shape):
         return array
     if array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
-        meta = package.meta
-        return preprocess(array, shape, mean=meta.get("mean", (0.0, 0.0, 0.0)),
-                          scale=meta.get("scale", 1.0),
-                          channel_order=meta.get("channel_order", "BGR"))
+        return preprocess_for(array, shape, package.meta)
     raise ImageError(f"input of shape {array.shape} fits neither network {package.name!r}'s "
                      f"input {tuple(shape)} nor an H x W x 3 uint8 image")
 

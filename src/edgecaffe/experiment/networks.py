@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecaffe.experiment.config import ConfigError, ExperimentConfig
-from edgecaffe.model.package import ModelPackage, open_package, split
+from edgecaffe.model.package import ModelPackage, onnx_package, open_package, split
 from edgecaffe.model.package.manifest import MANIFEST
 from edgecaffe.model.package.original import is_original_folder
 from edgecaffe.model.zoo import ZOO, cache_dir, zoo_package
@@ -18,6 +18,9 @@ def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
     path = Path(config.network_path) / name
     if (path / MANIFEST).is_file():
         return open_package(path)
+    for onnx in (path, path.with_name(path.name + ".onnx")):
+        if onnx.suffix.lower() == ".onnx" and onnx.is_file():
+            return onnx_package(onnx)
     if is_original_folder(path):
         image_size = _use_scales_image_size(name, path, config)
         description = (path / "description.yaml").read_bytes()
@@ -30,8 +33,9 @@ def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
                      image_size=image_size)
     if name.lower() in {zoo.lower() for zoo in ZOO}:
         return zoo_package(name, profile_runs=3)
-    raise ConfigError(f"{config.source}: network {name!r} is neither a package folder nor an "
-                      f"original network folder under {config.network_path!r}, nor a zoo name "
+    raise ConfigError(f"{config.source}: network {name!r} is neither a package folder, an "
+                      f"original network folder nor an .onnx file under "
+                      f"{config.network_path!r}, nor a zoo name "
                       f"({', '.join(n for n, m in ZOO.items() if not m.tiny)})")
 
 

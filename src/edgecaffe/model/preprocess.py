@@ -77,13 +77,22 @@ def preprocess(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     scale: float = 1.0,
     channel_order: str = "BGR",
+    layout: str = "NCHW",
 ) -> np.ndarray:
-    """An H x W x 3 BGR uint8 image -> NCHW float32 of `input_shape`, every batch slot filled.
+    """An H x W x 3 BGR uint8 image -> float32 of `input_shape`, every batch slot filled.
 
-    `mean` is given in the network's channel order (`channel_order`, 'BGR' or 'RGB').
+    `mean` is given in the network's channel order (`channel_order`, 'BGR' or 'RGB');
+    `layout` is the network input's: NCHW (Caffe, PyTorch) or NHWC (TensorFlow exports).
     """
     if len(input_shape) != 4:
-        raise ImageError(f"image input needs a 4-d NCHW network input, not {tuple(input_shape)}")
+        raise ImageError(f"image input needs a 4-d {layout} network input, not "
+                         f"{tuple(input_shape)}")
+    if layout == "NHWC":
+        n, h, w, c = input_shape
+        nchw = preprocess(image, (n, c, h, w), mean, scale, channel_order)
+        return np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    if layout != "NCHW":
+        raise ImageError(f"unknown input layout {layout!r}; use NCHW or NHWC")
     n, c, h, w = input_shape
     if image.ndim != 3 or image.shape[2] != 3:
         raise ImageError(f"expected an H x W x 3 image, got shape {image.shape}")
@@ -99,3 +108,12 @@ def preprocess(
     planes = (resized - means) * np.float32(scale)
     chw = np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
     return np.broadcast_to(chw, (n, c, h, w)).copy()
+
+
+def preprocess_for(image: np.ndarray, input_shape: Sequence[int], meta: dict) -> np.ndarray:
+    """`preprocess` with a network's own settings (`Network.meta` / a package's preprocess):
+    mean, scale, channel_order, layout."""
+    return preprocess(image, input_shape, mean=meta.get("mean", (0.0, 0.0, 0.0)),
+                      scale=meta.get("scale", 1.0),
+                      channel_order=meta.get("channel_order", "BGR"),
+                      layout=meta.get("layout", "NCHW"))

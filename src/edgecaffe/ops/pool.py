@@ -8,6 +8,11 @@ Rules from Caffe's pooling_layer.cpp (BVLC master; checked against pycaffe 1.0.0
 * a max window that covers no input value gives -FLT_MAX (Caffe's initial value), not -inf;
 * average pooling divides by the window clipped to the padded input (in + pad), not by the
   kernel area, and by nothing smaller than that even where the window leaves the input.
+
+ONNX's MaxPool/AveragePool (attr `convention: onnx`, set by the ONNX importer) differ: pads may
+be asymmetric (`pad_end`), the size is integer arithmetic, the ceil-mode window that starts in
+the end padding is dropped per axis (onnxruntime's pool_attributes.h), and `count_include_pad`
+False divides by the window's part inside the input.
 """
 
 from __future__ import annotations
@@ -43,11 +48,32 @@ def pool_output_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: b
     return out
 
 
+def onnx_pool_output_size(size: int, kernel: int, stride: int, pad: int, pad_end: int,
+                          ceil_mode: bool) -> int:
+    """ONNX's rule (onnxruntime's pool_attributes.h): floor or ceil of (size + pads - kernel) /
+    stride, plus one; in ceil mode a last window starting in the end padding is dropped."""
+    span = size + pad + pad_end - kernel
+    if span < 0:
+        raise OpError(f"pooling kernel {kernel} is larger than the padded input "
+                      f"{size + pad + pad_end}")
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
 def _geometry(shape, attrs):
     h, w = shape[2], shape[3]
     if attrs["global"]:
         return (h, w), (1, 1), (0, 0), (1, 1)
     kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
+    if attrs.get("convention") == "onnx":
+        pad_end = attrs.get("pad_end") or pad
+        out = tuple(
+            onnx_pool_output_size(size, k, s, p, e, attrs["ceil"])
+            for size, k, s, p, e in zip((h, w), kernel, stride, pad, pad_end, strict=True)
+        )
+        return tuple(kernel), tuple(stride), tuple(pad), out
     any_pad = bool(pad[0] or pad[1])
     out = tuple(
         pool_output_size(size, k, s, p, attrs["ceil"], any_pad)
@@ -56,15 +82,21 @@ def _geometry(shape, attrs):
     return tuple(kernel), tuple(stride), tuple(pad), out
 
 
-def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int) -> np.ndarray:
-    """Caffe's average-pooling divisor along one axis: the window clipped to size + pad."""
+def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int,
+                  include_pad: bool = True, pad_end: int | None = None) -> np.ndarray:
+    """Average-pooling divisor along one axis: Caffe's window clipped to size + pad (ONNX's
+    count_include_pad=1: size + the end pad), or with `include_pad` False (ONNX's
+    count_include_pad=0) only the window's part inside the input."""
     start = np.arange(out) * stride - pad
-    return np.minimum(start + kernel, size + pad) - start
+    if not include_pad:
+        return np.minimum(start + kernel, size) - np.maximum(start, 0)
+    return np.minimum(start + kernel, size + (pad if pad_end is None else pad_end)) - start
 
 
 @register
 class Pool(Op):
-    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool)."""
+    """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool);
+    ONNX's (with convention 'onnx'): pad_end (pair), count_include_pad (bool)."""
 
     name = "Pool"
 
@@ -106,7 +138,10 @@ class Pool(Op):
         for j in range(1, kw):
             reduce(out, rows[:, :, :, j : j + sw * (ow - 1) + 1 : sw], out=out)
         if not is_max:
-            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph), _window_sizes(w, ow, kw, sw, pw))
+            include = attrs.get("count_include_pad", True)
+            eh, ew = attrs.get("pad_end") or (ph, pw)
+            divisor = np.outer(_window_sizes(h, oh, kh, sh, ph, include, eh),
+                               _window_sizes(w, ow, kw, sw, pw, include, ew))
             with np.errstate(invalid="ignore", divide="ignore"):  # empty window: 0/0 as Caffe
                 out /= divisor.astype(x.dtype)
         return [out]

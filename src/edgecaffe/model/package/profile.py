@@ -27,15 +27,14 @@ from edgecaffe.model.package.package import ModelPackage
 def sample_input(package: ModelPackage, image: np.ndarray | None = None) -> np.ndarray:
     """The built-in sample image (or `image`) preprocessed for the package, or seeded noise if
     the input is not an image."""
-    from edgecaffe.model.preprocess import preprocess, sample_image
+    from edgecaffe.model.preprocess import preprocess_for, sample_image
 
     shape = package.input_shape
-    if len(shape) == 4 and shape[1] in (1, 3):
-        meta = package.meta
-        return preprocess(sample_image() if image is None else image, shape,
-                          mean=meta.get("mean", (0, 0, 0)),
-                          scale=meta.get("scale", 1.0),
-                          channel_order=meta.get("channel_order", "BGR"))
+    meta = package.meta
+    channels = shape[3] if meta.get("layout") == "NHWC" and len(shape) == 4 else \
+        (shape[1] if len(shape) == 4 else None)
+    if channels in (1, 3):
+        return preprocess_for(sample_image() if image is None else image, shape, meta)
     return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
 

@@ -82,12 +82,7 @@ def write_package(
         "name": network.name,
         "source": source,
         "input": {"blob": input_blob, "shape": list(network.blob_shapes[input_blob])},
-        "preprocess": {
-            "mean": [float(v) for v in network.meta.get("mean", [0.0, 0.0, 0.0])],
-            "scale": float(network.meta.get("scale", 1.0)),
-            "channel_order": network.meta.get("channel_order", "BGR"),
-            "size": list(network.blob_shapes[input_blob][2:]),
-        },
+        "preprocess": _preprocess(network, input_blob),
         "labels": list(network.meta.get("labels", [])),
         "totals": {"layers": len(network.layers), "weight_bytes": network.weight_bytes,
                    "flops": network.flops,
@@ -98,6 +93,61 @@ def write_package(
     manifest["layers"] = entries
     dump_manifest(manifest, directory)
     return open_package(directory)
+
+
+def _preprocess(network: Network, input_blob: str) -> dict[str, Any]:
+    layout = network.meta.get("layout", "NCHW")
+    shape = network.blob_shapes[input_blob]
+    preprocess = {
+        "mean": [float(v) for v in network.meta.get("mean", [0.0, 0.0, 0.0])],
+        "scale": float(network.meta.get("scale", 1.0)),
+        "channel_order": network.meta.get("channel_order", "BGR"),
+        "size": list(shape[1:3] if layout == "NHWC" else shape[2:]),
+    }
+    if layout != "NCHW":
+        preprocess["layout"] = layout
+    if network.meta.get("output"):
+        preprocess["output"] = network.meta["output"]
+    return preprocess
+
+
+def split_onnx(path: str | Path, directory: str | Path, *,
+               input_shape: Sequence[int] | None = None,
+               progress: Progress | None = None) -> ModelPackage:
+    """Make a package from an .onnx file (its side file's labels and preprocessing included).
+    The whole model is read first (ONNX initializers are not streamed), then written one layer
+    file at a time."""
+    from edgecaffe.model.onnx import load_onnx
+
+    network = load_onnx(path, input_shape=input_shape)
+    record: dict[str, Any] = {"kind": "onnx", "onnx": str(path),
+                              "opset": network.meta["source"]["opset"]}
+    if input_shape is not None:
+        record["input_shape"] = [int(d) for d in input_shape]
+    return write_package(network, lambda layer: network.weights[layer.name], directory,
+                         source=record, progress=progress)
+
+
+def onnx_package(path: str | Path, input_shape: Sequence[int] | None = None) -> ModelPackage:
+    """The package of an .onnx file, split into the cache on first use (keyed by the file's
+    path, size and modification time, and the input shape)."""
+    import hashlib
+
+    from edgecaffe.model.zoo import cache_dir
+
+    path = Path(path)
+    if not path.is_file():
+        raise PackageError(f"{path}: no such ONNX file")
+    stat = path.stat()
+    side = Path(f"{path}.yaml")
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{input_shape}"
+    if side.is_file():
+        key += f"|{side.stat().st_mtime_ns}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    target = cache_dir() / "onnx" / f"{path.stem}-{digest}"
+    if (target / MANIFEST).is_file():
+        return open_package(target)
+    return split_onnx(path, target, input_shape=input_shape)
 
 
 def _caffe_weights(reader: CaffeModelReader, network: Network) -> WeightSource:
@@ -135,7 +185,8 @@ def split(
     input_shape: Sequence[int] | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> ModelPackage:
-    """Make a package from `source`: [zoo name], [original folder] or [prototxt, caffemodel].
+    """Make a package from `source`: [zoo name], [original folder], [prototxt, caffemodel] or
+    [model.onnx] (`input_shape` fills an ONNX graph's symbolic dims).
 
     `synthetic` fills the weights from `seed` instead of reading a caffemodel (for networks
     whose trained weights are not at hand); zoo networks always are synthetic. `stages` and
@@ -147,6 +198,8 @@ def split(
     from edgecaffe.model.zoo import ZOO, get_zoo_model, zoo_files
 
     paths = [Path(s) for s in source]
+    if len(paths) == 1 and paths[0].suffix.lower() == ".onnx":
+        return split_onnx(paths[0], directory, input_shape=input_shape, progress=progress)
     meta: dict[str, Any] = {}
     original = original_layers = None
     if len(paths) == 1 and is_original_folder(paths[0]):

@@ -33,7 +33,8 @@ class WeightFileError(ModelError):
 def write_tensors(path: str | Path, tensors: Mapping[str, np.ndarray],
                   metadata: Mapping[str, str] | None = None) -> tuple[int, int]:
     """Write `tensors` to `path`; returns (file bytes, CRC-32 of the data section)."""
-    arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them (1,)).
+    arrays = {name: np.require(array, requirements="C") for name, array in tensors.items()}
     header: dict[str, object] = {}
     offset = 0
     for name, array in arrays.items():
