@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from edgecaffe.errors import UsageError
+
 NETWORKS = ["GenderNet", "FaceNet", "AgeNet"]
 
 
@@ -39,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+        raise UsageError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     if args.batches < 1:
-        raise ValueError("--batches must be 1 or more")
+        raise UsageError("--batches must be 1 or more")
     print(f"packages (cached in {cache_dir()}):", flush=True)
     packages = {}
     for name in NETWORKS:

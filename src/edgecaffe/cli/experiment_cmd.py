@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 FLAGS = [  # (flag, config key, type, help)
     ("--mode", "mode", str, "execution mode (masa, bulk, linear, deepeye, ...)"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
@@ -40,6 +42,9 @@ def add_parser(commands) -> None:
                         help="seeded synthetic weights for original folders without caffemodels")
     for flag, key, kind, text in FLAGS:
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    parser.add_argument("--allow-large", action="store_true", default=None,
+                        help="lift the config schema's upper bounds (n-arrivals, n-workers, "
+                        "repetitions, ...; see docs/experiments.md)")
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")
     parser.add_argument("--simulate", action="store_true",
@@ -73,7 +78,7 @@ def _config(args: argparse.Namespace):
     from edgecaffe.experiment.config import load_config
 
     overrides = {key: getattr(args, key) for _, key, _, _ in FLAGS}
-    overrides.update(output=args.output, synthetic=args.synthetic)
+    overrides.update(output=args.output, synthetic=args.synthetic, allow_large=args.allow_large)
     return load_config(args.config, overrides)
 
 
@@ -103,14 +108,14 @@ def _plan(args: argparse.Namespace):
         arrivals, closed_loop = arrivals_of(run, service_ms)
         plans.append((name, run, arrivals, closed_loop, networks))
     if not plans:
-        raise ValueError(f"no run named {args.run_only!r} in this configuration")
+        raise UsageError(f"no run named {args.run_only!r} in this configuration")
     return plans
 
 
 def _device(args: argparse.Namespace):
     """The device profile for --simulate (None: the profiled times as they are)."""
     if args.device and not args.simulate:
-        raise ValueError("--device needs --simulate (a real run uses this machine)")
+        raise UsageError("--device needs --simulate (a real run uses this machine)")
     if not args.simulate or not args.device:
         return None
     from edgecaffe.sim import load_device
@@ -135,9 +140,9 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.experiment.runner import run_once, simulate_once
 
     if args.swap and not args.enforce_memory:
-        raise ValueError("--swap needs --enforce-memory")
+        raise UsageError("--swap needs --enforce-memory")
     if args.simulate and args.enforce_memory:
-        raise ValueError("--enforce-memory limits a real run; a simulated one uses no memory")
+        raise UsageError("--enforce-memory limits a real run; a simulated one uses no memory")
     plans = _plan(args)
     if args.enforce_memory:
         return run_limited(args, plans)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.model.package.profile import plot_profile, profile_package
 
     if args.runs < 1:
-        raise ValueError("--runs must be 1 or more")
+        raise UsageError("--runs must be 1 or more")
     package = open_package(args.package)
     bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
     summary = profile_package(package, runs=args.runs, cold=args.cold,

@@ -7,6 +7,8 @@ import statistics
 import time
 from pathlib import Path
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -48,7 +50,7 @@ def _load(args: argparse.Namespace):
     if len(args.model) == 2:
         net = load_caffe(*args.model)
     elif len(args.model) != 1:
-        raise ValueError("give a zoo name, a package folder, an original network folder, or a "
+        raise UsageError("give a zoo name, a package folder, an original network folder, or a "
                          "prototxt and a caffemodel")
     elif (Path(args.model[0]) / "manifest.yaml").exists():
         net = open_package(args.model[0])
@@ -57,7 +59,7 @@ def _load(args: argparse.Namespace):
     elif is_original_folder(Path(args.model[0])):
         folder = read_original(args.model[0])
         if not folder.caffemodel.exists():
-            raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
+            raise UsageError(f"{folder.caffemodel}: caffemodel not found; make one with "
                              f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
         net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name)
         net.meta.update(folder.preprocess(), labels=folder.labels())

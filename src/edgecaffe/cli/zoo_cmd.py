@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -48,7 +50,7 @@ def write_zoo(args: argparse.Namespace) -> int:
     names = [n for n, m in ZOO.items() if not m.tiny] if args.names == ["all"] else args.names
     models = [get_zoo_model(name) for name in names]
     if args.batch < 1:
-        raise ValueError("--batch must be 1 or more")
+        raise UsageError("--batch must be 1 or more")
     for model in models:
         text = model.prototxt(args.batch)
         total = Network(model.name, build_layers(parse_prototxt(text), model.name)).weight_bytes

@@ -13,11 +13,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgecaffe.errors import EdgeCaffeError
+
 Shape = tuple[int, ...]
 Attrs = dict[str, Any]
 
 
-class OpError(ValueError):
+class OpError(EdgeCaffeError):
     """Hyperparameters or input shapes an operator cannot accept."""
 
 
