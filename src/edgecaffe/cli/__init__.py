@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from edgecaffe import __version__
 from edgecaffe.cli import (
+    cleanup_cmd,
     demo_cmd,
     device_cmd,
     experiment_cmd,
@@ -25,7 +26,7 @@ from edgecaffe.cli import (
 
 COMMANDS = [
     demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, zoo_cmd, synth_cmd,
-    split_cmd, profile_cmd, graph_cmd,
+    split_cmd, profile_cmd, graph_cmd, cleanup_cmd,
 ]
 
 

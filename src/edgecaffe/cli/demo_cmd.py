@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     if args.batches < 1:
         raise UsageError("--batches must be 1 or more")
+    from edgecaffe.experiment.schema import check_memory
+
+    check_memory(args.budget, "--budget", "demo", False, UsageError)
     print(f"packages (cached in {cache_dir()}):", flush=True)
     packages = {}
     for name in NETWORKS:

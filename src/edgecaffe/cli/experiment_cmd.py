@@ -167,7 +167,39 @@ def run(args: argparse.Namespace) -> int:
 
 def run_limited(args: argparse.Namespace, plans) -> int:
     """Run each run in a child process inside a memory cgroup as large as its budget (and with
-    the swap file); packages were built before, outside the limit."""
+    the swap file); packages were built before, outside the limit. Nothing outlives the run:
+    see `edgecaffe/leftovers.py` (run record, reaper, children dying with the parent)."""
+    import os
+    import signal
+    import sys
+
+    from edgecaffe.leftovers import Reaper, RunRecord, find_leftovers
+
+    leftovers = find_leftovers()
+    if leftovers:
+        print(f"edgecaffe experiment: warning: earlier runs left {len(leftovers)} item(s): "
+              + ", ".join(f"{kind} {path}" for kind, path in leftovers[:5])
+              + ("..." if len(leftovers) > 5 else "") + "; `edgecaffe cleanup` removes them",
+              file=sys.stderr, flush=True)
+
+    def interrupted(signum, frame):  # `kill` and a closed terminal clean up like Ctrl-C does
+        raise KeyboardInterrupt
+
+    handlers = {signum: signal.signal(signum, interrupted)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    record = RunRecord.create()
+    reaper = Reaper(record)
+    try:
+        return _run_limited(args, plans, record, os.getpid())
+    finally:
+        if not record.remaining():  # else the reaper removes what is left when released
+            record.forget()
+        reaper.release()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
     import json
     import signal
     import subprocess
@@ -176,24 +208,32 @@ def run_limited(args: argparse.Namespace, plans) -> int:
     from pathlib import Path
 
     from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
+    from edgecaffe.leftovers import die_with_parent, start_ticks
     from edgecaffe.sched import parse_bytes
 
     swap = parse_bytes(args.swap) if args.swap else 0
     worst = 0
-
-    def interrupted(signum, frame):  # a `kill` cleans up like Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    orphan = die_with_parent(parent)
     with ExitStack() as stack:
         if swap:
-            stack.enter_context(SwapFile(swap))
+            swap_file = stack.enter_context(SwapFile(swap))
+            record.swap = str(swap_file.path)
+            record.save()
         for name, config, *_ in plans:
             limit = parse_bytes(config.mem_limit)
             with MemoryCgroup(limit, swap) as cgroup:
+                record.cgroups.append(str(cgroup.path))
+                record.save()
+
+                def setup(cgroup=cgroup) -> None:
+                    cgroup.join()  # in the child, before exec
+                    orphan()
+
                 child = subprocess.Popen(
                     [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)],
-                    preexec_fn=cgroup.join)
+                    preexec_fn=setup)
+                record.children.append([child.pid, start_ticks(child.pid)])
+                record.save()
                 try:
                     child.wait()
                 except BaseException:  # Ctrl-C: stop the run before the limit goes away
@@ -201,6 +241,9 @@ def run_limited(args: argparse.Namespace, plans) -> int:
                     child.wait()
                     raise
                 stats = cgroup.stats()
+            record.cgroups.remove(str(cgroup.path))
+            record.children.clear()
+            record.save()
             stats["oom_killed"] = (child.returncode == -signal.SIGKILL
                                    or stats.get("oom_kills", 0) > 0)
             stats["exit_code"] = child.returncode
