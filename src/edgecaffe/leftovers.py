@@ -33,6 +33,9 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SWAP_DIR = Path("/var/tmp")
+#: The one swap path versions before per-run names used; no pid says whose it is, so only
+#: `edgecaffe cleanup --legacy` removes it.
+LEGACY_SWAP = SWAP_DIR / "edgecaffe.swap"
 RUN_DIR = Path(os.environ.get("EDGECAFFE_RUN_DIR", "/run/edgecaffe"))
 NAME = re.compile(r"^edgecaffe-(\d+)-\d+(\.swap)?$")
 _PR_SET_PDEATHSIG = 1
@@ -209,6 +212,8 @@ def find_leftovers() -> list[tuple[str, str]]:
         match = NAME.match(Path(swap).name)
         if match and swap not in recorded and not alive(int(match.group(1))):
             found.append(("swap", swap))
+    if LEGACY_SWAP.exists() or str(LEGACY_SWAP) in active_swaps():
+        found.append(("legacy swap", str(LEGACY_SWAP)))
     return found
 
 
@@ -263,8 +268,9 @@ def remove_record(record: RunRecord) -> list[str]:
     return done
 
 
-def remove_leftovers(found: list[tuple[str, str]]) -> list[str]:
-    """Remove what `find_leftovers` found; returns one line per item removed."""
+def remove_leftovers(found: list[tuple[str, str]], legacy: bool = False) -> list[str]:
+    """Remove what `find_leftovers` found (the legacy swap file only with `legacy`); returns
+    one line per item."""
     done = []
     handled: set[str] = set()
     for kind, path in found:
@@ -281,8 +287,11 @@ def remove_leftovers(found: list[tuple[str, str]]) -> list[str]:
             continue
         elif kind == "cgroup":
             done.append(remove_cgroup(Path(path)))
-        elif kind == "swap":
+        elif kind == "swap" or (kind == "legacy swap" and legacy):
             done.append(remove_swap(path))
+        elif kind == "legacy swap":
+            done.append(f"kept {path}: a swap file of an older edgecaffe, whose owner cannot be "
+                        "told; remove it with --legacy when no older run is active")
     return done
 
 

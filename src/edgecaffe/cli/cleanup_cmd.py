@@ -16,6 +16,9 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--dry-run", action="store_true",
                         help="only list what would be removed")
+    parser.add_argument("--legacy", action="store_true",
+                        help="also remove /var/tmp/edgecaffe.swap, the fixed swap path of "
+                        "versions before per-run names (make sure no such run is active)")
     parser.set_defaults(handler=run)
 
 
@@ -36,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise UsageError(f"{len(found)} leftover item(s) need root to remove; rerun as root "
                          "(or see them with --dry-run)")
-    lines = remove_leftovers(found)
+    lines = remove_leftovers(found, legacy=args.legacy)
     for line in lines:
         print(line)
     failed = [line for line in lines if line.startswith("could not")]
