@@ -42,6 +42,9 @@ def add_parser(commands) -> None:
                         help="seeded synthetic weights for original folders without caffemodels")
     for flag, key, kind, text in FLAGS:
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    parser.add_argument("--force", action="store_true",
+                        help="replace the results of an earlier run in the same folder (else "
+                        "such a run is refused)")
     parser.add_argument("--allow-large", action="store_true", default=None,
                         help="lift the config schema's upper bounds (n-arrivals, n-workers, "
                         "repetitions, ...; see docs/experiments.md)")
@@ -144,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
     if args.simulate and args.enforce_memory:
         raise UsageError("--enforce-memory limits a real run; a simulated one uses no memory")
     plans = _plan(args)
+    if args.run_only is None:  # a --run-only child's parent has claimed the folders
+        from edgecaffe.experiment.results import claim_run_folder
+
+        for name, config, *_ in plans:
+            claim_run_folder(Path(config.output) / name, config.output, args.force)
     if args.enforce_memory:
         return run_limited(args, plans)
     device = _device(args)

@@ -21,12 +21,23 @@ def add_parser(commands) -> None:
                         help="seeded synthetic weights instead of the caffemodel's")
     parser.add_argument("--seed", type=int, default=0, help="seed for synthetic weights")
     parser.add_argument("--batch", type=int, default=1, help="input batch of zoo networks")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing package at --output (a folder that is not a "
+                        "package is never replaced)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from edgecaffe.cli.progress import Progress
+    from edgecaffe.errors import UsageError
     from edgecaffe.model.package import split
+
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.force:
+        raise UsageError(f"{output}: already exists and is not empty; refusing to overwrite it "
+                         "(pass --force to replace a package there)")
 
     bar = Progress(0, "split")  # total unknown until the network is read: shows MB done
     package = split(args.source, args.output, seed=args.seed, batch=args.batch,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,19 @@ def _checked_matrix(matrix: Any, source: str, large: bool) -> dict[str, Any]:
     return normal
 
 
+def set_name_of(networks: list[str]) -> str:
+    """A folder name for a list of networks: their last path parts joined by '+' (`VGG+AgeNet`),
+    never a path; when a name had to be shortened or changed (a folder given by path, unsafe
+    characters), a hash of the full list follows so different lists get different names."""
+    parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name).strip("._") or "net"
+             for name in networks]
+    label = "+".join(parts)
+    if parts != list(networks) or len(label) > 80:
+        digest = hashlib.sha1("\0".join(networks).encode()).hexdigest()[:8]
+        label = f"{label[:80]}-{digest}"
+    return label
+
+
 def expand_matrix(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """Every run of a matrix config as (results subfolder, config); one run without a matrix."""
     if not config.matrix:
@@ -232,7 +247,7 @@ def expand_matrix(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]
     runs = []
     for network_set in sets:
         networks = list(SETS[network_set]) if isinstance(network_set, str) else list(network_set)
-        set_label = network_set if isinstance(network_set, str) else "+".join(networks)
+        set_label = network_set if isinstance(network_set, str) else set_name_of(networks)
         for limit in matrix.get("mem_limits") or [config.mem_limit]:
             for mode in matrix.get("modes") or [config.mode]:
                 for policy in matrix.get("policies") or [config.policy]:
