@@ -120,3 +120,38 @@ def test_a_flag_overrides_a_bad_file_value_and_is_named_as_a_flag(tmp_path):
     assert load_config(path, {"workers": 3}).workers == 3
     with pytest.raises(ConfigError, match="--n-workers: 0 is not allowed"):
         load_config(path, {"workers": 0})
+
+
+# --- fuzzing: only ConfigError comes out ----------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from edgecaffe.experiment.config import arrivals_of, expand_matrix  # noqa: E402
+
+SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats()
+           | st.sampled_from(["masa", "512M", "poisson", "small-3", "AgeNet", "-1", "1e400"])
+           | st.text(max_size=6))
+VALUES = st.recursive(SCALARS, lambda c: st.lists(c, max_size=3)
+                      | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=8)
+KEY_NAMES = st.sampled_from(sorted(KEYS)) | st.text(max_size=8)
+
+
+@settings(max_examples=300, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.dictionaries(KEY_NAMES, VALUES, max_size=5)
+       | st.dictionaries(st.just("matrix"), st.dictionaries(
+           st.sampled_from(["sets", "modes", "mem_limits", "policies", "workers", "multipliers",
+                            "repetitions", "bogus"]), VALUES, max_size=4), min_size=1)
+       | st.dictionaries(st.just("arrivals"), st.lists(
+           st.fixed_dictionaries({"networks": VALUES, "time": VALUES}), max_size=3), min_size=1))
+def test_fuzzed_configs_raise_only_config_errors(tmp_path, document):
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(document))
+    try:
+        config = load_config(path)
+        for _, run in expand_matrix(config):
+            arrivals, _ = arrivals_of(run, 100.0)
+            assert len(arrivals) <= BOUNDS["n_arrivals"].high
+    except ConfigError as error:
+        assert "\n" not in str(error)

@@ -106,7 +106,7 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
 def _arrival_type(large: bool) -> type:
     network = Annotated[str, msgspec.Meta(min_length=1)] | _OriginalNetwork
     return dataclasses.make_dataclass("Arrival", [
-        ("networks", Annotated[list[network], msgspec.Meta(min_length=1, max_length=1000)]),
+        ("networks", Annotated[list[network], msgspec.Meta(min_length=1, max_length=64)]),
         ("time", BOUNDS["arrival_time_ms"].type(large), 0.0),
         ("pathToData", str | None, None),
     ])
@@ -121,13 +121,16 @@ class _OriginalNetwork:
 def _matrix_type(large: bool) -> type:
     workers, multiplier = BOUNDS["workers"].type(large), BOUNDS["multiplier"].type(large)
     memory = Memory | Annotated[int, msgspec.Meta(ge=1)]
+    def many(kind: Any) -> Any:  # a matrix axis: at most 1000 values
+        return Annotated[list[kind], msgspec.Meta(max_length=1000)] | None
+
     return dataclasses.make_dataclass("Matrix", [
-        ("sets", list[SetName | Names] | None, None),
-        ("mem_limits", list[memory] | None, None),
-        ("modes", list[Mode] | None, None),
-        ("policies", list[Policy | None] | None, None),
-        ("workers", list[workers] | None, None),
-        ("multipliers", list[multiplier | None] | None, None),
+        ("sets", many(SetName | Names), None),
+        ("mem_limits", many(memory), None),
+        ("modes", many(Mode), None),
+        ("policies", many(Policy | None), None),
+        ("workers", many(workers), None),
+        ("multipliers", many(multiplier | None), None),
         ("repetitions", BOUNDS["repetitions"].type(large), 1),
     ], kw_only=True)
 
