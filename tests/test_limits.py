@@ -12,6 +12,7 @@ import pytest
 
 from edgecaffe.cli import main
 from edgecaffe.experiment.limits import LimitError, MemoryCgroup
+from edgecaffe.leftovers import cgroup_dirs
 
 try:
     MemoryCgroup(2**30)
@@ -23,9 +24,10 @@ pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"no real memory limits he
 
 
 def cgroups_left() -> list[str]:
-    found = subprocess.run(["find", "/sys/fs/cgroup", "-maxdepth", "4", "-name", "edgecaffe-*"],
-                           capture_output=True, text=True, check=False).stdout
-    return found.split()
+    """edgecaffe cgroups in this process's own memory cgroup (where runs started from here
+    create theirs; other checkouts on a shared machine have their own)."""
+    return [str(path) for folder in cgroup_dirs() if folder.is_dir()
+            for path in folder.glob("edgecaffe-*")]
 
 
 @pytest.fixture

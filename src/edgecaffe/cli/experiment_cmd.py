@@ -181,8 +181,12 @@ def run_limited(args: argparse.Namespace, plans) -> int:
     import signal
     import sys
 
+    from edgecaffe.experiment.limits import LimitError
     from edgecaffe.leftovers import Reaper, RunRecord, find_leftovers
 
+    if os.geteuid() != 0:
+        raise LimitError("--enforce-memory needs root to create a memory cgroup; without it "
+                         "the budget is still kept by the scheduler's accounting")
     leftovers = find_leftovers()
     if leftovers:
         print(f"edgecaffe experiment: warning: earlier runs left {len(leftovers)} item(s): "
