@@ -63,3 +63,20 @@ def test_a_real_user_error_from_a_command(capsys, tmp_path):
     assert main(["zoo", "write", "TinyAlex", "--batch", "0", "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "edgecaffe zoo: error: --batch must be 1 or more"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "TinyAlex", "--mean", "1,2"], "mean has 2 values; the network's input has 3"),
+    (["demo", "--workers", "0"], "--workers 0 is not allowed"),
+    (["demo", "--budget", "lots"], "--budget: 'lots' is not allowed"),
+    (["experiment", "--policy", "x"], "--policy: 'x' is not allowed"),
+    (["graph", "masa", "TinyAlex", "-o", "x.dot", "--requests", "0"], "--requests must be 1"),
+])
+def test_user_mistakes_are_not_internal_errors(tmp_path, monkeypatch, capsys, argv, message):
+    """Input the commands once passed on unchecked (a ValueError deep inside numpy or the
+    engine, which the old catch-all ValueError handler happened to print as one line)."""
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err and err.count("\n") == 1

@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     if args.batches < 1:
         raise UsageError("--batches must be 1 or more")
+    if not 1 <= args.workers <= 64:
+        raise UsageError(f"--workers {args.workers} is not allowed; expected 1 to 64")
     from edgecaffe.experiment.schema import check_memory
 
     check_memory(args.budget, "--budget", "demo", False, UsageError)

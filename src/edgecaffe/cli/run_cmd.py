@@ -10,6 +10,11 @@ from pathlib import Path
 from edgecaffe.errors import UsageError
 
 
+def _floats(text: str) -> list[float]:
+    """'104,117,123' -> [104.0, 117.0, 123.0] (argparse reports a ValueError as a bad value)."""
+    return [float(value) for value in text.split(",")]
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "run", help="run a network on an image (zoo name, package, or prototxt + caffemodel)",
@@ -23,7 +28,7 @@ def add_parser(commands) -> None:
                         "PROTOTXT CAFFEMODEL")
     parser.add_argument("--input", "-i", default=None,
                         help="image file or .npy NCHW array (default: the built-in sample image)")
-    parser.add_argument("--mean", default=None,
+    parser.add_argument("--mean", default=None, type=_floats,
                         help="per-channel mean in the input's channel order, e.g. 104,117,123")
     parser.add_argument("--scale", type=float, default=None, help="multiply after the mean")
     parser.add_argument("--rgb", action="store_true", help="the network expects RGB, not BGR")
@@ -82,7 +87,7 @@ def _input(args: argparse.Namespace, net):
     image = load_image(args.input) if args.input else sample_image()
     mean = net.meta.get("mean", (0.0, 0.0, 0.0))
     if args.mean:
-        mean = [float(v) for v in args.mean.split(",")]
+        mean = args.mean
     scale = args.scale if args.scale is not None else net.meta.get("scale", 1.0)
     order = "RGB" if args.rgb else net.meta.get("channel_order", "BGR")
     x = preprocess(image, net.input_shape, mean=mean, scale=scale, channel_order=order)
