@@ -183,6 +183,17 @@ def test_reading_is_one_copy_into_fresh_arrays(tmp_path):
     np.testing.assert_array_equal(back, arrays["weight"])
 
 
+@pytest.mark.parametrize("value", ["abc", True, None, float("nan"), [1.0]])
+def test_a_kernel_number_of_the_wrong_kind_is_refused_at_open(package, value):
+    manifest = _manifest(package)
+    relu = next(e for e in manifest["layers"] if e["op"] == "ReLU")
+    relu["attrs"]["negative_slope"] = value
+    (package / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(PackageError, match=f"layer '{relu['name']}': ReLU: attr "
+                                           "'negative_slope' = .* must be a finite number"):
+        open_package(package)
+
+
 # --- fuzzing: only our errors come out ------------------------------------------------------
 
 VALUES = st.recursive(
@@ -214,13 +225,17 @@ def _replace(document, path, value):
 
 
 def _open_and_load(folder):
+    """Open, load and free every layer, and run a forward pass when it is small."""
     opened = open_package(folder)
     for layer in opened.network.layers:
         opened.load(layer.name)
         opened.free(layer.name)
+    network = opened.network
+    if sum(network.blob_bytes(blob) for blob in network.blob_shapes) < 2**26:
+        opened.forward(np.zeros(opened.input_shape, np.float32))
 
 
-FUZZ = settings(max_examples=150, deadline=None, database=None,
+FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 

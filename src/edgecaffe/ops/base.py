@@ -33,6 +33,9 @@ class Op:
     #: True when the output is a view of the first input's memory (Dropout, Flatten, Reshape):
     #: the executor then treats both blobs as one buffer when deciding what may be overwritten.
     view: ClassVar[bool] = False
+    #: Attrs that must be real numbers (not bool, finite) when present: the ones a kernel uses
+    #: without shape inference having looked at them (a package's manifest is untrusted input).
+    numbers: ClassVar[tuple[str, ...]] = ()
 
     def param_shapes(self, inputs: Sequence[Shape], attrs: Attrs) -> dict[str, Shape]:
         """Name and shape of each weight array the op needs (empty for parameter-free ops)."""
@@ -65,6 +68,17 @@ def register(cls: type[Op]) -> type[Op]:
         raise RuntimeError(f"operator name missing or registered twice: {cls.name!r}")
     OPS[cls.name] = cls()
     return cls
+
+
+def check_numbers(op: Op, attrs: Attrs) -> None:
+    """Raise OpError when one of `op.numbers` in `attrs` is not a finite real number."""
+    for key in op.numbers:
+        if key not in attrs:
+            continue
+        value = attrs[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+                or abs(value) == float("inf"):
+            raise OpError(f"{op.name}: attr {key!r} = {value!r} must be a finite number")
 
 
 def get_op(name: str) -> Op:

@@ -44,6 +44,7 @@ class BatchNorm(Op):
     """attrs: eps. weights: mean, var (one value per channel, axis 1)."""
 
     name = "BatchNorm"
+    numbers = ('eps',)
     inplace = True
 
     def param_shapes(self, inputs, attrs):
