@@ -317,3 +317,19 @@ def test_a_format_1_package_still_opens(package):
             weights["crc32"] = zlib.crc32(data[8 + length:])
     (package / "manifest.yaml").write_text(yaml.safe_dump(manifest))
     _open_and_load(package)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("mean-scalar: [abc, 1, 2]\n", r"mean-scalar\[0\]: expected `float`, got `str`"),
+    ("max-memory-valgrind: lots\n", "max-memory-valgrind: expected `float | null`, got `str`"),
+    ("mean-execution-time: -5\n", "mean-execution-time: expected `float` >= 0"),
+    ("conv-layers: 7\n", "conv-layers: expected `array | null`, got `int`"),
+    ("uses-result-vector: maybe\n", "uses-result-vector: expected `bool | null`, got `str`"),
+])
+def test_original_descriptions_are_checked_too(tmp_path, text, message):
+    from edgecaffe.model.package.original import read_original
+
+    (tmp_path / "description.yaml").write_text("network-file: a.prototxt\nmodel-file: "
+                                               "a.caffemodel\n" + text)
+    with pytest.raises(PackageError, match=f"description.yaml: {message}"):
+        read_original(tmp_path)

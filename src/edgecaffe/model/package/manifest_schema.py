@@ -81,3 +81,25 @@ class ManifestSchema(msgspec.Struct):
     preprocess: Preprocess | None = None
     profile: Profile | None = None
     original: Original | None = None
+
+
+MegaBytes = Annotated[float, msgspec.Meta(ge=0, le=1e9)] | None
+
+
+class DescriptionSchema(msgspec.Struct, rename="kebab"):
+    """The keys of the original EdgeCaffe's `description.yaml` that we read (others are kept as
+    they are and warned about when unknown)."""
+
+    name: str | int | None = None
+    network_file: Name | None = None
+    model_file: Name | None = None
+    type: str | None = None
+    mean_scalar: Annotated[list[float], msgspec.Meta(max_length=4)] | None = None
+    input_scale: Annotated[list[Dim], msgspec.Meta(max_length=4)] | None = None
+    uses_result_vector: bool | None = None
+    result_vector: list[str | int | float] | None = None
+    mean_execution_time: Ms | None = None
+    max_memory_valgrind: MegaBytes = None
+    max_memory_usage: MegaBytes = None
+    conv_layers: list[Any] | None = None
+    fc_layers: list[Any] | None = None
