@@ -5,7 +5,7 @@ A run with `--enforce-memory` creates system state that outlives a killed proces
 none of it stays behind:
 
 1. every run names what it creates after itself (`edgecaffe-<pid>-<n>` cgroups,
-   `/var/tmp/edgecaffe-<pid>-<n>.swap`) and writes a *run record* (`RUN_DIR/<pid>.json`: the
+   `/var/tmp/edgecaffe-<pid>-<n>.swap`) and writes a *run record* (`RUN_DIR/<pid>-<t>.json`: the
    owner's pid and start time, the cgroups, the swap file, the children) as each item appears;
 2. a *reaper* (`python -m edgecaffe.leftovers --reap RECORD`), started first in its own session,
    waits on a pipe only the run holds: when the run ends in any way (SIGKILL included) the pipe
@@ -91,7 +91,8 @@ class RunRecord:
     def create(cls) -> RunRecord:
         RUN_DIR.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
-        record = cls(pid, start_ticks(pid), path=str(RUN_DIR / f"{pid}.json"))
+        # pid plus a clock: sequential runs in one process (tests, the API) never share a record
+        record = cls(pid, start_ticks(pid), path=str(RUN_DIR / f"{pid}-{time.monotonic_ns()}.json"))
         record.save()
         return record
 
@@ -126,7 +127,7 @@ class Reaper:
     def __init__(self, record: RunRecord) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgecaffe.leftovers", "--reap", record.path],
-            stdin=subprocess.PIPE, start_new_session=True)
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
 
     def release(self) -> None:
         """The run cleaned up itself: close the pipe and let the reaper exit."""
