@@ -58,6 +58,19 @@ def _traces(pid: int) -> dict[str, list[str]]:
     return {"cgroups": cgroups, "swaps": swaps, "files": files}
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line mentions `text` (the reaper names its run record)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
 def _wait_for(predicate, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -73,7 +86,8 @@ def _start_run(tmp_path) -> tuple[subprocess.Popen, list[int]]:
     command = [sys.executable, "-m", "edgecaffe", "experiment", "--networks", "TinyAlex",
                "--n-arrivals", "100000", "--mem-limit", "256M", "--enforce-memory", "--swap",
                "64M", "-o", str(tmp_path / "out")]
-    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           start_new_session=True)  # its own group, as a shell job would be
 
     def inside() -> list[int]:
         return [int(pid) for cgroup in _traces(run.pid)["cgroups"]
@@ -87,15 +101,23 @@ def _start_run(tmp_path) -> tuple[subprocess.Popen, list[int]]:
     return run, inside()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGHUP, signal.SIGTERM],
-                         ids=["SIGKILL", "SIGHUP", "SIGTERM"])
-def test_a_killed_run_leaves_nothing_behind(tmp_path, run_dir, signum):
+@pytest.mark.parametrize(("signum", "group"), [(signal.SIGKILL, False), (signal.SIGHUP, False),
+                                               (signal.SIGTERM, False), (signal.SIGKILL, True)],
+                         ids=["SIGKILL", "SIGHUP", "SIGTERM", "SIGKILL-group"])
+def test_a_killed_run_leaves_nothing_behind(tmp_path, run_dir, signum, group):
+    """The run alone, or its whole process group (run and child: only the reaper is left)."""
     run, children = _start_run(tmp_path)
     assert children and _traces(run.pid)["swaps"] and list(run_dir.glob("*.json"))
-    run.send_signal(signum)
+    reapers = _processes_mentioning(str(run_dir))
+    assert len(reapers) == 1
+    if group:
+        os.killpg(run.pid, signum)
+    else:
+        run.send_signal(signum)
     run.wait(timeout=60)
     assert _wait_for(lambda: not any(_traces(run.pid).values())), _traces(run.pid)
     assert _wait_for(lambda: not any(alive(pid) for pid in children)), "the child outlived it"
+    assert _wait_for(lambda: not alive(reapers[0])), "the reaper stayed"
     assert list(run_dir.glob("*.json")) == []
     run.stderr.close()
 
