@@ -87,3 +87,11 @@ def test_zoo_write_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert (tmp_path / "TinyAlex.caffemodel").read_bytes() == weights
     assert main(["zoo", "write", "TinyAlex", "-o", str(tmp_path), "--seed", "2", "--force"]) == 0
     assert (tmp_path / "TinyAlex.caffemodel").read_bytes() != weights
+
+
+def test_a_matrix_naming_one_run_twice_is_refused(tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("matrix: {sets: [[TinyAlex], [TinyAlex]], modes: [masa]}\nn-arrivals: 1\n")
+    assert main(["experiment", str(config), "-o", str(tmp_path / "out")]) == 1
+    assert "the matrix has several runs named TinyAlex/512M/masa-w2-r0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -150,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
     if args.run_only is None:  # a --run-only child's parent has claimed the folders
         from edgecaffe.experiment.results import claim_run_folder
 
+        names = [name for name, *_ in plans]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise UsageError(f"the matrix has several runs named {', '.join(twice)} (a set or "
+                             "value listed twice); each would overwrite the other's results")
         for name, config, *_ in plans:
             claim_run_folder(Path(config.output) / name, config.output, args.force)
     if args.enforce_memory:
