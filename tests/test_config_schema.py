@@ -40,6 +40,9 @@ MORE_CASES = [
      "modes: [masa, bulk]}\n", "matrix: 20000 runs is not allowed; expected at most 10000"),
     ("synthetic: yes please\n", "synthetic: 'yes please' is not allowed; expected `bool`"),
     ("set: tiny-9\n", "set: 'tiny-9' is not allowed; choose from small-3"),
+    ('output-prefix: "a\\0"\n', "output-prefix: 'a\\x00' is not allowed; expected a name without "
+     "NUL characters"),
+    ('networks: ["a\\0b"]\n', "networks[0]: 'a\\x00b' is not allowed; expected a name without"),
 ]
 
 

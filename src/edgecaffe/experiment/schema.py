@@ -62,10 +62,13 @@ BOUNDS: dict[str, Bound] = {
 }
 
 Memory = Annotated[str, msgspec.Meta(pattern=MEMORY_PATTERN)]
+#: A file or folder name: no NUL byte (the OS refuses those), at most 4096 characters.
+PathText = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$", max_length=4096)]
 Mode = Literal[tuple(MODES)]  # type: ignore[valid-type]
 Policy = Literal[tuple(POLICIES)]  # type: ignore[valid-type]
 SetName = Literal[tuple(SETS)]  # type: ignore[valid-type]
-Names = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]],
+Names = Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=4096,
+                                                  pattern=r"^[^\x00]*$")]],
                   msgspec.Meta(min_length=1, max_length=1000)]
 
 
@@ -80,7 +83,7 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
         ("granularity", Literal[tuple(GRANULARITIES)], "layer"),  # type: ignore[valid-type]
         ("workers", b["workers"], 2),
         ("blas_threads", b["blas_threads"] | None, None),
-        ("networks", Names | str, ("GenderNet", "FaceNet", "AgeNet")),
+        ("networks", Names | PathText, ("GenderNet", "FaceNet", "AgeNet")),
         ("arrival_mode", Literal[ARRIVAL_MODES], "batch"),
         ("n_arrivals", b["n_arrivals"], 10),
         ("mean_gap_ms", b["mean_gap_ms"], 1000.0),
@@ -90,10 +93,10 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
                                                            if large else
                                                            BOUNDS["arrivals_count"].high))]
          | None, None),
-        ("network_path", str, "."),
-        ("resources_path", str, "."),
-        ("output", str, "results"),
-        ("prefix", str, ""),
+        ("network_path", PathText, "."),
+        ("resources_path", PathText, "."),
+        ("output", PathText, "results"),
+        ("prefix", PathText, ""),
         ("synthetic", bool, False),
         ("set_name", SetName | None, None),
         ("multiplier", b["multiplier"] | None, None),
@@ -104,18 +107,19 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
 
 
 def _arrival_type(large: bool) -> type:
-    network = Annotated[str, msgspec.Meta(min_length=1)] | _OriginalNetwork
+    network = Annotated[str, msgspec.Meta(min_length=1, max_length=4096,
+                                          pattern=r"^[^\x00]*$")] | _OriginalNetwork
     return dataclasses.make_dataclass("Arrival", [
         ("networks", Annotated[list[network], msgspec.Meta(min_length=1, max_length=64)]),
         ("time", BOUNDS["arrival_time_ms"].type(large), 0.0),
-        ("pathToData", str | None, None),
+        ("pathToData", PathText | None, None),
     ])
 
 
 @dataclass
 class _OriginalNetwork:
-    networkName: str | None = None  # noqa: N815 (the original's spelling)
-    pathToNetwork: str | None = None  # noqa: N815
+    networkName: PathText | None = None  # noqa: N815 (the original's spelling)
+    pathToNetwork: PathText | None = None  # noqa: N815
 
 
 def _matrix_type(large: bool) -> type:
@@ -191,8 +195,10 @@ def _allowed(name: str, expected: str) -> str:
                "set_name": SETS, "sets": SETS}
     if expected.startswith("Invalid enum value") and name in choices:
         return f"choose from {', '.join(choices[name])}"
-    if name in ("mem_limit", "mem_limits") or "match regex pattern" in expected:
+    if name in ("mem_limit", "mem_limits"):
         return "expected a memory size: bytes or a number with K, M or G (e.g. 512M, 1G)"
+    if "matching regex" in expected and "x00" in expected:
+        return "expected a name without NUL characters"
     if expected.startswith("Object contains unknown field"):
         return expected.replace("Object contains", "the mapping has an")
     return expected[0].lower() + expected[1:] if expected else "invalid"
