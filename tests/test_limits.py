@@ -23,6 +23,15 @@ except LimitError as error:
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"no real memory limits here: {WHY}")
 
 
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path, monkeypatch):
+    """Run records in the test's own folder, not /run/edgecaffe."""
+    from edgecaffe import leftovers
+
+    monkeypatch.setattr(leftovers, "RUN_DIR", tmp_path / "runs")
+    monkeypatch.setenv("EDGECAFFE_RUN_DIR", str(tmp_path / "runs"))
+
+
 def cgroups_left() -> list[str]:
     """edgecaffe cgroups in this process's own memory cgroup (where runs started from here
     create theirs; other checkouts on a shared machine have their own)."""
