@@ -97,3 +97,18 @@ def test_a_package_remembers_a_bounded_number_of_loads(tmp_path, zoo_model):
     for _ in range(LOAD_LOG_LENGTH + 10):
         package.read(layer)
     assert len(package.load_log) == LOAD_LOG_LENGTH
+
+
+def test_errors_have_their_own_hierarchy():
+    from edgecaffe.errors import ConfigError, DeviceError, EdgeCaffeError, LimitError, ReportError
+    from edgecaffe.experiment.config import ConfigError as config_error
+    from edgecaffe.model.errors import ModelError
+    from edgecaffe.sched import Core
+
+    for error in (ConfigError, LimitError, DeviceError, ReportError):
+        assert issubclass(error, EdgeCaffeError) and not issubclass(error, ModelError)
+    assert config_error is ConfigError
+    for bad in ({"mode": "warp"}, {"granularity": "bytes"}, {"policy": "lifo"},
+                {"workers": 0}, {"budget": "lots"}):
+        with pytest.raises(ConfigError):
+            Core({}, **bad)

@@ -117,11 +117,13 @@ def test_poisson_arrivals_are_the_same_for_every_mode():
     ("mem-limt: 1G\n", "unknown key 'mem-limt'; did you mean 'mem-limit'"),
     ("mode: turbo\n", "mode: 'turbo' is not allowed; choose from bulk, multi-bulk"),
     ("granularity: byte\n", "choose from layer, network"),
-    ("mem_limit: lots\n", "mem_limit: memory size 'lots'"),
-    ("n-workers: 0\n", "workers: must be a whole number >= 1"),
+    ("mem_limit: lots\n", "mem_limit: 'lots' is not allowed; expected a memory size"),
+    ("n-workers: 0\n", "n-workers: 0 is not allowed; expected `int` >= 1"),
     ("arrival-mode: sometimes\n", "choose from batch, poisson, stochastic"),
-    ("arrivals: [{time: 0}]\n", "arrivals[0] needs `networks`"),
-    ("arrivals:\n- {networks: [AgeNet], time: soon}\n", "arrivals[0].time must be a number"),
+    ("arrivals: [{time: 0}]\n", "arrivals[0]: {'time': 0} is not allowed; object missing "
+     "required field `networks`"),
+    ("arrivals:\n- {networks: [AgeNet], time: soon}\n", "arrivals[0].time: 'soon' is not "
+     "allowed; expected `float`, got `str`"),
     ("- just a list\n", "expected a mapping"),
     ("mode: [\n", "malformed YAML"),
 ])

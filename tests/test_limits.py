@@ -12,6 +12,7 @@ import pytest
 
 from edgecaffe.cli import main
 from edgecaffe.experiment.limits import LimitError, MemoryCgroup
+from edgecaffe.leftovers import cgroup_dirs
 
 try:
     MemoryCgroup(2**30)
@@ -22,10 +23,20 @@ except LimitError as error:
 pytestmark = pytest.mark.skipif(not AVAILABLE, reason=f"no real memory limits here: {WHY}")
 
 
+@pytest.fixture(autouse=True)
+def run_dir(tmp_path, monkeypatch):
+    """Run records in the test's own folder, not /run/edgecaffe."""
+    from edgecaffe import leftovers
+
+    monkeypatch.setattr(leftovers, "RUN_DIR", tmp_path / "runs")
+    monkeypatch.setenv("EDGECAFFE_RUN_DIR", str(tmp_path / "runs"))
+
+
 def cgroups_left() -> list[str]:
-    found = subprocess.run(["find", "/sys/fs/cgroup", "-maxdepth", "4", "-name", "edgecaffe-*"],
-                           capture_output=True, text=True, check=False).stdout
-    return found.split()
+    """edgecaffe cgroups in this process's own memory cgroup (where runs started from here
+    create theirs; other checkouts on a shared machine have their own)."""
+    return [str(path) for folder in cgroup_dirs() if folder.is_dir()
+            for path in folder.glob("edgecaffe-*")]
 
 
 @pytest.fixture
@@ -66,8 +77,8 @@ def test_a_swap_file_is_created_and_removed(experiment, capsys):
     if code != 0 and "cannot set up the swap file" in capsys.readouterr().err:
         pytest.skip("swapon refused here")
     assert code == 0
-    assert "/var/tmp/edgecaffe.swap" not in Path("/proc/swaps").read_text()
-    assert not os.path.exists("/var/tmp/edgecaffe.swap")
+    assert "edgecaffe-" not in Path("/proc/swaps").read_text()
+    assert not list(Path("/var/tmp").glob(f"edgecaffe-{os.getpid()}-*"))
     assert cgroups_left() == []
 
 
@@ -96,5 +107,5 @@ def test_an_interrupted_run_leaves_nothing_behind(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) != 0
     assert cgroups_left() == []
-    assert not os.path.exists("/var/tmp/edgecaffe.swap")
-    assert "/var/tmp/edgecaffe.swap" not in Path("/proc/swaps").read_text()
+    assert not list(Path("/var/tmp").glob(f"edgecaffe-{process.pid}-*"))
+    assert f"edgecaffe-{process.pid}-" not in Path("/proc/swaps").read_text()

@@ -110,7 +110,7 @@ def test_weight_files_are_real_safetensors(tmp_path, tiny_package):
         np.testing.assert_array_equal(back[name], arrays[name])
     size, crc = write_tensors(tmp_path / "ours.safetensors", arrays)
     assert size == (tmp_path / "ours.safetensors").stat().st_size
-    assert crc == zlib.crc32(arrays["a"].tobytes() + arrays["b"].tobytes())
+    assert crc == zlib.crc32((tmp_path / "ours.safetensors").read_bytes())  # the whole file
     np.testing.assert_array_equal(
         safetensors.numpy.load_file(str(tmp_path / "ours.safetensors"))["a"], arrays["a"])
 
@@ -165,7 +165,7 @@ def test_manifest_that_does_not_match_is_rejected(tiny_package):
     path.write_text(yaml.safe_dump(manifest))
     with pytest.raises(PackageError, match="do not form a valid network.*'conv2'"):
         open_package(package.directory)
-    path.write_text(original.replace("format: edgecaffe-package/1", "format: other/9"))
+    path.write_text(original.replace("format: edgecaffe-package/2", "format: other/9"))
     with pytest.raises(PackageError, match="format is 'other/9'"):
         open_package(package.directory)
     path.write_text("layers: [\n")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 
 from edgecaffe import __version__
 from edgecaffe.cli import (
+    cleanup_cmd,
     demo_cmd,
     device_cmd,
     experiment_cmd,
@@ -25,7 +27,7 @@ from edgecaffe.cli import (
 
 COMMANDS = [
     demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, zoo_cmd, synth_cmd,
-    split_cmd, profile_cmd, export_cmd, graph_cmd,
+    split_cmd, profile_cmd, export_cmd, graph_cmd, cleanup_cmd,
 ]
 
 
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Memory-aware multi-DNN inference for edge devices (Caffe models in numpy).",
     )
     parser.add_argument("--version", action="version", version=f"edgecaffe {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an internal error, print the full traceback")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         module.add_parser(commands)
@@ -57,16 +61,33 @@ def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from edgecaffe.model.errors import ModelError
+    from edgecaffe.errors import EdgeCaffeError
 
     try:
         return args.handler(args) or 0
-    except (ModelError, OSError, ValueError) as error:
+    except (EdgeCaffeError, OSError) as error:  # bad input or environment: the message says
+        if args.debug:
+            traceback.print_exc()
         print(f"edgecaffe {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # anything else is a bug: show where it happened
+        return _internal_error(args, error)
+
+
+def _internal_error(args: argparse.Namespace, error: Exception) -> int:
+    """Report a bug: the exception and its last frames (all of them with --debug)."""
+    frames = traceback.format_exception(type(error), error, error.__traceback__,
+                                        limit=None if args.debug else -3)
+    print(f"edgecaffe {args.command}: internal error (a bug in edgecaffe, please report it): "
+          f"{type(error).__name__}: {error}", file=sys.stderr)
+    print("".join(frames).rstrip(), file=sys.stderr)
+    if not args.debug:
+        print("rerun with --debug (edgecaffe --debug COMMAND ...) for the full traceback",
+              file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import argparse
 import statistics
 import time
 
+from edgecaffe.errors import UsageError
+
 NETWORKS = ["GenderNet", "FaceNet", "AgeNet"]
 #: The original's README batch: its GenderNet description runs batch 10, and its FaceNet
 #: (`use-scales: true`) runs on the README's 268-px image enlarged 5x: 1340 x 1340.
@@ -51,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
     modes = args.modes.split(",")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+        raise UsageError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     if args.batches < 1:
-        raise ValueError("--batches must be 1 or more")
+        raise UsageError("--batches must be 1 or more")
     if args.rounds < 1:
-        raise ValueError("--rounds must be 1 or more")
+        raise UsageError("--rounds must be 1 or more")
+    if not 1 <= args.workers <= 64:
+        raise UsageError(f"--workers {args.workers} is not allowed; expected 1 to 64")
+    from edgecaffe.experiment.schema import check_memory
+
+    check_memory(args.budget, "--budget", "demo", False, UsageError)
     packages = _packages(args.light)
     output = Path(args.output)
     cost = "the cheap zoo versions (--light)" if args.light else \

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     threads = args.threads or max(2, min(4, os.cpu_count() or 1))
     if threads < 2:
-        raise ValueError(f"--threads must be 2 or more, got {threads}")
+        raise UsageError(f"--threads must be 2 or more, got {threads}")
     parallelism = measure_parallelism(threads)
     text = yaml.safe_dump({"name": args.name, "compute-factor": 1.0,
                            "parallelism": parallelism}, sort_keys=False)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 FLAGS = [  # (flag, config key, type, help)
     ("--mode", "mode", str, "execution mode"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
@@ -46,6 +48,12 @@ def add_parser(commands) -> None:
         if key in registries:  # the registries' names, so that new entries show up here too
             text = f"{text}; one of {', '.join(registries[key])}"
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
+    parser.add_argument("--force", action="store_true",
+                        help="replace the results of an earlier run in the same folder (else "
+                        "such a run is refused)")
+    parser.add_argument("--allow-large", action="store_true", default=None,
+                        help="lift the config schema's upper bounds (n-arrivals, n-workers, "
+                        "repetitions, ...; see docs/experiments.md)")
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")
     parser.add_argument("--simulate", action="store_true",
@@ -84,7 +92,7 @@ def _config(args: argparse.Namespace):
     from edgecaffe.experiment.config import load_config
 
     overrides = {key: getattr(args, key) for _, key, _, _ in FLAGS}
-    overrides.update(output=args.output, synthetic=args.synthetic)
+    overrides.update(output=args.output, synthetic=args.synthetic, allow_large=args.allow_large)
     return load_config(args.config, overrides)
 
 
@@ -114,14 +122,14 @@ def _plan(args: argparse.Namespace):
         arrivals, closed_loop = arrivals_of(run, service_ms)
         plans.append((name, run, arrivals, closed_loop, networks))
     if not plans:
-        raise ValueError(f"no run named {args.run_only!r} in this configuration")
+        raise UsageError(f"no run named {args.run_only!r} in this configuration")
     return plans
 
 
 def _device(args: argparse.Namespace):
     """The device profile for --simulate (None: the profiled times as they are)."""
     if args.device and not args.simulate:
-        raise ValueError("--device needs --simulate (a real run uses this machine)")
+        raise UsageError("--device needs --simulate (a real run uses this machine)")
     if not args.simulate or not args.device:
         return None
     from edgecaffe.sim import load_device
@@ -147,14 +155,25 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.experiment.runner import run_entry
 
     if args.swap and not args.enforce_memory:
-        raise ValueError("--swap needs --enforce-memory")
+        raise UsageError("--swap needs --enforce-memory")
     if args.simulate and args.enforce_memory:
-        raise ValueError("--enforce-memory limits a real run; a simulated one uses no memory")
+        raise UsageError("--enforce-memory limits a real run; a simulated one uses no memory")
     if args.cluster:  # check the flags before building anything
         from edgecaffe.cli.cluster_cmd import check_cluster_args
 
         check_cluster_args(args)
     plans = _plan(args)
+    if args.run_only is None:  # a --run-only child's parent has claimed the folders
+        from edgecaffe.experiment.results import claim_run_folder
+
+        names = [name for name, *_ in plans]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise UsageError(f"the matrix has several runs named {', '.join(twice)} (a set or "
+                             "value listed twice); each would overwrite the other's results")
+        if not args.cluster:  # a campaign writes its runs home itself (and may --resume)
+            for name, config, *_ in plans:
+                claim_run_folder(Path(config.output) / name, config.output, args.force)
     if args.cluster:
         from edgecaffe.cli.cluster_cmd import run_on_cluster
 
@@ -180,7 +199,43 @@ def run(args: argparse.Namespace) -> int:
 
 def run_limited(args: argparse.Namespace, plans) -> int:
     """Run each run in a child process inside a memory cgroup as large as its budget (and with
-    the swap file); packages were built before, outside the limit."""
+    the swap file); packages were built before, outside the limit. Nothing outlives the run:
+    see `edgecaffe/leftovers.py` (run record, reaper, children dying with the parent)."""
+    import os
+    import signal
+    import sys
+
+    from edgecaffe.experiment.limits import LimitError
+    from edgecaffe.leftovers import Reaper, RunRecord, find_leftovers
+
+    if os.geteuid() != 0:
+        raise LimitError("--enforce-memory needs root to create a memory cgroup; without it "
+                         "the budget is still kept by the scheduler's accounting")
+    leftovers = find_leftovers()
+    if leftovers:
+        print(f"edgecaffe experiment: warning: earlier runs left {len(leftovers)} item(s): "
+              + ", ".join(f"{kind} {path}" for kind, path in leftovers[:5])
+              + ("..." if len(leftovers) > 5 else "") + "; `edgecaffe cleanup` removes them",
+              file=sys.stderr, flush=True)
+
+    def interrupted(signum, frame):  # `kill` and a closed terminal clean up like Ctrl-C does
+        raise KeyboardInterrupt
+
+    handlers = {signum: signal.signal(signum, interrupted)
+                for signum in (signal.SIGTERM, signal.SIGHUP)}
+    record = RunRecord.create()
+    reaper = Reaper(record)
+    try:
+        return _run_limited(args, plans, record, os.getpid())
+    finally:
+        if not record.remaining():  # else the reaper removes what is left when released
+            record.forget()
+        reaper.release()
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
     import json
     import signal
     import subprocess
@@ -190,27 +245,35 @@ def run_limited(args: argparse.Namespace, plans) -> int:
 
     from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
     from edgecaffe.experiment.results import is_complete
+    from edgecaffe.leftovers import die_with_parent, start_ticks
     from edgecaffe.sched import parse_bytes
 
     swap = parse_bytes(args.swap) if args.swap else 0
     worst = 0
-
-    def interrupted(signum, frame):  # a `kill` cleans up like Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    orphan = die_with_parent(parent)
     with ExitStack() as stack:
         if swap:
-            stack.enter_context(SwapFile(swap))
+            swap_file = stack.enter_context(SwapFile(swap))
+            record.swap = str(swap_file.path)
+            record.save()
         for name, config, *_ in plans:
             if args.resume and is_complete(Path(config.output) / name):
                 print(f"{Path(config.output) / name}: complete, skipped (--resume)", flush=True)
                 continue
             limit = parse_bytes(config.mem_limit)
             with MemoryCgroup(limit, swap) as cgroup:
+                record.cgroups.append(str(cgroup.path))
+                record.save()
+
+                def setup(cgroup=cgroup) -> None:
+                    cgroup.join()  # in the child, before exec
+                    orphan()
+
                 child = subprocess.Popen(
                     [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)],
-                    preexec_fn=cgroup.join)
+                    preexec_fn=setup)
+                record.children.append([child.pid, start_ticks(child.pid)])
+                record.save()
                 try:
                     child.wait()
                 except BaseException:  # Ctrl-C: stop the run before the limit goes away
@@ -218,6 +281,9 @@ def run_limited(args: argparse.Namespace, plans) -> int:
                     child.wait()
                     raise
                 stats = cgroup.stats()
+            record.cgroups.remove(str(cgroup.path))
+            record.children.clear()
+            record.save()
             stats["oom_killed"] = (child.returncode == -signal.SIGKILL
                                    or stats.get("oom_kills", 0) > 0)
             stats["exit_code"] = child.returncode

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -87,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.sched.dot import edges, task_graph_dot
 
     if args.mode not in MODES:
-        raise ValueError(f"unknown mode {args.mode!r}; modes: {', '.join(MODES)}")
+        raise UsageError(f"unknown mode {args.mode!r}; modes: {', '.join(MODES)}")
     if args.requests < 1:
-        raise ValueError("--requests must be 1 or more")
+        raise UsageError("--requests must be 1 or more")
     infos = [source_info(source) for source in args.networks]
     planner = Planner(args.mode)
     instances = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from edgecaffe.cli.experiment_cmd import FLAGS
+from edgecaffe.errors import UsageError
 
 
 def add_parser(commands) -> None:
@@ -85,7 +86,7 @@ def _build(args: argparse.Namespace):
     overrides = {key: getattr(args, key, None) for _, key, _, _ in FLAGS}
     config = load_config(args.config, overrides)
     if config.matrix:
-        raise ValueError(f"{config.source}: `optimal` solves one instance; remove the matrix")
+        raise UsageError(f"{config.source}: `optimal` solves one instance; remove the matrix")
     pool = config.arrivals_networks() if config.arrivals is not None else config.networks
     infos = resolve_infos(pool, config)
     requests = requests_of(config, infos)
@@ -116,13 +117,13 @@ def _solve_checked(args: argparse.Namespace, config, requests, instance):
     try:
         schedule = solve(instance, time_limit_s=args.time_limit)
     except ImportError:
-        raise ValueError(MISSING_ORTOOLS) from None
+        raise UsageError(MISSING_ORTOOLS) from None
     except SolveError as error:
-        raise ValueError(str(error)) from None
+        raise UsageError(str(error)) from None
     problems = check_schedule(requests, parse_bytes(config.mem_limit), config.workers,
                               instance.durations, schedule.table(), args.unit_ms)
     if problems:  # a solver or model bug: never report such a schedule as optimal
-        raise ValueError("the solver's schedule failed the independent check: "
+        raise RuntimeError("the solver's schedule failed the independent check: "
                          + "; ".join(problems[:5]))
     what = "optimal" if schedule.optimal else \
         f"best found in {args.time_limit:g} s (proven bound {schedule.lower_bound_ms:.2f} ms)"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.model.package.profile import plot_profile, profile_package, stale_reasons
 
     if args.runs < 1:
-        raise ValueError("--runs must be 1 or more")
+        raise UsageError("--runs must be 1 or more")
     if args.package.lower().endswith(".onnx"):
         from edgecaffe.model.package import onnx_package
 

@@ -9,6 +9,12 @@ import time
 from pathlib import Path
 
 from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
+from edgecaffe.errors import UsageError
+
+
+def _floats(text: str) -> list[float]:
+    """'104,117,123' -> [104.0, 117.0, 123.0] (argparse reports a ValueError as a bad value)."""
+    return [float(value) for value in text.split(",")]
 
 
 def add_parser(commands) -> None:
@@ -32,7 +38,7 @@ def add_parser(commands) -> None:
                         help="print one JSON object (outputs, top classes, timings) instead")
     parser.add_argument("--input", "--image", "-i", default=None,
                         help="image file or .npy NCHW array (default: the built-in sample image)")
-    parser.add_argument("--mean", default=None,
+    parser.add_argument("--mean", default=None, type=_floats,
                         help="per-channel mean in the input's channel order, e.g. 104,117,123")
     parser.add_argument("--scale", type=float, default=None, help="multiply after the mean")
     parser.add_argument("--rgb", action="store_true", help="the network expects RGB, not BGR")
@@ -74,7 +80,7 @@ def _load(args: argparse.Namespace):
     elif len(args.model) == 2:
         net = load_caffe(*args.model, **options)
     elif len(args.model) != 1:
-        raise ValueError("give a zoo name, a package folder, an original network folder, or a "
+        raise UsageError("give a zoo name, a package folder, an original network folder, or a "
                          "prototxt and a caffemodel")
     elif (Path(args.model[0]) / "manifest.yaml").exists():
         if options:
@@ -86,7 +92,7 @@ def _load(args: argparse.Namespace):
     elif is_original_folder(Path(args.model[0])):
         folder = read_original(args.model[0])
         if not folder.caffemodel.exists():
-            raise ValueError(f"{folder.caffemodel}: caffemodel not found; make one with "
+            raise UsageError(f"{folder.caffemodel}: caffemodel not found; make one with "
                              f"`edgecaffe synth {folder.prototxt} -o {folder.caffemodel}`")
         image_hw = _image_size(args) if folder.use_scales else None
         net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
@@ -121,7 +127,7 @@ def _input(args: argparse.Namespace, net):
     image = load_image(args.input) if args.input else sample_image()
     meta = dict(net.meta)
     if args.mean:
-        meta["mean"] = [float(v) for v in args.mean.split(",")]
+        meta["mean"] = args.mean
     if args.scale is not None:
         meta["scale"] = args.scale
     if args.rgb:

@@ -31,12 +31,23 @@ def add_parser(commands) -> None:
     parser.add_argument("--image", default=None, metavar="FILE",
                         help="the image an original folder with `use-scales: true` will run on: "
                         "its input becomes the image enlarged 5x, as the original does")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing package at --output (a folder that is not a "
+                        "package is never replaced)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from edgecaffe.cli.progress import Progress
+    from edgecaffe.errors import UsageError
     from edgecaffe.model.package import split
+
+    output = Path(args.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not args.force:
+        raise UsageError(f"{output}: already exists and is not empty; refusing to overwrite it "
+                         "(pass --force to replace a package there)")
 
     options = caffe_kwargs(args)
     if args.image:
@@ -45,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         options["image_size"] = load_image(args.image).shape[:2]
     if args.input_shape:
         if "input_shape" in options:
-            raise ValueError("give --input-shape (all dims, ONNX) or --input-size (H x W), "
+            raise UsageError("give --input-shape (all dims, ONNX) or --input-size (H x W), "
                              "not both")
         options["input_shape"] = [int(d) for d in args.input_shape.split(",")]
     bar = Progress(0, "split")  # total unknown until the network is read: shows MB done

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.errors import UsageError
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -20,6 +22,8 @@ def add_parser(commands) -> None:
     write.add_argument("-o", "--output", required=True, help="output folder")
     write.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     write.add_argument("--batch", type=int, default=1, help="input batch size (default 1)")
+    write.add_argument("--force", action="store_true",
+                       help="overwrite NAME.prototxt and NAME.caffemodel if they exist")
     write.set_defaults(handler=write_zoo)
 
 
@@ -48,7 +52,15 @@ def write_zoo(args: argparse.Namespace) -> int:
     names = [n for n, m in ZOO.items() if not m.tiny] if args.names == ["all"] else args.names
     models = [get_zoo_model(name) for name in names]
     if args.batch < 1:
-        raise ValueError("--batch must be 1 or more")
+        raise UsageError("--batch must be 1 or more")
+    from pathlib import Path
+
+    existing = [str(path) for model in models
+                for path in (Path(args.output) / f"{model.name}.prototxt",
+                             Path(args.output) / f"{model.name}.caffemodel") if path.exists()]
+    if existing and not args.force:
+        raise UsageError(f"{', '.join(existing)} already exist(s); refusing to overwrite "
+                         "(pass --force to replace)")
     for model in models:
         text = model.prototxt(args.batch)
         total = Network(model.name, build_layers(parse_prototxt(text), model.name)).weight_bytes

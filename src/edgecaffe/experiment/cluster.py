@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.model.errors import ModelError
+from edgecaffe.errors import EdgeCaffeError
 
 INSTALL_HINT = "pip install 'edgecaffe[cluster]'  (Dask distributed)"
 
 
-class ClusterError(ModelError):
+class ClusterError(EdgeCaffeError):
     """A campaign that cannot run: Dask missing, a bad address, no worker that fits."""
 
 

@@ -7,13 +7,21 @@ values.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.model.errors import ModelError
-from edgecaffe.sched import GRANULARITIES, MODES, POLICIES, parse_bytes
+from edgecaffe import errors
+from edgecaffe.experiment.schema import (  # noqa: F401 (ARRIVAL_MODES: importable here too)
+    ARRIVAL_MODES,
+    BOUNDS,
+    check_memory,
+    validate,
+)
 from edgecaffe.workload import (
     SETS,
     Arrival,
@@ -25,12 +33,9 @@ from edgecaffe.workload import (
 )
 from edgecaffe.yamlfile import read_yaml
 
-
-class ConfigError(ModelError):
-    """A configuration that cannot run; names the file, the key and what is allowed."""
+ConfigError = errors.ConfigError  # defined with the other errors; importable from here too
 
 
-ARRIVAL_MODES = ("batch", "poisson", "stochastic", "random-composition", "all-random")
 MATRIX_KEYS = {"sets": "sets", "networks": "sets", "mem_limits": "mem_limits",
                "mem-limits": "mem_limits", "modes": "modes", "policies": "policies",
                "workers": "workers", "n-workers": "workers", "multipliers": "multipliers",
@@ -47,8 +52,11 @@ KEYS: dict[str, str] = {
     "output-path": "output", "output": "output", "output-prefix": "prefix", "prefix": "prefix",
     "synthetic": "synthetic", "set": "set_name", "multiplier": "multiplier",
     "ait-multiplier": "multiplier", "per-arrival": "per_arrival", "per_arrival": "per_arrival",
-    "matrix": "matrix",
+    "matrix": "matrix", "allow-large": "allow_large", "allow_large": "allow_large",
 }
+#: Canonical key -> the flag that overrides it, for error messages (default: --key-with-dashes).
+FLAG_NAMES = {"workers": "--n-workers", "set_name": "--set", "prefix": "--output-prefix",
+              "output": "--output"}
 #: Original keys that carry nothing for us (the harness's own bookkeeping).
 IGNORED = {"cmd_base", "build_folder", "tag", "memory-key", "arrival-list", "read-config",
            "general-outputfile", "poisson-distribution", "rho", "mst", "iat", "ait",
@@ -84,6 +92,8 @@ class ExperimentConfig:
     #: The paper's design: lists of sets, mem_limits, modes, policies, workers, multipliers, and
     #: repetitions; every combination runs.
     matrix: dict[str, Any] | None = None
+    #: Lift the schema's upper bounds (experiment/schema.py BOUNDS, the `large` column).
+    allow_large: bool = False
     source: str = "<flags>"
 
     def arrivals_networks(self) -> list[str]:
@@ -99,139 +109,131 @@ def _error(source: str, message: str) -> ConfigError:
     return ConfigError(f"{source}: {message}")
 
 
-def _original_arrivals(items: Any, source: str, resources: str) -> list[Arrival]:
-    """The original's `arrivals:` list: time (ms after the previous submission), networks
-    ({networkName, pathToNetwork}), pathToData."""
-    if not isinstance(items, list):
-        raise _error(source, "`arrivals` must be a list")
+def _original_arrivals(items: list[Any], source: str, resources: str) -> list[Arrival]:
+    """The original's `arrivals:` list (already checked by the schema): time (ms after the
+    previous submission), networks ({networkName, pathToNetwork} or names), pathToData."""
     arrivals = []
     for index, item in enumerate(items):
-        if not isinstance(item, dict) or "networks" not in item:
-            raise _error(source, f"arrivals[{index}] needs `networks` (and `time`, `pathToData`)")
         names = []
-        for network in item["networks"]:
-            if isinstance(network, dict):
-                names.append(str(network.get("pathToNetwork") or network.get("networkName")))
-            else:
-                names.append(str(network))
-        data = item.get("pathToData")
-        path = str(Path(resources) / data) if data else None
+        for network in item.networks:
+            name = network if isinstance(network, str) else \
+                (network.pathToNetwork or network.networkName)
+            if not name:
+                raise _error(source, f"arrivals[{index}].networks: give networkName or "
+                                     "pathToNetwork")
+            names.append(name)
+        path = str(Path(resources) / item.pathToData) if item.pathToData else None
         if path is not None and not Path(path).is_file():
             raise _error(source, f"arrivals[{index}].pathToData: no image at {path} "
                                  "(relative to resources-path)")
-        try:
-            gap = float(item.get("time", 0))
-        except (TypeError, ValueError):
-            raise _error(source, f"arrivals[{index}].time must be a number of ms, got "
-                                 f"{item.get('time')!r}") from None
-        arrivals.append(Arrival(index, gap, tuple(names), path))
+        arrivals.append(Arrival(index, float(item.time), tuple(names), path))
     return arrivals
+
+
+def _read_keys(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The file's top-level keys (or none) and the name errors use for it."""
+    if path is None:
+        return {}, "<flags>"
+    loaded = read_yaml(path, ConfigError)
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise _error(str(path), "expected a mapping of keys at the top level")
+    return loaded, str(path)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
                 ) -> ExperimentConfig:
-    """Read a config file (ours or the original's), apply flag overrides, validate."""
-    raw: dict[str, Any] = {}
-    source = "<flags>"
-    if path is not None:
-        source = str(path)
-        loaded = read_yaml(path, ConfigError)
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise _error(source, "expected a mapping of keys at the top level")
-        raw.update(loaded)
+    """Read a config file (ours or the original's), apply flag overrides (canonical keys), and
+    validate every key against the schema (`experiment/schema.py`) before anything runs.
+
+    Raises ConfigError naming the file, the key as spelled, the value and what is allowed."""
+    raw, source = _read_keys(path)
     values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
     for key, value in raw.items():
         if key in IGNORED:
             continue
-        if key not in KEYS:
-            close = difflib.get_close_matches(key, list(KEYS), n=1)
+        if not isinstance(key, str) or key not in KEYS:
+            close = difflib.get_close_matches(str(key), list(KEYS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise _error(source, f"unknown key {key!r}{hint} (valid keys: "
                                  f"{', '.join(sorted(set(KEYS)))})")
         values[KEYS[key]] = value
+        spelled[KEYS[key]] = key
     for key, value in (overrides or {}).items():
         if value is not None:
             values[KEYS.get(key, key)] = value
-    config = ExperimentConfig(source=source)
-    raw_arrivals = values.pop("arrivals", None)
-    for key, value in values.items():
-        setattr(config, key, value)
-    _validate(config, source)
+            canonical = KEYS.get(key, key)
+            spelled[canonical] = FLAG_NAMES.get(canonical, "--" + canonical.replace("_", "-"))
+    if values.get("matrix") is not None:
+        values["matrix"] = _normal_matrix(values["matrix"], source)
+    checked = validate(values, spelled, source, ConfigError)
+    large = checked.allow_large
+    fields = {f.name: getattr(checked, f.name) for f in dataclasses.fields(checked)}
+    raw_arrivals = fields.pop("arrivals")
+    config = ExperimentConfig(source=source, **fields)
+    check_memory(config.mem_limit, spelled.get("mem_limit", "mem_limit"), source, large,
+                 ConfigError)
+    if config.set_name is not None:
+        config.networks = list(SETS[config.set_name])
+    if isinstance(config.networks, str):
+        config.networks = [n.strip() for n in config.networks.split(",") if n.strip()]
+    config.networks = list(config.networks)
+    if not config.networks:
+        raise _error(source, "networks: give a list of zoo names, package folders or original "
+                             "network folders")
+    if config.matrix is not None:
+        config.matrix = _checked_matrix(config.matrix, source, large)
     if raw_arrivals is not None:
         config.arrivals = _original_arrivals(raw_arrivals, source, config.resources_path)
     return config
 
 
-def _choice(source: str, key: str, value: Any, allowed: Any) -> None:
-    if value not in allowed:
-        raise _error(source, f"{key}: {value!r} is not allowed; choose from "
-                             f"{', '.join(map(str, allowed))}")
-
-
-def _validate(config: ExperimentConfig, source: str) -> None:
-    _choice(source, "mode", config.mode, list(MODES))
-    if config.policy is not None:
-        _choice(source, "policy", config.policy, list(POLICIES))
-    _choice(source, "granularity", config.granularity, GRANULARITIES)
-    _choice(source, "arrival-mode", config.arrival_mode, ARRIVAL_MODES)
-    try:
-        parse_bytes(config.mem_limit)
-    except ValueError as error:
-        raise _error(source, f"mem_limit: {error}") from None
-    for key in ("workers", "n_arrivals"):
-        value = getattr(config, key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _error(source, f"{key}: must be a whole number >= 1, got {value!r}")
-    if not isinstance(config.mean_gap_ms, int | float) or config.mean_gap_ms <= 0:
-        raise _error(source, f"mean_gap_ms: must be a positive number, got {config.mean_gap_ms!r}")
-    if config.set_name is not None:
-        _choice(source, "set", config.set_name, list(SETS))
-        config.networks = list(SETS[config.set_name])
-    if config.multiplier is not None and (not isinstance(config.multiplier, int | float)
-                                          or config.multiplier <= 0):
-        raise _error(source, f"multiplier: must be a positive number, got {config.multiplier!r}")
-    if config.matrix is not None:
-        _validate_matrix(config, source)
-    if isinstance(config.networks, str):
-        config.networks = [n.strip() for n in config.networks.split(",") if n.strip()]
-    if not isinstance(config.networks, list) or not config.networks:
-        raise _error(source, "networks: give a list of zoo names, package folders or original "
-                             "network folders")
-
-
-def _validate_matrix(config: ExperimentConfig, source: str) -> None:
-    matrix = config.matrix
+def _normal_matrix(matrix: Any, source: str) -> Any:
+    """Matrix keys in our spelling, single values as one-element lists (then the schema)."""
     if not isinstance(matrix, dict):
         raise _error(source, "matrix: expected a mapping (sets, mem_limits, modes, ...)")
     normal = {}
     for key, value in matrix.items():
-        if key not in MATRIX_KEYS:
-            close = difflib.get_close_matches(key, list(MATRIX_KEYS), n=1)
+        if not isinstance(key, str) or key not in MATRIX_KEYS:
+            close = difflib.get_close_matches(str(key), list(MATRIX_KEYS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise _error(source, f"matrix: unknown key {key!r}{hint}")
-        normal[MATRIX_KEYS[key]] = value
+        key = MATRIX_KEYS[key]
+        if key != "repetitions" and value is not None and not isinstance(value, list):
+            value = [value]
+        normal[key] = value
+    return normal
+
+
+def _checked_matrix(matrix: Any, source: str, large: bool) -> dict[str, Any]:
+    """The validated matrix as a dict; memory sizes and the number of runs within bounds."""
+    normal = {f.name: getattr(matrix, f.name) for f in dataclasses.fields(matrix)}
+    for limit in normal["mem_limits"] or []:
+        check_memory(limit, "matrix.mem_limits", source, large, ConfigError)
+    runs = normal["repetitions"]
     for key in ("sets", "mem_limits", "modes", "policies", "workers", "multipliers"):
-        value = normal.get(key)
-        if value is not None and not isinstance(value, list):
-            normal[key] = [value]
-    for name in normal.get("sets") or []:
-        if isinstance(name, str):
-            _choice(source, "matrix.sets", name, list(SETS))
-    for mode in normal.get("modes") or []:
-        _choice(source, "matrix.modes", mode, list(MODES))
-    for policy in normal.get("policies") or []:
-        _choice(source, "matrix.policies", policy, list(POLICIES))
-    for limit in normal.get("mem_limits") or []:
-        try:
-            parse_bytes(limit)
-        except ValueError as error:
-            raise _error(source, f"matrix.mem_limits: {error}") from None
-    repetitions = normal.get("repetitions", 1)
-    if not isinstance(repetitions, int) or repetitions < 1:
-        raise _error(source, f"matrix.repetitions: must be >= 1, got {repetitions!r}")
-    config.matrix = normal
+        runs *= len(normal[key] or [None])
+    bound = BOUNDS["matrix_runs"]
+    high = bound.large if large else bound.high
+    if high is not None and runs > high:
+        raise _error(source, f"matrix: {runs} runs is not allowed; expected at most {high:g}"
+                     + ("" if large else " (more need allow-large: true or --allow-large)"))
+    return normal
+
+
+def set_name_of(networks: list[str]) -> str:
+    """A folder name for a list of networks: their last path parts joined by '+' (`VGG+AgeNet`),
+    never a path; when a name had to be shortened or changed (a folder given by path, unsafe
+    characters), a hash of the full list follows so different lists get different names."""
+    parts = [re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name).strip("._") or "net"
+             for name in networks]
+    label = "+".join(parts)
+    if parts != list(networks) or len(label) > 80:
+        digest = hashlib.sha1("\0".join(networks).encode()).hexdigest()[:8]
+        label = f"{label[:80]}-{digest}"
+    return label
 
 
 def expand_matrix(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
@@ -243,7 +245,7 @@ def expand_matrix(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]
     runs = []
     for network_set in sets:
         networks = list(SETS[network_set]) if isinstance(network_set, str) else list(network_set)
-        set_label = network_set if isinstance(network_set, str) else "+".join(networks)
+        set_label = network_set if isinstance(network_set, str) else set_name_of(networks)
         for limit in matrix.get("mem_limits") or [config.mem_limit]:
             for mode in matrix.get("modes") or [config.mode]:
                 for policy in matrix.get("policies") or [config.policy]:

@@ -28,12 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.model.errors import ModelError
+from edgecaffe.errors import EdgeCaffeError
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-class RunProcessError(ModelError):
+class RunProcessError(EdgeCaffeError):
     """A run's own process failed, was killed, or was cancelled."""
 
 

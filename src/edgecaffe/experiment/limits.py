@@ -1,22 +1,31 @@
 """Real memory limits, as the original's harness imposed them: a cgroup memory limit equal to the
 budget (cgroup v1 or v2, whichever the machine has) and optionally a swap file, both created
-here and removed in every case (errors and Ctrl-C included). Needs root."""
+here and removed in every case (errors and Ctrl-C included; after SIGKILL, by the reaper or
+`edgecaffe cleanup`: see `edgecaffe/leftovers.py`). Every name carries the run's pid and a
+counter (`edgecaffe-<pid>-<n>`), so runs never share a cgroup or a swap file, and a run removes
+only what it created. Needs root."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.model.errors import ModelError
+from edgecaffe import errors
+from edgecaffe.leftovers import CGROUP_ROOT, SWAP_DIR, own_cgroup
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+_COUNTER = itertools.count(1)
 
 
-class LimitError(ModelError):
-    """A real memory limit that cannot be set up: not root, no memory cgroup, swapon refused."""
+def unique_name() -> str:
+    """`edgecaffe-<pid>-<n>`: what this process creates next (cgroup or swap file)."""
+    return f"edgecaffe-{os.getpid()}-{next(_COUNTER)}"
+
+
+LimitError = errors.LimitError  # defined with the other errors; importable from here too
 
 
 def _vmstat() -> dict[str, int]:
@@ -28,14 +37,6 @@ def _vmstat() -> dict[str, int]:
     return values
 
 
-def _own_cgroup(controller: str) -> str:
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controller in controllers.split(",") or (controller == "" and controllers == ""):
-            return path.lstrip("/")
-    return ""
-
-
 class MemoryCgroup:
     """A memory cgroup with `limit_bytes` of RAM and `swap_bytes` of swap on top."""
 
@@ -44,16 +45,16 @@ class MemoryCgroup:
             raise LimitError("--enforce-memory needs root to create a memory cgroup; without it "
                              "the budget is still kept by the scheduler's accounting")
         self.limit_bytes, self.swap_bytes = limit_bytes, swap_bytes
-        name = name or f"edgecaffe-{os.getpid()}-{time.monotonic_ns()}"
+        name = name or unique_name()
         v1 = CGROUP_ROOT / "memory"
         unified = next((p for p in (CGROUP_ROOT, CGROUP_ROOT / "unified")
                         if "memory" in _read(p / "cgroup.controllers").split()), None)
         if v1.is_dir() and (v1 / "memory.limit_in_bytes").exists():
             self.version = 1
-            self.path = v1 / _own_cgroup("memory") / name
+            self.path = v1 / own_cgroup("memory") / name
         elif unified is not None:
             self.version = 2
-            self.path = unified / _own_cgroup("") / name
+            self.path = unified / own_cgroup("") / name
         else:
             raise LimitError("this machine has no memory cgroup controller (v1 or v2)")
         self._vmstat_before = _vmstat()
@@ -116,15 +117,19 @@ class MemoryCgroup:
 
 
 class SwapFile:
-    """A swap file of `size_bytes` at `path`, enabled while in use, removed afterwards."""
+    """A swap file of `size_bytes`, enabled while in use, removed afterwards. The path is new
+    (`/var/tmp/edgecaffe-<pid>-<n>.swap` by default) and created exclusively: an existing file
+    is refused and never touched, so a run deletes only a file it created."""
 
-    def __init__(self, size_bytes: int, path: str | Path = "/var/tmp/edgecaffe.swap") -> None:
-        self.size_bytes, self.path = size_bytes, Path(path)
-        self.enabled = False
+    def __init__(self, size_bytes: int, path: str | Path | None = None) -> None:
+        self.size_bytes = size_bytes
+        self.path = Path(path) if path is not None else SWAP_DIR / f"{unique_name()}.swap"
+        self.created = self.enabled = False
 
     def __enter__(self) -> SwapFile:
         try:
             with open(self.path, "xb") as handle:
+                self.created = True
                 os.posix_fallocate(handle.fileno(), 0, self.size_bytes)
             self.path.chmod(0o600)
             _run("mkswap", str(self.path))
@@ -139,7 +144,9 @@ class SwapFile:
         if self.enabled:
             subprocess.run(["swapoff", str(self.path)], capture_output=True, check=False)
             self.enabled = False
-        self.path.unlink(missing_ok=True)
+        if self.created:
+            self.path.unlink(missing_ok=True)
+            self.created = False
 
 
 def _run(*command: str) -> None:

@@ -18,11 +18,9 @@ from typing import Any
 
 import yaml
 
-from edgecaffe.model.errors import ModelError
+from edgecaffe import errors
 
-
-class ReportError(ModelError):
-    pass
+ReportError = errors.ReportError  # defined with the other errors; importable from here too
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

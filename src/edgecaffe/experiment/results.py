@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -11,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from edgecaffe.errors import EdgeCaffeError
 from edgecaffe.sched.trace import Trace
 
 
@@ -62,6 +64,38 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
         "forced_admissions": len(trace.forced_events),
         "peak_rss_bytes": max((value for _, value in rss), default=0) if rss else None,
     }
+
+
+#: The files a run folder holds (write_run's, and limits.json from --enforce-memory).
+RUN_FILES = ("config.yaml", "tasks.csv", "requests.csv", "networks.csv", "ledger.csv", "rss.csv",
+             "workers.csv", "summary.json", "limits.json")
+
+
+class ResultsError(EdgeCaffeError):
+    """A results folder that would be written outside --output or over an earlier run."""
+
+
+def claim_run_folder(folder: str | Path, output: str | Path, force: bool = False) -> Path:
+    """Check that a run may write `folder`: inside `output`, and not over an earlier run's
+    results unless `force` (then the earlier run's files, and only those, are removed).
+
+    Raises ResultsError saying which folder, what it holds and what to do."""
+    folder, output = Path(folder), Path(output)
+    if not folder.resolve().is_relative_to(output.resolve()):
+        raise ResultsError(f"results folder {folder} is outside the output folder {output}; "
+                           "the run name (output-prefix) must be a plain name")
+    earlier = [folder / name for name in RUN_FILES if (folder / name).exists()]
+    if earlier and not force:
+        what = ""
+        with contextlib.suppress(OSError, yaml.YAMLError, AttributeError, TypeError):
+            old = yaml.safe_load((folder / "config.yaml").read_text())
+            what = f" (networks {', '.join(map(str, old['networks']))}, mode {old['mode']})"
+        raise ResultsError(f"results folder {folder} already holds a run{what}; refusing to "
+                           "overwrite it: choose another --output or --output-prefix, or pass "
+                           "--force to replace it")
+    for path in earlier:
+        path.unlink()
+    return folder
 
 
 def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgecaffe.model.errors import ModelError
 from edgecaffe.ops import OpError, Shape, get_op
+from edgecaffe.ops.base import check_numbers
 
 DTYPE = np.dtype(np.float32)
 
@@ -82,6 +83,7 @@ class Network:
             names.add(layer.name)
             try:
                 op = get_op(layer.op)
+                check_numbers(op, layer.attrs)
             except OpError as error:
                 raise NetworkError(f"layer {layer.name!r}: {error}") from None
             missing = [blob for blob in layer.inputs if blob not in self.blob_shapes]

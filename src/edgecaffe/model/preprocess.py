@@ -104,7 +104,11 @@ def preprocess(
             resized = resized[:, :, ::-1]
     else:
         raise ImageError(f"network input has {c} channels; images give 1 or 3")
-    means = np.asarray(mean, dtype=np.float32).reshape(-1)[:c]
+    means = np.asarray(mean, dtype=np.float32).reshape(-1)
+    if means.size not in (1, c, 3):  # 3 for a 1-channel net: the first value is used
+        raise ImageError(f"mean has {means.size} values; the network's input has {c} channels "
+                         "(give 1 or one per channel)")
+    means = means[:c]
     planes = (resized - means) * np.float32(scale)
     chw = np.ascontiguousarray(planes.transpose(2, 0, 1), dtype=np.float32)
     return np.broadcast_to(chw, (n, c, h, w)).copy()

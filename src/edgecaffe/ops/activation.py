@@ -18,6 +18,7 @@ class ReLU(Op):
     """attrs: negative_slope. y = max(x, 0) + negative_slope * min(x, 0)."""
 
     name = "ReLU"
+    numbers = ('negative_slope',)
     inplace = True
 
     def run(self, inputs, weights, attrs, inplace=False):
@@ -107,6 +108,7 @@ class ELU(Op):
     """attrs: alpha. y = x if x > 0 else alpha * (exp(x) - 1)."""
 
     name = "ELU"
+    numbers = ('alpha',)
 
     def run(self, inputs, weights, attrs, inplace=False):
         x = inputs[0]
@@ -119,6 +121,7 @@ class Power(Op):
     """attrs: power, scale, shift. y = (shift + scale * x) ^ power."""
 
     name = "Power"
+    numbers = ('power', 'scale', 'shift')
     inplace = True
 
     def run(self, inputs, weights, attrs, inplace=False):
@@ -135,6 +138,7 @@ class Exp(Op):
     """attrs: base (-1 means e), scale, shift. y = base ^ (shift + scale * x)."""
 
     name = "Exp"
+    numbers = ('base', 'scale', 'shift')
     inplace = True
 
     def run(self, inputs, weights, attrs, inplace=False):

@@ -13,11 +13,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgecaffe.errors import EdgeCaffeError
+
 Shape = tuple[int, ...]
 Attrs = dict[str, Any]
 
 
-class OpError(ValueError):
+class OpError(EdgeCaffeError):
     """Hyperparameters or input shapes an operator cannot accept."""
 
 
@@ -35,6 +37,9 @@ class Op:
     #: `output_shapes` then gives the largest output (what memory accounting reserves), and
     #: the kernel may return fewer entries along any axis.
     dynamic_shape: ClassVar[bool] = False
+    #: Attrs that must be real numbers (not bool, finite) when present: the ones a kernel uses
+    #: without shape inference having looked at them (a package's manifest is untrusted input).
+    numbers: ClassVar[tuple[str, ...]] = ()
 
     def param_shapes(self, inputs: Sequence[Shape], attrs: Attrs) -> dict[str, Shape]:
         """Name and shape of each weight array the op needs (empty for parameter-free ops)."""
@@ -67,6 +72,17 @@ def register(cls: type[Op]) -> type[Op]:
         raise RuntimeError(f"operator name missing or registered twice: {cls.name!r}")
     OPS[cls.name] = cls()
     return cls
+
+
+def check_numbers(op: Op, attrs: Attrs) -> None:
+    """Raise OpError when one of `op.numbers` in `attrs` is not a finite real number."""
+    for key in op.numbers:
+        if key not in attrs:
+            continue
+        value = attrs[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+                or abs(value) == float("inf"):
+            raise OpError(f"{op.name}: attr {key!r} = {value!r} must be a finite number")
 
 
 def get_op(name: str) -> Op:

@@ -27,6 +27,7 @@ class LRN(Op):
     """
 
     name = "LRN"
+    numbers = ('alpha', 'beta', 'k')
 
     def output_shapes(self, inputs, attrs):
         if attrs["size"] % 2 == 0:

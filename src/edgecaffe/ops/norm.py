@@ -45,6 +45,7 @@ class BatchNorm(Op):
     axis 1; unused when use_global_stats is false and the batch's own statistics are used)."""
 
     name = "BatchNorm"
+    numbers = ('eps',)
     inplace = True
 
     def param_shapes(self, inputs, attrs):

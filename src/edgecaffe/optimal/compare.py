@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgecaffe.errors import UsageError
 from edgecaffe.optimal.check import check_schedule
 from edgecaffe.optimal.instance import DurationsMs, Instance, Key, Request, to_units
 from edgecaffe.sched import MODES, Kind, Task
+from edgecaffe.sched.policies import POLICIES
 
 #: What `edgecaffe optimal` compares by default: every mode with its own policy, and the
 #: partial graph under the other policies.
@@ -60,8 +62,11 @@ def simulate_candidates(
     for label in candidates:
         mode, _, policy = label.partition("/")
         if mode not in MODES:
-            raise ValueError(f"candidate {label!r}: unknown mode {mode!r}; choose from "
+            raise UsageError(f"candidate {label!r}: unknown mode {mode!r}; choose from "
                              f"{', '.join(MODES)}")
+        if policy and policy not in POLICIES:
+            raise UsageError(f"candidate {label!r}: unknown policy {policy!r}; choose from "
+                             f"{', '.join(POLICIES)}")
         simulator = Simulator(infos, mode=mode, policy=policy or None,
                               budget=instance.capacity_bytes, workers=instance.workers,
                               task_ms=lambda task: units(task) * unit)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from edgecaffe.errors import EdgeCaffeError
 from edgecaffe.sched.info import NetworkInfo
 
 #: (network instance index, "init" | "load" | "exec", layer name or None for init).
@@ -21,6 +22,10 @@ Key = tuple[int, str, str | None]
 DurationsMs = Callable[[NetworkInfo, str, str | None], float]
 #: (arrival in ms, the networks that request asks for).
 Request = tuple[float, Sequence[NetworkInfo]]
+
+
+class InstanceError(EdgeCaffeError):
+    """An instance that cannot be built: too large, times missing, inconsistent networks."""
 
 
 @dataclass
@@ -73,7 +78,7 @@ def profiled_ms(info: NetworkInfo, kind: str, layer: str | None) -> float:
         return info.init_ms
     value = getattr(info.layer(layer), f"{kind}_ms")
     if value is None:
-        raise ValueError(f"network {info.name!r}: layer {layer!r} has no profiled {kind} time; "
+        raise InstanceError(f"network {info.name!r}: layer {layer!r} has no profiled {kind} time; "
                          "pass durations_ms")
     return value
 
@@ -81,7 +86,7 @@ def profiled_ms(info: NetworkInfo, kind: str, layer: str | None) -> float:
 def to_units(ms: float, unit_ms: float) -> int:
     """A duration in integer units: 0 only for 0 ms, otherwise at least one unit."""
     if not math.isfinite(ms) or ms < 0:
-        raise ValueError(f"duration {ms!r} ms: expected a finite number >= 0")
+        raise InstanceError(f"duration {ms!r} ms: expected a finite number >= 0")
     return 0 if ms == 0 else max(1, round(ms / unit_ms))
 
 
@@ -108,16 +113,16 @@ def build_instance(
     for the exact solver and, naming the network and layer, for a budget no schedule can meet
     (so the solver only sees feasible instances)."""
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise InstanceError(f"workers must be >= 1, got {workers}")
     if capacity_bytes <= 0:
-        raise ValueError(f"capacity_bytes must be positive, got {capacity_bytes}")
+        raise InstanceError(f"capacity_bytes must be positive, got {capacity_bytes}")
     if not unit_ms > 0:
-        raise ValueError(f"unit_ms must be positive, got {unit_ms}")
+        raise InstanceError(f"unit_ms must be positive, got {unit_ms}")
     count = count_tasks(requests)
     if not any(networks for _, networks in requests):
-        raise ValueError("no networks to schedule")
+        raise InstanceError("no networks to schedule")
     if count > max_tasks:
-        raise ValueError(f"the instance has {count} tasks, more than max_tasks={max_tasks}: the "
+        raise InstanceError(f"the instance has {count} tasks, more than max_tasks={max_tasks}: the "
                          "exact solver is meant for small instances (about 3 networks, 40 tasks)")
     instance = Instance([], [], [], int(capacity_bytes), workers, unit_ms, list(requests))
     index = 0
@@ -176,18 +181,18 @@ def _validate(info: NetworkInfo) -> None:
     releases per buffer), so that the items are exactly what the scheduler holds."""
     names = [layer.name for layer in info.layers]
     if len(set(names)) != len(names):
-        raise ValueError(f"network {info.name!r}: duplicate layer names")
+        raise InstanceError(f"network {info.name!r}: duplicate layer names")
     written = list(info.inputs) + [owner for layer in info.layers for owner in layer.writes]
     if len(set(written)) != len(written):
-        raise ValueError(f"network {info.name!r}: a buffer is written twice")
+        raise InstanceError(f"network {info.name!r}: a buffer is written twice")
     inputs = sum(info.buffer_bytes.get(blob, 0) for blob in info.inputs)
     if inputs != info.input_bytes:
-        raise ValueError(f"network {info.name!r}: input_bytes {info.input_bytes} != {inputs}, "
+        raise InstanceError(f"network {info.name!r}: input_bytes {info.input_bytes} != {inputs}, "
                          "the bytes of its input buffers")
     for layer in info.layers:
         outputs = sum(info.buffer_bytes.get(owner, 0) for owner in layer.writes)
         if outputs != layer.output_bytes:
-            raise ValueError(f"network {info.name!r}: layer {layer.name!r} has output_bytes "
+            raise InstanceError(f"network {info.name!r}: layer {layer.name!r} has output_bytes "
                              f"{layer.output_bytes} but writes buffers of {outputs} bytes")
 
 
@@ -214,7 +219,7 @@ def _check_fits(instance: Instance) -> None:
             what = "init" if layer is None else f"{kind} of layer {layer!r}"
             parts = ", ".join(f"{item.label} {item.bytes}"
                               for item in sorted(held, key=lambda item: -item.bytes)[:4])
-            raise ValueError(
+            raise InstanceError(
                 f"network {name!r} (instance {network}) cannot run within the budget: its "
                 f"{what} needs at least {need} bytes held at once ({parts}), more than the "
                 f"{instance.capacity_bytes}-byte budget")

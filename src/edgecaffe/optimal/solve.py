@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import reduce
 from typing import Any
 
-from edgecaffe.optimal.instance import Instance, Key
+from edgecaffe.optimal.instance import Instance, InstanceError, Key
 
 MISSING_ORTOOLS = "the optimal solver needs OR-Tools: pip install 'edgecaffe[optimal]'"
 
@@ -118,7 +118,7 @@ def solve(instance: Instance, time_limit_s: float = 60.0, workers_threads: int =
     status = solver.solve(model)
     elapsed = time.perf_counter() - began
     if status == cp_model.INFEASIBLE:
-        raise ValueError(f"no schedule of the {len(tasks)} tasks fits the "
+        raise InstanceError(f"no schedule of the {len(tasks)} tasks fits the "
                          f"{instance.capacity_bytes}-byte budget")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise SolveError(f"CP-SAT found no schedule in {time_limit_s} s "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from edgecaffe.errors import ConfigError
+
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20,
           "MIB": 2**20, "G": 2**30, "GB": 2**30, "GIB": 2**30}
 
@@ -14,16 +16,16 @@ def parse_bytes(value: str | int | float) -> int:
     original's mem_limit: 512M = 512 MiB)."""
     if isinstance(value, int | float):
         if value <= 0:
-            raise ValueError(f"memory size must be positive, got {value}")
+            raise ConfigError(f"memory size must be positive, got {value}")
         return int(value)
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
     unit = match.group(2).upper() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"memory size {value!r}: expected a number with an optional unit "
+        raise ConfigError(f"memory size {value!r}: expected a number with an optional unit "
                          "(K, M, G), e.g. 512M or 1G")
     size = int(float(match.group(1)) * _UNITS[unit])
     if size <= 0:
-        raise ValueError(f"memory size must be positive, got {value!r}")
+        raise ConfigError(f"memory size must be positive, got {value!r}")
     return size
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from edgecaffe.errors import ConfigError
 from edgecaffe.sched.budget import MemoryBudget
 from edgecaffe.sched.info import NetworkInfo
 from edgecaffe.sched.memory import NEVER, memory_manager
@@ -35,7 +36,8 @@ class Core:
     `record_tasks` / `record_ledger`: keep every task span / ledger change in the trace (off
     for very long simulations). `info`: facts the driver adds to the trace's info.
 
-    Raises ValueError for an unknown mode, policy or granularity, or fewer than one worker."""
+    Raises `ConfigError` (a ValueError) for an unknown mode, policy or granularity, a budget
+    that is not a size, or fewer than one worker."""
 
     def __init__(
         self,
@@ -51,9 +53,9 @@ class Core:
         info: Mapping[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+            raise ConfigError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers must be a whole number, 1 or more, got {workers!r}")
+            raise ConfigError(f"workers must be a whole number, 1 or more, got {workers!r}")
         self.infos = dict(infos)
         for name, network in self.infos.items():
             # The caller's name is the one arrivals, results and the trace use (an original
@@ -73,12 +75,12 @@ class Core:
         self.book = RequestBook(self.planner, self.scheduler, self.trace, record_tasks)
 
     def check_networks(self, networks: Sequence[str]) -> list[NetworkInfo]:
-        """The infos of a request's networks; ValueError naming unknown ones, or none."""
+        """The infos of a request's networks; `ConfigError` naming unknown ones, or none."""
         unknown = sorted({name for name in networks if name not in self.infos})
         if unknown:
-            raise ValueError(f"unknown network(s) {unknown}; known: {', '.join(self.infos)}")
+            raise ConfigError(f"unknown network(s) {unknown}; known: {', '.join(self.infos)}")
         if not networks:
-            raise ValueError("a request needs at least one network")
+            raise ConfigError("a request needs at least one network")
         return [self.infos[name] for name in networks]
 
     def check_fits(self, networks: Sequence[str]) -> None:

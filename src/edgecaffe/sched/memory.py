@@ -29,6 +29,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TYPE_CHECKING, ClassVar
 
+from edgecaffe.errors import ConfigError
 from edgecaffe.sched.budget import MemoryBudget
 from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 
@@ -229,11 +230,11 @@ def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = Tru
                    ) -> MemoryManager:
     """The memory manager of `granularity` over `budget`.
 
-    Raises ValueError naming the known granularities."""
+    Raises `ConfigError` naming the known granularities."""
     try:
         cls = GRANULARITIES[granularity]
     except (KeyError, TypeError):
-        raise ValueError(f"granularity {granularity!r}: choose from "
+        raise ConfigError(f"granularity {granularity!r}: choose from "
                          f"{', '.join(GRANULARITIES)}") from None
     return cls(budget, per_layer)
 

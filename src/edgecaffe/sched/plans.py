@@ -14,6 +14,7 @@ import bisect
 import heapq
 from typing import Any
 
+from edgecaffe.errors import ConfigError
 from edgecaffe.sched.graph import Kind, Task
 from edgecaffe.sched.memory import MemoryManager
 from edgecaffe.sched.planner import Template
@@ -108,7 +109,7 @@ class PlanBook:
             plan.rank = self.policy.rank(task)
             key = self.policy.key(task, 0.0)
             if key != (*plan.rank, task.id):  # the heap orders by rank: it must stand for key
-                raise ValueError(
+                raise ConfigError(
                     f"policy {self.policy.name!r}: rank() must be key() without the task id, "
                     f"got rank {plan.rank!r} and key {key!r} for {task!r}")
             self._ranked_plans.append(plan)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from edgecaffe.errors import ConfigError
 from edgecaffe.sched.graph import Kind, Task
 
 
@@ -116,4 +117,4 @@ def get_policy(policy: str | Policy) -> Policy:
     try:
         return POLICIES[policy]()
     except KeyError:
-        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}") from None
+        raise ConfigError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}") from None

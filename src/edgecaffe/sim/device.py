@@ -23,13 +23,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.model.errors import ModelError
+from edgecaffe import errors
 from edgecaffe.sched import Kind, NetworkInfo, Task
 from edgecaffe.yamlfile import read_yaml
 
-
-class DeviceError(ModelError):
-    """A device profile that cannot be used; names the file and key."""
+DeviceError = errors.DeviceError  # defined with the other errors; importable from here too
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ not describe a runnable network or does not match its files."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -13,7 +13,10 @@ import yaml
 from edgecaffe.model.errors import ModelError
 from edgecaffe.model.network import Layer, Network, NetworkError
 
-FORMAT = "edgecaffe-package/1"
+FORMAT = "edgecaffe-package/2"
+#: Formats we read: 1 (CRC-32 of the data section only, every tensor F32) and 2 (CRC-32 of the
+#: whole weight file, header included; `dtypes` per tensor).
+FORMATS = ("edgecaffe-package/1", FORMAT)
 MANIFEST = "manifest.yaml"
 WEIGHTS_DIR = "weights"
 
@@ -86,13 +89,61 @@ def load_manifest(directory: Path) -> dict[str, Any]:
         manifest = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as error:
         raise PackageError(f"{path}: malformed YAML: {error}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    except RecursionError:
+        raise PackageError(f"{path}: malformed YAML: nested too deeply") from None
+    except UnicodeDecodeError as error:
+        raise PackageError(f"{path}: not UTF-8 text: {error.reason}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise PackageError(f"{path}: format is {found!r}, expected {FORMAT!r}")
-    for key in ("name", "layers"):
-        if key not in manifest:
-            raise PackageError(f"{path}: missing key {key!r}")
+        raise PackageError(f"{path}: format is {_short(found)}, expected {FORMAT!r}")
+    check_schema(manifest, path)
     return manifest
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_schema(manifest: dict[str, Any], path: Path) -> None:
+    """Every key the runtime reads has the right type and range (msgspec, against
+    `manifest_schema.ManifestSchema`); raises PackageError naming the file and the field."""
+    import msgspec
+
+    from edgecaffe.model.package.manifest_schema import ManifestSchema
+
+    try:
+        msgspec.convert(manifest, ManifestSchema, str_keys=True)
+    except msgspec.ValidationError as failure:
+        text = str(failure)
+        expected, _, where = text.partition(" - at `$")
+        where = where.rstrip("`")
+        layer = re.match(r"\.layers\[(\d+)\]", where)
+        name = ""
+        if layer:
+            entry = manifest["layers"][int(layer.group(1))]
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                name = f" (layer {_short(entry['name'])})"
+        raise PackageError(f"{path}: {where.lstrip('.') or 'manifest'}{name}: "
+                           f"{expected[0].lower() + expected[1:]}") from None
+
+
+def weight_path(directory: Path, entry: dict[str, Any], manifest_path: Path) -> Path:
+    """The layer's weight file, refused unless it stays inside the package folder: no absolute
+    path, no `..`, no symlink leading out. Checked by name alone before anything is opened; the
+    message is the same whether or not a file exists at the named place."""
+    file = entry["weights"]["file"]
+    parts = PurePosixPath(file).parts
+    inside = bool(parts) and not PurePosixPath(file).is_absolute() and ".." not in parts \
+        and "\\" not in file and "\0" not in file
+    if inside:
+        root = directory.resolve()
+        inside = (directory / file).resolve().is_relative_to(root)
+    if not inside:
+        raise PackageError(f"{manifest_path}: layer {_short(entry['name'])}: weights.file "
+                           f"{_short(file)} is refused: weight files must be inside the package "
+                           "folder")
+    return directory / file
 
 
 def network_from_manifest(manifest: dict[str, Any], path: Path) -> Network:
@@ -109,6 +160,12 @@ def network_from_manifest(manifest: dict[str, Any], path: Path) -> Network:
         network = Network(manifest["name"], layers, meta=manifest.get("preprocess") or {})
     except NetworkError as error:
         raise PackageError(f"{path}: the layers do not form a valid network: {error}") from None
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, ZeroDivisionError,
+            RecursionError, MemoryError) as error:
+        # attrs come from an untrusted file: a value of the wrong type reaches an operator's
+        # shape rule as it would from no other source
+        raise PackageError(f"{path}: the layers' attrs cannot be used: "
+                           f"{type(error).__name__}: {error}") from None
     for entry, layer in zip(manifest["layers"], network.layers, strict=True):
         shapes = [list(network.blob_shapes[blob]) for blob in layer.outputs]
         if entry.get("output_shapes") not in (None, shapes):

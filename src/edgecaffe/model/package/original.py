@@ -89,6 +89,21 @@ class OriginalNetwork:
         return [str(label) for label in self.description.get("result-vector") or []]
 
 
+def _check_types(description: dict[str, Any], path: Path) -> None:
+    """The keys we read have the types the original wrote (msgspec, `DescriptionSchema`);
+    raises PackageError naming the file and the key."""
+    import msgspec
+
+    from edgecaffe.model.package.manifest_schema import DescriptionSchema
+
+    try:
+        msgspec.convert(description, DescriptionSchema, str_keys=True)
+    except msgspec.ValidationError as failure:
+        expected, _, where = str(failure).partition(" - at `$")
+        raise PackageError(f"{path}: {where.rstrip('`').lstrip('.') or 'description'}: "
+                           f"{expected[0].lower() + expected[1:]}") from None
+
+
 def is_original_folder(path: Path) -> bool:
     return path.is_dir() and (path / DESCRIPTION).is_file()
 
@@ -99,6 +114,7 @@ def read_original(folder: str | Path) -> OriginalNetwork:
     description = read_yaml(path, PackageError)
     if not isinstance(description, dict):
         raise PackageError(f"{path}: expected a mapping of keys, got {type(description).__name__}")
+    _check_types(description, path)
     unknown = sorted(set(description) - TOP_LEVEL_KEYS)
     if unknown:
         warnings.warn(f"{path}: unknown keys {unknown} (kept in the manifest)", stacklevel=2)

@@ -69,7 +69,8 @@ def write_package(
             file = weight_file_name(index, layer.name)
             nbytes, crc = write_tensors(directory / file, {n: arrays[n] for n in layer.params})
             entry["weights"] = {"file": file, "bytes": nbytes, "crc32": crc,
-                                "tensors": {n: list(s) for n, s in layer.params.items()}}
+                                "tensors": {n: list(s) for n, s in layer.params.items()},
+                                "dtypes": {n: "F32" for n in layer.params}}
             del arrays
             if progress is not None:
                 progress(layer.name, layer.weight_bytes)

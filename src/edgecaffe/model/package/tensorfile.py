@@ -32,7 +32,7 @@ class WeightFileError(ModelError):
 
 def write_tensors(path: str | Path, tensors: Mapping[str, np.ndarray],
                   metadata: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """Write `tensors` to `path`; returns (file bytes, CRC-32 of the data section)."""
+    """Write `tensors` to `path`; returns (file bytes, CRC-32 of the whole file)."""
     # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them (1,)).
     arrays = {name: np.require(array, requirements="C") for name, array in tensors.items()}
     header: dict[str, object] = {}
@@ -40,7 +40,8 @@ def write_tensors(path: str | Path, tensors: Mapping[str, np.ndarray],
     for name, array in arrays.items():
         dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == "=" else array.dtype
         if dtype not in _NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {array.dtype} is not supported")
+            raise WeightFileError(f"{path}: tensor {name!r}: dtype {array.dtype} is not "
+                                  "supported")
         header[name] = {"dtype": _NAMES[dtype], "shape": list(array.shape),
                         "data_offsets": [offset, offset + array.nbytes]}
         offset += array.nbytes
@@ -48,10 +49,11 @@ def write_tensors(path: str | Path, tensors: Mapping[str, np.ndarray],
         header["__metadata__"] = dict(metadata)
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    crc = 0
     path = Path(path)
     with open(path, "wb") as out:
-        out.write(struct.pack("<Q", len(encoded)) + encoded)
+        head = struct.pack("<Q", len(encoded)) + encoded
+        crc = zlib.crc32(head)
+        out.write(head)
         for array in arrays.values():
             data = memoryview(array.astype(array.dtype.newbyteorder("<"), copy=False)).cast("B")
             crc = zlib.crc32(data, crc)
@@ -69,9 +71,29 @@ def drop_page_cache(path: str | Path) -> None:
         os.close(fd)
 
 
+#: Largest header we read (the `safetensors` library allows 100 MB; ours are a few hundred
+#: bytes per tensor). Checked before the header is read, so a declared size cannot allocate.
+MAX_HEADER_BYTES = 1 << 20
+#: Deepest JSON nesting a header may have (a real one has 3 levels); deeper is refused before
+#: `json.loads` could recurse.
+_MAX_DEPTH = 8
+
+
 def read_tensors(path: str | Path, expected_bytes: int | None = None,
-                 expected_crc: int | None = None, what: str = "") -> dict[str, np.ndarray]:
-    """Read every tensor of a file into fresh arrays, checking size and CRC-32 when given."""
+                 expected_crc: int | None = None, what: str = "",
+                 expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
+                 crc_covers_header: bool = True) -> dict[str, np.ndarray]:
+    """Read every tensor of a weight file into fresh arrays (one `readinto` each, no second
+    copy).
+
+    Before anything is allocated the header is validated: its declared length (at most
+    MAX_HEADER_BYTES and inside the file), its JSON, every entry's dtype, shape and offsets
+    (contiguous, covering the data section exactly, as the safetensors format requires) and,
+    when `expected` maps tensor name -> (dtype name, shape), the names, dtypes and shapes the
+    manifest records. `expected_bytes` is the file size; `expected_crc` the CRC-32 of the whole
+    file (header included), or of the data section only when `crc_covers_header` is False
+    (packages of format 1). Raises WeightFileError naming the file and the field.
+    """
     path = Path(path)
     label = f"{path}{f' ({what})' if what else ''}"
     try:
@@ -85,36 +107,101 @@ def read_tensors(path: str | Path, expected_bytes: int | None = None,
                 f"{label}: weight file is {size} bytes, the manifest says {expected_bytes}"
                 f"{' (truncated)' if size < expected_bytes else ''}"
             )
-        try:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > size - 8:
-                raise ValueError("header longer than the file")
-            header = json.loads(handle.read(length))
-        except (struct.error, ValueError, UnicodeDecodeError) as error:
-            raise WeightFileError(f"{label}: not a safetensors weight file: {error}") from None
-        header.pop("__metadata__", None)
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise WeightFileError(f"{label}: header length: the file has only {size} bytes")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise WeightFileError(f"{label}: header length {length} exceeds "
+                                  f"{'the file' if length > size - 8 else MAX_HEADER_BYTES}")
+        raw = handle.read(length)
+        layout = _layout(raw, size - 8 - length, label)
+        if expected is not None:
+            _match(layout, expected, label)
+        crc = zlib.crc32(raw, zlib.crc32(prefix)) if crc_covers_header else 0
         arrays: dict[str, np.ndarray] = {}
-        crc = 0
-        data_start = 8 + length
-        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            try:
-                dtype = _DTYPES[info["dtype"]]
-                begin, end = info["data_offsets"]
-                shape = tuple(info["shape"])
-            except (KeyError, TypeError, ValueError):
-                raise WeightFileError(f"{label}: bad header entry for tensor {name!r}") from None
-            array = np.empty(shape, dtype=dtype)
-            if array.nbytes != end - begin or data_start + end > size:
-                raise WeightFileError(f"{label}: tensor {name!r} does not fit the file")
-            handle.seek(data_start + begin)
-            view = memoryview(array).cast("B") if array.nbytes else memoryview(b"")
-            if array.nbytes and handle.readinto(view) != array.nbytes:
+        for name, dtype, shape, nbytes in layout:
+            array = np.empty(shape, dtype=dtype)  # sizes checked against the file above
+            view = memoryview(array).cast("B") if nbytes else memoryview(b"")
+            if nbytes and handle.readinto(view) != nbytes:
                 raise WeightFileError(f"{label}: tensor {name!r} is truncated")
             crc = zlib.crc32(view, crc)
             arrays[name] = array if dtype.isnative else array.astype(dtype.newbyteorder("="))
     if expected_crc is not None and crc != expected_crc:
         raise WeightFileError(
-            f"{label}: weight data checksum {crc:08x} does not match the manifest's "
-            f"{expected_crc:08x} (the file was altered)"
+            f"{label}: checksum {crc:08x} does not match the manifest's {expected_crc:08x} (the "
+            "file was altered)"
         )
     return arrays
+
+
+def _layout(raw: bytes, data_bytes: int, label: str
+            ) -> list[tuple[str, np.dtype, tuple[int, ...], int]]:
+    """The header's tensors as (name, dtype, shape, bytes) in file order, every field checked;
+    the data section (`data_bytes` long) must be covered exactly, with no gap or overlap."""
+    depth = 0
+    for char in raw:  # bound the nesting before json recurses (a bracket inside a string only
+        if char in b"[{":  # makes this stricter, never looser)
+            depth += 1
+            if depth > _MAX_DEPTH:
+                raise WeightFileError(f"{label}: header: nested deeper than {_MAX_DEPTH} levels")
+        elif char in b"]}":
+            depth -= 1
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise WeightFileError(f"{label}: header: not JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise WeightFileError(f"{label}: header: expected a JSON object")
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        field = f"{label}: header: tensor {name!r}"
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise WeightFileError(f"{field}: expected dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
+            raise WeightFileError(f"{field}: dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+        if not isinstance(shape, list) or not all(_count(d) for d in shape):
+            raise WeightFileError(f"{field}: shape {shape!r} is not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_count, offsets))
+                and offsets[0] <= offsets[1]):
+            raise WeightFileError(f"{field}: data_offsets {offsets!r} is not [begin, end]")
+        nbytes = _DTYPES[dtype].itemsize
+        for dim in shape:  # Python ints: a huge declared shape cannot overflow
+            nbytes *= dim
+        if nbytes != offsets[1] - offsets[0]:
+            raise WeightFileError(f"{field}: shape {shape} needs {nbytes} bytes, data_offsets "
+                                  f"{offsets} hold {offsets[1] - offsets[0]}")
+        entries.append((offsets[0], offsets[1], name, _DTYPES[dtype], tuple(shape), nbytes))
+    entries.sort(key=lambda entry: entry[:2])
+    position = 0
+    for begin, end, name, *_ in entries:
+        if begin != position:
+            raise WeightFileError(f"{label}: header: tensor {name!r} starts at {begin}, "
+                                  f"expected {position} (gap or overlap)")
+        position = end
+    if position != data_bytes:
+        raise WeightFileError(f"{label}: header: the tensors hold {position} bytes, the file's "
+                              f"data section {data_bytes}")
+    return [(name, dtype, shape, nbytes) for _, _, name, dtype, shape, nbytes in entries]
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _match(layout: list[tuple[str, np.dtype, tuple[int, ...], int]],
+           expected: Mapping[str, tuple[str, tuple[int, ...]]], label: str) -> None:
+    """The header's names, dtypes and shapes must be the manifest's."""
+    found = {name: (_NAMES[dtype], shape) for name, dtype, shape, _ in layout}
+    wanted = {name: (dtype, tuple(shape)) for name, (dtype, shape) in expected.items()}
+    if found.keys() != wanted.keys():
+        raise WeightFileError(f"{label}: header: tensors {sorted(found)}, the manifest says "
+                              f"{sorted(wanted)}")
+    for name, (dtype, shape) in wanted.items():
+        if found[name] != (dtype, shape):
+            raise WeightFileError(f"{label}: header: tensor {name!r} is {found[name][0]} "
+                                  f"{list(found[name][1])}, the manifest says {dtype} "
+                                  f"{list(shape)}")
