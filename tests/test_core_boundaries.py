@@ -101,13 +101,13 @@ def test_a_package_remembers_a_bounded_number_of_loads(tmp_path, zoo_model):
 
 def test_errors_have_their_own_hierarchy():
     from edgecaffe.errors import ConfigError, DeviceError, EdgeCaffeError, LimitError, ReportError
-    from edgecaffe.experiment.config import ConfigError as config_error
+    from edgecaffe.experiment import config
     from edgecaffe.model.errors import ModelError
     from edgecaffe.sched import Core
 
     for error in (ConfigError, LimitError, DeviceError, ReportError):
         assert issubclass(error, EdgeCaffeError) and not issubclass(error, ModelError)
-    assert config_error is ConfigError
+    assert config.ConfigError is ConfigError
     for bad in ({"mode": "warp"}, {"granularity": "bytes"}, {"policy": "lifo"},
                 {"workers": 0}, {"budget": "lots"}):
         with pytest.raises(ConfigError):
