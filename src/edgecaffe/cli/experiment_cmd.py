@@ -172,8 +172,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"the matrix has several runs named {', '.join(twice)} (a set or "
                              "value listed twice); each would overwrite the other's results")
         if not args.cluster:  # a campaign writes its runs home itself (and may --resume)
+            from edgecaffe.experiment.results import is_complete
+
             for name, config, *_ in plans:
-                claim_run_folder(Path(config.output) / name, config.output, args.force)
+                folder = Path(config.output) / name
+                if args.resume and is_complete(folder):
+                    continue  # skipped below
+                # --resume reruns an incomplete run: its partial files may be replaced.
+                claim_run_folder(folder, config.output, args.force or args.resume)
     if args.cluster:
         from edgecaffe.cli.cluster_cmd import run_on_cluster
 
