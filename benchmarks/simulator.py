@@ -152,7 +152,7 @@ def scale(count: int, profile: bool = False, quiet: bool = False) -> float | Non
           f"{mean_network_response_ms(trace) / 1e3:.1f} s")
 
 
-def scale_against(count: int, revision: str, rounds: int = 2) -> None:
+def scale_against(count: int, revision: str, rounds: int = 3) -> None:
     """CPU time of the scale simulation on this tree and on git `revision`, interleaved."""
     import subprocess
 

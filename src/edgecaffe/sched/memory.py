@@ -88,16 +88,18 @@ class MemoryManager:
         return cached[:3]
 
     def fit(self, plan: Plan) -> Fit:
-        """Whether a task with this plan may start now as far as memory goes: its bytes
-        (`fit_bytes`), or the granularity's own admission rule (see `NetworkMemory`)."""
-        return self.fit_bytes(plan.nbytes)
-
-    def fit_bytes(self, nbytes: int) -> Fit:
-        """NOW: within what is free; LATER: within the capacity; NEVER: more than all of it."""
+        """Whether a task with this plan may start now as far as memory goes. By its bytes:
+        NOW within what is free, LATER within the capacity, NEVER more than all of it; a
+        granularity may add its own rule (see `NetworkMemory`)."""
+        nbytes = plan.nbytes
         budget = self.budget
         if nbytes <= budget.capacity_bytes - budget.used_bytes or nbytes <= 0:
             return NOW
         return LATER if nbytes <= budget.capacity_bytes else NEVER
+
+    def fit_bytes(self, nbytes: int) -> Fit:
+        """`fit` by the bytes alone, whatever the granularity's own rule says."""
+        return MemoryManager.fit(self, _Need(nbytes))
 
     # -- what happens -----------------------------------------------------------------------------
 
@@ -174,6 +176,15 @@ class MemoryManager:
         for plan, nbytes in zip(plans, freed or (), strict=False):
             plan.freed = nbytes
         return freed is not None
+
+
+class _Need:
+    """Just bytes, where `fit` wants a plan."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
 
 
 class NetworkMemory(MemoryManager):
