@@ -146,3 +146,16 @@ def test_report_shows_each_runs_ratio_to_the_lower_bound(tmp_path, zoo_model):
     markdown, _ = write_report([tmp_path / "run"], tmp_path / "report")
     row = next(line for line in markdown.read_text().splitlines() if "| linear |" in line)
     assert float(row.split("|")[8]) == pytest.approx(sum(ratios) / 3, abs=0.01)
+
+
+def test_an_overloaded_open_loop_run_is_said_before_it_starts(tmp_path, capsys):
+    """rho = work per request / (mean gap x workers): a 1 ms gap overloads anything."""
+    base = ["experiment", "--networks", "TinyAlex,TinyResidual", "--arrival-mode", "poisson",
+            "--n-arrivals", "20", "--simulate", "--device", "rpi4-sd"]
+    assert main([*base, "--mean-gap-ms", "1", "-o", str(tmp_path / "busy")]) == 0
+    warning = capsys.readouterr().err
+    assert "offered load rho =" in warning and "grow without bound" in warning
+    rho = float(warning.split("rho = ")[1].split()[0])
+    assert rho > 1
+    assert main([*base, "--mean-gap-ms", str(1e6), "-o", str(tmp_path / "quiet")]) == 0
+    assert "offered load" not in capsys.readouterr().err

@@ -120,10 +120,54 @@ def _plan(args: argparse.Namespace):
                          if device is not None else infos[n].mean_exec_ms
                          for n in run.networks if n in infos)
         arrivals, closed_loop = arrivals_of(run, service_ms)
+        if not closed_loop:
+            _warn_if_overloaded(name, run, arrivals, infos, device)
         plans.append((name, run, arrivals, closed_loop, networks))
     if not plans:
         raise UsageError(f"no run named {args.run_only!r} in this configuration")
     return plans
+
+
+def _offered_load(run, arrivals, infos, device) -> tuple[float, float, float, int] | None:
+    """(rho, work ms per request, mean gap ms, workers) of an open-loop run: the sum of every
+    task's time (loads and executions, as the device or the profile gives them) per request,
+    over what the workers can do in the mean gap. rho >= 1 means requests come faster than the
+    workers could serve them even if they never waited for memory or each other. None when the
+    times are not known (unprofiled packages) or there is one arrival."""
+    import math
+
+    from edgecaffe.blas import default_blas_threads
+    from edgecaffe.experiment.runner import isolated_totals_ms
+    from edgecaffe.sched import MODES
+
+    if len(arrivals) < 2:
+        return None
+    workers = MODES[run.mode].workers or run.workers
+    if device is not None and device.parallelism is not None:
+        workers = min(workers, device.parallelism)
+    threads = run.blas_threads or default_blas_threads(workers)
+    totals = {name: sum(isolated_totals_ms(info, device, threads))
+              for name, info in infos.items()}
+    work_ms = sum(sum(totals.get(n, math.nan) for n in a.networks) for a in arrivals) \
+        / len(arrivals)
+    gap_ms = sum(a.gap_ms for a in arrivals[1:]) / (len(arrivals) - 1)
+    if not math.isfinite(work_ms) or gap_ms <= 0:
+        return None
+    return work_ms / (gap_ms * workers), work_ms, gap_ms, workers
+
+
+def _warn_if_overloaded(name, run, arrivals, infos, device) -> None:
+    load = _offered_load(run, arrivals, infos, device)
+    if load is not None and load[0] >= 1:
+        import warnings
+
+        rho, work_ms, gap_ms, workers = load
+        warnings.warn(
+            f"run {name}: offered load rho = {rho:.2f} >= 1: each request brings "
+            f"{work_ms:.0f} ms of loads and executions, arriving every {gap_ms:.0f} ms on "
+            f"average, more than {workers:g} worker(s) can do; the queue and the response "
+            "times grow without bound. Give a larger mean-gap-ms, or a multiplier (the gap as "
+            "a multiple of the mean service time)", stacklevel=2)
 
 
 def _device(args: argparse.Namespace):
