@@ -31,6 +31,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from edgecaffe.cli.report_cmd import warn_without_matplotlib
     from edgecaffe.experiment import run_once
     from edgecaffe.model.zoo import cache_dir, zoo_package
     from edgecaffe.sched import MODES
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
     if args.batches < 1:
         raise ValueError("--batches must be 1 or more")
+    warn_without_matplotlib("the demo's report")
     print(f"packages (cached in {cache_dir()}):", flush=True)
     packages = {}
     for name in NETWORKS:

@@ -29,6 +29,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1:
         raise ValueError("--runs must be 1 or more")
+    from edgecaffe.experiment.report_plots import matplotlib_available
+
+    if args.plot and not matplotlib_available():  # said before the work, not after it
+        from edgecaffe.experiment.report import PLOT_HINT
+
+        raise ValueError(f"--plot needs matplotlib, which is not installed: {PLOT_HINT} "
+                         "(or leave out --plot)")
     package = open_package(args.package)
     bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
     summary = profile_package(package, runs=args.runs, cold=args.cold,

@@ -79,7 +79,7 @@ def _load(args: argparse.Namespace):
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
         started = time.perf_counter()
         net = load_caffe(prototxt, caffemodel, name=model.name, **options)
-        net.meta.update(model.meta)
+        net.meta.update(model.meta, zoo=True, seed=args.seed)
     return net, (time.perf_counter() - started) * 1e3
 
 
@@ -110,7 +110,9 @@ def _input(args: argparse.Namespace, net):
     return x, args.input or "built-in sample image", image.shape[:2]
 
 
-def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
+def _describe(name: str, array, labels: list[str], top: int, ranked: bool) -> list[str]:
+    """Lines for one output blob: its top classes when `ranked` (a Softmax output, or a vector
+    with one label per value), else its value range (a feature vector or map)."""
     import numpy as np
 
     lines = [f"{name}: shape {'x'.join(map(str, array.shape))}"]
@@ -118,14 +120,33 @@ def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
         lines[0] += f" (showing batch item 0 of {array.shape[0]})"
     scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
     squeezed = [d for d in array.shape[1:] if d != 1]
-    if len(squeezed) == 1 and scores.size >= 2 and top > 0:
+    ranked = ranked or len(labels) == scores.size
+    if len(squeezed) == 1 and scores.size >= 2 and top > 0 and ranked:
+        lines[0] += f", top {min(top, scores.size)} classes"
         order = np.argsort(scores)[::-1][:top]
         for rank, index in enumerate(order, 1):
             label = labels[index] if len(labels) == scores.size else f"class {index}"
             lines.append(f"  {rank}. {label:<16} {scores[index]:.4f}")
     else:
-        lines.append(f"  min {array.min():.4g}  max {array.max():.4g}  mean {array.mean():.4g}")
+        kind = "feature vector" if len(squeezed) == 1 else "values"
+        lines.append(f"  {kind}: min {array.min():.4g}  max {array.max():.4g}  "
+                     f"mean {array.mean():.4g}")
     return lines
+
+
+def _synthetic_note(net, model: list[str]) -> str | None:
+    """Why the outputs mean nothing, when the weights are seeded synthetic ones (a zoo network,
+    or a package split from one or with --synthetic)."""
+    manifest = getattr(net, "manifest", None)
+    source = (manifest or {}).get("source") or {}
+    if manifest is None and not (len(model) == 1 and net.meta.get("zoo")):
+        return None
+    if manifest is not None and not source.get("synthetic"):
+        return None
+    seed = source.get("seed", net.meta.get("seed"))
+    return (f"note: {net.name} has seeded synthetic (random) weights"
+            + (f", seed {seed}" if seed is not None else "") + ": the outputs below show "
+            "that the network runs and how fast, not what the image shows")
 
 
 def describe_detections(name: str, array, image_size: tuple[int, int] | None,
@@ -172,10 +193,14 @@ def run(args: argparse.Namespace) -> int:
     detections = {blob for layer in layers if layer.op == "DetectionOutput"
                   for blob in layer.outputs}
     labels = net.meta.get("labels", [])
+    note = _synthetic_note(net, args.model)
+    if note:
+        print(note)
+    softmax = {blob for layer in layers if layer.op == "Softmax" for blob in layer.outputs}
     for name, array in results.items():
         if name in detections:
             lines = describe_detections(name, array, image_size, args.threshold, labels)
         else:
-            lines = _describe(name, array, labels, args.top)
+            lines = _describe(name, array, labels, args.top, ranked=name in softmax)
         print("\n".join(lines))
     return 0

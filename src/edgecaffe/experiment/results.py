@@ -5,7 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import platform
 import statistics
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +67,41 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
     }
 
 
+def environment() -> dict[str, Any]:
+    """Where and with what a run ran: UTC date, host, machine, CPUs, package versions and the
+    BLAS library numpy calls (threadpoolctl's view: implementation, version, the CPU kernel it
+    chose, threads). Written next to each run as environment.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("edgecaffe", "numpy", "protobuf", "pillow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    blas = "unknown (threadpoolctl not installed)"
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        blas = "; ".join(f"{p.get('internal_api')} {p.get('version')} kernel "
+                         f"{p.get('architecture', '?')}, {p.get('num_threads')} threads"
+                         for p in pools) or "none loaded"
+    except ImportError:
+        pass
+    return {"date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": platform.node(), "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}", "cpus": os.cpu_count(),
+            "versions": versions, "blas": blas}
+
+
 def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],
               rss: list[tuple[float, int]] | None = None) -> dict[str, Any]:
     """Write one run's folder; returns its summary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "environment.json").write_text(json.dumps(environment(), indent=2))
     _write_csv(folder / "tasks.csv",
                ["task_id", "request_id", "instance_id", "network", "kind", "layers", "pool",
                 "worker", "created_s", "ready_s", "start_s", "end_s", "state", "reserve_bytes",
