@@ -70,9 +70,11 @@ mount -t proc proc "$ROOT/proc"; MOUNTS+=("$ROOT/proc")
 bind /dev /dev
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # A host whose pip trusts an extra CA (PIP_CERT, e.g. a proxy's) passes it on to the root.
-PIP_ENV=""
+# The root gets a clean environment (the host's PIP_* settings name host paths).
+CLEAN_ENV=(env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+           LANG=C.UTF-8 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180)
 if [[ -n ${PIP_CERT:-} && -f $PIP_CERT ]]; then
-    cp "$PIP_CERT" "$ROOT/etc/host-pip-ca.crt"; PIP_ENV="PIP_CERT=/etc/host-pip-ca.crt"
+    cp "$PIP_CERT" "$ROOT/etc/host-pip-ca.crt"; CLEAN_ENV+=(PIP_CERT=/etc/host-pip-ca.crt)
 fi
 
 # The project as committed plus the working tree's changes, without the host's venv or caches.
@@ -82,7 +84,7 @@ tar -C "$HERE" --exclude=.venv --exclude=.git --exclude='__pycache__' --exclude=
     --exclude=.pytest_cache --exclude=.ruff_cache -cf - . | tar -C "$ROOT/opt/edgecaffe" -xf -
 
 say "pip install -e .[test] (arm64 wheels from PyPI)"
-chroot "$ROOT" /usr/bin/env $PIP_ENV /bin/sh -c 'set -e; cd /opt/edgecaffe
+"${CLEAN_ENV[@]}" chroot "$ROOT" /bin/sh -c 'set -e; cd /opt/edgecaffe
     [ -x /opt/venv/bin/python ] || python3 -m venv /opt/venv
     /opt/venv/bin/pip install -q --upgrade pip
     /opt/venv/bin/pip install -q -e ".[test]"
@@ -96,7 +98,7 @@ EOF'
 say "pytest ${PYTEST_ARGS[*]}"
 set +e
 # The ${ARGS[@]@Q} expansion quotes each argument for the inner shell.
-chroot "$ROOT" /bin/sh -c "cd /opt/edgecaffe && /opt/venv/bin/python -m pytest ${PYTEST_ARGS[*]@Q}"
+"${CLEAN_ENV[@]}" chroot "$ROOT" /bin/sh -c "cd /opt/edgecaffe && /opt/venv/bin/python -m pytest ${PYTEST_ARGS[*]@Q}"
 rc=$?
 set -e
 say "pytest exit status $rc"
