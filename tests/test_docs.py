@@ -7,15 +7,17 @@ the next block, as for a reader following the text), with one stand-in: `face.jp
 that reads them (experiment config, device profile, generated network, package manifest).
 `text` blocks (diagrams, printed output) are not code. Every block must name its language, so a
 new block cannot slip past. Slow commands (a minute or more here) are marked `slow`; commands
-needing root and a memory cgroup are skipped without them; the Caffe oracle's chroot set-up
-(network, minutes, writes outside the repository) runs only with EDGECAFFE_DOCS_ORACLE=1.
+needing root and a memory cgroup are skipped without them; a few run only when asked (`OPT_IN`:
+the Caffe oracle's chroot, the full suite itself, the commands for a Raspberry Pi).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -36,10 +38,21 @@ SLOW = [
     ("README.md", r"^edgecaffe report results", "reads the slow run above"),
     ("README.md", r"--n-arrivals 1000", "simulates 1000 arrivals of nine networks"),
     ("README.md", r"--enforce-memory", "three large networks in a memory cgroup with swap"),
+    ("README.md", r"^python3 -m venv", "a fresh install from PyPI, then the demo"),
+    ("experiments.md", r"benchmarks/|pip install", "the benchmarks take minutes each"),
 ]
-#: (document, command pattern): opt-in, see the module's docstring.
-ORACLE = [("oracles.md", r"debootstrap|apt-get"),
-          ("oracles.md", r"caffe_oracle\.py(?! --list)")]
+#: (document, command pattern, environment variable that opts in, why not by default).
+OPT_IN = [
+    ("oracles.md", r"debootstrap|apt-get", "EDGECAFFE_DOCS_ORACLE",
+     "the Caffe oracle's chroot (root, network, minutes, writes outside the repository)"),
+    ("oracles.md", r"caffe_oracle\.py(?! --list)", "EDGECAFFE_DOCS_ORACLE",
+     "needs the Caffe oracle's chroot, and rewrites the committed fixtures"),
+    ("README.md", r"&& pytest$", "EDGECAFFE_DOCS_NESTED",
+     "the full test suite, which is what runs this test (.ci/run is this command)"),
+    ("devices.md", r".", "EDGECAFFE_DOCS_DEVICE",
+     "commands for the board; tools/arm64/run-tests.sh runs the same steps (venv, "
+     "pip install ., the tests) in an emulated arm64 root"),
+]
 
 
 @dataclass(frozen=True)
@@ -122,9 +135,14 @@ def _run_shell(item: Item, folder: Path, cache: Path) -> None:
         command = re.sub(r"^sudo ", "", command)  # root already; sudo may not be installed
     env = {**os.environ, "EDGECAFFE_CACHE": str(cache),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    # `python tools/...` lines are run from the repository, as the document says.
-    cwd = ROOT if re.match(r"python3? ", command) else folder
-    command = re.sub(r"^python3? ", shlex.quote(sys.executable) + " ", command)
+    # `python tools/...` lines are run from the repository, as the document says; a fresh
+    # install (`python3 -m venv .venv && ... pip install .`) from a copy of it.
+    cwd = ROOT if re.match(r"python3? (?!-m venv)", command) else folder
+    if re.match(r"python3 -m venv", command):
+        cwd = folder / "clone"
+        shutil.copytree(ROOT, cwd, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".venv", ".git", "__pycache__", "*.egg-info", ".pytest_cache", ".ruff_cache"))
+    command = re.sub(r"^python3? (?!-m venv)", shlex.quote(sys.executable) + " ", command)
     done = subprocess.run(["bash", "-e", "-c", command], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=3600)
     assert done.returncode == 0, f"{item.id}: exit {done.returncode}\n" \
@@ -132,7 +150,7 @@ def _run_shell(item: Item, folder: Path, cache: Path) -> None:
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     # A sensible result: what -o names is there afterwards.
     words = shlex.split(command, comments=True)
-    for flag, value in zip(words, words[1:], strict=False):
+    for flag, value in itertools.pairwise(words):
         if flag in ("-o", "--output"):
             assert (cwd / value).exists(), f"{item.id}: {value} was not written"
 
@@ -184,9 +202,10 @@ def _check_manifest_schema(documented: dict, folder: Path) -> None:
 def test_doc_block(item: Item, workspaces, monkeypatch):
     folders, cache = workspaces
     folder = folders[item.document]
-    if any(document == item.document and re.search(pattern, item.text)
-           for document, pattern in ORACLE) and not os.environ.get("EDGECAFFE_DOCS_ORACLE"):
-        pytest.skip("the Caffe oracle's chroot: set EDGECAFFE_DOCS_ORACLE=1 (root, network)")
+    for document, pattern, variable, reason in OPT_IN:
+        if document == item.document and re.search(pattern, item.text) and \
+                not os.environ.get(variable):
+            pytest.skip(f"{reason}: set {variable}=1 to run it")
     if item.language == "text":
         return  # a diagram or printed output
     if item.language in ("sh", "bash"):
