@@ -157,7 +157,8 @@ def binned_mean(times: np.ndarray, values: np.ndarray, start: float, end: float,
 
 
 def _gantt(axis, run, colours, networks: list[str]) -> tuple[float, float, str]:
-    """Draw up to GANTT_TASKS tasks; returns the time window drawn (s) and a caption part."""
+    """Draw up to GANTT_TASKS tasks; returns the time window drawn (s) when that is part of the
+    run only (else 0, 0) and a caption part."""
     tasks = run.tasks
     ran = np.flatnonzero((tasks["worker"] >= 0) & ~np.isnan(tasks["start_s"])
                          & ~np.isnan(tasks["end_s"]))
@@ -189,7 +190,8 @@ def _gantt(axis, run, colours, networks: list[str]) -> tuple[float, float, str]:
         caption += (f" The run has {len(ran)} tasks; the chart shows its first {len(shown)} "
                     f"(the first {(end - start) * 1e3 / scale:.3g} {unit}), the memory plot "
                     "below the whole run with this window shaded.")
-    return start, end, caption
+        return start, end, caption
+    return 0.0, 0.0, caption
 
 
 def _timeline(run, path: Path) -> tuple[str, Path, str]:
@@ -236,7 +238,7 @@ def _memory(axis, run, window_start: float, window_end: float) -> str:
                   label=f"{label}: mean per bin")
     axis.axhline(int(run.config.get("budget_bytes", 0)) / 2**20, color="red", linestyle="--",
                  linewidth=0.8, label="budget")
-    if window_end > window_start and (window_start > start or window_end < end):
+    if window_end > window_start:  # the task chart shows part of the run
         axis.axvspan((window_start - start) * 1e3 / scale, (window_end - start) * 1e3 / scale,
                      color="grey", alpha=0.2, label="task chart's window")
     axis.set_xlabel(f"time since the run's start ({unit})")

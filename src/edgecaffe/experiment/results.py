@@ -69,8 +69,8 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
 
 def environment() -> dict[str, Any]:
     """Where and with what a run ran: UTC date, host, machine, CPUs, package versions and the
-    BLAS library numpy calls (threadpoolctl's view: implementation, version, the CPU kernel it
-    chose, threads). Written next to each run as environment.json."""
+    BLAS library numpy calls (threadpoolctl's view: implementation, version and the CPU kernel
+    it chose). Written next to each run as environment.json."""
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {"python": platform.python_version()}
@@ -84,9 +84,9 @@ def environment() -> dict[str, Any]:
         from threadpoolctl import threadpool_info
 
         pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
-        blas = "; ".join(f"{p.get('internal_api')} {p.get('version')} kernel "
-                         f"{p.get('architecture', '?')}, {p.get('num_threads')} threads"
-                         for p in pools) or "none loaded"
+        # The thread count is the run's (config: blas_threads), not this moment's.
+        blas = "; ".join(f"{p.get('internal_api')} {p.get('version')}, kernel "
+                         f"{p.get('architecture', '?')}" for p in pools) or "none loaded"
     except ImportError:
         pass
     return {"date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
