@@ -16,7 +16,7 @@ import math
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,6 @@ class Run:
     workers: dict[str, Any]
     #: A heading unique among the reported runs (the folder relative to their common parent).
     name: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
