@@ -145,3 +145,14 @@ def test_forced_admissions_fail_the_run_unless_allowed(tmp_path, capsys):
     assert "admitted over the 1K budget" in err and "--allow-overcommit" in err
     assert _simulate(tmp_path, {"A": [(5, 20)]}, tmp_path / "out", *base,
                      "--allow-overcommit") == 0
+
+
+def test_the_demo_says_up_front_that_its_report_has_no_plots(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("edgecaffe.cli.demo_cmd.NETWORKS", ["TinyAlex"])
+    monkeypatch.setattr("edgecaffe.experiment.report_plots.matplotlib_available", lambda: False)
+    assert main(["demo", "--batches", "1", "--modes", "masa", "-o", str(tmp_path / "d")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("pip install 'edgecaffe[plot]'") == 1
+    assert "matplotlib is not installed" in (tmp_path / "d" / "report" / "report.md").read_text()
+    assert not list((tmp_path / "d" / "report").glob("*.png"))
