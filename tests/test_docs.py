@@ -135,9 +135,9 @@ def _run_shell(item: Item, folder: Path, cache: Path) -> None:
         command = re.sub(r"^sudo ", "", command)  # root already; sudo may not be installed
     env = {**os.environ, "EDGECAFFE_CACHE": str(cache),
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    # `python tools/...` lines are run from the repository, as the document says; a fresh
-    # install (`python3 -m venv .venv && ... pip install .`) from a copy of it.
-    cwd = ROOT if re.match(r"python3? (?!-m venv)", command) else folder
+    # `python tools/...` and `pip install -e ".[bench]"` lines are run from the repository, as
+    # the documents say; a fresh install (`python3 -m venv .venv && ...`) from a copy of it.
+    cwd = ROOT if re.match(r"python3? (?!-m venv)|pip ", command) else folder
     if re.match(r"python3 -m venv", command):
         cwd = folder / "clone"
         shutil.copytree(ROOT, cwd, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
