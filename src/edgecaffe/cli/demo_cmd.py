@@ -46,6 +46,7 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from edgecaffe.cli.report_cmd import warn_without_matplotlib
     from edgecaffe.experiment import run_once
     from edgecaffe.sched import MODES
     from edgecaffe.workload import batches
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from edgecaffe.experiment.schema import check_memory
 
     check_memory(args.budget, "--budget", "demo", False, UsageError)
+    warn_without_matplotlib("the demo's report")
     packages = _packages(args.light)
     output = Path(args.output)
     cost = "the cheap zoo versions (--light)" if args.light else \

@@ -63,6 +63,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--device", metavar="PROFILE",
                         help="with --simulate: a device profile, built in (host, rpi4-sd) or a "
                         "YAML file (compute-factor, storage-mb-per-s, load-latency-ms, gflops)")
+    parser.add_argument("--allow-overcommit", action="store_true",
+                        help="accept tasks admitted over the budget (a layer larger than the "
+                        "budget runs alone, over it); without it such a run ends with a warning "
+                        "and exit status 1")
     parser.add_argument("--run-only", help=argparse.SUPPRESS)  # one run of a matrix (children)
     parser.add_argument("--swap", metavar="SIZE",
                         help="with --enforce-memory: a swap file of SIZE (e.g. 4G) the run may "
@@ -243,8 +247,23 @@ def run(args: argparse.Namespace) -> int:
                             on_done=lambda bar=bar: bar.advance(1))
         bar.close()
         print(_summary_line(folder, summary), flush=True)
-        failed += summary["failed"]
+        failed += summary["failed"] + overcommitted(name, config.mem_limit, summary, args)
     return 0 if failed == 0 else 1
+
+
+def overcommitted(name: str, budget: str, summary, args: argparse.Namespace) -> int:
+    """1 (and a warning) when tasks were admitted over the budget without --allow-overcommit;
+    the engine and the simulator record such forced admissions in the trace."""
+    import sys
+
+    forced = summary.get("forced_admissions") or 0
+    if not forced or args.allow_overcommit:
+        return 0
+    print(f"edgecaffe experiment: warning: run {name}: {forced} task(s) were admitted over the "
+          f"{budget} budget (each needs more than the budget and ran alone, over it), so this "
+          "run did not keep to its budget; raise --mem-limit, or add --allow-overcommit to "
+          "accept it", file=sys.stderr)
+    return 1
 
 
 def run_limited(args: argparse.Namespace, plans) -> int:

@@ -35,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.runs < 1:
         raise UsageError("--runs must be 1 or more")
+    from edgecaffe.experiment.report_plots import matplotlib_available
+
+    if args.plot and not matplotlib_available():  # said before the work, not after it
+        from edgecaffe.experiment.report import PLOT_HINT
+
+        raise UsageError(f"--plot needs matplotlib, which is not installed: {PLOT_HINT} "
+                         "(or leave out --plot)")
     if args.package.lower().endswith(".onnx"):
         from edgecaffe.model.package import onnx_package
 

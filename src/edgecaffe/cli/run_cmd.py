@@ -103,7 +103,7 @@ def _load(args: argparse.Namespace):
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
         started = time.perf_counter()
         net = load_caffe(prototxt, caffemodel, name=model.name, **options)
-        net.meta.update(model.meta)
+        net.meta.update(model.meta, zoo=True, seed=args.seed)
     return net, (time.perf_counter() - started) * 1e3
 
 
@@ -138,14 +138,17 @@ def _input(args: argparse.Namespace, net):
     return x, args.input or "built-in sample image", image.shape[:2]
 
 
-def top_classes(array, labels: list[str], top: int) -> list[dict] | None:
+def top_classes(array, labels: list[str], top: int, ranked: bool = True) -> list[dict] | None:
     """The `top` highest scores of batch item 0 as {rank, index, label, score}, when the output
-    is a vector of class scores (one non-unit axis after the batch); None otherwise."""
+    is a vector of class scores: one non-unit axis after the batch, and `ranked` (a Softmax's
+    output) or one label per value; None otherwise (a feature vector such as fc7 has no
+    classes)."""
     import numpy as np
 
     scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
     squeezed = [d for d in array.shape[1:] if d != 1]
-    if not (len(squeezed) == 1 and scores.size >= 2 and top > 0):
+    ranked = ranked or len(labels) == scores.size
+    if not (len(squeezed) == 1 and scores.size >= 2 and top > 0 and ranked):
         return None
     order = np.argsort(scores)[::-1][:top]
     return [{"rank": rank, "index": int(index),
@@ -153,12 +156,15 @@ def top_classes(array, labels: list[str], top: int) -> list[dict] | None:
              "score": float(scores[index])} for rank, index in enumerate(order, 1)]
 
 
-def _describe(name: str, array, labels: list[str], top: int) -> list[str]:
+def _describe(name: str, array, labels: list[str], top: int, ranked: bool) -> list[str]:
+    """Lines for one output blob: its top classes when it holds class scores (see
+    `top_classes`), else its value range (a feature vector or map)."""
     lines = [f"{name}: shape {'x'.join(map(str, array.shape))}"]
     if array.ndim >= 2 and array.shape[0] > 1:
         lines[0] += f" (showing batch item 0 of {array.shape[0]})"
-    classes = top_classes(array, labels, top)
+    classes = top_classes(array, labels, top, ranked)
     if classes is not None:
+        lines[0] += f", top {len(classes)} classes"
         lines += [f"  {c['rank']}. {c['label']:<16} {c['score']:.4f}" for c in classes]
     else:
         lines.append(f"  min {array.min():.4g}  max {array.max():.4g}  mean {array.mean():.4g}")
@@ -169,6 +175,21 @@ def _labels_for(net, name: str) -> list[str]:
     """Labels apply to the output the model names (`output`), or to any when it names none."""
     wanted = net.meta.get("output")
     return list(net.meta.get("labels", [])) if wanted in (None, name) else []
+
+
+def _synthetic_note(net, model: list[str]) -> str | None:
+    """Why the outputs mean nothing, when the weights are seeded synthetic ones (a zoo network,
+    or a package split from one or with --synthetic)."""
+    manifest = getattr(net, "manifest", None)
+    source = (manifest or {}).get("source") or {}
+    if manifest is None and not (len(model) == 1 and net.meta.get("zoo")):
+        return None
+    if manifest is not None and not source.get("synthetic"):
+        return None
+    seed = source.get("seed", net.meta.get("seed"))
+    return (f"note: {net.name} has seeded synthetic (random) weights"
+            + (f", seed {seed}" if seed is not None else "") + ": the outputs below show "
+            "that the network runs and how fast, not what the image shows")
 
 
 def describe_detections(name: str, array, image_size: tuple[int, int] | None,
@@ -206,9 +227,14 @@ def run(args: argparse.Namespace) -> int:
         times_ms.append((time.perf_counter() - started) * 1e3)
     layers = net.network.layers if hasattr(net, "network") else net.layers
     flops = sum(layer.flops for layer in layers)
+    note = _synthetic_note(net, args.model)
+    softmax = {blob for layer in layers if layer.op == "Softmax" for blob in layer.outputs}
     if args.json:
-        _print_json(net, x, source, results, layers, flops, load_ms, times_ms, args.top)
+        _print_json(net, x, source, results, layers, flops, load_ms, times_ms, args.top,
+                    softmax, note)
         return 0
+    if note:
+        print(note)
     how = " layer by layer from its package" if hasattr(net, "network") else ""
     print(f"{net.name}: {len(layers)} layers, {net.weight_bytes / 1e6:.1f} MB weights, "
           f"{flops / 1e9:.2f} GFLOP{how}; input {'x'.join(map(str, x.shape))} from {source}")
@@ -222,19 +248,20 @@ def run(args: argparse.Namespace) -> int:
         if name in detections:
             lines = describe_detections(name, array, image_size, args.threshold, labels)
         else:
-            lines = _describe(name, array, labels, args.top)
+            lines = _describe(name, array, labels, args.top, name in softmax)
         print("\n".join(lines))
     return 0
 
 
-def _print_json(net, x, source, results, layers, flops, load_ms, times_ms, top) -> None:
+def _print_json(net, x, source, results, layers, flops, load_ms, times_ms, top, softmax,
+                note) -> None:
     import json
 
     steady = times_ms[1:] or times_ms
     outputs = {}
     for name, array in results.items():
         entry = {"shape": list(array.shape)}
-        classes = top_classes(array, _labels_for(net, name), top)
+        classes = top_classes(array, _labels_for(net, name), top, name in softmax)
         if classes is not None:
             entry["top"] = classes
         if array.size <= 1000:
@@ -244,4 +271,5 @@ def _print_json(net, x, source, results, layers, flops, load_ms, times_ms, top) 
         "model": net.name, "layers": len(layers), "weight_bytes": int(net.weight_bytes),
         "flops": int(flops), "input": source, "input_shape": list(x.shape),
         "open_ms": round(load_ms, 3), "forward_ms": round(statistics.median(steady), 3),
-        "first_forward_ms": round(times_ms[0], 3), "outputs": outputs}, indent=2))
+        "first_forward_ms": round(times_ms[0], 3), "synthetic_weights": note is not None,
+        "outputs": outputs}, indent=2))

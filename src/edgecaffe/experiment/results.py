@@ -6,7 +6,10 @@ import contextlib
 import csv
 import json
 import math
+import os
+import platform
 import statistics
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +71,8 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
 
 #: The files a run folder holds (write_run's, and limits.json from --enforce-memory).
 RUN_FILES = ("config.yaml", "tasks.csv", "requests.csv", "networks.csv", "ledger.csv", "rss.csv",
-             "workers.csv", "summary.json", "limits.json")
+             "workers.csv", "summary.json", "limits.json", "environment.json",
+             "complete.json")
 
 
 class ResultsError(EdgeCaffeError):
@@ -98,12 +102,41 @@ def claim_run_folder(folder: str | Path, output: str | Path, force: bool = False
     return folder
 
 
+def environment() -> dict[str, Any]:
+    """Where and with what a run ran: UTC date, host, machine, CPUs, package versions and the
+    BLAS library numpy calls (threadpoolctl's view: implementation, version and the CPU kernel
+    it chose). Written next to each run as environment.json."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("edgecaffe", "numpy", "protobuf", "pillow"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    blas = "unknown (threadpoolctl not installed)"
+    try:
+        from threadpoolctl import threadpool_info
+
+        pools = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+        # The thread count is the run's (config: blas_threads), not this moment's.
+        blas = "; ".join(f"{p.get('internal_api')} {p.get('version')}, kernel "
+                         f"{p.get('architecture', '?')}" for p in pools) or "none loaded"
+    except ImportError:
+        pass
+    return {"date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": platform.node(), "machine": platform.machine(),
+            "system": f"{platform.system()} {platform.release()}", "cpus": os.cpu_count(),
+            "versions": versions, "blas": blas}
+
+
 def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],
               rss: list[tuple[float, int]] | None = None) -> dict[str, Any]:
     """Write one run's folder; returns its summary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (folder / "environment.json").write_text(json.dumps(environment(), indent=2))
     _write_csv(folder / "tasks.csv",
                ["task_id", "request_id", "instance_id", "network", "kind", "layers", "pool",
                 "worker", "created_s", "ready_s", "start_s", "end_s", "state", "reserve_bytes",
