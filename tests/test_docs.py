@@ -179,6 +179,8 @@ def _run_yaml(item: Item, folder: Path) -> None:
         assert load_device(folder / "device.yaml").compute_factor == data["compute-factor"]
     elif str(data.get("format", "")).startswith("edgecaffe-package/"):
         _check_manifest_schema(data, folder)
+    elif "labels" in data and "channel_order" in data:  # an ONNX model's side file
+        _check_side_file(text, folder)
     else:
         pytest.fail(f"{item.id}: no rule runs this YAML block; add one to tests/test_docs.py")
 
@@ -216,3 +218,13 @@ def test_doc_block(item: Item, workspaces, monkeypatch):
         monkeypatch.chdir(folder)
         monkeypatch.setenv("EDGECAFFE_CACHE", str(cache))
         exec(compile(item.text, item.id, "exec"), {"__name__": "__docs__"})
+
+
+def _check_side_file(text: str, folder: Path) -> None:
+    """An ONNX side file as the docs show it: read by the importer's reader, every key kept."""
+    from edgecaffe.model.onnx.sidefile import read_side_file
+
+    model = folder / "model.onnx"  # the side file is found by the model's name
+    (folder / "model.onnx.yaml").write_text(text)
+    assert read_side_file(model) == {**yaml.safe_load(text),
+                                     "labels": [str(x) for x in yaml.safe_load(text)["labels"]]}

@@ -144,7 +144,7 @@ def test_forced_admissions_fail_the_run_unless_allowed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "admitted over the 1K budget" in err and "--allow-overcommit" in err
     assert _simulate(tmp_path, {"A": [(5, 20)]}, tmp_path / "out", *base,
-                     "--allow-overcommit") == 0
+                     "--allow-overcommit", "--force") == 0
 
 
 def test_the_demo_says_up_front_that_its_report_has_no_plots(tmp_path, monkeypatch, capsys):

@@ -101,7 +101,7 @@ def _packages(light: bool) -> dict:
     packages = {}
     for name in NETWORKS:
         started = time.perf_counter()
-        options = {} if light else ORIGINAL_COST[name]
+        options = {} if light else ORIGINAL_COST.get(name, {})
         packages[name] = package = zoo_package(name, profile_runs=3, **options)
         shape = "x".join(map(str, package.input_shape))
         print(f"  {name:<10} input {shape:<16} {package.weight_bytes / 1e6:6.1f} MB, "

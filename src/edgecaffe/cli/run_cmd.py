@@ -167,7 +167,10 @@ def _describe(name: str, array, labels: list[str], top: int, ranked: bool) -> li
         lines[0] += f", top {len(classes)} classes"
         lines += [f"  {c['rank']}. {c['label']:<16} {c['score']:.4f}" for c in classes]
     else:
-        lines.append(f"  min {array.min():.4g}  max {array.max():.4g}  mean {array.mean():.4g}")
+        squeezed = [d for d in array.shape[1:] if d != 1]
+        kind = "feature vector" if len(squeezed) == 1 else "values"
+        lines.append(f"  {kind}: min {array.min():.4g}  max {array.max():.4g}  "
+                     f"mean {array.mean():.4g}")
     return lines
 
 
