@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from edgecaffe.cli.backend_flag import add_backend_flag
+
 NETWORKS = ["GenderNet", "FaceNet", "AgeNet"]
 
 
@@ -25,6 +27,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker threads (default 2)")
     parser.add_argument("-o", "--output", default="edgecaffe-demo",
                         help="results folder (default ./edgecaffe-demo)")
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     for mode in modes:
         summary, _ = run_once(packages, batches(NETWORKS, args.batches), mode=mode,
                               budget=args.budget, workers=args.workers,
-                              output=output / mode)
+                              output=output / mode, backend=args.backend)
         rows[mode] = summary
         per = summary["network_mean_response_ms"]
         print(f"{mode:<16}{summary['mean_network_response_ms']:>8.0f}"

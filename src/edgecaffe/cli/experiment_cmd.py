@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.cli.backend_flag import add_backend_flag
+
 FLAGS = [  # (flag, config key, type, help)
     ("--mode", "mode", str, "execution mode (masa, bulk, linear, deepeye, ...)"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
@@ -53,6 +55,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--swap", metavar="SIZE",
                         help="with --enforce-memory: a swap file of SIZE (e.g. 4G) the run may "
                         "use, created and removed by this command")
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         if args.simulate:
             summary, _ = simulate_once(networks, arrivals, device=device, **common)
         else:
-            summary, _ = run_once(networks, arrivals, **common)
+            summary, _ = run_once(networks, arrivals, backend=args.backend, **common)
         bar.close()
         print(_summary_line(folder, summary), flush=True)
         failed += summary["failed"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.cli.backend_flag import add_backend_flag
+
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -19,6 +21,7 @@ def add_parser(commands) -> None:
                         help="drop each weight file from the page cache before loading it")
     parser.add_argument("--plot", metavar="FILE.png", help="draw per-layer load vs exec time")
     parser.add_argument("--no-write", action="store_true", help="do not update the manifest")
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     package = open_package(args.package)
     bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
     summary = profile_package(package, runs=args.runs, cold=args.cold,
-                              progress=lambda done: bar.advance(1))
+                              progress=lambda done: bar.advance(1), backend=args.backend)
     bar.close()
     cache = "cold" if args.cold else "warm"
     print(f"{'layer':<28} {'op':<9} {'stage':<5} {'load ms':>9} {'exec ms':>9} "

@@ -44,10 +44,12 @@ def run_once(
     rss_interval_s: float = 0.01,
     config: dict[str, Any] | None = None,
     on_done: Callable[[], None] | None = None,
+    backend: str = "numpy",
 ) -> tuple[dict[str, Any], Engine]:
-    """Run `arrivals` on a fresh engine; write the results folder when `output` is given."""
+    """Run `arrivals` on a fresh engine; write the results folder when `output` is given.
+    `backend`: the engine's kernels ("numpy" or "onnxruntime")."""
     engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
-                    workers=workers, blas_threads=blas_threads)
+                    workers=workers, blas_threads=blas_threads, backend=backend)
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -75,7 +77,8 @@ def run_once(
         sampler.join()
     networks = {name: str(p.directory) for name, p in engine.packages.items()}
     totals = {name: list(isolated_totals_ms(info)) for name, info in engine.infos.items()}
-    summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals)
+    summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals,
+                       backend=backend)
     return summary, engine
 
 

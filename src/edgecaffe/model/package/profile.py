@@ -47,7 +47,7 @@ def _peak_above(baseline: int, work: Callable[[], Any]) -> int:
 
 def profile_package(
     package: ModelPackage, runs: int = 5, cold: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, backend: str = "numpy",
 ) -> dict[str, Any]:
     """Measure the package and record the figures in its manifest (not yet saved to disk).
 
@@ -55,16 +55,17 @@ def profile_package(
     `runs` layer-by-layer passes after one untimed warm-up pass. Per network: mean execution
     time (sum of layer exec times), the init time (preprocessing a decoded image and setting up
     the activations, what an engine's init task does), and the peak RSS above the idle process
-    of a whole-model and of a layer-by-layer forward.
+    of a whole-model and of a layer-by-layer forward. `backend`: the kernels measured (see
+    `BlobRunner`), recorded in the summary.
     """
     from edgecaffe.model.preprocess import sample_image
 
     image = sample_image()
     x = sample_input(package, image)
-    package.forward(x)  # warm-up, not timed: first-touch page faults and allocator growth
-    timing = _time_layers(package, image, runs, cold, progress)
-    single_ms = _time_single_thread(package, x, runs)
-    peak_layered, peak_whole = _peaks(package, x)
+    package.forward(x, backend=backend)  # warm-up, untimed: page faults, allocator growth
+    timing = _time_layers(package, image, runs, cold, progress, backend)
+    single_ms = _time_single_thread(package, x, runs, backend)
+    peak_layered, peak_whole = _peaks(package, x, backend)
     for entry, layer in zip(package.manifest["layers"], package.network.layers, strict=True):
         entry["profile"] = {
             "load_ms": _median(timing.load_ms[layer.name]),
@@ -85,6 +86,7 @@ def profile_package(
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}"
                    f" {platform.python_version()}",
         "blas_threads": blas_thread_count(),
+        "backend": backend,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     package.manifest["profile"] = summary
@@ -106,12 +108,12 @@ class _LayerTimes:
 
 
 def _time_layers(package: ModelPackage, image: Any, runs: int, cold: bool,
-                 progress: Callable[[int], None] | None) -> _LayerTimes:
+                 progress: Callable[[int], None] | None, backend: str) -> _LayerTimes:
     """`runs` layer-by-layer passes (init, then load, exec and free each layer), timed."""
     times = _LayerTimes()
     for run in range(runs):
         started = time.perf_counter()
-        runner = BlobRunner(package.network, sample_input(package, image))
+        runner = BlobRunner(package.network, sample_input(package, image), backend=backend)
         times.init_ms.append((time.perf_counter() - started) * 1e3)
         total = 0.0
         for layer in runner.layers:
@@ -131,13 +133,14 @@ def _time_layers(package: ModelPackage, image: Any, runs: int, cold: bool,
     return times
 
 
-def _time_single_thread(package: ModelPackage, x: Any, runs: int) -> dict[str, list[float]]:
+def _time_single_thread(package: ModelPackage, x: Any, runs: int,
+                        backend: str) -> dict[str, list[float]]:
     """Execution again on one BLAS thread: an engine with several workers gives each a share
     of the cores, and the simulator picks the times that match."""
     single_ms: dict[str, list[float]] = defaultdict(list)
     with limit_blas(1):
         for _ in range(runs):
-            runner = BlobRunner(package.network, x)
+            runner = BlobRunner(package.network, x, backend=backend)
             for layer in runner.layers:
                 weights = package.load(layer.name)
                 started = time.perf_counter()
@@ -147,13 +150,13 @@ def _time_single_thread(package: ModelPackage, x: Any, runs: int) -> dict[str, l
     return single_ms
 
 
-def _peaks(package: ModelPackage, x: Any) -> tuple[int, int]:
+def _peaks(package: ModelPackage, x: Any, backend: str) -> tuple[int, int]:
     """Peak RSS above the idle process: (layer by layer, whole model)."""
     baseline = rss_bytes()
-    peak_layered = _peak_above(baseline, lambda: package.forward(x))
+    peak_layered = _peak_above(baseline, lambda: package.forward(x, backend=backend))
 
     def whole_model() -> None:
-        package.load_all().forward(x)
+        package.load_all().forward(x, backend=backend)
 
     peak_whole = _peak_above(baseline, whole_model)
     for layer in package.network.layers:
