@@ -23,7 +23,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--cpu", action="store_true",
+                        help="time in process CPU seconds, not wall clock: on a shared machine "
+                        "with --threads 1 it measures the work itself (BLAS threads that spin "
+                        "while waiting count as work, so not with more threads)")
     args = parser.parse_args()
+    clock = time.process_time if args.cpu else time.perf_counter
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
 
@@ -51,6 +56,7 @@ def main() -> None:
         runner.run(layer, net.weights.get(layer.name, {}))
     blobs = runner.results()
     print(f"{args.net} at {args.size}px, {args.threads} threads, backend {args.backend}, "
+          f"{'CPU' if args.cpu else 'wall'} time, "
           f"load average {os.getloadavg()}")
     print(f"{'layer':<10} {'M':>5} {'K':>6} {'N':>7} {'g':>3} {'GFLOP':>7} {'conv ms':>9} "
           f"{'sgemm ms':>9} {'conv GF/s':>10} {'sgemm GF/s':>10} {'ratio':>6}")
@@ -70,12 +76,12 @@ def main() -> None:
         weights = net.weights[layer.name]
         conv_t, gemm_t = [], []
         for _ in range(args.repeat):
-            t = time.perf_counter()
+            t = clock()
             run([xin], weights, a)
-            conv_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            conv_t.append(clock() - t)
+            t = clock()
             np.matmul(w, cols, out=out)
-            gemm_t.append(time.perf_counter() - t)
+            gemm_t.append(clock() - t)
         c_ms, g_ms = statistics.median(conv_t) * 1e3, statistics.median(gemm_t) * 1e3
         gflop = 2 * g * m * k * n / 1e9
         total_conv += c_ms
