@@ -15,6 +15,8 @@ with edgecaffe.Engine(packages, mode="masa", budget="512M", workers=2) as engine
     for future in futures:
         result = future.result()  # {"GenderNet": {"prob": ...}, "AgeNet": ..., "FaceNet": ...}
         print({name: outputs["prob"].argmax() for name, outputs in result.items()})
+        print({name: f"load {n.load_ms:.0f} ms, exec {n.exec_ms:.0f} ms"
+               for name, n in result.networks.items()})
 
 trace = engine.trace
 for request in trace.requests.values():

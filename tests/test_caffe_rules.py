@@ -20,6 +20,7 @@ DATA = ('layer { name: "data" type: "Input" top: "data" '
     ('type: "Pooling" pooling_param { kernel_size: 3 kernel_h: 3 kernel_w: 3 }', ["not both"]),
     ('type: "Pooling" pooling_param { global_pooling: true kernel_size: 3 }', ["global"]),
     ('type: "Pooling" pooling_param { kernel_size: 3 stride_h: 2 }', ["stride_h and stride_w"]),
+    ('type: "Pooling" pooling_param { global_pooling: true stride: 2 }', ["stride 1"]),
     ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 kernel_h: 3 '
      'kernel_w: 3 }', ["not both"]),
     ('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 stride_h: 2 }',
@@ -66,3 +67,15 @@ def test_pooling_output_size_rule():
     with pytest.raises(ValueError):
         pool_output_size(2, 5, 1, 0, True)
     assert FLT_MAX == 3.4028234663852886e38
+
+
+def test_silence_is_accepted_and_computes_nothing(tmp_path):
+    path = tmp_path / "net.prototxt"
+    path.write_text(DATA + 'layer { name: "s" type: "Slice" bottom: "data" top: "a" top: "b" }\n'
+                    'layer { name: "quiet" type: "Silence" bottom: "b" }\n'
+                    'layer { name: "r" type: "ReLU" bottom: "a" top: "r" }\n')
+    net = load_caffe(path)
+    assert "quiet" not in net.layer_by_name and "r" in net.outputs
+    path.write_text(DATA + 'layer { name: "quiet" type: "Silence" bottom: "nope" }\n')
+    with pytest.raises(CaffeError, match="'quiet' reads blob 'nope'"):
+        load_caffe(path)

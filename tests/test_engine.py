@@ -14,7 +14,7 @@ import edgecaffe
 from edgecaffe.engine import Engine, EngineClosedError, RequestError
 from edgecaffe.engine.tasks import network_input
 from edgecaffe.model.package import split
-from edgecaffe.sched import MODES, POLICIES, BudgetError
+from edgecaffe.sched import GRANULARITIES, MODES, POLICIES, BudgetError
 
 NETS = ["TinyAlex", "TinyResidual", "TinyInception"]
 
@@ -38,7 +38,7 @@ def expected_outputs(engine: Engine, x) -> dict:
             for name, package in engine.packages.items()}
 
 
-@pytest.mark.parametrize("granularity", ["layer", "network"])
+@pytest.mark.parametrize("granularity", list(GRANULARITIES))
 @pytest.mark.parametrize("policy", [None, *POLICIES])
 @pytest.mark.parametrize("mode", list(MODES))
 def test_outputs_equal_the_plain_forward(packages, mode, policy, granularity):

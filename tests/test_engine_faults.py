@@ -68,7 +68,7 @@ def test_a_cancel_between_check_and_set_result_does_not_kill_the_worker(packages
     assert wait([first], timeout=30).done
     monkeypatch.setattr(engine_module, "Future", Future)
     second = engine.submit(None, NETS)
-    assert second.result(timeout=30) == {name: None for name in NETS}
+    assert second.result(timeout=30) == {name: {} for name in NETS}
     engine.close()
     assert first.cancelled()
     assert engine.trace.requests[0].status == "cancelled"
@@ -209,3 +209,41 @@ def test_cancels_at_random_points_leave_nothing_behind(packages, seed, workers, 
             assert set(future.result(timeout=0)) == set(NETS)
         else:
             assert isinstance(future.exception(timeout=0), RequestError)
+
+
+def test_the_result_has_every_network_its_status_and_timings(packages):
+    def runner(task: Task, package) -> None:
+        time.sleep(0.003)
+        if task.instance.name == "TinyResidual" and task.kind == Kind.EXEC \
+                and task.instance.request_id == 1:
+            raise ValueError("bad layer file")
+
+    engine = Engine(packages, mode="linear", budget="64M", workers=1, task_runner=runner)
+    first = engine.submit(None, [*NETS, "TinyAlex"])
+    second = engine.submit(None, NETS)
+    result = first.result(timeout=30)
+    with pytest.raises(RequestError, match="bad layer file") as failure:
+        second.result(timeout=30)
+    engine.close()
+    assert result.request_id == 0 and result.status == "completed"
+    assert list(result) == ["TinyAlex", "TinyResidual", "TinyAlex#2"]
+    alex = result.networks["TinyAlex"]
+    trace = engine.trace
+    tasks = [t for t in trace.tasks if t.instance_id == 0]
+    assert alex.status == "completed" and alex.error is None and alex.forced == 0
+    assert alex.load_ms == pytest.approx(sum((t.end_s - t.start_s) * 1e3 for t in tasks
+                                             if t.kind == "load"))
+    assert alex.exec_ms == pytest.approx(sum((t.end_s - t.start_s) * 1e3 for t in tasks
+                                             if t.kind == "exec"))
+    assert alex.exec_ms >= 3 * sum(t.kind == "exec" for t in tasks) - 1e-6
+    arrival = trace.requests[0].arrival_s
+    assert alex.queued_ms == pytest.approx((min(t.start_s for t in tasks) - arrival) * 1e3)
+    assert alex.response_ms == pytest.approx((max(t.end_s for t in tasks) - arrival) * 1e3)
+    assert result.response_ms == pytest.approx(trace.requests[0].response_s * 1e3)
+    # The failed request still carries its other network's outputs and the failure's cause.
+    partial = failure.value.result
+    assert partial.status == "failed" and list(partial) == ["TinyAlex"]
+    assert partial.networks["TinyResidual"].status == "failed"
+    assert "bad layer file" in partial.networks["TinyResidual"].error
+    with pytest.raises(KeyError, match="failed"):
+        partial["TinyResidual"]

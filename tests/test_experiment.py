@@ -79,17 +79,39 @@ def test_run_once_writes_a_results_folder(tmp_path, packages):
     assert arrivals[1] >= completions[0] and arrivals[2] >= completions[1]
 
 
-def test_demo_runs_and_writes_a_summary(tmp_path, monkeypatch, capsys):
+def test_demo_runs_rounds_and_says_what_is_noise(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr("edgecaffe.cli.demo_cmd.NETWORKS", ["TinyAlex", "TinyResidual"])
-    assert main(["demo", "--batches", "2", "--modes", "masa,bulk", "-o",
+    monkeypatch.setattr("edgecaffe.cli.demo_cmd.ORIGINAL_COST",
+                        {"TinyAlex": {"batch": 2}, "TinyResidual": {}})
+    assert main(["demo", "--rounds", "2", "--modes", "masa,bulk", "-o",
                  str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "masa" in out and "bulk" in out and "relative to masa" in out
+    assert "input 2x3" in out  # TinyAlex at the original-cost batch
+    assert "against masa (ratio of medians)" in out
+    verdict = next(line for line in out.splitlines() if line.strip().startswith("bulk ")
+                   and "x " in line)
+    assert "within the noise" in verdict or "in every round" in verdict
     assert (tmp_path / "demo" / "summary.md").read_text().count("|") > 10
-    assert (tmp_path / "demo" / "bulk" / "tasks.csv").exists()
+    for mode in ("masa", "bulk"):
+        for index in (1, 2):
+            assert (tmp_path / "demo" / mode / f"round-{index}" / "tasks.csv").exists()
     assert (tmp_path / "demo" / "report" / "report.html").exists()
     assert main(["demo", "--modes", "warp"]) == 1
+
+
+def test_demo_verdicts_follow_the_rounds_ranges(capsys):
+    from edgecaffe.cli.demo_cmd import _print_verdicts
+
+    rows = {"masa": {"median": 100, "low": 90, "high": 110},
+            "bulk": {"median": 200, "low": 190, "high": 230},
+            "linear": {"median": 105, "low": 95, "high": 120},
+            "deepeye": {"median": 50, "low": 45, "high": 60}}
+    _print_verdicts(rows)
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert "masa is faster in every round (2.00x)" in lines["bulk"]
+    assert "within the noise" in lines["linear"]
+    assert "masa is slower in every round (2.00x)" in lines["deepeye"]
 
 
 def test_report_from_results_folders(tmp_path, packages, capsys):

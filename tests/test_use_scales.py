@@ -105,3 +105,19 @@ def test_input_size_api_matches_a_fresh_prototxt(tmp_path, size):
     rewritten.write_text(SMALL_FCN.replace("input_dim: 16\ninput_dim: 16",
                                            f"input_dim: {size[0]}\ninput_dim: {size[1]}"))
     assert reshaped.blob_shapes == load_caffe(rewritten).blob_shapes
+
+
+def test_split_cli_image_and_input_size(tmp_path):
+    folder = _folder(tmp_path, "SmallFCN", SMALL_FCN)
+    image = _image(tmp_path / "img.png", 4, 7)
+    assert main(["split", str(folder), "-o", str(tmp_path / "a"), "--synthetic",
+                 "--image", str(image)]) == 0
+    manifest = yaml.safe_load((tmp_path / "a" / "manifest.yaml").read_text())
+    assert manifest["input"]["shape"] == [1, 3, 20, 35]
+    prototxt = folder / "net.prototxt"
+    assert main(["synth", str(prototxt), "-o", str(tmp_path / "w.caffemodel")]) == 0
+    assert main(["split", str(prototxt), str(tmp_path / "w.caffemodel"), "-o",
+                 str(tmp_path / "b"), "--input-size", "33x21"]) == 0
+    manifest = yaml.safe_load((tmp_path / "b" / "manifest.yaml").read_text())
+    assert manifest["input"]["shape"] == [1, 3, 33, 21]
+    assert manifest["source"]["input_shape"] == [1, 3, 33, 21]

@@ -19,6 +19,8 @@ shapes of all blobs. Weights are not stored: the tests regenerate them by seed.
     python tools/caffe_oracle.py                # every case
     python tools/caffe_oracle.py pool_pad_w     # named cases
     python tools/caffe_oracle.py --list
+    python tools/caffe_oracle.py --zoo [NAME...]  # outputs of the ten original networks
+    python tools/caffe_oracle.py --opencv         # where OpenCV DNN differs from the fixtures
 
 Runs on the host as root (chroot); the tests (`tests/test_caffe_oracle.py`) need no chroot.
 """
@@ -169,6 +171,52 @@ def run_case(case: Case, root: Path) -> Path:
     return target
 
 
+ZOO_FIXTURES = FIXTURES / "zoo"
+
+
+def zoo_case(name: str, folder: Path) -> Case:
+    """The zoo network `name` as a case: its prototxt written to `folder`, weights by seed 7,
+    inputs uniform in [-50, 50], saving the outputs and the logits before each Softmax."""
+    from edgecaffe.model.caffe import load_caffe
+    from edgecaffe.model.zoo import get_zoo_model
+
+    model = get_zoo_model(name)
+    prototxt = folder / f"{model.name}.prototxt"
+    prototxt.write_text(model.prototxt(1))
+    network = load_caffe(prototxt)
+    producers = {blob: layer for layer in network.layers for blob in layer.outputs}
+    blobs = list(network.outputs)
+    blobs += [producers[b].inputs[0] for b in network.outputs if producers[b].op == "Softmax"]
+    return Case(name=f"zoo_{model.name}", prototxt=prototxt, seed=7, input_range=(-50.0, 50.0),
+                blobs=blobs)
+
+
+def input_digest(inputs: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the inputs, so a test can tell that it regenerated the same ones by seed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(inputs):
+        digest.update(name.encode() + np.ascontiguousarray(inputs[name]).tobytes())
+    return digest.hexdigest()
+
+
+def run_zoo(name: str, root: Path) -> Path:
+    """pycaffe's outputs (and pre-softmax logits) of a zoo network; the inputs are not stored,
+    the test regenerates them by seed (their digest is)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        case = zoo_case(name, Path(tmp))
+        inputs, blobs, meta = run_pycaffe(case, root)
+    meta["input_digest"] = input_digest(inputs)
+    ZOO_FIXTURES.mkdir(parents=True, exist_ok=True)
+    target = ZOO_FIXTURES / f"{name}.npz"
+    np.savez_compressed(target, meta=json.dumps(meta),
+                        **{f"b{i}": blobs[n] for i, n in enumerate(meta["blobs"])})
+    return target
+
+
 def chroot_ready(root: Path = DEFAULT_ROOT) -> bool:
     """True when `root` is a chroot with pycaffe and we may enter it (root)."""
     return os.geteuid() == 0 and (root / "usr/lib/python3/dist-packages/caffe").exists()
@@ -286,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
                         help=f"the bullseye chroot with python3-caffe (default {DEFAULT_ROOT})")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--zoo", action="store_true",
+                        help="write tests/fixtures/caffe/zoo/<NAME>.npz for zoo networks (the "
+                        "ten original ones by default): outputs and logits only")
     parser.add_argument("--opencv", action="store_true",
                         help="compare OpenCV DNN with the committed fixtures (no chroot needed)")
     args = parser.parse_args(argv)
@@ -300,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.root / "usr/lib/python3/dist-packages/caffe").exists():
         parser.error(f"{args.root} is not a chroot with python3-caffe (see docs/oracles.md)")
     failures = 0
-    for name in args.cases or case_names():
+    if args.zoo:
+        from edgecaffe.model.zoo import ZOO
+
+        names = args.cases or [n for n, model in ZOO.items() if not model.tiny]
+    for name in (names if args.zoo else args.cases or case_names()):
         try:
-            target = run_case(load_case(name), args.root)
+            target = run_zoo(name, args.root) if args.zoo else run_case(load_case(name), args.root)
         except Exception as error:  # report every case, then fail
             failures += 1
             print(f"FAIL {name}: {error}", file=sys.stderr)

@@ -36,6 +36,21 @@ def blas_thread_count() -> int | str:
     return max(counts) if counts else 1
 
 
+def blas_kernel() -> str:
+    """Which BLAS does the work: library, version and the CPU kernel it chose (e.g.
+    'openblas 0.3.27 Haswell'); 'unknown' when it cannot be read."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown"
+    pools = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    if not pools:
+        return "unknown"
+    pool = pools[0]
+    return " ".join(str(part) for part in (pool.get("internal_api"), pool.get("version"),
+                                           pool.get("architecture")) if part)
+
+
 def default_blas_threads(workers: int) -> int:
     """BLAS threads per worker: the cores shared out, at least one. More would oversubscribe
     the cores whenever several workers execute (OpenBLAS threads spin while they wait)."""

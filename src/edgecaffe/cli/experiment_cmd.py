@@ -7,10 +7,10 @@ import argparse
 from edgecaffe.cli.backend_flag import add_backend_flag
 
 FLAGS = [  # (flag, config key, type, help)
-    ("--mode", "mode", str, "execution mode (masa, bulk, linear, deepeye, ...)"),
+    ("--mode", "mode", str, "execution mode"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
     ("--mem-limit", "mem_limit", str, "memory budget, e.g. 512M, 1G"),
-    ("--granularity", "granularity", str, "memory accounting: layer or network"),
+    ("--granularity", "granularity", str, "memory accounting"),
     ("--n-workers", "workers", int, "worker threads"),
     ("--blas-threads", "blas_threads", int, "BLAS threads (default: the worker count)"),
     ("--networks", "networks", str, "comma-separated networks (zoo names or folders)"),
@@ -40,7 +40,12 @@ def add_parser(commands) -> None:
                         "output-path, else ./results)")
     parser.add_argument("--synthetic", action="store_true", default=None,
                         help="seeded synthetic weights for original folders without caffemodels")
+    from edgecaffe.sched import GRANULARITIES, MODES, POLICIES
+
+    registries = {"mode": MODES, "policy": POLICIES, "granularity": GRANULARITIES}
     for flag, key, kind, text in FLAGS:
+        if key in registries:  # the registries' names, so that new entries show up here too
+            text = f"{text}; one of {', '.join(registries[key])}"
         parser.add_argument(flag, dest=key, type=kind, default=None, help=text)
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")
@@ -55,6 +60,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--swap", metavar="SIZE",
                         help="with --enforce-memory: a swap file of SIZE (e.g. 4G) the run may "
                         "use, created and removed by this command")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip runs whose results folders are complete (complete.json)")
+    from edgecaffe.cli.cluster_cmd import add_cluster_arguments
+
+    add_cluster_arguments(parser)
     add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -135,28 +145,35 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from edgecaffe.cli.progress import Progress
-    from edgecaffe.experiment.runner import run_once, simulate_once
+    from edgecaffe.experiment.results import is_complete
+    from edgecaffe.experiment.runner import run_entry
 
     if args.swap and not args.enforce_memory:
         raise ValueError("--swap needs --enforce-memory")
     if args.simulate and args.enforce_memory:
         raise ValueError("--enforce-memory limits a real run; a simulated one uses no memory")
+    if args.cluster:  # check the flags before building anything
+        from edgecaffe.cli.cluster_cmd import check_cluster_args
+
+        check_cluster_args(args)
     plans = _plan(args)
+    if args.cluster:
+        from edgecaffe.cli.cluster_cmd import run_on_cluster
+
+        return run_on_cluster(args, plans, _device(args))
     if args.enforce_memory:
         return run_limited(args, plans)
     device = _device(args)
     failed = 0
     for name, config, arrivals, closed_loop, networks in plans:
         folder = Path(config.output) / name
+        if args.resume and is_complete(folder):
+            print(f"{folder}: complete, skipped (--resume)", flush=True)
+            continue
         bar = Progress(len(arrivals), name, unit="arrivals", scale=1)
-        common = dict(mode=config.mode, budget=config.mem_limit, policy=config.policy,
-                      granularity=config.granularity, workers=config.workers,
-                      blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
-                      config=config.to_dict(), on_done=lambda bar=bar: bar.advance(1))
-        if args.simulate:
-            summary, _ = simulate_once(networks, arrivals, device=device, **common)
-        else:
-            summary, _ = run_once(networks, arrivals, backend=args.backend, **common)
+        summary = run_entry(name, config, arrivals, closed_loop, networks, folder,
+                            simulate=args.simulate, device=device,
+                            on_done=lambda bar=bar: bar.advance(1), backend=args.backend)
         bar.close()
         print(_summary_line(folder, summary), flush=True)
         failed += summary["failed"]
@@ -174,6 +191,7 @@ def run_limited(args: argparse.Namespace, plans) -> int:
     from pathlib import Path
 
     from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
+    from edgecaffe.experiment.results import is_complete
     from edgecaffe.sched import parse_bytes
 
     swap = parse_bytes(args.swap) if args.swap else 0
@@ -187,6 +205,9 @@ def run_limited(args: argparse.Namespace, plans) -> int:
         if swap:
             stack.enter_context(SwapFile(swap))
         for name, config, *_ in plans:
+            if args.resume and is_complete(Path(config.output) / name):
+                print(f"{Path(config.output) / name}: complete, skipped (--resume)", flush=True)
+                continue
             limit = parse_bytes(config.mem_limit)
             with MemoryCgroup(limit, swap) as cgroup:
                 child = subprocess.Popen(

@@ -21,6 +21,9 @@ def add_parser(commands) -> None:
                         help="drop each weight file from the page cache before loading it")
     parser.add_argument("--plot", metavar="FILE.png", help="draw per-layer load vs exec time")
     parser.add_argument("--no-write", action="store_true", help="do not update the manifest")
+    parser.add_argument("--refresh", action="store_true",
+                        help="measure again even when the stored profile is fresh (this host, "
+                        "recent, runs that agreed, a quiet machine)")
     add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -28,15 +31,25 @@ def add_parser(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     from edgecaffe.cli.progress import Progress
     from edgecaffe.model.package import open_package
-    from edgecaffe.model.package.profile import plot_profile, profile_package
+    from edgecaffe.model.package.profile import plot_profile, profile_package, stale_reasons
 
     if args.runs < 1:
         raise ValueError("--runs must be 1 or more")
     package = open_package(args.package)
-    bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
-    summary = profile_package(package, runs=args.runs, cold=args.cold,
-                              progress=lambda done: bar.advance(1), backend=args.backend)
-    bar.close()
+    stale = stale_reasons(package.manifest)
+    stored = package.manifest.get("profile") or {}
+    if (stale or args.refresh or args.cold != stored.get("cold", False)
+            or args.backend != stored.get("backend", "numpy")):
+        bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
+        summary = profile_package(package, runs=args.runs, cold=args.cold,
+                                  progress=lambda done: bar.advance(1), backend=args.backend)
+        bar.close()
+    else:
+        summary = package.manifest["profile"]
+        print(f"{package.name}: profiled on {summary['host']} at {summary['date']} (load "
+              f"average {max(summary['load_average']):.1f}, runs within "
+              f"{summary['spread']:.0%}); showing it (--refresh to measure again)")
+        args.no_write = True
     cache = "cold" if args.cold else "warm"
     print(f"{'layer':<28} {'op':<9} {'stage':<5} {'load ms':>9} {'exec ms':>9} "
           f"{'weights MB':>10} {'output MB':>9}")
@@ -49,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['load_ms_total']:.1f} ms ({cache} cache), {args.runs} runs; peak RSS above "
           f"idle: whole model {summary['peak_rss_whole_model_bytes'] / 2**20:.1f} MiB, layer by "
           f"layer {summary['peak_rss_layer_by_layer_bytes'] / 2**20:.1f} MiB")
+    print(f"BLAS: {summary.get('blas', 'unknown')}, {summary.get('blas_threads')} thread(s); "
+          f"load average {summary.get('load_average')}, runs spread {summary.get('spread', 0):.0%}")
+    for doubt in summary.get("warnings") or []:
+        print(f"warning: {doubt}")
     if not args.no_write:
         package.save_manifest()
         print(f"recorded in {package.directory / 'manifest.yaml'}")

@@ -8,8 +8,9 @@ import time
 
 class Progress:
     def __init__(self, total: float, label: str, unit: str = "MB", scale: float = 1e6,
-                 enabled: bool | None = None) -> None:
+                 enabled: bool | None = None, detail_width: int = 30) -> None:
         self.total, self.label, self.unit, self.scale = total, label, unit, scale
+        self.detail_width = detail_width
         self.done = 0.0
         self.started = time.perf_counter()
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
@@ -24,7 +25,8 @@ class Progress:
             line = f"{self.label} [{bar:<30}] {done}/{self.total / self.scale:.1f} {self.unit}"
         else:  # total unknown: show what is done so far
             line = f"{self.label} {done} {self.unit}"
-        sys.stderr.write(f"\r{line} {detail[:30]:<30}")
+        width = self.detail_width
+        sys.stderr.write(f"\r{line} {detail[:width]:<{width}}")
         sys.stderr.flush()
 
     def close(self) -> float:

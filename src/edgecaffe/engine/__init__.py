@@ -5,11 +5,12 @@ from edgecaffe.engine.engine import (
     Engine,
     EngineClosedError,
     EngineError,
-    RequestError,
     TaskRunner,
     resolve_packages,
 )
+from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.sched.trace import RequestRecord, TaskRecord, Trace
 
-__all__ = ["Engine", "EngineClosedError", "EngineError", "RequestError", "RequestRecord",
-           "TaskRecord", "TaskRunner", "Trace", "resolve_packages"]
+__all__ = ["Engine", "EngineClosedError", "EngineError", "NetworkResult", "RequestError",
+           "RequestRecord", "RequestResult", "TaskRecord", "TaskRunner", "Trace",
+           "resolve_packages"]

@@ -2,7 +2,8 @@
 
     with Engine(packages, mode="masa", budget="512M") as engine:
         future = engine.submit(image, ["AgeNet", "GenderNet"])
-        outputs = future.result()      # {"AgeNet": {"prob": ...}, "GenderNet": {...}}
+        result = future.result()       # {"AgeNet": {"prob": ...}, "GenderNet": {...}}
+        result.networks["AgeNet"]      # its status, error and timings
 
 Workers block on one condition variable: a finished task wakes them (dependents became ready,
 memory was returned); nothing polls or sleeps.
@@ -27,15 +28,12 @@ from typing import Any
 
 from edgecaffe.blas import BlasHold, default_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
+from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, open_package
 from edgecaffe.ops import backend_kernels
 from edgecaffe.sched import BudgetError, Core, Policy, Request, Step, Task
-
-
-class RequestError(RuntimeError):
-    """A request whose network failed: names the network and the cause."""
 
 
 class EngineClosedError(RuntimeError):
@@ -92,8 +90,6 @@ class Engine:
     ) -> None:
         self.packages = resolve_packages(packages)
         infos = {name: package_info(p) for name, p in self.packages.items()}
-        for name, info in infos.items():
-            info.name = name  # the caller's name for it (an original folder may say otherwise)
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit)
@@ -128,9 +124,13 @@ class Engine:
     # -- submitting ----------------------------------------------------------------------------
 
     def submit(self, x: Any, networks: Sequence[str]) -> Future:
-        """Queue one input for `networks`; the future's result is {network: {blob: array}}.
+        """Queue one input (an image path, an H x W x 3 BGR uint8 array, or an NCHW array of
+        the network's input shape) for `networks`.
 
-        A network named twice runs twice; the second result is keyed `name#2`. Raises
+        The future's result is a `RequestResult`: a mapping network -> {blob: array} with each
+        network's status and timings in `.networks`; if a network fails, `result()` raises
+        `RequestError`, whose `.result` holds the others' outputs. A network named twice runs
+        twice; the second result is keyed `name#2`. Raises
         ValueError for unknown networks, `BudgetError` (with `allow_overcommit=False`) for a
         request that can never fit, `EngineClosedError` after `close`."""
         networks = list(networks)
@@ -152,6 +152,7 @@ class Engine:
         return future
 
     def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
+        """Several inputs for the same networks, one request each (futures in input order)."""
         return [self.submit(x, networks) for x in inputs]
 
     # -- workers -------------------------------------------------------------------------------
@@ -217,19 +218,25 @@ class Engine:
             self._blas_held = False
 
     def _resolve(self, request: Request) -> None:
-        """Set the request's future: its outputs, or why it failed. A future cancelled
-        meanwhile (even between the check and the set) stays cancelled."""
+        """Set the request's future: a `RequestResult`, or a `RequestError` carrying one. A
+        future cancelled meanwhile (even between the check and the set) stays cancelled."""
         future: Future = request.handle
+        cancelled = future.cancelled()
+        networks = {i.result_key: NetworkResult.of(i, getattr(i.work, "outputs", None),
+                                                   cancelled and i.failed is not None)
+                    for i in request.instances}
+        record = request.record
+        response_ms = None if request.failed else (record.completion_s - record.arrival_s) * 1e3
+        result = RequestResult(record.request_id, networks, response_ms)
         try:
             if request.failed:
-                future.set_exception(RequestError(request.record.error))
+                future.set_exception(RequestError(record.error, result))
             else:
-                future.set_result({i.result_key: getattr(i.work, "outputs", None)
-                                   for i in request.instances})
+                future.set_result(result)
         except InvalidStateError:  # cancelled concurrently: its callback finds it closed
-            request.record.status = "cancelled"
+            record.status = "cancelled"
         if future.cancelled():
-            request.record.status = "cancelled"
+            record.status = "cancelled"
         for instance in request.instances:
             instance.work = instance.input = None
 

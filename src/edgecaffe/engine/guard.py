@@ -1,18 +1,21 @@
 """A user policy behind a guard: an exception in its `key` fails the network whose task it
 could not order, never the scheduler or a worker.
 
-The engine's built-in policies are trusted and run unguarded. A guarded policy's keys become
-`(0, key)`, and a task whose key raised gets `(1, task id)`: it sorts after every other task
-(no comparison of the user's key with ours), and the engine fails its network as soon as the
-scheduler call that asked for the key returns (`take_failures`). The guard gives no `rank`
-(the scheduler then orders by `key`), so every task's key is asked for and guarded.
+The project's own policies (those in `sched/policies.py`) are trusted and run unguarded. A
+guarded policy's keys become `(0, key)`, and a task whose key raised gets `(1, task id)`: it
+sorts after every other task (no comparison of the user's key with ours), and the engine fails
+its network as soon as the scheduler call that asked for the key returns (`take_failures`).
+The guard gives no `rank` (the scheduler then orders by `key`), so every task's key is asked
+for and guarded; a policy's `rank` must stand for its `key` anyway (the scheduler checks it),
+so the order is the same as the simulator's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from edgecaffe.sched import POLICIES, NetworkInstance, Policy, Task, get_policy
+from edgecaffe.sched import NetworkInstance, Policy, Task, get_policy
+from edgecaffe.sched import policies as builtin_policies
 
 
 class PolicyGuard(Policy):
@@ -31,7 +34,7 @@ class PolicyGuard(Policy):
         if policy is None or isinstance(policy, str):
             return None
         policy = get_policy(policy)
-        if type(policy) in POLICIES.values():
+        if type(policy).__module__ == builtin_policies.__name__:  # the project's own: trusted
             return None
         return cls(policy)
 

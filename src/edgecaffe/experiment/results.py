@@ -108,3 +108,28 @@ def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],
                 for w, b in sorted(busy.items())])
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# -- completeness: what `--resume` trusts -------------------------------------------------------
+
+#: Written last into a run's folder; lists every other file with its size. A folder without it,
+#: or whose files do not match it, is incomplete (a run interrupted, a copy cut short).
+COMPLETE = "complete.json"
+
+
+def mark_complete(folder: str | Path, run: str = "") -> None:
+    """Write `folder`'s completeness marker (after every other file of the run)."""
+    folder = Path(folder)
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != COMPLETE}
+    (folder / COMPLETE).write_text(json.dumps({"run": run, "files_bytes": files}, indent=2))
+
+
+def is_complete(folder: str | Path) -> bool:
+    """True when `folder` holds a completeness marker and every file it lists, at its size."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / COMPLETE).read_text())["files_bytes"]
+        return all((folder / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

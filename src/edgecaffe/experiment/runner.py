@@ -161,3 +161,25 @@ def simulate_once(
     summary = _results(simulator, arrivals, closed_loop, output, config, None, networks,
                        totals, simulated=True, device=asdict(simulator.device))
     return summary, simulator
+
+
+def run_entry(name: str, config, arrivals: Sequence[Arrival], closed_loop: bool,
+              networks: Mapping[str, Any], folder: str | Path, *, simulate: bool = False,
+              device=None, on_done: Callable[[], None] | None = None,
+              backend: str = "numpy") -> dict[str, Any]:
+    """Run ONE entry of a matrix (`name`, its resolved ExperimentConfig, arrivals, and model
+    packages, or NetworkInfos when `simulate`) and write its results folder `folder`, ending
+    with the completeness marker (`results.mark_complete`). Returns the run's summary. The
+    unit both the local loop and cluster workers run. `backend`: the kernels of a real run."""
+    from edgecaffe.experiment.results import mark_complete
+
+    common = dict(mode=config.mode, budget=config.mem_limit, policy=config.policy,
+                  granularity=config.granularity, workers=config.workers,
+                  blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
+                  config=config.to_dict(), on_done=on_done)
+    if simulate:
+        summary, _ = simulate_once(networks, arrivals, device=device, **common)
+    else:
+        summary, _ = run_once(networks, arrivals, backend=backend, **common)
+    mark_complete(folder, name)
+    return summary

@@ -400,20 +400,27 @@ def zoo_files(name: str, seed: int = 0, batch: int = 1,
     return prototxt, caffemodel
 
 
-def zoo_package(name: str, seed: int = 0, batch: int = 1, profile_runs: int = 0):
+def zoo_package(name: str, seed: int = 0, batch: int = 1, profile_runs: int = 0,
+                input_size: tuple[int, int] | None = None):
     """A zoo network as a model package in the cache (split on first use); with
-    `profile_runs`, profiled once so schedulers know its per-layer and mean times."""
+    `profile_runs`, profiled so schedulers know its per-layer and mean times: again whenever
+    the stored profile is stale (another host, or too old: `profile.stale_reasons`; a profile
+    that was doubtful when taken is kept, with its warnings, until `edgecaffe profile
+    --refresh`). `input_size` (H, W) runs a fully convolutional network (FaceNet) at that
+    size instead of its prototxt's (the original's `use-scales` FaceNet runs at 1340 x 1340)."""
     from edgecaffe.model.package import open_package, split
     from edgecaffe.model.package.manifest import MANIFEST
-    from edgecaffe.model.package.profile import profile_package
+    from edgecaffe.model.package.profile import profile_package, stale_reasons
 
     model = get_zoo_model(name)
-    directory = cache_dir() / "packages" / f"seed{seed}-batch{batch}" / model.name
+    size = "" if input_size is None else f"-{input_size[0]}x{input_size[1]}"
+    directory = cache_dir() / "packages" / f"seed{seed}-batch{batch}" / f"{model.name}{size}"
     if (directory / MANIFEST).exists():
         package = open_package(directory)
     else:
-        package = split([model.name], directory, seed=seed, batch=batch)
-    if profile_runs and "profile" not in package.manifest:
+        package = split([model.name], directory, seed=seed, batch=batch,
+                        input_shape=input_size)
+    if profile_runs and stale_reasons(package.manifest, doubts=False):
         profile_package(package, runs=profile_runs)
         package.save_manifest()
     return package

@@ -26,8 +26,12 @@ from edgecaffe.ops.base import Op, OpError, register
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
+    """Caffe's conv_layer.cpp compute_output_shape: (size + 2 pad - extent) / stride + 1 in C
+    integer division, which truncates toward zero: a kernel that overhangs the padded input by
+    less than the stride still gives one output, over implicit zeros (as Caffe's im2col)."""
     extent = dilation * (kernel - 1) + 1
-    out = (size + 2 * pad - extent) // stride + 1
+    span = size + 2 * pad - extent
+    out = (span // stride if span >= 0 else -(-span // stride)) + 1
     if out < 1:
         raise OpError(f"kernel extent {extent} does not fit input size {size} with pad {pad}")
     return out
@@ -52,13 +56,15 @@ def band_rows(out_height: int, out_width: int, floats_per_row: int) -> int:
     return -(-out_height // bands)
 
 
-def pad_image(image: np.ndarray, pad: tuple[int, int]) -> np.ndarray:
-    """CHW image with `pad` zeros around its height and width (the image itself if no padding)."""
+def pad_image(image: np.ndarray, pad: tuple[int, int],
+              extra: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """CHW image with `pad` zeros around its height and width, plus `extra` zeros below and to
+    the right (the image itself if no padding)."""
     c, h, w = image.shape
     ph, pw = pad
-    if not (ph or pw):
+    if not (ph or pw or extra[0] or extra[1]):
         return image
-    padded = np.zeros((c, h + 2 * ph, w + 2 * pw), dtype=image.dtype)
+    padded = np.zeros((c, h + 2 * ph + extra[0], w + 2 * pw + extra[1]), dtype=image.dtype)
     padded[:, ph : ph + h, pw : pw + w] = image
     return padded
 
@@ -115,8 +121,11 @@ def conv2d(
     # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
     band = oh if pointwise else band_rows(oh, ow, per_row)
     buffer = None if pointwise else np.empty(band * per_row, dtype=np.float32)
+    # Zeros for a last window that overhangs the padded input (see conv_output_size).
+    extra = (max(0, (oh - 1) * stride[0] + dilation[0] * (kh - 1) + 1 - h - 2 * pad[0]),
+             max(0, (ow - 1) * stride[1] + dilation[1] * (kw - 1) + 1 - w - 2 * pad[1]))
     for i in range(n):
-        padded = None if pointwise else pad_image(x[i], pad)
+        padded = None if pointwise else pad_image(x[i], pad, extra)
         for r0 in range(0, oh, band):
             rows = range(r0, min(oh, r0 + band))
             if pointwise:

@@ -55,6 +55,10 @@ class Core:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a whole number, 1 or more, got {workers!r}")
         self.infos = dict(infos)
+        for name, network in self.infos.items():
+            # The caller's name is the one arrivals, results and the trace use (an original
+            # folder's description may say otherwise).
+            network.name = name
         self.mode = MODES[mode]
         self.policy = get_policy(policy or self.mode.policy)
         self.workers = self.mode.workers or workers

@@ -106,6 +106,11 @@ class PlanBook:
                     spec.kind == Kind.INIT, last, dependents)
         if self.ranked:
             plan.rank = self.policy.rank(task)
+            key = self.policy.key(task, 0.0)
+            if key != (*plan.rank, task.id):  # the heap orders by rank: it must stand for key
+                raise ValueError(
+                    f"policy {self.policy.name!r}: rank() must be key() without the task id, "
+                    f"got rank {plan.rank!r} and key {key!r} for {task!r}")
             self._ranked_plans.append(plan)
             plan.key = self._code(plan.rank) * SPAN
         return plan

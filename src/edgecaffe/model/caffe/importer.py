@@ -147,13 +147,8 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
     """Translate a NetParameter into IR layers (no weights), keeping the layers Caffe's
     include/exclude rules keep for the TEST phase with `stages` and `level` (see `NetState`),
     with input shapes replaced by `input_shape` (see `_input_shapes`)."""
-    state = NetState.of(net, stages, level)
-    everything = _all_layers(net, source)
-    messages = [m for m in everything if state.includes(m, source)]
-    kept = {m.name for m in messages}
-    audit_fields(net, [m for m in (net.layers or messages) if m.name in kept], source)
+    state, messages, dropped = _filter(net, source, stages, level)
     owners: dict[str, tuple[str, int]] = {}  # shared param name -> (layer, blob index)
-    dropped = {top: m.name for m in everything if m not in messages for top in m.top}
     declared = dict(_legacy_inputs(net, source))
     for message in messages:
         declared.update(_input_layer_shapes(message, source))
@@ -186,6 +181,10 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
             for top in message.top:
                 current[top] = source_blob
             continue
+        if message.type == "Silence":  # Caffe's sink for unused blobs: computes nothing
+            for blob in message.bottom:
+                resolve(blob, message.name)
+            continue
         if message.type in ("Input", "MemoryData"):
             tops = list(_input_layer_shapes(message, source))
             for top in tops:
@@ -210,6 +209,20 @@ def build_layers(net, source: str, stages: Sequence[str] | None = None, level: i
             current[top] = tops[-1]
         layers.append(Layer(message.name, op, bottoms, tops, attrs))
     return layers
+
+
+def _filter(net, source: str, stages: Sequence[str] | None, level: int | None
+            ) -> tuple[NetState, list, dict[str, str]]:
+    """(net state, the layers its rules keep, top blob -> name of a layer they leave out); the
+    kept layers' fields are audited (`fields.audit_fields`)."""
+    state = NetState.of(net, stages, level)
+    everything = _all_layers(net, source)
+    messages = [m for m in everything if state.includes(m, source)]
+    kept = {id(m) for m in messages}
+    names = {m.name for m in messages}
+    audit_fields(net, [m for m in (net.layers or messages) if m.name in names], source)
+    dropped = {top: m.name for m in everything if id(m) not in kept for top in m.top}
+    return state, messages, dropped
 
 
 def _check_blob_lists(message, source: str) -> None:

@@ -34,7 +34,7 @@ V1_TYPES = {
 TRAINING_ONLY = {
     "Data", "ImageData", "HDF5Data", "WindowData", "DummyData", "Accuracy",
     "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "InfogainLoss", "ContrastiveLoss",
-    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "Silence", "HDF5Output",
+    "MultinomialLogisticLoss", "SigmoidCrossEntropyLoss", "HDF5Output",
 }
 
 
@@ -117,19 +117,20 @@ def _pool(layer) -> tuple[str, dict]:
     pair = lambda h, w: (getattr(p, h), getattr(p, w)) if p.HasField(h) else None  # noqa: E731
     attrs: dict[str, Any] = {"method": methods[p.pool], "global": p.global_pooling,
                              "ceil": p.round_mode == 0}
+    stride = list(pair("stride_h", "stride_w") or (p.stride, p.stride))
+    pad = list(pair("pad_h", "pad_w") or (p.pad, p.pad))
     if p.global_pooling:
         if p.HasField("kernel_size") or p.HasField("kernel_h"):
             raise ValueError("global_pooling takes no kernel size (Caffe refuses one)")
-        if p.pad or p.pad_h or p.pad_w or (p.stride_h or p.stride) != 1 or p.stride_w > 1:
-            raise ValueError("global_pooling needs pad 0 and stride 1 (Caffe refuses others)")
+        if pad != [0, 0] or stride != [1, 1]:
+            raise ValueError(f"global_pooling needs pad 0 and stride 1, got pad {pad} and "
+                             f"stride {stride} (Caffe refuses others)")
         attrs.update(kernel=[0, 0], stride=[1, 1], pad=[0, 0])
         return "Pool", attrs
     kernel = pair("kernel_h", "kernel_w")
     if kernel is None and not p.HasField("kernel_size"):
         raise ValueError("pooling_param needs kernel_size, kernel_h/kernel_w or global_pooling")
-    attrs["kernel"] = list(kernel or (p.kernel_size, p.kernel_size))
-    attrs["stride"] = list(pair("stride_h", "stride_w") or (p.stride, p.stride))
-    attrs["pad"] = list(pair("pad_h", "pad_w") or (p.pad, p.pad))
+    attrs.update(kernel=list(kernel or (p.kernel_size, p.kernel_size)), stride=stride, pad=pad)
     if min(attrs["kernel"]) < 1 or min(attrs["stride"]) < 1:
         raise ValueError(
             f"pooling kernel {attrs['kernel']} and stride {attrs['stride']} must be >= 1"
@@ -430,7 +431,7 @@ CONVERTERS.update({
 })
 
 #: Types handled by the graph builder itself rather than converted to an operator.
-STRUCTURAL = {"Input", "MemoryData", "Split"}
+STRUCTURAL = {"Input", "MemoryData", "Split", "Silence"}
 
 
 def supported_types() -> list[str]:

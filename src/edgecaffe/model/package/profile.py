@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecaffe.blas import blas_thread_count, limit_blas
+from edgecaffe.blas import blas_kernel, blas_thread_count, limit_blas
 from edgecaffe.measure import peak_rss_bytes, reset_peak_rss, rss_bytes
 from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package.package import ModelPackage
@@ -52,14 +52,20 @@ def profile_package(
     """Measure the package and record the figures in its manifest (not yet saved to disk).
 
     Per layer: median load ms (cold: page cache dropped before every load) and exec ms over
-    `runs` layer-by-layer passes after one untimed warm-up pass. Per network: mean execution
-    time (sum of layer exec times), the init time (preprocessing a decoded image and setting up
-    the activations, what an engine's init task does), and the peak RSS above the idle process
-    of a whole-model and of a layer-by-layer forward. `backend`: the kernels measured (see
-    `BlobRunner`), recorded in the summary.
+    `runs` layer-by-layer passes after one untimed warm-up pass. Per network: mean and median
+    execution time (sum of layer exec times), the init time (preprocessing a decoded image and
+    setting up the activations, what an engine's init task does), and the peak RSS above the
+    idle process of a whole-model and of a layer-by-layer forward.
+
+    What makes a profile trustworthy is recorded with it: the host, the BLAS kernel, the load
+    average before and after, and the spread of the runs ((slowest - fastest) / median of the
+    per-run totals); `summary["warnings"]` says when the spread or the machine's load make the
+    figures doubtful (see `stale_reasons`). `backend`: the kernels measured (see `BlobRunner`),
+    recorded in the summary.
     """
     from edgecaffe.model.preprocess import sample_image
 
+    load_before = os.getloadavg()[0]
     image = sample_image()
     x = sample_input(package, image)
     package.forward(x, backend=backend)  # warm-up, untimed: page faults, allocator growth
@@ -85,12 +91,67 @@ def profile_package(
         "peak_rss_layer_by_layer_bytes": peak_layered,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()}"
                    f" {platform.python_version()}",
+        "host": platform.node(),
         "blas_threads": blas_thread_count(),
         "backend": backend,
+        "blas": blas_kernel(),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "spread": round(_spread(timing.totals_ms), 3),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    summary["warnings"] = _doubts(summary)
     package.manifest["profile"] = summary
     return summary
+
+
+#: A profile whose runs spread more than this (relative) is doubtful; so is one taken with a
+#: 1-minute load average above this share of the cores, or older than this many days.
+MAX_SPREAD = 0.25
+MAX_LOAD_PER_CORE = 0.75
+MAX_AGE_DAYS = 30
+
+
+def _spread(totals_ms: list[float]) -> float:
+    median = statistics.median(totals_ms)
+    return (max(totals_ms) - min(totals_ms)) / median if median > 0 else 0.0
+
+
+def _doubts(summary: dict[str, Any]) -> list[str]:
+    """Why the figures of a fresh profile may not be trusted (empty: no reason known)."""
+    doubts = []
+    if summary.get("spread", 0.0) > MAX_SPREAD:
+        doubts.append(f"its {summary['runs']} runs spread {summary['spread']:.0%} around the "
+                      f"median (more than {MAX_SPREAD:.0%}): profile again on a quieter "
+                      "machine, or with more --runs")
+    busiest = max(summary.get("load_average") or [0.0])
+    cores = os.cpu_count() or 1
+    if busiest > MAX_LOAD_PER_CORE * cores:
+        doubts.append(f"the machine was busy (load average {busiest:.1f} on {cores} cores): "
+                      "other work slowed the runs")
+    return doubts
+
+
+def stale_reasons(manifest: dict[str, Any], max_age_days: float = MAX_AGE_DAYS,
+                  doubts: bool = True) -> list[str]:
+    """Why a package's stored profile should be taken again: none taken, another host, older
+    than `max_age_days`, or (with `doubts`) doubtful when taken (`summary["warnings"]`).
+    Empty: fresh."""
+    summary = manifest.get("profile")
+    if not summary:
+        return ["not profiled yet"]
+    reasons = []
+    if summary.get("host") != platform.node():
+        reasons.append(f"profiled on another host ({summary.get('host', 'unknown')})")
+    try:
+        taken = datetime.datetime.fromisoformat(summary["date"])
+        age_days = (datetime.datetime.now(datetime.UTC) - taken).total_seconds() / 86400
+        if age_days > max_age_days:
+            reasons.append(f"profiled {age_days:.0f} days ago")
+    except (KeyError, TypeError, ValueError):
+        reasons.append("the profile has no readable date")
+    if doubts:
+        reasons += summary.get("warnings") or []
+    return reasons
 
 
 def _median(values: list[float]) -> float:
