@@ -81,6 +81,19 @@ def test_conv_transpose_matches_numpy(rng):
     assert rel_diff(fast.conv_transpose([x], weights, attrs, threads=1)[0], expected) <= RTOL
 
 
+@pytest.mark.parametrize("shape, axis, transpose, bias", [
+    ((3, 40), 1, False, True), ((1, 8, 3, 3), 1, False, True), ((2, 5, 6), 2, True, False),
+])
+def test_dense_matches_numpy(rng, shape, axis, transpose, bias):
+    op = get_op("Dense")
+    attrs = {"out_features": 7, "axis": axis, "bias": bias, "transpose": transpose}
+    x = rng.uniform(-20, 20, shape).astype(np.float32)
+    weights = {name: rng.standard_normal(s).astype(np.float32)
+               for name, s in op.param_shapes([shape], attrs).items()}
+    expected = op.run([x], weights, attrs)[0]
+    assert rel_diff(fast.dense([x], weights, attrs, threads=1)[0], expected) <= RTOL
+
+
 def test_one_node_model_reads_back_with_weights_as_inputs():
     model = onnx.load_model_from_string(one_node_model(
         "Conv", {"X": (1, 3, 8, 8), "W": (4, 3, 3, 3)}, {"Y": (1, 4, 3, 3)},

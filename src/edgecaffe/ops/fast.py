@@ -1,4 +1,5 @@
-"""The `onnxruntime` backend: heavy operators run as cached one-operator onnxruntime sessions.
+"""The `onnxruntime` backend: Conv, ConvTranspose and Dense run as cached one-operator
+onnxruntime sessions.
 
 Each session is a graph of ONE node whose weights are graph *inputs*, not initializers: the
 session holds no weights, so loading and freeing them (and the memory ledger) stay ours, and one
@@ -130,6 +131,19 @@ def conv_transpose(inputs: list[np.ndarray], weights: dict[str, np.ndarray], att
                     out_shape, threads)]
 
 
-#: Operator name -> kernel(inputs, weights, attrs, threads). Dense stays on numpy: a fully
-#: connected layer is memory-bound and numpy's sgemv/sgemm matches onnxruntime there.
-KERNELS = {"Conv": conv, "ConvTranspose": conv_transpose}
+def dense(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
+          threads: int) -> list[np.ndarray]:
+    """Our Dense (flatten from `axis`, weight O x K, or K x O when `transpose`) as ONNX Gemm
+    on the flattened rows (a view), bias as Gemm's broadcast C."""
+    x = inputs[0]
+    out_shape = get_op("Dense").output_shapes([x.shape], attrs)[0]
+    rows = int(np.prod(out_shape[:-1]))
+    flat = x.reshape(rows, -1)
+    y = run_one("Gemm", {"transB": 0 if attrs["transpose"] else 1},
+                [flat, weights["weight"], weights.get("bias")],
+                (rows, attrs["out_features"]), threads)
+    return [y.reshape(out_shape)]
+
+
+#: Operator name -> kernel(inputs, weights, attrs, threads). Operators not listed run on numpy.
+KERNELS = {"Conv": conv, "ConvTranspose": conv_transpose, "Dense": dense}
