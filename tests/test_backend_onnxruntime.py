@@ -228,3 +228,15 @@ def test_run_command_takes_backend(zoo_model, capsys):
     assert main(["run", str(prototxt), str(caffemodel), "--repeat", "1",
                  "--backend", "onnxruntime"]) == 0
     assert "forward" in capsys.readouterr().out
+
+
+def test_profile_records_its_backend(tmp_path, zoo_model):
+    from edgecaffe.model.package import open_package
+    from edgecaffe.model.package.profile import profile_package
+
+    split(list(zoo_model("TinyAlex")), tmp_path / "TinyAlex")
+    package = open_package(tmp_path / "TinyAlex")
+    summary = profile_package(package, runs=1, backend="onnxruntime")
+    assert summary["backend"] == "onnxruntime"
+    assert all(entry["profile"]["exec_ms"] > 0 for entry in package.manifest["layers"]
+               if entry["op"] == "Conv")
