@@ -70,6 +70,19 @@ def test_conv_matches_numpy(rng, shape, attrs):
     assert rel_diff(ours, expected) <= RTOL
 
 
+def test_very_large_conv_weights_stay_on_numpy(rng, monkeypatch):
+    monkeypatch.setattr(fast, "NUMPY_CONV_WEIGHT_FLOATS", 100)
+    calls = []
+    monkeypatch.setattr(fast, "run_one", lambda *args: calls.append(args))
+    attrs = conv_attrs(8, 3)
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    weights = {"weight": rng.standard_normal((8, 4, 3, 3)).astype(np.float32),
+               "bias": rng.standard_normal(8).astype(np.float32)}
+    ours = fast.conv([x], weights, attrs, threads=1)[0]
+    assert not calls
+    np.testing.assert_array_equal(ours, get_op("Conv").run([x], weights, attrs)[0])
+
+
 def test_conv_transpose_matches_numpy(rng):
     op = get_op("ConvTranspose")
     attrs = {"out_channels": 6, "kernel": [4, 4], "stride": [2, 2], "dilation": [1, 1],

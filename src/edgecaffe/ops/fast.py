@@ -105,10 +105,21 @@ def run_one(op_type: str, onnx_attrs: dict, arrays: list[np.ndarray | None],
     return out
 
 
+#: Convolutions whose weight has more floats than this (32 MB) stay on numpy: measured on
+#: FaceNet at 1340 px (benchmarks/conv_layers.py, CPU time, 1 thread), onnxruntime's Conv with
+#: the weight as an input ran fc6-conv (4096 x 9216) at 1.43x and fc7-conv (4096 x 4096) at
+#: 1.32x sgemm's time, numpy at 1.03x and 1.01x; on conv1-conv5 (< 1M floats) onnxruntime ran
+#: at 0.85-1.07x, numpy at 1.14-1.57x.
+NUMPY_CONV_WEIGHT_FLOATS = 8 * 1024 * 1024
+
+
 def conv(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
          threads: int) -> list[np.ndarray]:
-    """Our Conv (attrs as `ops.conv.Conv`) as ONNX Conv (opset 13: pads begin..., end...)."""
+    """Our Conv (attrs as `ops.conv.Conv`) as ONNX Conv (opset 13: pads begin..., end...);
+    very large weights go to the numpy kernel (see `NUMPY_CONV_WEIGHT_FLOATS`)."""
     x = inputs[0]
+    if weights["weight"].size > NUMPY_CONV_WEIGHT_FLOATS:
+        return get_op("Conv").run(inputs, weights, attrs)
     (ph, pw) = attrs["pad"]
     onnx_attrs = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["stride"]),
                   "pads": [ph, pw, ph, pw], "dilations": list(attrs["dilation"]),
