@@ -56,6 +56,8 @@ CONV_CASES = [
     pytest.param((1, 16, 21, 21), conv_attrs(8, 3, pad=1, group=4), id="grouped"),
     pytest.param((1, 8, 30, 30), conv_attrs(8, 3, pad=2, dilation=2), id="dilated"),
     pytest.param((1, 8, 14, 14), conv_attrs(4, 3, bias=False), id="no-bias"),
+    # Caffe's rule: a kernel overhanging the input by less than the stride gives one output.
+    pytest.param((1, 2, 5, 6), conv_attrs(3, 7, stride=4), id="overhang"),
 ]
 
 

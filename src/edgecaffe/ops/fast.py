@@ -120,11 +120,16 @@ def conv(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
     x = inputs[0]
     if weights["weight"].size > NUMPY_CONV_WEIGHT_FLOATS:
         return get_op("Conv").run(inputs, weights, attrs)
-    (ph, pw) = attrs["pad"]
-    onnx_attrs = {"kernel_shape": list(attrs["kernel"]), "strides": list(attrs["stride"]),
-                  "pads": [ph, pw, ph, pw], "dilations": list(attrs["dilation"]),
-                  "group": attrs["group"]}
+    (ph, pw), (sh, sw), (dh, dw) = attrs["pad"], attrs["stride"], attrs["dilation"]
+    (kh, kw) = attrs["kernel"]
     out_shape = get_op("Conv").output_shapes([x.shape], attrs)[0]
+    # Caffe gives one output where the kernel overhangs the padded input by less than the
+    # stride (ops.conv.conv_output_size); ONNX needs that overhang as explicit end padding.
+    extra_h = max(0, (out_shape[2] - 1) * sh + dh * (kh - 1) + 1 - x.shape[2] - 2 * ph)
+    extra_w = max(0, (out_shape[3] - 1) * sw + dw * (kw - 1) + 1 - x.shape[3] - 2 * pw)
+    onnx_attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw],
+                  "pads": [ph, pw, ph + extra_h, pw + extra_w], "dilations": [dh, dw],
+                  "group": attrs["group"]}
     return [run_one("Conv", onnx_attrs, [x, weights["weight"], weights.get("bias")],
                     out_shape, threads)]
 
