@@ -1,37 +1,145 @@
-"""Forward speed of EdgeCaffe's numpy kernels vs OpenCV DNN 4.x on the zoo networks.
+"""Forward speed per network: our numpy kernels, our onnxruntime backend, OpenCV DNN 4.x and
+onnxruntime running the whole model, interleaved, on the same thread count.
 
-Same caffemodel, same input, same thread count, runs interleaved (ours, OpenCV, ours, ...) so
-machine noise hits both alike. Prints per-network medians, the ratio ours / OpenCV (< 1 means we
-are faster) and its geometric mean, and the resident memory right after `import edgecaffe`.
+Networks: the ten zoo networks at batch 1 and FaceNet at 1340 x 1340 (`FaceNet@1340`; any zoo
+name takes `@SIZE`). Each round times every contender once, in turn, so machine noise hits all
+alike; medians over the rounds after a warm-up round. Printed per network: medians (ms), the
+ratios numpy / OpenCV (issue 14's goal: <= 0.5) and fast / onnxruntime-whole (goal: <= 1.2),
+and the load average over the network's rounds: on a shared machine the figures are noisy.
 
-    python benchmarks/forward.py [--threads 2] [--repeat 15] [NET ...]
+The whole-model onnxruntime peer needs `edgecaffe export`'s exporter
+(`edgecaffe.model.onnx.export.export_onnx`); where it is not installed that column reads n/a.
+At the end: RSS after `import edgecaffe`, after choosing the onnxruntime backend, and the cost
+of creating one single-operator session.
+
+    python benchmarks/forward.py [--threads 2] [--repeat 7] [NET ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+CONTENDERS = ("numpy", "fast", "opencv", "ort_whole")
 
 
-def import_rss_mb() -> float:
-    """RSS of a fresh interpreter after `import edgecaffe` and reading a model (numpy+protobuf)."""
-    script = (
-        "import edgecaffe, edgecaffe.model.caffe, psutil;"
-        "print(psutil.Process().memory_info().rss / 2**20)"
-    )
-    return float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                check=True).stdout)
+def rss_mb(code: str) -> float:
+    """RSS (MB) of a fresh interpreter after running `code`."""
+    script = f"{code}\nimport psutil; print(psutil.Process().memory_info().rss / 2**20)"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    return float(out.split()[-1])
+
+
+def session_cost_ms(threads: int, count: int = 20) -> float:
+    """Median ms to create a one-operator Conv session (a fresh signature every time)."""
+    from edgecaffe.ops.fast import new_session
+    from edgecaffe.ops.onnx_wire import one_node_model
+
+    times = []
+    for i in range(count):
+        size = 16 + i
+        model = one_node_model("Conv", {"X": (1, 64, size, size), "W": (64, 64, 3, 3)},
+                               {"Y": (1, 64, size - 2, size - 2)}, {"kernel_shape": [3, 3]})
+        started = time.perf_counter()
+        new_session(model, threads)
+        times.append((time.perf_counter() - started) * 1e3)
+    return statistics.median(times)
+
+
+def whole_model_session(net, folder: Path, threads: int):
+    """onnxruntime on the whole network exported to ONNX, or the reason it cannot run."""
+    try:
+        from edgecaffe.model.onnx.export import export_onnx
+    except ImportError:
+        return None, "needs edgecaffe's ONNX exporter (the onnx branch)"
+    import onnxruntime as ort
+
+    path = folder / f"{net.name}.onnx"
+    try:
+        export_onnx(net, path, check=False)
+    except Exception as error:  # an operator the exporter lacks: report, go on
+        return None, f"export failed: {error}"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), ""
+
+
+def contenders(net, prototxt: Path, caffemodel: Path, folder: Path, threads: int):
+    """name -> callable(x) for every contender that can run, and the reasons for those that
+    cannot."""
+    import cv2
+
+    reference = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
+    reference.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+
+    def opencv(x):
+        reference.setInput(x)
+        return reference.forward()
+
+    runs = {"numpy": lambda x: net.forward(x),
+            "fast": lambda x: net.forward(x, backend="onnxruntime"),
+            "opencv": opencv}
+    session, why = whole_model_session(net, folder, threads)
+    if session is not None:
+        name = session.get_inputs()[0].name
+        runs["ort_whole"] = lambda x: session.run(None, {name: x})
+    return runs, {"ort_whole": why} if why else {}
+
+
+def parse_name(spec: str) -> tuple[str, int | None]:
+    name, _, size = spec.partition("@")
+    return name, int(size) if size else None
+
+
+def bench_network(spec: str, args, folder: Path) -> dict[str, float]:
+    import numpy as np
+
+    import edgecaffe
+    from edgecaffe.model.zoo import zoo_files
+
+    name, size = parse_name(spec)
+    prototxt, caffemodel = zoo_files(name, batch=args.batch)
+    options = {"input_shape": (args.batch, 3, size, size)} if size else {}
+    net = edgecaffe.load_caffe(prototxt, caffemodel, **options)
+    x = np.random.default_rng(0).uniform(-100, 100, net.input_shape).astype(np.float32)
+    runs, missing = contenders(net, prototxt, caffemodel, folder, args.threads)
+    times: dict[str, list[float]] = {key: [] for key in runs}
+    load = [os.getloadavg()[0]]
+    rounds = args.repeat if size is None else max(3, args.repeat // 2)
+    for _ in range(1 + rounds):  # the first round warms up (allocators, OpenCV's setup)
+        for key, run in runs.items():
+            started = time.perf_counter()
+            run(x)
+            times[key].append((time.perf_counter() - started) * 1e3)
+    load.append(os.getloadavg()[0])
+    med = {key: statistics.median(values[1:]) for key, values in times.items()}
+    cells = [f"{med[k]:>10.1f}" if k in med else f"{'n/a':>10}" for k in CONTENDERS]
+    ratio_cv = med["numpy"] / med["opencv"]
+    ratio_fast = med["fast"] / med["ort_whole"] if "ort_whole" in med else math.nan
+    print(f"{spec:<15}" + "".join(cells) + f"{ratio_cv:>9.2f}{ratio_fast:>9.2f}"
+          f"{med['fast'] / med['numpy']:>9.2f}   {load[0]:.1f}-{load[1]:.1f}", flush=True)
+    for key, why in missing.items():
+        print(f"{'':<15}{key}: {why}", flush=True)
+    return {"numpy/opencv": ratio_cv, "fast/ort_whole": ratio_fast}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("nets", nargs="*", help="zoo networks (default: all ten)")
+    parser.add_argument("nets", nargs="*",
+                        help="zoo networks, NAME@SIZE for another input size (default: the ten "
+                        "at their size, and FaceNet@1340)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=7, help="timed rounds (halved for @SIZE)")
     parser.add_argument("--batch", type=int, default=1)
     args = parser.parse_args()
     # BLAS reads its thread count when numpy is first imported.
@@ -40,43 +148,36 @@ def main() -> None:
 
     import cv2
     import numpy as np
+    import onnxruntime as ort
     from threadpoolctl import threadpool_info
 
-    import edgecaffe
-    from edgecaffe.model.preprocess import preprocess, sample_image
-    from edgecaffe.model.zoo import ZOO, zoo_files
+    from edgecaffe.model.zoo import ZOO
 
     cv2.setNumThreads(args.threads)
-    blas = {(i["internal_api"], i.get("architecture"), i["num_threads"]) for i in threadpool_info()}
-    names = args.nets or [name for name, model in ZOO.items() if not model.tiny]
-    print(f"threads {args.threads}, batch {args.batch}, repeat {args.repeat}; "
-          f"OpenCV {cv2.__version__}; numpy {np.__version__} BLAS {sorted(blas)}")
-    print(f"{'network':<15} {'ours ms':>9} {'OpenCV ms':>10} {'ratio':>7} {'first ours':>11} "
-          f"{'first cv':>9}")
+    blas = sorted({(i["internal_api"], i.get("architecture"), i["num_threads"])
+                   for i in threadpool_info()})
+    names = args.nets or [*(n for n, m in ZOO.items() if not m.tiny), "FaceNet@1340"]
+    print(f"threads {args.threads}, batch {args.batch}, {args.repeat} rounds; OpenCV "
+          f"{cv2.__version__}; onnxruntime {ort.__version__}; numpy {np.__version__} BLAS {blas}")
+    print("load average: 1-minute, before-after each network's rounds (the machine may be "
+          "shared: figures are noisy)")
+    print(f"{'network':<15}{'numpy':>10}{'fast':>10}{'opencv':>10}{'ort-whole':>10}"
+          f"{'np/cv':>9}{'fast/ort':>9}{'fast/np':>9}   load")
     ratios = []
-    for name in names:
-        prototxt, caffemodel = zoo_files(name, batch=args.batch)
-        net = edgecaffe.load_caffe(prototxt, caffemodel)
-        reference = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
-        x = preprocess(sample_image(), net.input_shape, mean=ZOO[name].mean_bgr)
-        ours, theirs = [], []
-        for _ in range(args.repeat):
-            started = time.perf_counter()
-            net.forward(x)
-            ours.append((time.perf_counter() - started) * 1e3)
-            started = time.perf_counter()
-            reference.setInput(x)
-            reference.forward()
-            theirs.append((time.perf_counter() - started) * 1e3)
-        # The first call of each is warm-up (OpenCV allocates and tunes on it).
-        ours_ms, theirs_ms = statistics.median(ours[1:]), statistics.median(theirs[1:])
-        ratios.append(ours_ms / theirs_ms)
-        print(f"{name:<15} {ours_ms:>9.1f} {theirs_ms:>10.1f} {ratios[-1]:>7.2f} "
-              f"{ours[0]:>11.1f} {theirs[0]:>9.1f}", flush=True)
-        del net, reference
-    geomean = float(np.exp(np.mean(np.log(ratios))))
-    print(f"geometric mean ratio (ours / OpenCV): {geomean:.2f}")
-    print(f"RSS after import edgecaffe (+ Caffe reader): {import_rss_mb():.1f} MB")
+    with tempfile.TemporaryDirectory() as folder:
+        for spec in names:
+            ratios.append(bench_network(spec, args, Path(folder)))
+    for key in ("numpy/opencv", "fast/ort_whole"):
+        values = [r[key] for r in ratios if not math.isnan(r[key])]
+        if values:
+            print(f"{key}: geometric mean {math.exp(statistics.mean(map(math.log, values))):.2f}"
+                  f", worst {max(values):.2f} ({len(values)} networks)")
+    base = rss_mb("import edgecaffe, edgecaffe.model.caffe")
+    fast = rss_mb("import edgecaffe, edgecaffe.model.caffe\n"
+                  "from edgecaffe.ops import backend_kernels; backend_kernels('onnxruntime')")
+    print(f"RSS after import edgecaffe (+ Caffe reader): {base:.1f} MB; with the onnxruntime "
+          f"backend chosen: {fast:.1f} MB (+{fast - base:.1f} MB)")
+    print(f"one-operator session creation: {session_cost_ms(args.threads):.2f} ms (median of 20)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import argparse
 import statistics
 import time
 
+from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
 
 NETWORKS = ["GenderNet", "FaceNet", "AgeNet"]
@@ -40,6 +41,7 @@ def add_parser(commands) -> None:
                         "seconds instead of minutes, but not the original's work")
     parser.add_argument("-o", "--output", default="edgecaffe-demo",
                         help="results folder (default ./edgecaffe-demo)")
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         for mode in modes:
             summary, _ = run_once(packages, batches(NETWORKS, args.batches), mode=mode,
                                   budget=args.budget, workers=args.workers,
-                                  output=output / mode / f"round-{round_index + 1}")
+                                  output=output / mode / f"round-{round_index + 1}",
+                                  backend=args.backend)
             runs[mode].append(summary)
         print(f"  round {round_index + 1}/{args.rounds} done", flush=True)
     rows = _print_table(runs)

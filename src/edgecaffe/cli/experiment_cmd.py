@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
 
 FLAGS = [  # (flag, config key, type, help)
@@ -76,6 +77,7 @@ def add_parser(commands) -> None:
     from edgecaffe.cli.cluster_cmd import add_cluster_arguments
 
     add_cluster_arguments(parser)
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -244,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
         bar = Progress(len(arrivals), name, unit="arrivals", scale=1)
         summary = run_entry(name, config, arrivals, closed_loop, networks, folder,
                             simulate=args.simulate, device=device,
-                            on_done=lambda bar=bar: bar.advance(1))
+                            on_done=lambda bar=bar: bar.advance(1), backend=args.backend)
         bar.close()
         print(_summary_line(folder, summary), flush=True)
         failed += summary["failed"] + overcommitted(name, config.mem_limit, summary, args)

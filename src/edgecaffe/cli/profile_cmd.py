@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
 
 
@@ -25,6 +26,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--refresh", action="store_true",
                         help="measure again even when the stored profile is fresh (this host, "
                         "recent, runs that agreed, a quiet machine)")
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -50,10 +52,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         package = open_package(args.package)
     stale = stale_reasons(package.manifest)
-    if stale or args.refresh or args.cold != package.manifest["profile"].get("cold", False):
+    stored = package.manifest.get("profile") or {}
+    if (stale or args.refresh or args.cold != stored.get("cold", False)
+            or args.backend != stored.get("backend", "numpy")):
         bar = Progress(args.runs, f"profile {package.name}", unit="runs", scale=1)
         summary = profile_package(package, runs=args.runs, cold=args.cold,
-                                  progress=lambda done: bar.advance(1))
+                                  progress=lambda done: bar.advance(1), backend=args.backend)
         bar.close()
     else:
         summary = package.manifest["profile"]

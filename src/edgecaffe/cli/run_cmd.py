@@ -8,6 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
+from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
 from edgecaffe.errors import UsageError
 
@@ -57,6 +58,7 @@ def add_parser(commands) -> None:
     parser.add_argument("--whole", action="store_true",
                         help="for a package: load every layer first instead of layer by layer")
     add_caffe_flags(parser)
+    add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
 
@@ -226,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
     times_ms = []
     for _ in range(1 + max(0, args.repeat)):
         started = time.perf_counter()
-        results = net.forward(x, outputs=outputs)
+        results = net.forward(x, outputs=outputs, backend=args.backend)
         times_ms.append((time.perf_counter() - started) * 1e3)
     layers = net.network.layers if hasattr(net, "network") else net.layers
     flops = sum(layer.flops for layer in layers)

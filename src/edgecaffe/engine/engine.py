@@ -32,6 +32,7 @@ from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
+from edgecaffe.ops import backend_kernels
 from edgecaffe.sched import BudgetError, Core, Policy, Request, Step, Task
 
 
@@ -79,7 +80,8 @@ class Engine:
     among the workers); the process's own count comes back whenever the engine is idle.
     `cold_loads`: drop each weight file's cached pages before reading it (SD-card-like loads).
     `task_runner`: what a task does (default: real weight files and kernels); tests give a
-    fake kernel here."""
+    fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
+    "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable."""
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class Engine:
         allow_overcommit: bool = True,
         cold_loads: bool = False,
         task_runner: TaskRunner | None = None,
+        backend: str = "numpy",
     ) -> None:
         self.packages = resolve_packages(packages)
         infos = {name: package_info(p) for name, p in self.packages.items()}
@@ -110,8 +113,10 @@ class Engine:
         self._outcomes: list[tuple[Request, Any]] = []
         self._cancels: list[Future] = []
         self.cold_loads = cold_loads
+        backend_kernels(backend)  # an unknown or missing backend fails here, not in a task
+        self.backend = backend
         self._run_task = task_runner or partial(run_task, per_layer=self.mode.per_layer,
-                                                cold=cold_loads)
+                                                cold=cold_loads, backend=backend)
         self._condition = threading.Condition()
         self._closing = False
         self._broken: str | None = None

@@ -40,13 +40,15 @@ class NetworkRun:
         self.outputs: dict[str, np.ndarray] | None = None
 
 
-def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = False) -> None:
+def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = False,
+             backend: str = "numpy") -> None:
     """Execute one task of a network instance; `instance.work` (a `NetworkRun`) carries its
-    activations and weights from task to task."""
+    activations and weights from task to task. `backend`: the kernels (see `BlobRunner`)."""
     instance = task.instance
     if task.kind == Kind.INIT:
         instance.work = NetworkRun(BlobRunner(package.network,
-                                              network_input(instance.input, package)))
+                                              network_input(instance.input, package),
+                                              backend=backend))
         return
     work: NetworkRun = instance.work
     if task.kind == Kind.LOAD:

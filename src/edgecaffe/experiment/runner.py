@@ -44,10 +44,12 @@ def run_once(
     rss_interval_s: float = 0.01,
     config: dict[str, Any] | None = None,
     on_done: Callable[[], None] | None = None,
+    backend: str = "numpy",
 ) -> tuple[dict[str, Any], Engine]:
-    """Run `arrivals` on a fresh engine; write the results folder when `output` is given."""
+    """Run `arrivals` on a fresh engine; write the results folder when `output` is given.
+    `backend`: the engine's kernels ("numpy" or "onnxruntime")."""
     engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
-                    workers=workers, blas_threads=blas_threads)
+                    workers=workers, blas_threads=blas_threads, backend=backend)
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -75,7 +77,8 @@ def run_once(
         sampler.join()
     networks = {name: str(p.directory) for name, p in engine.packages.items()}
     totals = {name: list(isolated_totals_ms(info)) for name, info in engine.infos.items()}
-    summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals)
+    summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals,
+                       backend=backend)
     return summary, engine
 
 
@@ -162,11 +165,12 @@ def simulate_once(
 
 def run_entry(name: str, config, arrivals: Sequence[Arrival], closed_loop: bool,
               networks: Mapping[str, Any], folder: str | Path, *, simulate: bool = False,
-              device=None, on_done: Callable[[], None] | None = None) -> dict[str, Any]:
+              device=None, on_done: Callable[[], None] | None = None,
+              backend: str = "numpy") -> dict[str, Any]:
     """Run ONE entry of a matrix (`name`, its resolved ExperimentConfig, arrivals, and model
     packages, or NetworkInfos when `simulate`) and write its results folder `folder`, ending
     with the completeness marker (`results.mark_complete`). Returns the run's summary. The
-    unit both the local loop and cluster workers run."""
+    unit both the local loop and cluster workers run. `backend`: the kernels of a real run."""
     from edgecaffe.experiment.results import mark_complete
 
     common = dict(mode=config.mode, budget=config.mem_limit, policy=config.policy,
@@ -176,6 +180,6 @@ def run_entry(name: str, config, arrivals: Sequence[Arrival], closed_loop: bool,
     if simulate:
         summary, _ = simulate_once(networks, arrivals, device=device, **common)
     else:
-        summary, _ = run_once(networks, arrivals, **common)
+        summary, _ = run_once(networks, arrivals, backend=backend, **common)
     mark_complete(folder, name)
     return summary

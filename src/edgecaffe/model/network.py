@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgecaffe.model.errors import ModelError
-from edgecaffe.ops import OpError, Shape, get_op
+from edgecaffe.ops import OpError, Shape, backend_kernels, get_op
 from edgecaffe.ops.base import check_numbers
 
 DTYPE = np.dtype(np.float32)
@@ -214,15 +214,17 @@ class Network:
         self,
         x: np.ndarray | Mapping[str, np.ndarray],
         outputs: Iterable[str] | None = None,
+        backend: str = "numpy",
     ) -> dict[str, np.ndarray]:
         """Run every layer on `x` (NCHW float32, or a dict for several inputs).
 
         Returns output blob name -> array: the network's outputs (blobs no layer reads), or the
         blobs named in `outputs` (only the layers they depend on run). Intermediate blobs are
-        dropped after their last reader.
+        dropped after their last reader. `backend`: the kernels ("numpy", the reference, or
+        "onnxruntime"; see `BlobRunner`).
         """
         self.check_weights()
-        runner = BlobRunner(self, x, outputs)
+        runner = BlobRunner(self, x, outputs, backend=backend)
         for layer in runner.layers:
             runner.run(layer, self.weights.get(layer.name, {}))
         return runner.results()
@@ -242,6 +244,11 @@ class BlobRunner:
     decides where each layer's weights come from. Buffers are tracked per owner blob, so a view
     (Dropout, Flatten) keeps its source alive and in-place kernels never overwrite a buffer that
     someone still reads, the caller's input, or a requested result.
+
+    `backend` chooses the kernels: "numpy" (every operator's own `run`) or an optional backend
+    such as "onnxruntime" (`ops.base.BACKENDS`), which takes over the operators it has kernels
+    for; `threads` is that backend's thread count (default: the BLAS count in force now, as
+    the numpy kernels get). Raises `ops.BackendError` for an unknown or missing backend.
     """
 
     def __init__(
@@ -249,8 +256,18 @@ class BlobRunner:
         network: Network,
         x: np.ndarray | Mapping[str, np.ndarray],
         outputs: Iterable[str] | None = None,
+        backend: str = "numpy",
+        threads: int | None = None,
     ) -> None:
         self.network = network
+        self.backend = backend
+        self._kernels = backend_kernels(backend)
+        if self._kernels and threads is None:
+            from edgecaffe.blas import blas_thread_count
+
+            count = blas_thread_count()
+            threads = count if isinstance(count, int) else 0  # 0: onnxruntime's own default
+        self.threads = threads or 0
         self.wanted = list(network.outputs if outputs is None else outputs)
         unknown = [blob for blob in self.wanted if blob not in network.blob_shapes]
         if unknown:
@@ -287,9 +304,13 @@ class BlobRunner:
             op.inplace and self.remaining[owners[0]] == 1 and owners[0] not in self.protected
             and owners.count(owners[0]) == 1
         )
+        kernel = self._kernels.get(layer.op)
         try:
-            results = op.run([self.values[b] for b in layer.inputs], dict(weights), layer.attrs,
-                             inplace)
+            inputs = [self.values[b] for b in layer.inputs]
+            if kernel is not None:
+                results = kernel(inputs, dict(weights), layer.attrs, self.threads)
+            else:
+                results = op.run(inputs, dict(weights), layer.attrs, inplace)
         except (OpError, ValueError, FloatingPointError) as error:
             raise NetworkError(f"layer {layer.name!r} ({layer.op}) failed: {error}") from error
         for blob, array in zip(layer.outputs, results, strict=True):

@@ -30,6 +30,17 @@ from edgecaffe.ops import (  # noqa: F401
     tile,
     transpose,
 )
-from edgecaffe.ops.base import OPS, Op, OpError, Shape, get_op, register
+from edgecaffe.ops.base import (
+    BACKENDS,
+    OPS,
+    BackendError,
+    Op,
+    OpError,
+    Shape,
+    backend_kernels,
+    get_op,
+    register,
+)
 
-__all__ = ["OPS", "Op", "OpError", "Shape", "get_op", "register"]
+__all__ = ["BACKENDS", "OPS", "BackendError", "Op", "OpError", "Shape", "backend_kernels",
+           "get_op", "register"]

@@ -7,7 +7,8 @@ hyperparameters (`attrs`), so nothing format-specific reaches the kernels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 from math import prod
 from typing import Any, ClassVar
 
@@ -21,6 +22,10 @@ Attrs = dict[str, Any]
 
 class OpError(EdgeCaffeError):
     """Hyperparameters or input shapes an operator cannot accept."""
+
+
+class BackendError(OpError):
+    """A kernel backend that is unknown or not installed."""
 
 
 class Op:
@@ -96,3 +101,27 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     if not -rank <= axis < rank:
         raise OpError(f"{what} {axis} is out of range for a {rank}-d blob")
     return axis % rank
+
+
+#: A backend's kernel: (inputs, weights, attrs, threads) -> outputs, like `Op.run`.
+Kernel = Callable[[list[np.ndarray], dict[str, np.ndarray], Attrs, int], list[np.ndarray]]
+
+#: Kernel backends: "numpy" (the default and the reference: every `Op.run`) and optional ones,
+#: each a module imported only when a run chooses it, whose `KERNELS` maps operator names to
+#: kernels; operators it does not list run on numpy.
+BACKENDS = {"numpy": None, "onnxruntime": "edgecaffe.ops.fast"}
+
+
+def backend_kernels(backend: str) -> dict[str, Kernel]:
+    """Operator name -> kernel for `backend` (empty for numpy). Raises `BackendError` for an
+    unknown backend or one whose package is not installed."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module = BACKENDS[backend]
+    if module is None:
+        return {}
+    try:
+        return importlib.import_module(module).KERNELS
+    except ImportError as error:
+        raise BackendError(f"backend {backend!r} cannot be loaded ({error}): "
+                           "pip install 'edgecaffe[fast]'") from error

@@ -1,7 +1,15 @@
 """Convolution (2-d, grouped, strided, padded, dilated) as GEMM over im2col buffers.
 
 The column buffer is built a band of output rows at a time (see `conv2d`). 1x1 convolutions with
-stride 1 and no padding skip im2col: the input is already the column matrix.
+stride 1 and no padding skip im2col: the input is already the column matrix. Grouped and
+depthwise convolutions are one batched `np.matmul` over the groups (one call, not a Python
+loop).
+
+Measured and not kept (benchmarks/conv_layers.py and the notes in docs/architecture.md): a
+depthwise kernel as k*k shifted multiply-adds over the channel planes ran 1.0-3x slower than the
+batched GEMM (numpy has no fused multiply-add: each tap is two passes over the output); a
+space-to-depth layout for 11x11/4 (a 3x3 stride-1 convolution over 48 channels) copied as much
+as im2col and adds 19% to the GEMM.
 
 Winograd F(2x2, 3x3) was written and measured against this (commit 192fcd1, ops/winograd.py) and
 removed: in numpy its tile transforms cost about what it saves in GEMM time.
@@ -12,6 +20,7 @@ from __future__ import annotations
 from math import prod
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from edgecaffe.ops.base import Op, OpError, register
 
@@ -28,11 +37,23 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return out
 
 
-#: Target size of one band's im2col buffer in floats (4 MB): small enough to stay cache-warm and
-#: to keep the transient memory low, large enough for an efficient GEMM.
-_BAND_FLOATS = 1024 * 1024
-#: Fewest output pixels per band, so the GEMM's column count does not get inefficiently small.
-_MIN_BAND_PIXELS = 1024
+#: A band's column buffer is sized so that its GEMM has at least `_MIN_BAND_PIXELS` columns or
+#: `_BAND_FLOATS` floats (16 MB), whichever is more, but never more than `_MAX_BAND_FLOATS`
+#: (32 MB). Measured on FaceNet at 1340 px (benchmarks/conv_layers.py, 2 BLAS threads): bands of
+#: 1024 pixels (the old 4 MB) ran conv1 and conv3 about 2x slower than 4096-pixel bands: every
+#: GEMM call synchronises BLAS's threads, and small ones do not reach sgemm's peak.
+_BAND_FLOATS = 4 * 1024 * 1024
+_MIN_BAND_PIXELS = 4096
+_MAX_BAND_FLOATS = 8 * 1024 * 1024
+
+
+def band_rows(out_height: int, out_width: int, floats_per_row: int) -> int:
+    """Output rows per band: enough for an efficient GEMM, bounded in memory, and split into
+    equal bands (no small last band)."""
+    rows = max(_BAND_FLOATS // floats_per_row, -(-_MIN_BAND_PIXELS // out_width))
+    rows = max(1, min(rows, _MAX_BAND_FLOATS // floats_per_row, out_height))
+    bands = -(-out_height // rows)
+    return -(-out_height // bands)
 
 
 def pad_image(image: np.ndarray, pad: tuple[int, int],
@@ -57,19 +78,20 @@ def im2col_rows(
     rows: range,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Columns for output rows `rows` of a padded CHW image: (C*kh*kw, len(rows)*out_width)."""
+    """Columns for output rows `rows` of a padded CHW image: (C*kh*kw, len(rows)*out_width).
+
+    One copy of a strided view (C, kh, kw, rows, ow) of the image (Caffe's im2col order), so a
+    large kernel (11x11) costs one numpy call per band, not one per tap."""
     c = padded.shape[0]
     (kh, kw), (sh, sw), (dh, dw), ow = kernel, stride, dilation, out_width
     n_rows = len(rows)
     if out is None:
         out = np.empty(c * kh * kw * n_rows * ow, dtype=padded.dtype)
     cols = out[: c * kh * kw * n_rows * ow].reshape(c, kh, kw, n_rows, ow)
-    for i in range(kh):
-        top = rows.start * sh + i * dh
-        for j in range(kw):
-            left = j * dw
-            cols[:, i, j] = padded[:, top : top + sh * (n_rows - 1) + 1 : sh,
-                                   left : left + sw * (ow - 1) + 1 : sw]
+    sc, sy, sx = padded.strides
+    window = as_strided(padded[:, rows.start * sh :], shape=(c, kh, kw, n_rows, ow),
+                        strides=(sc, sy * dh, sx * dw, sy * sh, sx * sw), writeable=False)
+    np.copyto(cols, window)
     return cols.reshape(c * kh * kw, n_rows * ow)
 
 
@@ -97,8 +119,8 @@ def conv2d(
     out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
     per_row = c * kh * kw * ow
     # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
-    band = oh if pointwise else max(1, _BAND_FLOATS // per_row, -(-_MIN_BAND_PIXELS // ow))
-    buffer = None if pointwise else np.empty(min(oh, band) * per_row, dtype=np.float32)
+    band = oh if pointwise else band_rows(oh, ow, per_row)
+    buffer = None if pointwise else np.empty(band * per_row, dtype=np.float32)
     # Zeros for a last window that overhangs the padded input (see conv_output_size).
     extra = (max(0, (oh - 1) * stride[0] + dilation[0] * (kh - 1) + 1 - h - 2 * pad[0]),
              max(0, (ow - 1) * stride[1] + dilation[1] * (kw - 1) + 1 - w - 2 * pad[1]))
@@ -107,7 +129,7 @@ def conv2d(
         for r0 in range(0, oh, band):
             rows = range(r0, min(oh, r0 + band))
             if pointwise:
-                cols = x[i].reshape(c, h * w)[:, rows.start * ow : rows.stop * ow]
+                cols = x[i].reshape(c, h * w)
             else:
                 cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
             target = out[i, :, rows.start * ow : rows.stop * ow]
@@ -116,8 +138,8 @@ def conv2d(
             else:
                 np.matmul(weight_groups, cols.reshape(group, -1, cols.shape[1]),
                           out=target.reshape(group, out_channels // group, -1))
-        if bias is not None:
-            out[i] += bias[:, None]
+            if bias is not None:  # while the band's output is still in cache
+                target += bias[:, None]
     return out.reshape(n, out_channels, oh, ow)
 
 

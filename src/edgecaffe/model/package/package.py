@@ -112,9 +112,11 @@ class ModelPackage:
         x: np.ndarray | Mapping[str, np.ndarray],
         outputs: Iterable[str] | None = None,
         cold: bool = False,
+        backend: str = "numpy",
     ) -> dict[str, np.ndarray]:
-        """Layer by layer: load, execute, free. Same result as the whole-model forward."""
-        runner = BlobRunner(self.network, x, outputs)
+        """Layer by layer: load, execute, free. Same result as the whole-model forward.
+        `backend`: the kernels (see `BlobRunner`)."""
+        runner = BlobRunner(self.network, x, outputs, backend=backend)
         for layer in runner.layers:
             weights = self.loaded.get(layer.name)
             owned = weights is None

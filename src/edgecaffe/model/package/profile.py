@@ -46,7 +46,7 @@ def _peak_above(baseline: int, work: Callable[[], Any]) -> int:
 
 def profile_package(
     package: ModelPackage, runs: int = 5, cold: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, backend: str = "numpy",
 ) -> dict[str, Any]:
     """Measure the package and record the figures in its manifest (not yet saved to disk).
 
@@ -59,17 +59,18 @@ def profile_package(
     What makes a profile trustworthy is recorded with it: the host, the BLAS kernel, the load
     average before and after, and the spread of the runs ((slowest - fastest) / median of the
     per-run totals); `summary["warnings"]` says when the spread or the machine's load make the
-    figures doubtful (see `stale_reasons`).
+    figures doubtful (see `stale_reasons`). `backend`: the kernels measured (see `BlobRunner`),
+    recorded in the summary.
     """
     from edgecaffe.model.preprocess import sample_image
 
     load_before = os.getloadavg()[0]
     image = sample_image()
     x = sample_input(package, image)
-    package.forward(x)  # warm-up, not timed: first-touch page faults and allocator growth
-    timing = _time_layers(package, image, runs, cold, progress)
-    single_ms = _time_single_thread(package, x, runs)
-    peak_layered, peak_whole = _peaks(package, x)
+    package.forward(x, backend=backend)  # warm-up, untimed: page faults, allocator growth
+    timing = _time_layers(package, image, runs, cold, progress, backend)
+    single_ms = _time_single_thread(package, x, runs, backend)
+    peak_layered, peak_whole = _peaks(package, x, backend)
     for entry, layer in zip(package.manifest["layers"], package.network.layers, strict=True):
         entry["profile"] = {
             "load_ms": _median(timing.load_ms[layer.name]),
@@ -91,6 +92,7 @@ def profile_package(
                    f" {platform.python_version()}",
         "host": platform.node(),
         "blas_threads": blas_thread_count(),
+        "backend": backend,
         "blas": blas_kernel(),
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "spread": round(_spread(timing.totals_ms), 3),
@@ -166,12 +168,12 @@ class _LayerTimes:
 
 
 def _time_layers(package: ModelPackage, image: Any, runs: int, cold: bool,
-                 progress: Callable[[int], None] | None) -> _LayerTimes:
+                 progress: Callable[[int], None] | None, backend: str) -> _LayerTimes:
     """`runs` layer-by-layer passes (init, then load, exec and free each layer), timed."""
     times = _LayerTimes()
     for run in range(runs):
         started = time.perf_counter()
-        runner = BlobRunner(package.network, sample_input(package, image))
+        runner = BlobRunner(package.network, sample_input(package, image), backend=backend)
         times.init_ms.append((time.perf_counter() - started) * 1e3)
         total = 0.0
         for layer in runner.layers:
@@ -191,13 +193,14 @@ def _time_layers(package: ModelPackage, image: Any, runs: int, cold: bool,
     return times
 
 
-def _time_single_thread(package: ModelPackage, x: Any, runs: int) -> dict[str, list[float]]:
+def _time_single_thread(package: ModelPackage, x: Any, runs: int,
+                        backend: str) -> dict[str, list[float]]:
     """Execution again on one BLAS thread: an engine with several workers gives each a share
     of the cores, and the simulator picks the times that match."""
     single_ms: dict[str, list[float]] = defaultdict(list)
     with limit_blas(1):
         for _ in range(runs):
-            runner = BlobRunner(package.network, x)
+            runner = BlobRunner(package.network, x, backend=backend)
             for layer in runner.layers:
                 weights = package.load(layer.name)
                 started = time.perf_counter()
@@ -207,13 +210,13 @@ def _time_single_thread(package: ModelPackage, x: Any, runs: int) -> dict[str, l
     return single_ms
 
 
-def _peaks(package: ModelPackage, x: Any) -> tuple[int, int]:
+def _peaks(package: ModelPackage, x: Any, backend: str) -> tuple[int, int]:
     """Peak RSS above the idle process: (layer by layer, whole model)."""
     baseline = rss_bytes()
-    peak_layered = _peak_above(baseline, lambda: package.forward(x))
+    peak_layered = _peak_above(baseline, lambda: package.forward(x, backend=backend))
 
     def whole_model() -> None:
-        package.load_all().forward(x)
+        package.load_all().forward(x, backend=backend)
 
     peak_whole = _peak_above(baseline, whole_model)
     for layer in package.network.layers:
