@@ -278,6 +278,26 @@ def zoo_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple
     return get
 
 
+@pytest.fixture(scope="session")
+def zoo_packages(tmp_path_factory: pytest.TempPathFactory,
+                 zoo_model: Callable[[str], tuple[Path, Path]]) -> Callable[..., Path]:
+    """A folder of model packages split from zoo networks (seed 7), made once per set of names
+    per session: `zoo_packages(["TinyAlex", "TinyResidual"])`. Tests copy before changing."""
+    from edgecaffe.model.package import split
+
+    made: dict[tuple[str, ...], Path] = {}
+
+    def get(names: Sequence[str]) -> Path:
+        key = tuple(names)
+        if key not in made:
+            folder = made[key] = tmp_path_factory.mktemp("packages")
+            for name in key:
+                split(list(zoo_model(name)), folder / name)
+        return made[key]
+
+    return get
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a results CSV file as dicts."""
     import csv

@@ -13,18 +13,14 @@ import pytest
 import edgecaffe
 from edgecaffe.engine import Engine, EngineClosedError, RequestError
 from edgecaffe.engine.tasks import network_input
-from edgecaffe.model.package import split
 from edgecaffe.sched import GRANULARITIES, MODES, POLICIES, BudgetError
 
 NETS = ["TinyAlex", "TinyResidual", "TinyInception"]
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory, zoo_model):
-    folder = tmp_path_factory.mktemp("packages")
-    for name in NETS:
-        split(list(zoo_model(name)), folder / name)
-    return folder
+def packages(zoo_packages):
+    return zoo_packages(NETS)
 
 
 def image(seed: int = 0) -> np.ndarray:

@@ -18,18 +18,14 @@ from hypothesis import strategies as st
 
 import edgecaffe.engine.engine as engine_module
 from edgecaffe.engine import Engine, EngineClosedError, RequestError
-from edgecaffe.model.package import split
 from edgecaffe.sched import Kind, Policy, Task
 
 NETS = ["TinyAlex", "TinyResidual"]
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory, zoo_model):
-    folder = tmp_path_factory.mktemp("packages")
-    for name in NETS:
-        split(list(zoo_model(name)), folder / name)
-    return folder
+def packages(zoo_packages):
+    return zoo_packages(NETS)
 
 
 def sleeper(seconds: float = 0.0005):

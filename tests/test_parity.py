@@ -18,7 +18,6 @@ import zlib
 import pytest
 
 from edgecaffe.engine import Engine
-from edgecaffe.model.package import split
 from edgecaffe.sched import Kind, Policy, Task, Trace
 from edgecaffe.sim import Simulator
 from edgecaffe.workload import Arrival, drive
@@ -32,11 +31,8 @@ DRIFT_S = 0.020
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory, zoo_model):
-    folder = tmp_path_factory.mktemp("packages")
-    for name in NETS:
-        split(list(zoo_model(name)), folder / name)
-    return folder
+def packages(zoo_packages):
+    return zoo_packages(NETS)
 
 
 def duration_ms(task: Task) -> float:

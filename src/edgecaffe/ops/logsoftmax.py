@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from math import prod
-
 import numpy as np
 
-from edgecaffe.ops.base import Op, normalize_axis, register
+from edgecaffe.ops.base import normalize_axis, register
+from edgecaffe.ops.softmax import Softmax
 
 
 @register
-class LogSoftmax(Op):
-    """attrs: axis."""
+class LogSoftmax(Softmax):
+    """attrs: axis. Shapes and FLOPs as Softmax's."""
 
     name = "LogSoftmax"
-    inplace = True
-
-    def output_shapes(self, inputs, attrs):
-        normalize_axis(attrs["axis"], len(inputs[0]))
-        return [tuple(inputs[0])]
-
-    def flops(self, inputs, outputs, attrs):
-        return 5 * prod(outputs[0])
 
     def run(self, inputs, weights, attrs, inplace=False):
         x = inputs[0]
