@@ -159,3 +159,17 @@ def test_an_overloaded_open_loop_run_is_said_before_it_starts(tmp_path, capsys):
     assert rho > 1
     assert main([*base, "--mean-gap-ms", str(1e6), "-o", str(tmp_path / "quiet")]) == 0
     assert "offered load" not in capsys.readouterr().err
+
+
+def test_a_multiplier_scales_the_gap_by_the_work_rho_counts(tmp_path, capsys):
+    """On a device with slow storage the loads are most of a request's work: a multiplier m
+    must give a mean gap of m x (loads + executions), so rho is about 1 / (m x workers), not a
+    multiple of the executions alone (which made the README's `--multiplier 2` overload)."""
+    base = ["experiment", "--networks", "TinyAlex,TinyResidual", "--arrival-mode", "poisson",
+            "--n-arrivals", "400", "--simulate", "--device", "rpi4-sd", "--n-workers", "2"]
+    assert main([*base, "--multiplier", "0.25", "-o", str(tmp_path / "busy")]) == 0
+    warning = capsys.readouterr().err
+    rho = float(warning.split("rho = ")[1].split()[0])
+    assert rho == pytest.approx(1 / (0.25 * 2), rel=0.2)
+    assert main([*base, "--multiplier", "2", "-o", str(tmp_path / "quiet")]) == 0
+    assert "offered load" not in capsys.readouterr().err

@@ -121,17 +121,31 @@ def _plan(args: argparse.Namespace):
         else:
             networks = resolve_networks(pool, run)
             infos = {n: package_info(p) for n, p in networks.items()}
-        service_ms = sum(sum(device.layer_exec_ms(infos[n], layer.name)
-                             for layer in infos[n].layers)
-                         if device is not None else infos[n].mean_exec_ms
-                         for n in run.networks if n in infos)
-        arrivals, closed_loop = arrivals_of(run, service_ms)
+        arrivals, closed_loop = arrivals_of(run, _service_ms(run, infos, device))
         if not closed_loop:
             _warn_if_overloaded(name, run, arrivals, infos, device)
         plans.append((name, run, arrivals, closed_loop, networks))
     if not plans:
         raise UsageError(f"no run named {args.run_only!r} in this configuration")
     return plans
+
+
+def _service_ms(run, infos, device) -> float:
+    """A request's loads and executions, run alone, with the BLAS threads the run will use."""
+    from edgecaffe.experiment.runner import service_ms
+
+    return service_ms(run.networks, infos, device, _threads(run, device)[1])
+
+
+def _threads(run, device) -> tuple[int, int]:
+    """(workers, BLAS threads per exec) of a run, on the device if simulated."""
+    from edgecaffe.blas import default_blas_threads
+    from edgecaffe.sched import MODES
+
+    workers = MODES[run.mode].workers or run.workers
+    if device is not None and device.parallelism is not None:
+        workers = min(workers, device.parallelism)
+    return workers, run.blas_threads or default_blas_threads(workers)
 
 
 def _offered_load(run, arrivals, infos, device) -> tuple[float, float, float, int] | None:
@@ -142,16 +156,11 @@ def _offered_load(run, arrivals, infos, device) -> tuple[float, float, float, in
     times are not known (unprofiled packages) or there is one arrival."""
     import math
 
-    from edgecaffe.blas import default_blas_threads
     from edgecaffe.experiment.runner import isolated_totals_ms
-    from edgecaffe.sched import MODES
 
     if len(arrivals) < 2:
         return None
-    workers = MODES[run.mode].workers or run.workers
-    if device is not None and device.parallelism is not None:
-        workers = min(workers, device.parallelism)
-    threads = run.blas_threads or default_blas_threads(workers)
+    workers, threads = _threads(run, device)
     totals = {name: sum(isolated_totals_ms(info, device, threads))
               for name, info in infos.items()}
     work_ms = sum(sum(totals.get(n, math.nan) for n in a.networks) for a in arrivals) \
@@ -262,9 +271,10 @@ def overcommitted(name: str, budget: str, summary, args: argparse.Namespace) -> 
     if not forced or args.allow_overcommit:
         return 0
     print(f"edgecaffe experiment: warning: run {name}: {forced} task(s) were admitted over the "
-          f"{budget} budget (each needs more than the budget and ran alone, over it), so this "
-          "run did not keep to its budget; raise --mem-limit, or add --allow-overcommit to "
-          "accept it", file=sys.stderr)
+          f"{budget} budget (the progress rule: nothing was running and no ready task fitted, "
+          "because a task needs more than the budget or partly loaded networks held it), so "
+          "this run did not keep to its budget; raise --mem-limit, or add --allow-overcommit "
+          "to accept it", file=sys.stderr)
     return 1
 
 

@@ -45,9 +45,9 @@ def requests_of(config, infos: dict) -> list[tuple[float, list]]:
     """Fixed arrival times (ms) and networks. A closed loop's later arrivals depend on the
     schedule, so batch mode optimises one batch."""
     from edgecaffe.experiment.config import arrivals_of
+    from edgecaffe.experiment.runner import service_ms
 
-    service_ms = sum(infos[name].mean_exec_ms for name in config.networks if name in infos)
-    arrivals, closed_loop = arrivals_of(config, service_ms)
+    arrivals, closed_loop = arrivals_of(config, service_ms(config.networks, infos))
     if closed_loop and len(arrivals) > 1:
         print(f"closed-loop batches depend on the schedule: optimising one batch of "
               f"{', '.join(arrivals[0].networks)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -268,8 +269,9 @@ def expand_matrix(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]
 
 def arrivals_of(config: ExperimentConfig, service_ms: float | None = None
                 ) -> tuple[list[Arrival], bool]:
-    """The arrivals to run and whether they form a closed loop. `service_ms` (the sum of the
-    networks' mean execution times) scales the gap when the config gives a multiplier."""
+    """The arrivals to run and whether they form a closed loop. `service_ms` (a request's loads
+    and executions run alone: `runner.service_ms`) scales the gap when the config gives a
+    multiplier."""
     closed_loop = config.arrival_mode == "batch"
     if config.arrivals is not None:
         return config.arrivals, closed_loop
@@ -277,9 +279,9 @@ def arrivals_of(config: ExperimentConfig, service_ms: float | None = None
         return batches(config.networks, config.n_arrivals), True
     gap = config.mean_gap_ms
     if config.multiplier is not None:
-        if not service_ms or service_ms == float("inf"):
-            raise ConfigError(f"{config.source}: multiplier needs the networks' mean execution "
-                              "times (profile the packages)")
+        if not service_ms or not math.isfinite(service_ms):
+            raise ConfigError(f"{config.source}: multiplier needs the networks' load and "
+                              "execution times (profile the packages: edgecaffe profile)")
         gap = config.multiplier * service_ms
     count, seed = config.n_arrivals, config.seed
     if config.arrival_mode == "poisson":

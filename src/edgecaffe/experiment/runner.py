@@ -126,6 +126,16 @@ def isolated_totals_ms(info, device=None, threads: int | None = None) -> tuple[f
     return load, device.exec_ms(info, names, threads)
 
 
+def service_ms(names: Sequence[str], infos: Mapping[str, Any], device=None,
+               threads: int | None = None) -> float:
+    """A request's service time in ms: every load and execution of the networks `names`, each
+    run alone (`isolated_totals_ms`), summed. A `multiplier` scales the mean arrival gap by it,
+    so that the gap and the offered load (rho) speak of the same work: on a device with slow
+    storage the loads are most of it. NaN when a time is unknown (unprofiled package)."""
+    return sum(sum(isolated_totals_ms(infos[name], device, threads))
+               for name in names if name in infos)
+
+
 def simulate_once(
     infos: Mapping[str, Any],
     arrivals: Sequence[Arrival],
