@@ -80,3 +80,44 @@ def test_user_mistakes_are_not_internal_errors(tmp_path, monkeypatch, capsys, ar
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and "internal error" not in err and err.count("\n") == 1
+
+
+def _mistakes(folder):
+    """Files a newcomer passes to the wrong place: an image, a lone prototxt, a lone caffemodel,
+    a folder that is not a package, a YAML file that does not parse."""
+    (folder / "face.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(64))
+    (folder / "lone.prototxt").write_text('name: "x"\ninput: "data"\n')
+    (folder / "lone.caffemodel").write_bytes(bytes(8))
+    (folder / "solo.prototxt").write_text('name: "x"\ninput: "data"\n')  # no weights beside
+    (folder / "models").mkdir()
+    (folder / "bad.yaml").write_text("a: [1,\nb: 2\n")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["experiment", "face.jpg"], "face.jpg: not a YAML file (binary data"),
+    (["experiment", "lone.prototxt"], "lone.prototxt: a model, not an experiment config"),
+    (["experiment", "bad.yaml"], "bad.yaml: malformed YAML: line 3, column 1"),
+    (["experiment", "--networks", "lone.prototxt", "--simulate"],
+     "'lone.prototxt': a Caffe file; experiments run packages"),
+    (["run", "lone.prototxt"], "lone.prototxt: a Caffe description needs its weights"),
+    (["run", "lone.caffemodel"], "lone.caffemodel: Caffe weights need their description"),
+    (["run", "face.jpg"], "face.jpg: an image, not a model; give the model first"),
+    (["run", "models"], "models: a folder, but neither a package (no manifest.yaml"),
+    (["run", "no/such"], "no/such: no such file or folder"),
+    (["run", "AgeNt"], "no zoo network 'AgeNt'; did you mean AgeNet?"),
+    (["split", "solo.prototxt", "-o", "p"], "or pass --synthetic"),
+    (["run", "solo.prototxt"], "(no solo.caffemodel beside it; `edgecaffe synth"),
+    (["split", "face.jpg", "-o", "p"], "face.jpg: an image, not a model"),
+    (["profile", "lone.prototxt"], "profile takes a package folder or an .onnx file"),
+])
+def test_a_file_in_the_wrong_place_is_named_with_what_was_expected(
+        tmp_path, monkeypatch, capsys, argv, message):
+    """Issue 19 item 7: each usual mistake names the file or flag and what was expected, on
+    one line, never as an internal error or a bare "no zoo network"."""
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    _mistakes(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "internal error" not in err and err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
@@ -49,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
         package = onnx_package(args.package)
         print(f"profiling the package of {args.package} at {package.directory}")
+    elif Path(args.package).is_file():
+        raise UsageError(f"{args.package}: profile takes a package folder or an .onnx file; "
+                         f"make a package first: `edgecaffe split {args.package} ... -o PACKAGE`")
     else:
         package = open_package(args.package)
     stale = stale_reasons(package.manifest)

@@ -67,6 +67,7 @@ def _load(args: argparse.Namespace):
     from edgecaffe.model.caffe import load_caffe
     from edgecaffe.model.package import open_package
     from edgecaffe.model.package.original import is_original_folder, read_original
+    from edgecaffe.model.sources import explain_source
     from edgecaffe.model.zoo import get_zoo_model, zoo_files
 
     started = time.perf_counter()
@@ -100,6 +101,8 @@ def _load(args: argparse.Namespace):
         net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
                          **{**folder.load_options(image_hw), **options})
         net.meta.update(folder.preprocess(), labels=folder.labels())
+    elif (reason := explain_source(args.model[0])) is not None:
+        raise UsageError(reason)
     else:
         model = get_zoo_model(args.model[0])
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)

@@ -135,6 +135,13 @@ def _read_keys(path: str | Path | None) -> tuple[dict[str, Any], str]:
     """The file's top-level keys (or none) and the name errors use for it."""
     if path is None:
         return {}, "<flags>"
+    suffix = Path(path).suffix.lower()
+    if suffix in {".prototxt", ".caffemodel", ".onnx"}:
+        how = (f"`edgecaffe experiment --networks {path}`" if suffix == ".onnx" else
+               "a package: `edgecaffe split NET.prototxt NET.caffemodel -o pkg/NET`, then "
+               "`edgecaffe experiment --networks pkg/NET`")
+        raise _error(str(path), f"a model, not an experiment config (YAML); run models with "
+                                f"--networks, as {how}")
     loaded = read_yaml(path, ConfigError)
     if loaded is None:
         loaded = {}

@@ -33,6 +33,10 @@ def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
                      image_size=image_size)
     if name.lower() in {zoo.lower() for zoo in ZOO}:
         return zoo_package(name, profile_runs=3)
+    if path.suffix.lower() in {".prototxt", ".caffemodel"}:
+        raise ConfigError(f"{config.source}: network {name!r}: a Caffe file; experiments run "
+                          "packages (their layers profiled): make one with `edgecaffe split "
+                          "NET.prototxt NET.caffemodel -o pkg/NET` and give pkg/NET")
     raise ConfigError(f"{config.source}: network {name!r} is neither a package folder, an "
                       f"original network folder nor an .onnx file under "
                       f"{config.network_path!r}, nor a zoo name "

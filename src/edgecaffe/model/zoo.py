@@ -7,6 +7,7 @@ Caffe, OpenCV and EdgeCaffe all read. Batch 1 by default.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,7 +361,10 @@ def get_zoo_model(name: str) -> ZooModel:
     for key, model in ZOO.items():
         if key.lower() == name.lower():
             return model
-    raise ModelError(f"no zoo network {name!r}; the zoo has: {', '.join(ZOO)}")
+    close = difflib.get_close_matches(name.lower(), [key.lower() for key in ZOO], n=1)
+    hint = next((f"; did you mean {key}?" for key in ZOO if close and key.lower() == close[0]),
+                "")
+    raise ModelError(f"no zoo network {name!r}{hint} (the zoo has: {', '.join(ZOO)})")
 
 
 def write_zoo_model(

@@ -32,6 +32,7 @@ from edgecaffe.model.package.manifest import (
 from edgecaffe.model.package.original import is_original_folder, read_original
 from edgecaffe.model.package.package import ModelPackage, open_package
 from edgecaffe.model.package.tensorfile import write_tensors
+from edgecaffe.model.sources import explain_source
 from edgecaffe.model.synth import synthesize_weights
 
 WeightSource = Callable[[Layer], dict[str, np.ndarray]]
@@ -223,6 +224,8 @@ def split(
             original = {"mean-execution-time": model.original_mean_exec_ms}
     elif len(paths) == 2:
         prototxt, caffemodel, name, kind = paths[0], paths[1], None, "caffe"
+    elif len(paths) == 1 and (reason := explain_source(str(source[0]), "split")) is not None:
+        raise PackageError(reason)
     else:
         raise PackageError(
             f"cannot split {' '.join(map(str, source))}: give a zoo name, a folder with "
