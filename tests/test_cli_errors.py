@@ -109,6 +109,9 @@ def _mistakes(folder):
     (["run", "solo.prototxt"], "(no solo.caffemodel beside it; `edgecaffe synth"),
     (["split", "face.jpg", "-o", "p"], "face.jpg: an image, not a model"),
     (["profile", "lone.prototxt"], "profile takes a package folder or an .onnx file"),
+    (["run", "TinyAlex", "--batch", "0"], "--batch must be 1 or more"),
+    (["export", "TinyAlex", "-o", "gone/a.onnx"],
+     "gone/a.onnx: cannot write it: the folder gone does not exist"),
 ])
 def test_a_file_in_the_wrong_place_is_named_with_what_was_expected(
         tmp_path, monkeypatch, capsys, argv, message):

@@ -7,6 +7,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from edgecaffe import __version__
 from edgecaffe.cli import (
@@ -68,13 +69,25 @@ def _run(argv: Sequence[str] | None) -> int:
     except (EdgeCaffeError, OSError) as error:  # bad input or environment: the message says
         if args.debug:
             traceback.print_exc()
-        print(f"edgecaffe {args.command}: error: {error}", file=sys.stderr)
+        print(f"edgecaffe {args.command}: error: {_message(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # anything else is a bug: show where it happened
         return _internal_error(args, error)
+
+
+def _message(error: BaseException) -> str:
+    """An error's one line; an OSError as 'PATH: what happened' (which file, not the errno),
+    naming a missing folder when the file could not be created in it."""
+    if not isinstance(error, OSError) or not error.filename:
+        return str(error)
+    path = Path(str(error.filename).removesuffix(".partial"))
+    if isinstance(error, FileNotFoundError) and path.parent != path and \
+            not path.parent.exists():
+        return f"{path}: cannot write it: the folder {path.parent} does not exist"
+    return f"{path}: {error.strerror or error}"
 
 
 def _internal_error(args: argparse.Namespace, error: Exception) -> int:

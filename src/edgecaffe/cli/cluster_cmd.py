@@ -86,7 +86,15 @@ def _client(address: str, retries: int, stack):
 
     match = LOCAL.match(address)
     if match is None:
-        return stack.enter_context(Client(address, timeout="30s"))
+        try:
+            return stack.enter_context(Client(address, timeout="30s"))
+        except (OSError, TimeoutError) as failure:  # distributed's timeout is an OSError
+            from edgecaffe.errors import UsageError
+
+            raise UsageError(f"--cluster {address}: cannot reach a Dask scheduler there "
+                             f"({failure}); start one with `dask scheduler` and workers with "
+                             "`dask worker ADDRESS --resources device=1` (docs/experiments.md), "
+                             "or use --cluster local:N") from None
     # The cluster's scratch space, removed after the cluster closes, however the campaign ends.
     scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecaffe-dask-"))
     # A lost worker's run is started again at most `retries` times, as a failing one is.

@@ -70,6 +70,8 @@ def _load(args: argparse.Namespace):
     from edgecaffe.model.sources import explain_source
     from edgecaffe.model.zoo import get_zoo_model, zoo_files
 
+    if args.batch < 1:
+        raise UsageError("--batch must be 1 or more")
     started = time.perf_counter()
     options = caffe_kwargs(args)
     if len(args.model) == 1 and Path(args.model[0]).suffix.lower() == ".onnx":

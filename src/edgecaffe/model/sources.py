@@ -22,7 +22,7 @@ def explain_source(text: str, command: str = "run") -> str | None:
     if suffix in _IMAGE_SUFFIXES:
         where = "" if path.exists() else " (and there is no such file)"
         return (f"{text}: an image, not a model{where}; give the model first, e.g. "
-                f"`edgecaffe {command} AgeNet --input {text}`" if command == "run" else
+                f"`edgecaffe run AgeNet --input {text}`" if command == "run" else
                 f"{text}: an image, not a model{where}")
     if suffix == ".prototxt":
         if not path.exists():
