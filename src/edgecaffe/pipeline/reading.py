@@ -28,7 +28,7 @@ def crop_region(box: tuple[float, float, float, float], crop: Crop) -> tuple[int
         width = height = max(width, height)
     cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
     x0, y0 = int(np.floor(cx - width / 2 + 0.5)), int(np.floor(cy - height / 2 + 0.5))
-    return x0, y0, x0 + max(1, int(round(width))), y0 + max(1, int(round(height)))
+    return x0, y0, x0 + max(1, round(width)), y0 + max(1, round(height))
 
 
 def crop_image(image: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,12 @@ class PipelineRunner:
                 job.open += 1
                 job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
             future = submit_stage(self.engine, key, x)
-            owners = None if parents is None else parents[start:start + len(chunk)]
-            future.add_done_callback(
-                lambda f, s=stage, r=regions[start:start + len(chunk)], o=owners, k=key:
-                self._finished(job, s, k, f, r, o))
+            end = start + len(chunk)
+            owners = None if parents is None else parents[start:end]
+            future.add_done_callback(partial(self._finished, job, stage, key,
+                                             regions=regions[start:end], parents=owners))
 
-    def _finished(self, job: _Job, stage: Stage, key: str, future: Future,
+    def _finished(self, job: _Job, stage: Stage, key: str, future: Future, *,
                   regions: list[Region], parents: list[Detection] | None) -> None:
         """A stage's request ended: attach its outputs to the tree, start the children."""
         try:
@@ -144,7 +145,7 @@ class PipelineRunner:
             if stage.output == "detector":
                 for found in values:
                     self._start_children(job, stage, found)
-        except BaseException as error:  # noqa: BLE001 (the job's future carries it)
+        except BaseException as error:  # the job's future carries it
             self._fail(job, error)
         finally:
             self._close_one(job)
