@@ -156,8 +156,19 @@ def _message(failure: msgspec.ValidationError, data: dict[str, Any], source: str
         except (KeyError, IndexError, TypeError):
             value = None
         label += f"[{index}]" if index else ("." if label else "") + name
-    if expected.startswith("Object contains unknown field"):
-        return f"{source}: {label or 'pipeline'}: {expected.replace('Object contains', 'an')}"
+    where = f"{source}: {label or 'pipeline'}"
+    unknown = re.match(r"Object contains unknown field `(.*)`", expected)
+    if unknown:
+        return f"{where}: unknown key `{unknown.group(1)}`"
+    missing = re.match(r"Object missing required field `(.*)`", expected)
+    if missing:
+        return f"{where}: the key `{missing.group(1)}` is missing"
+    choices = {"output": ("detector", "classifier"), "channel_order": CHANNEL_ORDERS,
+               "layout": LAYOUTS}
+    if expected.startswith("Invalid enum value") and steps and steps[-1][0] in choices:
+        expected = f"choose from {', '.join(choices[steps[-1][0]])}"
+    elif steps and steps[-1][0] == "input" and expected.startswith(("Invalid enum", "Expected")):
+        expected = "expected 'image' or a mapping {parent: STAGE, margin: 0.2, square: true}"
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-    return f"{source}: {label or 'pipeline'}: {shown} is not allowed; " \
+    return f"{where}: {shown} is not allowed; " \
            f"{expected[:1].lower() + expected[1:]}"

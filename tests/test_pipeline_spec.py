@@ -1,0 +1,178 @@
+"""Pipelines as data: the YAML schema's one-line errors (file and key), the structural checks
+(parents, cycles, margins), conditions, crop geometry and batch sizes. No models needed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import yaml
+
+from edgecaffe.pipeline import (
+    Condition,
+    Crop,
+    Pipeline,
+    PipelineError,
+    Stage,
+    load_pipeline,
+    pipeline_from_dict,
+)
+from edgecaffe.pipeline.networks import batch_sizes, package_key
+from edgecaffe.pipeline.reading import crop_image, crop_region
+
+GOOD = """
+name: my-faces
+stages:
+  - name: face
+    network: deploy.prototxt
+    weights: res10.caffemodel
+    output: detector
+    threshold: 0.6
+    preprocess: {mean: [104, 177, 123], size: [300, 300]}
+  - name: gender
+    network: gender.onnx
+    input: {parent: face, margin: 0.2}
+    when: {min_count: 2, min_score: 0.7, classes: [1]}
+    labels: [female, male]
+    batch: 4
+  - name: scene
+    network: AgeNet
+"""
+
+
+def write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_yaml_pipeline_reads_every_key(tmp_path):
+    (tmp_path / "deploy.prototxt").write_text("")
+    path = write(tmp_path, GOOD)
+    pipeline = load_pipeline(path)
+    assert pipeline.name == "my-faces" and pipeline.source == str(path)
+    face, gender, scene = pipeline.stages
+    assert face.network == str(tmp_path / "deploy.prototxt")  # found next to the YAML
+    assert face.weights == "res10.caffemodel"  # not there: left as written
+    assert face.output == "detector" and face.threshold == 0.6 and face.parent is None
+    assert face.preprocess.mean == (104, 177, 123) and face.preprocess.size == (300, 300)
+    assert face.condition is None
+    assert gender.parent == "face" and gender.crop == Crop(0.2, True)
+    assert gender.condition == Condition(2, 0.7, frozenset({1}))
+    assert gender.labels == ("female", "male") and gender.batch == 4
+    assert scene.network == "AgeNet" and scene.output == "classifier"
+    assert pipeline.roots == (face, scene) and pipeline.children("face") == (gender,)
+
+
+def test_a_gated_stage_without_when_runs_on_any_detection_over_half(tmp_path):
+    data = yaml.safe_load(GOOD)
+    del data["stages"][1]["when"]
+    pipeline = pipeline_from_dict(data, "x.yaml")
+    assert pipeline.stage("gender").condition == Condition(1, 0.5, None)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["stages"][1]["input"].update(margin=-0.1),
+     r"p.yaml: stages\[1\].input.margin: -0.1 is not allowed; expected `float` >= 0.0"),
+    (lambda d: d["stages"][1]["input"].update(margin=3),
+     r"p.yaml: stages\[1\].input.margin: 3 is not allowed; expected `float` <= 2.0"),
+    (lambda d: d["stages"][1]["input"].update(parent="faces"),
+     r"p.yaml: stages\[1\] \(gender\).input.parent: no stage 'faces' \(stages: face, gender"),
+    (lambda d: d["stages"][1].update(colour="red"),
+     r"p.yaml: stages\[1\]: unknown key `colour`"),
+    (lambda d: d["stages"][0].update(output="segmenter"),
+     r"p.yaml: stages\[0\].output: 'segmenter' is not allowed; choose from detector, classifier"),
+    (lambda d: d["stages"][1]["when"].update(min_score=1.5),
+     r"p.yaml: stages\[1\].when.min_score: 1.5 is not allowed"),
+    (lambda d: d["stages"][1]["when"].update(min_count=0),
+     r"p.yaml: stages\[1\].when.min_count: 0 is not allowed; expected `int` >= 1"),
+    (lambda d: d["stages"][2].update(when={"min_count": 1}),
+     r"p.yaml: stages\[2\].when: a stage on the image has no parent to be gated on"),
+    (lambda d: d["stages"][1]["input"].update(parent="scene"),
+     r"stages\[1\] \(gender\).input.parent: 'scene' is a classifier; crops come from a "
+     r"detector"),
+    (lambda d: d["stages"][2].update(name="face"),
+     r"p.yaml: stages\[2\].name: 'face' names two stages"),
+    (lambda d: d["stages"][0].pop("network"),
+     r"p.yaml: stages\[0\]: the key `network` is missing"),
+    (lambda d: d.update(stages=[]), r"p.yaml: stages: \[\] is not allowed"),
+    (lambda d: d["stages"][0]["preprocess"].update(channel_order="GRB"),
+     r"stages\[0\].preprocess.channel_order: 'GRB' is not allowed"),
+    (lambda d: d["stages"][1].update(batch=0), r"stages\[1\].batch: 0 is not allowed"),
+])
+def test_bad_pipelines_name_the_file_and_key(tmp_path, change, message):
+    data = yaml.safe_load(GOOD)
+    change(data)
+    path = write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(PipelineError, match=message):
+        load_pipeline(path)
+
+
+def test_cycles_are_refused(tmp_path):
+    data = {"stages": [
+        {"name": "a", "network": "x.onnx", "output": "detector", "input": {"parent": "b"}},
+        {"name": "b", "network": "y.onnx", "output": "detector", "input": {"parent": "a"}}]}
+    with pytest.raises(PipelineError, match=r"c.yaml: stages\[0\] \(a\).input.parent: a "
+                                            r"cycle: a -> b -> a"):
+        pipeline_from_dict(data, "c.yaml")
+
+
+def test_malformed_and_non_mapping_files(tmp_path):
+    with pytest.raises(PipelineError, match=r"bad.yaml: malformed YAML"):
+        load_pipeline(write(tmp_path, "stages: [", "bad.yaml"))
+    with pytest.raises(PipelineError, match=r"list.yaml: expected a mapping with 'stages'"):
+        load_pipeline(write(tmp_path, "- 1\n", "list.yaml"))
+    with pytest.raises(PipelineError, match=r"none.yaml: cannot read"):
+        load_pipeline(tmp_path / "none.yaml")
+
+
+def test_python_pipelines_are_checked_too():
+    with pytest.raises(PipelineError, match=r"<python>: stages\[1\] \(b\).input.parent: no "
+                                            r"stage 'z'"):
+        Pipeline("p", (Stage("a", "A.onnx", output="detector"),
+                       Stage("b", "B.onnx", parent="z")))
+    with pytest.raises(PipelineError, match=r"stages\[1\].input.margin: -1 is not allowed"):
+        Pipeline("p", (Stage("a", "A.onnx", output="detector"),
+                       Stage("b", "B.onnx", parent="a", crop=Crop(margin=-1))))
+
+
+@dataclass
+class Found:
+    label: int
+    score: float
+
+
+def test_conditions():
+    found = [Found(1, 0.9), Found(2, 0.8), Found(1, 0.3)]
+    assert Condition().passes(found)
+    assert Condition().matching(found) == found[:2]
+    assert not Condition(min_count=3).passes(found)
+    assert Condition(min_count=3, min_score=0.2).passes(found)
+    assert Condition(classes=frozenset({1})).matching(found) == [found[0]]
+    assert not Condition(min_count=2, classes=frozenset({1})).passes(found)
+    assert not Condition().passes([])
+    assert not Condition(min_score=0.95).passes(found)
+
+
+def test_crop_geometry():
+    # A 100 x 50 box grown by 0.2 of its size each side -> 140 x 70, squared -> 140 x 140,
+    # centred on the box's centre (150, 125).
+    assert crop_region((100, 100, 200, 150), Crop(0.2, True)) == (80, 55, 220, 195)
+    assert crop_region((100, 100, 200, 150), Crop(0.0, False)) == (100, 100, 200, 150)
+    image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+    inside = crop_image(image, (2, 3, 6, 8))
+    np.testing.assert_array_equal(inside, image[3:8, 2:6])
+    edge = crop_image(image, (-2, -1, 3, 4))  # outside the image: black
+    assert edge.shape == (5, 5, 3)
+    np.testing.assert_array_equal(edge[1:, 2:], image[:4, :3])
+    assert not edge[0].any() and not edge[:, :2].any()
+
+
+def test_batch_sizes():
+    assert batch_sizes(Stage("a", "A.onnx")) == (1,)  # an image stage: one image
+    gated = {"parent": "face", "condition": Condition()}
+    assert batch_sizes(Stage("a", "A.onnx", batch=8, **gated)) == (1, 2, 4, 8)
+    assert batch_sizes(Stage("a", "A.onnx", batch=6, **gated)) == (1, 2, 4, 6)
+    assert batch_sizes(Stage("a", "A.onnx", batch=1, **gated)) == (1,)
+    assert package_key(Stage("age", "A.onnx"), 4) == "age@4"
