@@ -132,7 +132,7 @@ def describe(result: Any, image: str) -> list[str]:
 
 def _describe(name: str, value: Any, indent: str) -> list[str]:
     if not isinstance(value, list):
-        return [f"{indent}{_classification(name, value)}"]
+        return [f"{indent}{name}: {_classification(name, value)[len(name) + 1:]}"]
     lines = [f"{indent}{name}: {len(value)} detection(s)"]
     for number, detection in enumerate(value, 1):
         box = ", ".join(f"{v:.0f}" for v in detection.box)

