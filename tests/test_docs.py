@@ -162,7 +162,13 @@ def _run_yaml(item: Item, folder: Path) -> None:
     text = item.text
     named = re.match(r"# (\S+\.ya?ml)\n", text)
     data = yaml.safe_load(text)
-    if named:  # a file the next blocks use
+    if isinstance(data, dict) and "stages" in data:  # a pipeline (docs/pipelines.md)
+        from edgecaffe.pipeline import load_pipeline
+
+        path = folder / (named.group(1) if named else "pipeline.yaml")
+        path.write_text(text)
+        assert len(load_pipeline(path).stages) == len(data["stages"])
+    elif named:  # a file the next blocks use
         (folder / named.group(1)).write_text(text)
         load_config(folder / named.group(1), {})
     elif "matrix" in data:
