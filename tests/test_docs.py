@@ -40,6 +40,7 @@ SLOW = [
     ("README.md", r"--enforce-memory", "three large networks in a memory cgroup with swap"),
     ("README.md", r"^python3 -m venv", "a fresh install from PyPI, then the demo"),
     ("experiments.md", r"benchmarks/|pip install", "the benchmarks take minutes each"),
+    ("pipelines.md", r"benchmarks/", "runs the face pipeline and its peers on a stream"),
 ]
 #: (document, command pattern, environment variable that opts in, why not by default).
 OPT_IN = [
