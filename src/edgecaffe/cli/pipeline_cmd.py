@@ -115,7 +115,10 @@ def _outputs(args: argparse.Namespace) -> list[Path | None]:
     if len(args.images) == 1 and not target.is_dir():
         return [target]
     target.mkdir(parents=True, exist_ok=True)
-    return [target / f"{Path(image).stem}-annotated.jpg" for image in args.images]
+    stems = [Path(image).stem for image in args.images]
+    return [target / (f"{stem}-annotated.jpg" if stems.count(stem) == 1 else
+                      f"{stem}-{index}-annotated.jpg")
+            for index, stem in enumerate(stems, 1)]
 
 
 def describe(result: Any, image: str) -> list[str]:
