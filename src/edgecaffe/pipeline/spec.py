@@ -13,7 +13,7 @@ forest (a DAG whose nodes have one parent each); a parent must be a detector.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -220,7 +220,3 @@ def _check_preprocess(pre: Preprocess, at: str) -> None:
         raise PipelineError(f"{at}.size: {list(pre.size)!r} is not allowed; expected "
                             "[height, width], both at least 1")
 
-
-def with_stages(pipeline: Pipeline, stages: Sequence[Stage]) -> Pipeline:
-    """The same pipeline with other stages (checked again)."""
-    return Pipeline(pipeline.name, tuple(stages), pipeline.source, pipeline.description)
