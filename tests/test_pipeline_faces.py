@@ -253,3 +253,12 @@ def test_a_failing_stage_fails_its_image_only(photos):
         with pytest.raises(RequestError, match="broken kernel"):
             failing.result()
         assert fine.result().skipped == {"age": 1, "gender": 1}
+
+
+def test_leaving_the_runner_lets_images_in_flight_finish(photos):
+    """Gated stages are submitted from done-callbacks: closing the runner waits for them."""
+    with PipelineRunner(get_pipeline("faces"), budget="512M") as runner:
+        futures = [runner.submit(photos[name]) for name in ("faces_2x2", "coffee")]
+    four, none = (future.result(timeout=0) for future in futures)
+    assert len(four.outputs["face"]) == 4 and four.ran == {"face": 1, "age": 1, "gender": 1}
+    assert none.skipped == {"age": 1, "gender": 1}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,10 @@ class PipelineRunner:
         self.engine = Engine(self.packages, **engine_options)
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
+        #: Futures of the images in flight: `close` lets them finish (their gated stages are
+        #: submitted from done-callbacks, after the image's first requests).
+        self._pending: set[Future] = set()
+        self._pending_lock = threading.Lock()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -80,6 +84,9 @@ class PipelineRunner:
         PipelineResult. A stage's failure fails the future with the engine's RequestError."""
         array = load_image(image) if isinstance(image, str | Path) else np.asarray(image)
         job = _Job(self.pipeline, array)
+        with self._pending_lock:
+            self._pending.add(job.future)
+        job.future.add_done_callback(self._forget)
         height, width = array.shape[:2]
         with job.lock:
             job.open += 1  # held until every root is submitted, so the job cannot end early
@@ -92,8 +99,18 @@ class PipelineRunner:
         """`submit(image).result()`."""
         return self.submit(image).result()
 
-    def close(self) -> None:
-        self.engine.close()
+    def close(self, cancel: bool = False) -> None:
+        """Let every image in flight finish (all its stages), then close the engine;
+        `cancel=True` closes at once, cancelling what has not finished."""
+        if not cancel:
+            with self._pending_lock:
+                pending = list(self._pending)
+            wait(pending)
+        self.engine.close(cancel=cancel)
+
+    def _forget(self, future: Future) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
 
     def __enter__(self) -> PipelineRunner:
         return self
