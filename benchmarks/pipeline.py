@@ -120,9 +120,9 @@ class Peer:
         import cv2
 
         from edgecaffe.downloads import RES10_MEAN
-        from edgecaffe.pipeline.builtin import AGE_GENDER_MEAN, CHIP_PADDING
+        from edgecaffe.pipeline import get_pipeline
+        from edgecaffe.pipeline.builtin import AGE_GENDER_MEAN
         from edgecaffe.pipeline.reading import crop_image, crop_region
-        from edgecaffe.pipeline.spec import Crop
 
         net = self.loaded[0] if self.loaded else self._detector()
         net.setInput(cv2.dnn.blobFromImage(image, 1.0, (300, 300), RES10_MEAN))
@@ -131,7 +131,8 @@ class Peer:
         boxes = [row[3:7] * (width, height, width, height) for row in rows if row[2] >= 0.5]
         if not boxes:
             return 0
-        crops = [crop_image(image, crop_region(tuple(b), Crop(CHIP_PADDING))) for b in boxes]
+        chip = get_pipeline("faces").stage("age").crop  # the same crops as the pipeline's
+        crops = [crop_image(image, crop_region(tuple(b), chip)) for b in boxes]
         for task, size in (("age", 64), ("gender", 32)):
             batch = np.stack([(cv2.resize(c.astype(np.float32), (size, size))[:, :, ::-1]
                                - np.float32(AGE_GENDER_MEAN)) / np.float32(256) for c in crops])

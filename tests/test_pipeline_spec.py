@@ -58,7 +58,7 @@ def test_yaml_pipeline_reads_every_key(tmp_path):
     assert face.output == "detector" and face.threshold == 0.6 and face.parent is None
     assert face.preprocess.mean == (104, 177, 123) and face.preprocess.size == (300, 300)
     assert face.condition is None
-    assert gender.parent == "face" and gender.crop == Crop(0.2, True)
+    assert gender.parent == "face" and gender.crop == Crop(0.2, "square")
     assert gender.condition == Condition(2, 0.7, frozenset({1}))
     assert gender.labels == ("female", "male") and gender.batch == 4
     assert scene.network == "AgeNet" and scene.output == "classifier"
@@ -100,6 +100,8 @@ def test_a_gated_stage_without_when_runs_on_any_detection_over_half(tmp_path):
     (lambda d: d["stages"][0]["preprocess"].update(channel_order="GRB"),
      r"stages\[0\].preprocess.channel_order: 'GRB' is not allowed"),
     (lambda d: d["stages"][1].update(batch=0), r"stages\[1\].batch: 0 is not allowed"),
+    (lambda d: d["stages"][1]["input"].update(shape="round"),
+     r"stages\[1\].input.shape: 'round' is not allowed; choose from square, face, box"),
 ])
 def test_bad_pipelines_name_the_file_and_key(tmp_path, change, message):
     data = yaml.safe_load(GOOD)
@@ -158,8 +160,11 @@ def test_conditions():
 def test_crop_geometry():
     # A 100 x 50 box grown by 0.2 of its size each side -> 140 x 70, squared -> 140 x 140,
     # centred on the box's centre (150, 125).
-    assert crop_region((100, 100, 200, 150), Crop(0.2, True)) == (80, 55, 220, 195)
-    assert crop_region((100, 100, 200, 150), Crop(0.0, False)) == (100, 100, 200, 150)
+    assert crop_region((100, 100, 200, 150), Crop(0.2, "square")) == (80, 55, 220, 195)
+    assert crop_region((100, 100, 200, 150), Crop(0.0, "box")) == (100, 100, 200, 150)
+    assert crop_region((100, 100, 200, 150), Crop(0.2, "box")) == (80, 90, 220, 160)
+    # face: a square of the width (60) standing on the bottom (y 200), grown 0.2 -> 84.
+    assert crop_region((100, 80, 160, 200), Crop(0.2, "face")) == (88, 128, 172, 212)
     image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
     inside = crop_image(image, (2, 3, 6, 8))
     np.testing.assert_array_equal(inside, image[3:8, 2:6])

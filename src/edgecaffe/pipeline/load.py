@@ -28,6 +28,7 @@ import msgspec
 
 from edgecaffe.pipeline.spec import (
     CHANNEL_ORDERS,
+    CROP_SHAPES,
     LAYOUTS,
     Condition,
     Crop,
@@ -45,7 +46,7 @@ Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 class _Input(msgspec.Struct, forbid_unknown_fields=True):
     parent: Text
     margin: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
-    square: bool = True
+    shape: Literal[CROP_SHAPES] = "square"  # type: ignore[valid-type]
 
 
 class _When(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,7 +111,7 @@ def pipeline_from_dict(data: dict[str, Any], source: str, folder: Path | None = 
 def _stage(raw: _Stage, folder: Path | None) -> Stage:
     crop, parent = Crop(), None
     if isinstance(raw.input, _Input):
-        crop, parent = Crop(raw.input.margin, raw.input.square), raw.input.parent
+        crop, parent = Crop(raw.input.margin, raw.input.shape), raw.input.parent
     condition = None
     if raw.when is not None:
         condition = Condition(raw.when.min_count, raw.when.min_score,
@@ -164,11 +165,11 @@ def _message(failure: msgspec.ValidationError, data: dict[str, Any], source: str
     if missing:
         return f"{where}: the key `{missing.group(1)}` is missing"
     choices = {"output": ("detector", "classifier"), "channel_order": CHANNEL_ORDERS,
-               "layout": LAYOUTS}
+               "layout": LAYOUTS, "shape": CROP_SHAPES}
     if expected.startswith("Invalid enum value") and steps and steps[-1][0] in choices:
         expected = f"choose from {', '.join(choices[steps[-1][0]])}"
     elif steps and steps[-1][0] == "input" and expected.startswith(("Invalid enum", "Expected")):
-        expected = "expected 'image' or a mapping {parent: STAGE, margin: 0.2, square: true}"
+        expected = "expected 'image' or a mapping {parent: STAGE, margin: 0.2, shape: square}"
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
     return f"{where}: {shown} is not allowed; " \
            f"{expected[:1].lower() + expected[1:]}"

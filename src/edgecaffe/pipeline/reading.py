@@ -18,15 +18,18 @@ Region = tuple[float, float, float, float]
 
 
 def crop_region(box: tuple[float, float, float, float], crop: Crop) -> tuple[int, int, int, int]:
-    """The pixel rectangle (x0, y0, x1, y1), x1/y1 exclusive, that a detection box gives: grown
-    by `margin` times the box's width/height on each side, squared around its centre (the
-    longer side) if `crop.square`. It may reach outside the image."""
+    """The pixel rectangle (x0, y0, x1, y1), x1/y1 exclusive, that a detection box gives (see
+    `Crop`: the box, a square on its centre, or a face square on its bottom edge), grown by
+    `margin` times its width/height on each side. It may reach outside the image."""
     xmin, ymin, xmax, ymax = box
     width, height = xmax - xmin, ymax - ymin
-    width, height = width * (1 + 2 * crop.margin), height * (1 + 2 * crop.margin)
-    if crop.square:
-        width = height = max(width, height)
     cx, cy = (xmin + xmax) / 2, (ymin + ymax) / 2
+    if crop.shape == "square":
+        width = height = max(width, height)
+    elif crop.shape == "face":
+        height = width
+        cy = ymax - width / 2
+    width, height = width * (1 + 2 * crop.margin), height * (1 + 2 * crop.margin)
     x0, y0 = int(np.floor(cx - width / 2 + 0.5)), int(np.floor(cy - height / 2 + 0.5))
     return x0, y0, x0 + max(1, round(width)), y0 + max(1, round(height))
 

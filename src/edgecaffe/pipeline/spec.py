@@ -3,7 +3,7 @@ parent stage's detections, run when a condition on those detections holds.
 
     Pipeline(name, stages)                  frozen; stages in declaration order
     Stage(name, network, parent=None, ...)  parent None: runs on the request's image
-    Crop(margin, square)                    how a parent's detection becomes this stage's input
+    Crop(margin, shape)                     how a parent's detection becomes this stage's input
     Condition(min_count, min_score, classes).passes(detections) -> bool
 
 The scheduler side only needs each stage's `parent` and `condition`; the runner
@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 from edgecaffe.errors import EdgeCaffeError
 
 OUTPUTS = ("detector", "classifier")
+CROP_SHAPES = ("square", "face", "box")
 CHANNEL_ORDERS = ("BGR", "RGB")
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -57,12 +58,19 @@ class Condition:
 
 @dataclass(frozen=True)
 class Crop:
-    """A parent's detection box -> this stage's input: the box grown by `margin` times its
-    size on each side (0.2: dlib's face-chip padding), made square around its centre if
-    `square`; parts outside the image are black, as dlib's extract_image_chip gives them."""
+    """A parent's detection box -> this stage's input region, grown by `margin` times its
+    size on each side (0.2: dlib's face-chip padding); parts outside the image are black, as
+    dlib's extract_image_chip gives them. `shape`:
+
+    * `square` (default): a square of the box's longer side, on the box's centre;
+    * `face`: a square of the box's width standing on the box's bottom edge. A face
+      detector's box runs from the forehead to the chin; dlib's face template (what face chips
+      are aligned to, with the padding around it) runs from the eyebrows to the chin and from
+      jaw to jaw, about a square of the box's width resting on the chin;
+    * `box`: the box itself (not square)."""
 
     margin: float = 0.0
-    square: bool = True
+    shape: str = "square"
 
 
 @dataclass(frozen=True)
@@ -183,6 +191,9 @@ def _check_stage(stage: Stage, at: str) -> None:
         raise PipelineError(f"{at}.when: a stage on the image has no parent to be gated on; "
                             "give input: {parent: ...}")
     crop = stage.crop
+    if crop.shape not in CROP_SHAPES:
+        raise PipelineError(f"{at}.input.shape: {crop.shape!r}; choose from "
+                            f"{', '.join(CROP_SHAPES)}")
     if not (0.0 <= crop.margin <= 2.0):
         raise PipelineError(f"{at}.input.margin: {crop.margin!r} is not allowed; expected a "
                             "fraction of the box size from 0 to 2")
