@@ -210,17 +210,31 @@ def test_missing_models_and_pipelines_are_one_line_errors(tmp_path, monkeypatch,
     assert "bad.yaml: stages[0].top: 0 is not allowed" in capsys.readouterr().err
 
 
-def test_a_zoo_classifier_pipeline_runs_on_the_engine(capsys):
-    """An image-only pipeline of zoo networks (synthetic weights): the runner's results equal
-    the networks' own forward pass on the same input."""
+def test_zoo_and_package_stages_run_on_the_engine(tmp_path):
+    """An image-only pipeline of a zoo network and a package folder (synthetic weights): the
+    runner's results equal the network's own forward pass on the same input."""
+    from edgecaffe.model.package import split
     from edgecaffe.model.preprocess import sample_image
     from edgecaffe.model.zoo import zoo_package
     from edgecaffe.pipeline import PipelineRunner
 
-    pipeline = Pipeline("tiny", (Stage("alex", "TinyAlex", top=2),))
+    split(["TinyAlex"], tmp_path / "alex-package")
+    pipeline = Pipeline("tiny", (Stage("alex", "TinyAlex", top=2),
+                                 Stage("folder", str(tmp_path / "alex-package"))))
     image = sample_image()
     with PipelineRunner(pipeline, mode="linear", budget="64M") as runner:
         result = runner.run(image)
+    np.testing.assert_array_equal(result.outputs["folder"].probabilities,
+                                  result.outputs["alex"].probabilities)
+    # A package's input shape is fixed: a gated stage batching its crops cannot use it.
+    gated = Pipeline("gated", (Stage("det", "x.onnx", output="detector"),
+                               Stage("alex", str(tmp_path / "alex-package"), parent="det",
+                                     condition=Condition())))
+    from edgecaffe.pipeline.networks import stage_package
+
+    with pytest.raises(PipelineError, match=r"alex-package has input \(1, 3, \d+, \d+\), "
+                                            r"fixed when it was split; give batch: 1"):
+        stage_package(gated.stage("alex"), 2)
     package = zoo_package("TinyAlex")
     from edgecaffe.model.preprocess import preprocess_for
 
@@ -228,4 +242,4 @@ def test_a_zoo_classifier_pipeline_runs_on_the_engine(capsys):
                                                         package.meta)).values()))
     np.testing.assert_allclose(result.outputs["alex"].probabilities, expected.reshape(-1),
                                rtol=1e-5, atol=1e-7)
-    assert len(result.outputs["alex"].top) == 2 and result.ran == {"alex": 1}
+    assert len(result.outputs["alex"].top) == 2 and result.ran == {"alex": 1, "folder": 1}
