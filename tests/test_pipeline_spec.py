@@ -243,3 +243,16 @@ def test_zoo_and_package_stages_run_on_the_engine(tmp_path):
     np.testing.assert_allclose(result.outputs["alex"].probabilities, expected.reshape(-1),
                                rtol=1e-5, atol=1e-7)
     assert len(result.outputs["alex"].top) == 2 and result.ran == {"alex": 1, "folder": 1}
+
+
+def test_a_bad_image_is_refused_at_submit_and_close_does_not_wait_for_it(tmp_path):
+    from edgecaffe.model.preprocess import ImageError
+    from edgecaffe.pipeline import PipelineRunner
+
+    runner = PipelineRunner(Pipeline("tiny", (Stage("alex", "TinyAlex"),)), budget="64M")
+    with pytest.raises(ImageError, match=r"expected an H x W x 3 image"):
+        runner.submit(np.zeros((32, 32), dtype=np.uint8))
+    with pytest.raises(ImageError, match=r"missing.jpg: no such image file"):
+        runner.submit(tmp_path / "missing.jpg")
+    runner.close()  # returns: the refused images are not in flight
+    assert not runner._pending

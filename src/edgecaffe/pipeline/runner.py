@@ -81,7 +81,9 @@ class PipelineRunner:
 
     def submit(self, image: str | Path | np.ndarray) -> Future:
         """Start one image (a path, or an H x W x 3 BGR uint8 array); a future of its
-        PipelineResult. A stage's failure fails the future with the engine's RequestError."""
+        PipelineResult. A stage's failure fails the future with the engine's RequestError.
+        Raises ImageError for an image that cannot be read or used, EngineClosedError after
+        `close`."""
         array = load_image(image) if isinstance(image, str | Path) else np.asarray(image)
         job = _Job(self.pipeline, array)
         with self._pending_lock:
@@ -90,9 +92,15 @@ class PipelineRunner:
         height, width = array.shape[:2]
         with job.lock:
             job.open += 1  # held until every root is submitted, so the job cannot end early
-        for stage in self.pipeline.roots:
-            self._submit(job, stage, [array], [(0.0, 0.0, float(width), float(height))], None)
-        self._close_one(job)
+        try:
+            for stage in self.pipeline.roots:
+                self._submit(job, stage, [array], [(0.0, 0.0, float(width), float(height))],
+                             None)
+        except BaseException as error:  # a bad image, a closed engine: the caller hears it
+            self._fail(job, error)
+            raise
+        finally:
+            self._close_one(job)
         return job.future
 
     def run(self, image: str | Path | np.ndarray) -> PipelineResult:
