@@ -10,8 +10,6 @@ from typing import Any
 from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
 
-MODES = ("masa", "bulk", "linear", "partial", "multi-bulk", "execprio")
-
 
 def add_parser(commands) -> None:
     parser = commands.add_parser(
@@ -32,7 +30,10 @@ def add_parser(commands) -> None:
     run.add_argument("-o", "--output", help="write the image annotated with boxes and labels "
                      "(one image: this file; several: a folder)")
     run.add_argument("--json", action="store_true", help="print the result tree as JSON")
-    run.add_argument("--mode", choices=MODES, default="masa", help="engine mode (default masa)")
+    from edgecaffe.sched import MODES  # plain names: no numpy, no model format
+
+    run.add_argument("--mode", choices=list(MODES), default="masa",
+                     help="engine mode (default masa)")
     run.add_argument("--budget", default="512M", help="memory budget (default 512M)")
     run.add_argument("--granularity", choices=("layer", "network"), default="layer",
                      help="memory accounting (default layer)")
