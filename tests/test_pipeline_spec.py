@@ -256,3 +256,32 @@ def test_a_bad_image_is_refused_at_submit_and_close_does_not_wait_for_it(tmp_pat
         runner.submit(tmp_path / "missing.jpg")
     runner.close()  # returns: the refused images are not in flight
     assert not runner._pending
+
+
+def test_reading_detections_of_crops_and_classes():
+    """SSD rows [image, label, score, xmin, ymin, xmax, ymax] of a batch of crops -> boxes in
+    pixels of the whole image (each crop's region offset and size), clipped to the image; rows
+    under the threshold or with label -1 (padding) dropped. Classes: top k, expectation."""
+    from edgecaffe.pipeline.reading import read_classes, read_detections
+
+    stage = Stage("eyes", "x.onnx", output="detector", threshold=0.5)
+    rows = np.array([[0, 1, 0.9, 0.1, 0.2, 0.5, 0.6],
+                     [1, 2, 0.8, 0.5, 0.5, 1.2, 1.0],     # reaches past the image: clipped
+                     [1, 1, 0.3, 0.0, 0.0, 1.0, 1.0],     # under the threshold
+                     [0, -1, 0.0, 0.0, 0.0, 0.0, 0.0]],   # padding
+                    dtype=np.float32)[None, None]
+    regions = [(10.0, 20.0, 100.0, 50.0), (200.0, 100.0, 40.0, 40.0)]
+    first, second = read_detections(stage, {"detection_out": rows}, regions, (230, 300),
+                                    ["bg", "eye", "nose"])
+    (eye,) = first
+    assert (eye.label, eye.name) == (1, "eye") and eye.score == pytest.approx(0.9)
+    np.testing.assert_allclose(eye.box, (20, 30, 60, 50), atol=1e-4)
+    (nose,) = second
+    np.testing.assert_allclose(nose.box, (220, 120, 230, 140), atol=1e-4)
+    classifier = Stage("age", "x.onnx", values=(10.0, 20.0, 30.0), top=2)
+    probabilities = np.array([[0.2, 0.5, 0.3], [0.6, 0.3, 0.1], [0, 0, 0]], dtype=np.float32)
+    one, two = read_classes(classifier, {"prob": probabilities}, 2, ["a", "b", "c"])
+    assert [label.label for label in one.top] == ["b", "c"]
+    assert one.expected == pytest.approx(21.0) and two.expected == pytest.approx(15.0)
+    with pytest.raises(PipelineError, match=r"stage 'eyes': expected a DetectionOutput blob"):
+        read_detections(stage, {"prob": probabilities}, regions, (230, 300), [])
