@@ -4,7 +4,9 @@ after another with OpenCV DNN and onnxruntime, in the same run.
 The stream: `--images` photographs, a share `--p` of them with faces (matplotlib's Grace Hopper,
 scikit-image's astronaut, a 2 x 2 tiling with four faces), the others without (scikit-image's
 coffee, rocket, motorcycle), in a seeded order; all arrive at once (the paper's batch arrival).
-An image's response time runs from that arrival to the end of its last stage.
+An image's response time runs from that arrival to the end of its last stage. With
+`--mean-gap-ms G`, the images arrive instead as a Poisson process with mean gap G ms (the same
+arrival times for every runner).
 
 * masa: `PipelineRunner` (res10 on the image, then age and gender on the batched crops of the
   faces it found, only when it found any), mode masa, 2 workers, a 512M budget at layer
@@ -20,6 +22,7 @@ Prints mean and p95 response per image and masa's ratio to each peer, and the lo
 (the machine may be shared: numbers are noisy, compare within one run).
 
     python benchmarks/pipeline.py [--images 16] [--p 0.5] [--budget 512M] [--backend numpy]
+                                  [--mean-gap-ms 0]
 """
 
 from __future__ import annotations
@@ -66,23 +69,46 @@ def stream(count: int, share: float, seed: int) -> list[str]:
     return names
 
 
-def run_masa(images: list[np.ndarray], args: argparse.Namespace) -> tuple[list[float], float]:
-    """Completion times (ms) of the images, all submitted at once, from the first submit;
-    and the peak of the memory ledger (bytes)."""
+def arrivals_s(count: int, mean_gap_ms: float, seed: int) -> list[float]:
+    """Arrival times (s): all at 0 when `mean_gap_ms` is 0, else a Poisson process with that
+    mean gap (the same times for every runner)."""
+    if mean_gap_ms <= 0:
+        return [0.0] * count
+    rng = random.Random(seed + 1)
+    times, now = [], 0.0
+    for _ in range(count):
+        times.append(now)
+        now += rng.expovariate(1e3 / mean_gap_ms)
+    return times
+
+
+def _wait_until(started: float, at_s: float) -> None:
+    delay = started + at_s - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def run_masa(images: list[np.ndarray], arrivals: list[float], args: argparse.Namespace
+             ) -> tuple[list[float], float]:
+    """Response times (ms: arrival -> the image's last stage) and the peak of the memory
+    ledger (bytes)."""
     from edgecaffe.pipeline import PipelineRunner, get_pipeline
 
     with PipelineRunner(get_pipeline("faces"), mode="masa", budget=args.budget,
                         granularity="layer", workers=2, backend=args.backend) as runner:
         ends: dict[int, float] = {}
         started = time.perf_counter()
-        futures = [runner.submit(image) for image in images]
-        for index, future in enumerate(futures):
+        futures = []
+        for index, (image, at_s) in enumerate(zip(images, arrivals, strict=True)):
+            _wait_until(started, at_s)
+            future = runner.submit(image)
             future.add_done_callback(
                 lambda _, i=index: ends.setdefault(i, time.perf_counter()))
+            futures.append(future)
         for future in futures:
             future.result()
     peak = max((e.used_bytes for e in runner.engine.trace.ledger), default=0)
-    return [(ends[i] - started) * 1e3 for i in range(len(images))], peak
+    return [(ends[i] - started - arrivals[i]) * 1e3 for i in range(len(images))], peak
 
 
 class Peer:
@@ -141,15 +167,16 @@ class Peer:
         return len(boxes)
 
 
-def run_peer(images: list[np.ndarray], warm: bool) -> list[float]:
-    """Completion times (ms) of the images run one after another, all arriving at the start."""
+def run_peer(images: list[np.ndarray], arrivals: list[float], warm: bool) -> list[float]:
+    """Response times (ms) of the images run one after another in arrival order."""
     peer = Peer(warm)
     started = time.perf_counter()
-    ends = []
-    for image in images:
+    responses = []
+    for image, at_s in zip(images, arrivals, strict=True):
+        _wait_until(started, at_s)
         peer.run(image)
-        ends.append((time.perf_counter() - started) * 1e3)
-    return ends
+        responses.append((time.perf_counter() - started - at_s) * 1e3)
+    return responses
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -165,17 +192,22 @@ def main() -> None:
     parser.add_argument("--budget", default="512M")
     parser.add_argument("--backend", default="numpy", choices=("numpy", "onnxruntime"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mean-gap-ms", type=float, default=0.0,
+                        help="Poisson arrivals with this mean gap (default 0: all at once)")
     args = parser.parse_args()
     library = photos()
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
-          f"{args.images} images, budget {args.budget}, backend {args.backend}")
+          f"{args.images} images, budget {args.budget}, backend {args.backend}, "
+          + (f"Poisson arrivals, mean gap {args.mean_gap_ms:g} ms" if args.mean_gap_ms > 0
+             else "all arriving at once"))
     print(f"{'p':>5} {'runner':<22} {'mean ms':>9} {'p95 ms':>9} {'masa / runner':>14}")
     for share in args.p:
         images = [library[name] for name in stream(args.images, share, args.seed)]
-        run_masa(images[:2], args)  # warm the package cache and the kernels' first calls
-        masa, peak = run_masa(images, args)
-        peers = {"sequential, cold": run_peer(images, warm=False),
-                 "sequential, warm": run_peer(images, warm=True)}
+        arrivals = arrivals_s(len(images), args.mean_gap_ms, args.seed)
+        run_masa(images[:2], [0.0, 0.0], args)  # warm the package cache and first calls
+        masa, peak = run_masa(images, arrivals, args)
+        peers = {"sequential, cold": run_peer(images, arrivals, warm=False),
+                 "sequential, warm": run_peer(images, arrivals, warm=True)}
         mean, p95 = summary(masa)
         print(f"{share:>5.2f} {'masa (ours)':<22} {mean:>9.0f} {p95:>9.0f} {'':>14}"
               f"   peak ledger {peak / 2**20:.0f} MiB")
