@@ -40,6 +40,7 @@ SLOW = [
     ("README.md", r"--enforce-memory", "three large networks in a memory cgroup with swap"),
     ("README.md", r"^python3 -m venv", "a fresh install from PyPI, then the demo"),
     ("experiments.md", r"benchmarks/|pip install", "the benchmarks take minutes each"),
+    ("pipelines.md", r"benchmarks/", "runs the face pipeline and its peers on a stream"),
 ]
 #: (document, command pattern, environment variable that opts in, why not by default).
 OPT_IN = [
@@ -162,7 +163,13 @@ def _run_yaml(item: Item, folder: Path) -> None:
     text = item.text
     named = re.match(r"# (\S+\.ya?ml)\n", text)
     data = yaml.safe_load(text)
-    if named:  # a file the next blocks use
+    if isinstance(data, dict) and "stages" in data:  # a pipeline (docs/pipelines.md)
+        from edgecaffe.pipeline import load_pipeline
+
+        path = folder / (named.group(1) if named else "pipeline.yaml")
+        path.write_text(text)
+        assert len(load_pipeline(path).stages) == len(data["stages"])
+    elif named:  # a file the next blocks use
         (folder / named.group(1)).write_text(text)
         load_config(folder / named.group(1), {})
     elif "matrix" in data:

