@@ -28,7 +28,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from heapq import heappop, heappush
 
-from edgecaffe.sched.graph import NetworkInstance, State, Task
+from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 from edgecaffe.sched.memory import NOW, MemoryManager
 from edgecaffe.sched.plans import PlanBook
 from edgecaffe.sched.policies import Policy
@@ -98,15 +98,41 @@ class Scheduler:
     # -- adding work ---------------------------------------------------------------------------
 
     def add(self, instances: Iterable[NetworkInstance], now: float) -> list[Task]:
-        """Register the instances' tasks; returns those ready at once."""
+        """Register the instances' tasks; returns those ready at once. The executions of a
+        `gated` instance also wait for `open_gate` (its inits and loads may run before)."""
         instances = list(instances)
         candidates = [self._plan_instance(instance, now) for instance in instances]
+        for instance in instances:
+            if instance.gated:  # its executions wait for its condition too (`open_gate`)
+                pending = instance.pending
+                for task in instance.tasks:
+                    if task.spec.kind == Kind.EXEC:
+                        pending[task.spec.index] += 1
         ready = []
         for instance, roots in zip(instances, candidates, strict=True):
             tasks, pending = instance.tasks, instance.pending
             for index in roots:
                 task = tasks[index]
                 if pending[index] == 0 and task.state == WAITING:
+                    self._make_ready(task, now)
+                    ready.append(task)
+        return ready
+
+    def open_gate(self, instance: NetworkInstance, now: float) -> list[Task]:
+        """A gated instance's condition held: its executions no longer wait for it. Returns
+        the tasks now ready (sched/requests.py calls this; see `add`)."""
+        ready: list[Task] = []
+        if not instance.gated:
+            return ready
+        instance.gated = False
+        if instance.failed is not None or instance not in self.instances:
+            return ready
+        pending = instance.pending
+        for task in instance.tasks:
+            if task.spec.kind == Kind.EXEC:
+                index = task.spec.index
+                pending[index] -= 1
+                if not pending[index] and task.state == WAITING:
                     self._make_ready(task, now)
                     ready.append(task)
         return ready
