@@ -104,6 +104,8 @@ class RequestBook:
         self.context = context
         self.open: dict[int, Request] = {}
         self._next_id = 0
+        #: Requests whose gates `resolve` changed since the last `settle`.
+        self._resolved: list[Request] = []
 
     def submit(self, networks: Sequence[str], infos: Sequence[NetworkInfo], now: float,
                data: Any = None, handle: Any = None,
@@ -167,6 +169,7 @@ class RequestBook:
         record.count, record.resolved_s, record.error = len(inputs), now, error
         record.outcome = outcome or ("run" if inputs else "dropped")
         request.remaining -= 1
+        self._resolved.append(request)  # `settle` closes it if nothing else is left
         step = Step()
         speculative, gate.speculative = gate.speculative, None
         if not inputs:
@@ -207,7 +210,7 @@ class RequestBook:
         their record's completion time and status set (completed or failed). A parent's end
         resolves its gates by the request's condition (what that adds is registered with the
         scheduler; a dropped instance is settled here too)."""
-        closed = []
+        touched, self._resolved = self._resolved, []
         finished = list(step.finished)
         while finished:
             instance = finished.pop(0)
@@ -216,19 +219,21 @@ class RequestBook:
             else:
                 self.trace.record_span(instance)
             request = self.open.get(instance.request_id)
-            if request is None:
-                continue
-            if instance.dropped:  # counted out when it was dropped (see `resolve`)
+            if request is None or instance.dropped:  # dropped: counted out by `resolve`
                 continue
             if instance.failed:
                 request.failed.append(instance)
             request.remaining -= 1
+            touched.append(request)
             for gate in request.gates:
                 if gate.parent is instance and not gate.resolved:
                     finished += self._parent_ended(request, gate).finished
-            if request.remaining:
+        closed = []
+        for request in touched:
+            request_id = request.record.request_id
+            if request.remaining or request_id not in self.open:
                 continue
-            del self.open[instance.request_id]
+            del self.open[request_id]
             record = request.record
             record.completion_s = max((i.last.end or 0.0) for i in request.instances
                                       if not i.dropped)
