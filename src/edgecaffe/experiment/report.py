@@ -109,7 +109,8 @@ class Run:
 
     @property
     def network_set(self) -> str:
-        return "+".join(sorted({n.split("#")[0] for n in self.networks["network"]}))
+        return "+".join(sorted({n.split("#")[0].split("[")[0]
+                                for n in self.networks["network"]}))
 
     def network_responses_ms(self) -> np.ndarray:
         values = self.networks["response_ms"]
