@@ -26,7 +26,7 @@ def chain(name: str, layers: int, weight_bytes: int = 100, mean_exec_ms: float =
 
 def infos() -> dict[str, NetworkInfo]:
     # Age and Gender are shorter than Face: Masa's shortest-first order favours their loads.
-    return {"Face": chain("Face", 4, mean_exec_ms=4.0), "Age": chain("Age", 3, mean_exec_ms=3.0),
+    return {"Face": chain("Face", 8, mean_exec_ms=8.0), "Age": chain("Age", 3, mean_exec_ms=3.0),
             "Gender": chain("Gender", 2, mean_exec_ms=2.0)}
 
 
@@ -249,3 +249,18 @@ def test_simulator_refuses_gated_arrivals_without_a_draw():
     simulator = Simulator(infos(), task_ms=lambda task: 1.0)
     with pytest.raises(ValueError, match="no drawn detection count"):
         simulator.run([Arrival(0, 0.0, ("Face",), None, GATED, None)])
+
+
+@pytest.mark.parametrize("granularity", list(GRANULARITIES))
+def test_speculation_never_takes_what_its_parent_needs_nor_goes_over_budget(granularity):
+    # Room for one Face (8 x 110 bytes of weights and outputs) and a little more: Masa would
+    # load the shorter Age and Gender first, and if speculation could take the budget, every
+    # queued request's children would hold it while the Faces wait (only forcing ends that).
+    budget = 1200 if granularity == "layer" else 1600
+    simulator, trace = simulate([0, 1, 0, 2, 0, 0], "masa", granularity, "oblivious", budget)
+    assert not trace.forced_events
+    assert max(e.used_bytes for e in trace.ledger) <= budget
+    speculative = {i for g in trace.gates for i in g.instances[:1]}
+    assert any(t.instance_id in speculative and t.kind == "load" and t.state == "done"
+               for t in trace.tasks) or granularity == "network"
+    assert [r.status for r in trace.requests.values()] == ["completed"] * 6

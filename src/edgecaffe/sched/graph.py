@@ -208,11 +208,12 @@ class NetworkInstance:
         #: Named tasks for linking: init, first/last of loads and execs per stage, last.
         self.marks: dict[str, Task] = {} if marks is None else marks
         self.failed: str | None = None
-        #: A gated network (sched/requests.py): `gated` while its execs wait for its condition
-        #: (a context-oblivious speculative instance, whose input is not known yet);
+        #: A gated network (sched/requests.py): `gated` is its parent instance while its execs
+        #: wait for its condition (a context-oblivious speculative instance, whose input is
+        #: not known yet), else None;
         #: `dropped` once its condition failed (it then also has `failed` set, as the reason,
         #: but its request does not fail for it).
-        self.gated = False
+        self.gated: NetworkInstance | None = None
         self.dropped = False
         #: When its request arrived (the driver's clock; None: when the scheduler got it),
         #: its key in the request's result (`AgeNet`, `AgeNet#2` for a second AgeNet) and its

@@ -16,8 +16,11 @@ dropped parent resolves its gates to 0. The context policy decides when a child'
 * `aware`: none before the gate resolves; k instances planned then (nothing of a child whose
   condition fails is ever loaded, reserved or traced);
 * `oblivious`: one instance per gate planned with the request, as if it will run: its init and
-  loads run speculatively whenever the scheduler admits them, its executions wait for the gate
-  (`Scheduler.open_gate`). k = 0 drops it: tasks not started are skipped and what it reserved
+  loads run speculatively whenever the policy and the budget admit them, its executions wait for
+  the gate (`Scheduler.open_gate`). Speculation only takes memory its own parent will not need
+  (`Scheduler._spare`) and is never forced over the budget by the progress rule: else Masa,
+  which loads the shorter network first, lets the small gated networks fill the budget while
+  their parent waits for memory, and only forcing over the budget would end that. k = 0 drops it: tasks not started are skipped and what it reserved
   goes back to the ledger; k >= 1 gives it the first input and plans k - 1 more instances.
 """
 
@@ -121,7 +124,11 @@ class RequestBook:
         request_id = self._next_id
         self._next_id += 1
         speculative = [info for info, _ in gated] if self.context == "oblivious" else []
-        instances = self.planner.plan(request_id, [*infos, *speculative])
+        # Planned apart: DeepEye links a request's networks, and a parent's executions must
+        # not wait for its speculative children's loads.
+        instances = self.planner.plan(request_id, infos)
+        if speculative:
+            instances += self.planner.plan(request_id, speculative)
         record = RequestRecord(request_id, tuple(networks), now)
         self.trace.requests[request_id] = record
         request = Request(record, instances, len(instances) + len(gated), handle, data=data,
@@ -144,6 +151,7 @@ class RequestBook:
                 instance.result_key = f"{info.name}[0]"
                 instance.gated = True
                 gate.record.instances = (instance.id,)
+                instance.gated = gate.parent  # see Scheduler.open_gate and _spare
         try:
             self.scheduler.add(instances, now)
         except BaseException as error:
