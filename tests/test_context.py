@@ -63,7 +63,7 @@ def test_every_mode_runs_gated_requests_and_returns_the_ledger(mode, granularity
         assert set(spans) == expected
         # The children ran after their parent ended: their condition came from it.
         face_end = spans["Face"][1]
-        for key, (start, end) in spans.items():
+        for key, (_, end) in spans.items():
             if key != "Face":
                 execs = [t for t in trace.tasks if t.request_id == request_id
                          and t.network == key.split("[")[0] and t.kind == "exec"]
@@ -257,7 +257,7 @@ def test_speculation_never_takes_what_its_parent_needs_nor_goes_over_budget(gran
     # load the shorter Age and Gender first, and if speculation could take the budget, every
     # queued request's children would hold it while the Faces wait (only forcing ends that).
     budget = 1200 if granularity == "layer" else 1600
-    simulator, trace = simulate([0, 1, 0, 2, 0, 0], "masa", granularity, "oblivious", budget)
+    _, trace = simulate([0, 1, 0, 2, 0, 0], "masa", granularity, "oblivious", budget)
     assert not trace.forced_events
     assert max(e.used_bytes for e in trace.ledger) <= budget
     speculative = {i for g in trace.gates for i in g.instances[:1]}

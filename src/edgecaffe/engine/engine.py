@@ -30,10 +30,10 @@ from edgecaffe.blas import BlasHold, default_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
+from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.errors import ConfigError
 from edgecaffe.sched import BudgetError, Core, NetworkInstance, Policy, Request, Step, Task
 
 

@@ -20,8 +20,9 @@ dropped parent resolves its gates to 0. The context policy decides when a child'
   the gate (`Scheduler.open_gate`). Speculation only takes memory its own parent will not need
   (`Scheduler._spare`) and is never forced over the budget by the progress rule: else Masa,
   which loads the shorter network first, lets the small gated networks fill the budget while
-  their parent waits for memory, and only forcing over the budget would end that. k = 0 drops it: tasks not started are skipped and what it reserved
-  goes back to the ledger; k >= 1 gives it the first input and plans k - 1 more instances.
+  their parent waits for memory, and only forcing over the budget would end that. k = 0 drops
+  it: tasks not started are skipped and what it reserved goes back to the ledger; k >= 1 gives
+  it the first input and plans k - 1 more instances.
 """
 
 from __future__ import annotations
