@@ -23,7 +23,8 @@ from edgecaffe.sched.trace import GateRecord, RequestRecord, TaskRecord, Trace
 
 __all__ = [
     "CONTEXTS", "GRANULARITIES", "MODES", "POLICIES", "BudgetError", "Core", "Fit", "Gate",
-    "GateRecord", "Kind", "LayerInfo", "LayerMemory", "LedgerEvent", "MemoryBudget", "MemoryManager", "Mode", "NetworkInfo",
+    "GateRecord", "Kind", "LayerInfo", "LayerMemory", "LedgerEvent", "MemoryBudget",
+    "MemoryManager", "Mode", "NetworkInfo",
     "NetworkInstance", "NetworkMemory", "Planner", "Policy", "Request", "RequestBook",
     "RequestRecord", "Scheduler", "State", "Step", "Task", "TaskRecord", "Trace", "get_policy",
     "memory_manager", "parse_bytes", "result_keys",
