@@ -176,7 +176,7 @@ def validate(values: dict[str, Any], spelled: dict[str, str], source: str,
         raise error(_message(failure, values, spelled, source, allow_large)) from None
 
 
-_AT = re.compile(r" - at `\$(.*)`$")
+_AT = re.compile(r" - at `(?:key` in `)?\$(.*)`$")  # a bad mapping key: "at `key` in `$.x`"
 
 
 def _message(failure: msgspec.ValidationError, values: dict[str, Any], spelled: dict[str, str],
