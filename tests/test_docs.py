@@ -41,6 +41,8 @@ SLOW = [
     ("README.md", r"^python3 -m venv", "a fresh install from PyPI, then the demo"),
     ("experiments.md", r"benchmarks/|pip install", "the benchmarks take minutes each"),
     ("pipelines.md", r"benchmarks/", "runs the face pipeline and its peers on a stream"),
+    ("experiments.md", r"context\.yaml|context-sim context-real", "builds and profiles "
+     "FaceNet, AgeNet and GenderNet, and runs 48 configurations"),
 ]
 #: (document, command pattern, environment variable that opts in, why not by default).
 OPT_IN = [

@@ -8,9 +8,9 @@ submission. Generators are seeded; one seed gives the same sequence to every pol
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,19 @@ class Arrival:
     networks: tuple[str, ...]
     #: Image for this arrival (a path); None means the built-in sample image.
     data: str | None = None
+    #: Gated networks, (child, parent) pairs (sched/requests.py), and the number of things the
+    #: parents "find" in this arrival's image, drawn in advance (`with_detections`): each gated
+    #: network runs on that many inputs (0: its condition fails), in the engine and the
+    #: simulator alike.
+    gated: tuple[tuple[str, str], ...] = ()
+    detections: int | None = None
+
+    def condition(self, x: Any) -> Callable[[str, Any], list[Any]]:
+        """The drawn outcome as a condition: every gated network gets `x` (the request's
+        input) `detections` times, whatever the parent computed (synthetic weights detect
+        nothing real)."""
+        count = self.detections or 0
+        return lambda child, found: [x] * count
 
 
 def batches(networks: Sequence[str], count: int) -> list[Arrival]:
@@ -89,7 +102,8 @@ def drive(
 ) -> list[Future]:
     """Submit `arrivals` in real time, as `ArrivalSchedule` says: each `gap_ms` after the
     previous submission, and in a closed loop also not before the previous arrival's request
-    has finished (completed, failed or cancelled)."""
+    has finished (completed, failed or cancelled). An arrival with gated networks is
+    submitted with them and its drawn outcome as the condition (`Arrival.condition`)."""
     futures: list[Future] = []
     schedule = ArrivalSchedule(arrivals, closed_loop, time.perf_counter())
     while schedule.index < len(arrivals):
@@ -100,7 +114,12 @@ def drive(
         if delay > 0:
             time.sleep(delay)
         arrival = arrivals[schedule.index]
-        future = submit(load_input(arrival.data), arrival.networks)
+        x = load_input(arrival.data)
+        if arrival.gated:
+            future = submit(x, arrival.networks, gated=dict(arrival.gated),
+                            condition=arrival.condition(x))
+        else:
+            future = submit(x, arrival.networks)
         schedule.submitted(time.perf_counter())
         futures.append(future)
         if on_submit is not None:
@@ -156,3 +175,39 @@ def all_random(pool: Sequence[str], count: int, per_arrival: int, mean_gap_ms: f
     gaps = close_normal_gaps(count, mean_gap_ms, sigma_ms, seed)
     return [Arrival(index, gap, tuple(str(n) for n in rng.choice(list(pool), per_arrival)))
             for index, gap in enumerate(gaps)]
+
+
+def draw_detections(count: int, share: float, distribution: int | Mapping[int, float],
+                    seed: int = 0) -> list[int]:
+    """For `count` requests, how many things (faces) each image holds: none with probability
+    1 - `share`; else k >= 1 drawn from `distribution` (a fixed k, or {k: weight}).
+
+    Common random numbers: one uniform draw per request decides whether it has any, against
+    `share`, so with one seed the requests with faces at share 0.25 are among those at 0.5;
+    the counts come from a second stream, the same for every share. Raises ValueError for a
+    share outside [0, 1] or counts below 1."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"context share must be within [0, 1], got {share}")
+    weights = {distribution: 1.0} if isinstance(distribution, int) else dict(distribution)
+    if not weights or any(not isinstance(k, int) or isinstance(k, bool) or k < 1
+                          for k in weights) or any(w < 0 for w in weights.values()) \
+            or sum(weights.values()) <= 0:
+        raise ValueError(f"detections: counts must be whole numbers >= 1 with weights >= 0 "
+                         f"(not all 0), got {distribution!r}")
+    rng = np.random.default_rng([seed, 0xFACE])
+    found = rng.random(count) < share
+    ks = sorted(weights)
+    p = np.array([weights[k] for k in ks], dtype=float)
+    counts = np.random.default_rng([seed, 0xC0DE]).choice(ks, size=count, p=p / p.sum())
+    return [int(k) if f else 0 for f, k in zip(found, counts, strict=True)]
+
+
+def with_detections(arrivals: Sequence[Arrival], gated: Mapping[str, str], share: float,
+                    distribution: int | Mapping[int, float] = 1, seed: int = 0
+                    ) -> list[Arrival]:
+    """`arrivals` with gated networks ({child: parent}) and a drawn detection count each
+    (`draw_detections`); the gated networks leave each arrival's own networks."""
+    counts = draw_detections(len(arrivals), share, distribution, seed)
+    pairs = tuple(gated.items())
+    return [replace(a, networks=tuple(n for n in a.networks if n not in gated), gated=pairs,
+                    detections=k) for a, k in zip(arrivals, counts, strict=True)]

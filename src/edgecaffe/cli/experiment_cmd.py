@@ -26,6 +26,10 @@ FLAGS = [  # (flag, config key, type, help)
     ("--network-path", "network_path", str, "folder the networks' paths are relative to"),
     ("--resources-path", "resources_path", str, "folder the arrivals' images are relative to"),
     ("--output-prefix", "prefix", str, "name of the run's results folder"),
+    ("--context", "context", str, "context policy for gated networks (config key gated): "
+     "aware (load them once their condition holds) or oblivious (load them speculatively)"),
+    ("--context-share", "context_share", float, "share of requests whose parent network "
+     "finds something (0 to 1; the gated networks run on those only)"),
 ]
 
 
@@ -114,7 +118,7 @@ def _plan(args: argparse.Namespace):
     for name, run in expand_matrix(config):
         if args.run_only is not None and name != args.run_only:
             continue
-        pool = run.arrivals_networks() if run.arrivals is not None else run.networks
+        pool = run.arrivals_networks() if run.arrivals is not None else run.all_networks()
         if args.simulate:
             networks = resolve_infos(pool, run)
             infos = networks
@@ -134,7 +138,18 @@ def _service_ms(run, infos, device) -> float:
     """A request's loads and executions, run alone, with the BLAS threads the run will use."""
     from edgecaffe.experiment.runner import service_ms
 
-    return service_ms(run.networks, infos, device, _threads(run, device)[1])
+    threads = _threads(run, device)[1]
+    work = service_ms(run.unconditional(), infos, device, threads)
+    if run.gated:  # the gated networks' expected share: how often, and on how many inputs
+        work += _expected_count(run) * service_ms(list(run.gated), infos, device, threads)
+    return work
+
+
+def _expected_count(run) -> float:
+    """Mean inputs per request of each gated network: share x mean detection count."""
+    counts = run.detections if isinstance(run.detections, dict) else {run.detections: 1.0}
+    mean = sum(k * w for k, w in counts.items()) / sum(counts.values())
+    return run.context_share * mean
 
 
 def _threads(run, device) -> tuple[int, int]:
@@ -163,8 +178,9 @@ def _offered_load(run, arrivals, infos, device) -> tuple[float, float, float, in
     workers, threads = _threads(run, device)
     totals = {name: sum(isolated_totals_ms(info, device, threads))
               for name, info in infos.items()}
-    work_ms = sum(sum(totals.get(n, math.nan) for n in a.networks) for a in arrivals) \
-        / len(arrivals)
+    work_ms = sum(sum(totals.get(n, math.nan) for n in a.networks)
+                  + (a.detections or 0) * sum(totals.get(c, math.nan) for c, _ in a.gated)
+                  for a in arrivals) / len(arrivals)
     gap_ms = sum(a.gap_ms for a in arrivals[1:]) / (len(arrivals) - 1)
     if not math.isfinite(work_ms) or gap_ms <= 0:
         return None

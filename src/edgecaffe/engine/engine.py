@@ -30,10 +30,11 @@ from edgecaffe.blas import BlasHold, default_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
+from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.sched import BudgetError, Core, Policy, Request, Step, Task
+from edgecaffe.sched import BudgetError, Core, NetworkInstance, Policy, Request, Step, Task
 
 
 class EngineClosedError(RuntimeError):
@@ -47,6 +48,20 @@ class EngineError(RuntimeError):
 #: What a task does: given the task and its network's package, load or run it. The default
 #: reads weight files and runs the numpy kernels (`engine/tasks.py`).
 TaskRunner = Callable[[Task, ModelPackage], None]
+
+
+#: A gated network's condition, as the engine calls it: (child network, its parent's outputs
+#: {blob: array}) -> the child's inputs (none: the condition failed).
+Condition = Callable[[str, Mapping[str, Any]], Sequence[Any]]
+
+
+def _on_outputs(condition: Condition | None
+                ) -> Callable[[str, NetworkInstance], Sequence[Any]] | None:
+    """The core's condition (child, parent instance) from the engine's (child, outputs)."""
+    if condition is None:
+        return None
+    # A task runner of the caller's (a test's fake kernel) may leave no outputs: then {}.
+    return lambda child, parent: condition(child, getattr(parent.work, "outputs", None) or {})
 
 
 def resolve_packages(packages: Mapping[str, Any] | str | Path) -> dict[str, ModelPackage]:
@@ -81,7 +96,9 @@ class Engine:
     `cold_loads`: drop each weight file's cached pages before reading it (SD-card-like loads).
     `task_runner`: what a task does (default: real weight files and kernels); tests give a
     fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
-    "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable."""
+    "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable.
+    `context`: when gated networks (`submit(..., gated=...)`) load: "aware", once their
+    condition holds; "oblivious", speculatively with their request (sched/requests.py)."""
 
     def __init__(
         self,
@@ -96,12 +113,13 @@ class Engine:
         cold_loads: bool = False,
         task_runner: TaskRunner | None = None,
         backend: str = "numpy",
+        context: str = "aware",
     ) -> None:
         self.packages = resolve_packages(packages)
         infos = {name: package_info(p) for name, p in self.packages.items()}
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
-                                allow_overcommit)
+                                allow_overcommit, context=context)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
@@ -135,7 +153,8 @@ class Engine:
 
     # -- submitting ----------------------------------------------------------------------------
 
-    def submit(self, x: Any, networks: Sequence[str]) -> Future:
+    def submit(self, x: Any, networks: Sequence[str], gated: Mapping[str, str] | None = None,
+               condition: Condition | None = None) -> Future:
         """Queue one input (an image path, an H x W x 3 BGR uint8 array, or an NCHW array of
         the network's input shape) for `networks`.
 
@@ -145,19 +164,33 @@ class Engine:
         twice; the second result is keyed `name#2`. Raises ValueError for unknown networks,
         `BudgetError` (with `allow_overcommit=False`) for a request that can never fit,
         `EngineClosedError` after `close`; anything raised while the request is registered
-        (an interrupt) withdraws it and goes on to the caller."""
+        (an interrupt) withdraws it and goes on to the caller.
+
+        Gated networks: `gated={"AgeNet": "FaceNet"}` runs AgeNet on what FaceNet (a network
+        of `networks`) found. When FaceNet ends, the engine calls `condition("AgeNet",
+        outputs)` with FaceNet's outputs ({blob: array}); it returns AgeNet's inputs (each
+        as `x` may be: an image, an H x W x 3 array, an NCHW array), one AgeNet instance
+        each, keyed `AgeNet[0]`, `AgeNet[1]`, ... in the result; none: the condition failed
+        and AgeNet has no key. It runs on a worker, under the engine's lock: keep it quick
+        and do not call the engine from it; if it raises, the request fails with its
+        error. Raises ValueError (a `ConfigError`) for a bad `gated` or a missing
+        `condition`."""
         networks = list(networks)
         self.core.check_networks(networks)
+        self.core.check_gated(networks, gated)
+        if gated and condition is None:
+            raise ConfigError("gated networks need a condition: condition(child, "
+                              "parent_outputs) -> the child's inputs")
         future: Future = Future()
         with self._condition:
             if self._closing:
                 raise EngineClosedError("the engine is closed; submit before close()")
             if not self.scheduler.allow_overcommit:
-                self.core.check_fits(networks)
+                self.core.check_fits(networks, gated)
             self._hold_blas()
             try:
-                request = self.book.submit(networks, self.core.check_networks(networks),
-                                           self.now(), x, handle=future)
+                request = self.core.submit(networks, self.now(), x, gated,
+                                           _on_outputs(condition), handle=future)
             finally:
                 self._release_blas_if_idle()
                 self._settle_policy_failures()
@@ -244,11 +277,12 @@ class Engine:
         cancelled = request.handle.cancelled()
         networks = {i.result_key: NetworkResult.of(i, getattr(i.work, "outputs", None),
                                                    cancelled and i.failed is not None)
-                    for i in request.instances}
+                    for i in request.instances if not i.dropped}
         record = request.record
-        response_ms = None if request.failed else (record.completion_s - record.arrival_s) * 1e3
+        failed = record.status == "failed"
+        response_ms = None if failed else (record.completion_s - record.arrival_s) * 1e3
         result = RequestResult(record.request_id, networks, response_ms)
-        outcome = RequestError(record.error, result) if request.failed else result
+        outcome = RequestError(record.error, result) if failed else result
         self._outcomes.append((request, outcome))
         if cancelled:
             record.status = "cancelled"
@@ -294,7 +328,7 @@ class Engine:
         with self._condition:
             request = self.book.open.get(request_id)
             if request is not None:
-                for instance in request.instances:
+                for instance in list(request.instances):
                     self._apply(self.scheduler.fail(instance, "cancelled", self.now()))
             self._condition.notify_all()
         self._flush()
@@ -338,7 +372,7 @@ class Engine:
         self._closing = True
         if cancel:
             for request in list(self.book.open.values()):
-                if any(instance.failed for instance in request.instances):
+                if any(i.failed and not i.dropped for i in request.instances):
                     # Already failing: it ends as failed, with its own reason first.
                     for instance in request.instances:
                         self._apply(self.scheduler.fail(instance, "the engine is closing",

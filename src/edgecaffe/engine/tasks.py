@@ -34,7 +34,7 @@ class NetworkRun:
 
     __slots__ = ("outputs", "runner", "weights")
 
-    def __init__(self, runner: BlobRunner) -> None:
+    def __init__(self, runner: BlobRunner | None) -> None:
         self.runner: BlobRunner | None = runner
         self.weights: dict[str, dict[str, np.ndarray]] = {}
         self.outputs: dict[str, np.ndarray] | None = None
@@ -46,15 +46,18 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
     activations and weights from task to task. `backend`: the kernels (see `BlobRunner`)."""
     instance = task.instance
     if task.kind == Kind.INIT:
-        instance.work = NetworkRun(BlobRunner(package.network,
-                                              network_input(instance.input, package),
-                                              backend=backend))
+        # A speculative gated instance (context-oblivious) has no input yet: its first
+        # exec, which waits for the condition, prepares it.
+        instance.work = NetworkRun(None if instance.gated else _runner(instance, package,
+                                                                       backend))
         return
     work: NetworkRun = instance.work
     if task.kind == Kind.LOAD:
         for name in task.layers:
             work.weights[name] = package.read(name, cold=cold)
         return
+    if work.runner is None:
+        work.runner = _runner(instance, package, backend)
     layers = package.network.layer_by_name
     for name in task.layers:
         # Per-layer modes free a layer's weights as soon as it has run.
@@ -64,3 +67,7 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
         work.outputs = work.runner.results()
         work.runner = None
         work.weights.clear()
+
+
+def _runner(instance: Any, package: ModelPackage, backend: str) -> BlobRunner:
+    return BlobRunner(package.network, network_input(instance.input, package), backend=backend)

@@ -31,6 +31,7 @@ from edgecaffe.workload import (
     close_normal_gaps,
     poisson,
     random_composition,
+    with_detections,
 )
 from edgecaffe.yamlfile import read_yaml
 
@@ -40,7 +41,8 @@ ConfigError = errors.ConfigError  # defined with the other errors; importable fr
 MATRIX_KEYS = {"sets": "sets", "networks": "sets", "mem_limits": "mem_limits",
                "mem-limits": "mem_limits", "modes": "modes", "policies": "policies",
                "workers": "workers", "n-workers": "workers", "multipliers": "multipliers",
-               "repetitions": "repetitions"}
+               "contexts": "contexts", "context-shares": "context_shares",
+               "context_shares": "context_shares", "repetitions": "repetitions"}
 #: Key -> (canonical key, description). Original spellings map onto ours.
 KEYS: dict[str, str] = {
     "mode": "mode", "policy": "policy", "mem_limit": "mem_limit", "mem-limit": "mem_limit",
@@ -54,6 +56,8 @@ KEYS: dict[str, str] = {
     "synthetic": "synthetic", "set": "set_name", "multiplier": "multiplier",
     "ait-multiplier": "multiplier", "per-arrival": "per_arrival", "per_arrival": "per_arrival",
     "matrix": "matrix", "allow-large": "allow_large", "allow_large": "allow_large",
+    "gated": "gated", "context": "context", "context-share": "context_share",
+    "context_share": "context_share", "detections": "detections", "pipeline": "pipeline",
 }
 #: Canonical key -> the flag that overrides it, for error messages (default: --key-with-dashes).
 FLAG_NAMES = {"workers": "--n-workers", "set_name": "--set", "prefix": "--output-prefix",
@@ -95,10 +99,28 @@ class ExperimentConfig:
     matrix: dict[str, Any] | None = None
     #: Lift the schema's upper bounds (experiment/schema.py BOUNDS, the `large` column).
     allow_large: bool = False
+    #: Gated networks, child -> parent (sched/requests.py): each runs, per request, on as many
+    #: inputs as its parent finds, drawn in advance: a share `context_share` of requests find
+    #: something, `detections` times (a count, or {count: weight}). `context`: aware or
+    #: oblivious. `pipeline`: a named pipeline's networks and gates instead (`pipeline_hook`).
+    gated: dict[str, str] | None = None
+    context: str = "aware"
+    context_share: float = 1.0
+    detections: int | dict[int, float] = 1
+    pipeline: str | None = None
     source: str = "<flags>"
 
+    def unconditional(self) -> list[str]:
+        """The networks every request runs (the gated ones are added per request)."""
+        return [name for name in self.networks if name not in (self.gated or {})]
+
+    def all_networks(self) -> list[str]:
+        """Every network a run needs: its networks and the gated ones."""
+        return list(dict.fromkeys([*self.networks, *(self.gated or {})]))
+
     def arrivals_networks(self) -> list[str]:
-        return [name for arrival in self.arrivals or [] for name in arrival.networks]
+        return [name for arrival in self.arrivals or [] for name in arrival.networks] + \
+            list(self.gated or {})
 
     def to_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k not in ("arrivals", "source")}
@@ -191,11 +213,40 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if not config.networks:
         raise _error(source, "networks: give a list of zoo names, package folders or original "
                              "network folders")
+    if config.pipeline is not None:
+        config.networks, config.gated = pipeline_hook(config.pipeline, source)
+    if config.gated:
+        _check_gated(config, spelled.get("gated", "gated"))
     if config.matrix is not None:
         config.matrix = _checked_matrix(config.matrix, source, large)
     if raw_arrivals is not None:
         config.arrivals = _original_arrivals(raw_arrivals, source, config.resources_path)
     return config
+
+
+def pipeline_hook(name: str, source: str) -> tuple[list[str], dict[str, str]]:
+    """A named pipeline's (networks, {gated network: parent}), from the pipeline module
+    (`edgecaffe.pipeline.gated_networks(name)`, which that module is to provide). Raises
+    ConfigError when this build has none."""
+    try:
+        from edgecaffe.pipeline import gated_networks  # type: ignore[attr-defined]
+    except ImportError:
+        raise _error(source, f"pipeline: {name!r}: this build has no pipeline support "
+                             "(edgecaffe.pipeline.gated_networks); give networks and gated "
+                             "instead") from None
+    networks, gated = gated_networks(name)
+    return list(networks), dict(gated)
+
+
+def _check_gated(config: ExperimentConfig, key: str) -> None:
+    """Every gated network's parent is an ungated network of the run."""
+    unconditional = config.unconditional()
+    for child, parent in config.gated.items():
+        if parent not in unconditional:
+            raise _error(config.source, f"{key}: {child}: its parent {parent!r} is not one of "
+                                        f"the ungated networks ({', '.join(unconditional)})")
+    if not unconditional:
+        raise _error(config.source, f"{key}: every network is gated; at least one must not be")
 
 
 def _normal_matrix(matrix: Any, source: str) -> Any:
@@ -221,7 +272,8 @@ def _checked_matrix(matrix: Any, source: str, large: bool) -> dict[str, Any]:
     for limit in normal["mem_limits"] or []:
         check_memory(limit, "matrix.mem_limits", source, large, ConfigError)
     runs = normal["repetitions"]
-    for key in ("sets", "mem_limits", "modes", "policies", "workers", "multipliers"):
+    for key in ("sets", "mem_limits", "modes", "policies", "workers", "multipliers", "contexts",
+                "context_shares"):
         runs *= len(normal[key] or [None])
     bound = BOUNDS["matrix_runs"]
     high = bound.large if large else bound.high
@@ -259,19 +311,31 @@ def expand_matrix(config: ExperimentConfig) -> list[tuple[str, ExperimentConfig]
                 for policy in matrix.get("policies") or [config.policy]:
                     for workers in matrix.get("workers") or [config.workers]:
                         for multiplier in matrix.get("multipliers") or [config.multiplier]:
-                            for repetition in range(matrix.get("repetitions", 1)):
-                                run = replace(
-                                    config, networks=networks, set_name=None, mem_limit=limit,
-                                    mode=mode, policy=policy, workers=workers,
-                                    multiplier=multiplier, matrix=None,
-                                    # Common random numbers: one seed per repetition, the same
-                                    # for every mode, limit and policy.
-                                    seed=config.seed + repetition)
-                                name = f"{mode}{'-' + policy if policy else ''}-w{workers}"
-                                if multiplier is not None:
-                                    name += f"-a{multiplier:g}"
-                                runs.append((f"{set_label}/{limit}/{name}-r{repetition}", run))
+                            for context, share in _contexts(config):
+                                for repetition in range(matrix.get("repetitions", 1)):
+                                    run = replace(
+                                        config, networks=networks, set_name=None,
+                                        mem_limit=limit, mode=mode, policy=policy,
+                                        workers=workers, multiplier=multiplier, matrix=None,
+                                        context=context, context_share=share,
+                                        # Common random numbers: one seed per repetition,
+                                        # the same for every mode, limit and policy.
+                                        seed=config.seed + repetition)
+                                    name = f"{mode}{'-' + policy if policy else ''}-w{workers}"
+                                    if multiplier is not None:
+                                        name += f"-a{multiplier:g}"
+                                    if config.gated:
+                                        name += f"-{context}-p{share:g}"
+                                    runs.append((f"{set_label}/{limit}/{name}-r{repetition}",
+                                                 run))
     return runs
+
+
+def _contexts(config: ExperimentConfig) -> list[tuple[str, float]]:
+    """The matrix's (context policy, share) pairs (one, the config's, without a matrix axis)."""
+    matrix = config.matrix or {}
+    return [(context, share) for context in matrix.get("contexts") or [config.context]
+            for share in matrix.get("context_shares") or [config.context_share]]
 
 
 def arrivals_of(config: ExperimentConfig, service_ms: float | None = None
@@ -279,11 +343,21 @@ def arrivals_of(config: ExperimentConfig, service_ms: float | None = None
     """The arrivals to run and whether they form a closed loop. `service_ms` (a request's loads
     and executions run alone: `runner.service_ms`) scales the gap when the config gives a
     multiplier."""
+    arrivals, closed_loop = _plain_arrivals(config, service_ms)
+    if config.gated:
+        arrivals = with_detections(arrivals, config.gated, config.context_share,
+                                   config.detections, config.seed)
+    return arrivals, closed_loop
+
+
+def _plain_arrivals(config: ExperimentConfig, service_ms: float | None
+                    ) -> tuple[list[Arrival], bool]:
     closed_loop = config.arrival_mode == "batch"
     if config.arrivals is not None:
         return config.arrivals, closed_loop
+    networks = config.unconditional()
     if closed_loop:
-        return batches(config.networks, config.n_arrivals), True
+        return batches(networks, config.n_arrivals), True
     gap = config.mean_gap_ms
     if config.multiplier is not None:
         if not service_ms or not math.isfinite(service_ms):
@@ -292,10 +366,10 @@ def arrivals_of(config: ExperimentConfig, service_ms: float | None = None
         gap = config.multiplier * service_ms
     count, seed = config.n_arrivals, config.seed
     if config.arrival_mode == "poisson":
-        return poisson(config.networks, count, gap, seed), False
+        return poisson(networks, count, gap, seed), False
     if config.arrival_mode == "random-composition":
-        return random_composition(config.networks, count, gap, seed), False
+        return random_composition(networks, count, gap, seed), False
     if config.arrival_mode == "all-random":
-        return all_random(config.networks, count, config.per_arrival, gap, seed), False
+        return all_random(networks, count, config.per_arrival, gap, seed), False
     gaps = close_normal_gaps(count, gap, seed=seed)  # stochastic: the original's normal gaps
-    return [Arrival(i, g, tuple(config.networks)) for i, g in enumerate(gaps)], False
+    return [Arrival(i, g, tuple(networks)) for i, g in enumerate(gaps)], False

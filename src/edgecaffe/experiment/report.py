@@ -97,6 +97,9 @@ class Run:
     def label(self) -> str:
         label = self.mode if self.policy == _default_policy(self.mode) else \
             f"{self.mode}/{self.policy}"
+        if self.config.get("gated"):  # the context experiment: policy and share of faces
+            label += f" {self.config.get('context', 'aware')} " \
+                     f"p={float(self.config.get('context_share', 1.0)):g}"
         if self.simulated:
             device = (self.config.get("device") or {}).get("name", "host")
             label += " (sim)" if device == "host" else f" (sim {device})"
@@ -109,7 +112,10 @@ class Run:
 
     @property
     def network_set(self) -> str:
-        return "+".join(sorted({n.split("#")[0] for n in self.networks["network"]}))
+        if self.config.get("gated") and isinstance(self.config.get("networks"), dict):
+            return "+".join(sorted(self.config["networks"]))  # those that ran depend on p
+        return "+".join(sorted({n.split("#")[0].split("[")[0]
+                                for n in self.networks["network"]}))
 
     def network_responses_ms(self) -> np.ndarray:
         values = self.networks["response_ms"]

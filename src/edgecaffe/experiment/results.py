@@ -33,6 +33,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
+def network_of(key: str) -> str:
+    """The network of a result key: `AgeNet` for `AgeNet`, `AgeNet#2` or `AgeNet[0]`."""
+    return key.split("#")[0].split("[")[0]
+
+
 def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[str, Any]:
     """Response times (per request: arrival to its last network's end; per network), makespan,
     peak ledger and peak RSS of one run."""
@@ -43,7 +48,7 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
             continue
         for key, (_, end) in request.network_spans.items():
             if end is not None:
-                per_network.setdefault(key.split("#")[0], []).append(
+                per_network.setdefault(network_of(key), []).append(
                     (end - request.arrival_s) * 1e3)
     ends = [r.completion_s for r in trace.requests.values() if r.completion_s is not None]
     arrivals = [r.arrival_s for r in trace.requests.values()]
@@ -66,12 +71,16 @@ def summarize(trace: Trace, rss: list[tuple[float, int]] | None = None) -> dict[
                                  default=int(trace.info.get("peak_ledger_bytes", 0))),
         "forced_admissions": len(trace.forced_events),
         "peak_rss_bytes": max((value for _, value in rss), default=0) if rss else None,
+        # Gated networks: instances run on what their parents found, and conditions that
+        # failed (with the context-oblivious policy, each dropped a speculative instance).
+        "gated_instances": sum(len(g.instances) for g in trace.gates if g.outcome == "run"),
+        "failed_conditions": sum(1 for g in trace.gates if g.count == 0),
     }
 
 
 #: The files a run folder holds (write_run's, and limits.json from --enforce-memory).
 RUN_FILES = ("config.yaml", "tasks.csv", "requests.csv", "networks.csv", "ledger.csv", "rss.csv",
-             "workers.csv", "summary.json", "limits.json", "environment.json",
+             "gates.csv", "workers.csv", "summary.json", "limits.json", "environment.json",
              "complete.json")
 
 
@@ -161,6 +170,13 @@ def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],
                 "forced"],
                [[e.time, e.delta_bytes, e.used_bytes, e.task_id, e.network_instance, e.reason,
                  e.forced] for e in trace.ledger])
+    if trace.gates:
+        _write_csv(folder / "gates.csv",
+                   ["request_id", "network", "parent", "context", "count", "resolved_s",
+                    "instance_ids", "outcome", "error"],
+                   [[g.request_id, g.network, g.parent, g.context, g.count, g.resolved_s,
+                     " ".join(map(str, g.instances)), g.outcome, g.error or ""]
+                    for g in trace.gates])
     if rss is not None:
         _write_csv(folder / "rss.csv", ["time_s", "rss_bytes"], [list(s) for s in rss])
     busy: dict[int, float] = {}

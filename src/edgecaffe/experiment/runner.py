@@ -45,11 +45,14 @@ def run_once(
     config: dict[str, Any] | None = None,
     on_done: Callable[[], None] | None = None,
     backend: str = "numpy",
+    context: str = "aware",
 ) -> tuple[dict[str, Any], Engine]:
     """Run `arrivals` on a fresh engine; write the results folder when `output` is given.
-    `backend`: the engine's kernels ("numpy" or "onnxruntime")."""
+    `backend`: the engine's kernels ("numpy" or "onnxruntime"); `context`: the context policy
+    for the arrivals' gated networks (their drawn detection counts decide the conditions)."""
     engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
-                    workers=workers, blas_threads=blas_threads, backend=backend)
+                    workers=workers, blas_threads=blas_threads, backend=backend,
+                    context=context)
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -92,10 +95,13 @@ def _results(driver: Any, arrivals: Sequence[Arrival], closed_loop: bool,
     resolved = {
         "mode": driver.mode.name, "policy": driver.policy.name,
         "budget_bytes": driver.budget.capacity_bytes,
-        "granularity": driver.scheduler.granularity, "workers": driver.workers,
+        "granularity": driver.scheduler.granularity, "context": driver.core.context,
+        "workers": driver.workers,
         "blas_threads": driver.blas_threads, "closed_loop": closed_loop, **extra,
         "networks": networks, "network_totals_ms": totals,
-        "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data}
+        "arrivals": [{"gap_ms": a.gap_ms, "networks": list(a.networks), "data": a.data,
+                      **({"gated": dict(a.gated), "detections": a.detections} if a.gated
+                         else {})}
                      for a in arrivals] if record_tasks else len(arrivals),
     }
     # The run's resolved values (the mode's own policy, the packages' folders) win over the
@@ -152,6 +158,7 @@ def simulate_once(
     config: dict[str, Any] | None = None,
     on_done: Callable[[], None] | None = None,
     record_tasks: bool = True,
+    context: str = "aware",
 ) -> tuple[dict[str, Any], Any]:
     """The simulated counterpart of `run_once`: same arguments, same results folder (without
     RSS samples: nothing runs)."""
@@ -160,7 +167,7 @@ def simulate_once(
     simulator = Simulator(infos, mode=mode, policy=policy, budget=budget,
                           granularity=granularity, workers=workers, device=device,
                           blas_threads=blas_threads, record_tasks=record_tasks,
-                          record_ledger=record_tasks)
+                          record_ledger=record_tasks, context=context)
     trace = simulator.run(arrivals, closed_loop,
                           on_done=None if on_done is None else lambda _: on_done())
     trace.info["peak_ledger_bytes"] = simulator.budget.peak_bytes
@@ -186,7 +193,7 @@ def run_entry(name: str, config, arrivals: Sequence[Arrival], closed_loop: bool,
     common = dict(mode=config.mode, budget=config.mem_limit, policy=config.policy,
                   granularity=config.granularity, workers=config.workers,
                   blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
-                  config=config.to_dict(), on_done=on_done)
+                  config=config.to_dict(), on_done=on_done, context=config.context)
     if simulate:
         summary, _ = simulate_once(networks, arrivals, device=device, **common)
     else:

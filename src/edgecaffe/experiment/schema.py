@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from edgecaffe.sched import GRANULARITIES, MODES, POLICIES
+from edgecaffe.sched import CONTEXTS, GRANULARITIES, MODES, POLICIES
 from edgecaffe.workload import SETS
 
 ARRIVAL_MODES = ("batch", "poisson", "stochastic", "random-composition", "all-random")
@@ -62,6 +62,11 @@ BOUNDS: dict[str, Bound] = {
 }
 
 Memory = Annotated[str, msgspec.Meta(pattern=MEMORY_PATTERN)]
+Context = Literal[CONTEXTS]  # type: ignore[valid-type]
+Share = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Weight = Annotated[float, msgspec.Meta(ge=0.0, le=1e9)]
+NetworkName = Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
 #: A file or folder name: no NUL byte (the OS refuses those), at most 4096 characters.
 PathText = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*$", max_length=4096)]
 Mode = Literal[tuple(MODES)]  # type: ignore[valid-type]
@@ -103,6 +108,13 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
         ("per_arrival", b["per_arrival"], 3),
         ("matrix", _matrix_type(large) | None, None),
         ("allow_large", bool, False),
+        # Gated networks (the context-aware experiment): child -> parent, the context policy,
+        # the share of requests whose parent finds something, and how many it finds.
+        ("gated", dict[NetworkName, NetworkName] | None, None),
+        ("context", Context, "aware"),
+        ("context_share", Share, 1.0),
+        ("detections", Count | dict[Count, Weight], 1),
+        ("pipeline", NetworkName | None, None),
     ]
 
 
@@ -135,6 +147,8 @@ def _matrix_type(large: bool) -> type:
         ("policies", many(Policy | None), None),
         ("workers", many(workers), None),
         ("multipliers", many(multiplier | None), None),
+        ("contexts", many(Context), None),
+        ("context_shares", many(Share), None),
         ("repetitions", BOUNDS["repetitions"].type(large), 1),
     ], kw_only=True)
 
@@ -162,7 +176,7 @@ def validate(values: dict[str, Any], spelled: dict[str, str], source: str,
         raise error(_message(failure, values, spelled, source, allow_large)) from None
 
 
-_AT = re.compile(r" - at `\$(.*)`$")
+_AT = re.compile(r" - at `(?:key` in `)?\$(.*)`$")  # a bad mapping key: "at `key` in `$.x`"
 
 
 def _message(failure: msgspec.ValidationError, values: dict[str, Any], spelled: dict[str, str],
@@ -192,7 +206,7 @@ def _message(failure: msgspec.ValidationError, values: dict[str, Any], spelled: 
 def _allowed(name: str, expected: str) -> str:
     choices = {"mode": MODES, "modes": MODES, "policy": POLICIES, "policies": POLICIES,
                "granularity": GRANULARITIES, "arrival_mode": ARRIVAL_MODES,
-               "set_name": SETS, "sets": SETS}
+               "set_name": SETS, "sets": SETS, "context": CONTEXTS, "contexts": CONTEXTS}
     if expected.startswith("Invalid enum value") and name in choices:
         return f"choose from {', '.join(choices[name])}"
     if name in ("mem_limit", "mem_limits"):

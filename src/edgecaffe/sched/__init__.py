@@ -17,13 +17,14 @@ from edgecaffe.sched.memory import (
 )
 from edgecaffe.sched.planner import MODES, Mode, Planner
 from edgecaffe.sched.policies import POLICIES, Policy, get_policy
-from edgecaffe.sched.requests import Request, RequestBook, result_keys
+from edgecaffe.sched.requests import CONTEXTS, Gate, Request, RequestBook, result_keys
 from edgecaffe.sched.scheduler import BudgetError, Scheduler, Step
-from edgecaffe.sched.trace import RequestRecord, TaskRecord, Trace
+from edgecaffe.sched.trace import GateRecord, RequestRecord, TaskRecord, Trace
 
 __all__ = [
-    "GRANULARITIES", "MODES", "POLICIES", "BudgetError", "Core", "Fit", "Kind", "LayerInfo",
-    "LayerMemory", "LedgerEvent", "MemoryBudget", "MemoryManager", "Mode", "NetworkInfo",
+    "CONTEXTS", "GRANULARITIES", "MODES", "POLICIES", "BudgetError", "Core", "Fit", "Gate",
+    "GateRecord", "Kind", "LayerInfo", "LayerMemory", "LedgerEvent", "MemoryBudget",
+    "MemoryManager", "Mode", "NetworkInfo",
     "NetworkInstance", "NetworkMemory", "Planner", "Policy", "Request", "RequestBook",
     "RequestRecord", "Scheduler", "State", "Step", "Task", "TaskRecord", "Trace", "get_policy",
     "memory_manager", "parse_bytes", "result_keys",

@@ -5,6 +5,12 @@
     task = core.scheduler.next_task(pool, now, worker)           # a driver asks for work ...
     closed = core.book.settle(core.scheduler.finish(task, now))  # ... and reports its end
 
+Gated networks (sched/requests.py): `core.submit(["FaceNet"], now, image,
+gated={"AgeNet": "FaceNet"}, condition=faces)` plans AgeNet only once FaceNet's end resolves
+its condition (`faces(child, parent_instance) -> inputs`, one AgeNet instance per input), or,
+without a condition, when the driver calls `core.resolve(request, "AgeNet", count, now)`.
+`context` ("aware" | "oblivious") says whether gated networks load before that.
+
 A driver owns a clock and decides what a task does: the engine (engine/engine.py) runs worker
 threads and real kernels at wall-clock times; the simulator (sim/simulator.py) an event loop
 with durations from a device profile at virtual times. Mode, policy, memory manager, scheduler,
@@ -22,8 +28,8 @@ from edgecaffe.sched.info import NetworkInfo
 from edgecaffe.sched.memory import NEVER, memory_manager
 from edgecaffe.sched.planner import MODES, Planner
 from edgecaffe.sched.policies import Policy, get_policy
-from edgecaffe.sched.requests import Request, RequestBook
-from edgecaffe.sched.scheduler import BudgetError, Scheduler
+from edgecaffe.sched.requests import CONTEXTS, Condition, Request, RequestBook, result_keys
+from edgecaffe.sched.scheduler import BudgetError, Scheduler, Step
 from edgecaffe.sched.trace import Trace
 
 
@@ -35,6 +41,8 @@ class Core:
     `workers`: the worker count (a mode with a fixed count, such as bulk's 1, overrides it).
     `record_tasks` / `record_ledger`: keep every task span / ledger change in the trace (off
     for very long simulations). `info`: facts the driver adds to the trace's info.
+    `context`: when gated networks are planned, "aware" (once their condition holds) or
+    "oblivious" (with their request, loading speculatively; see sched/requests.py).
 
     Raises `ConfigError` (a ValueError) for an unknown mode, policy or granularity, a budget
     that is not a size, or fewer than one worker."""
@@ -51,11 +59,15 @@ class Core:
         record_tasks: bool = True,
         record_ledger: bool = True,
         info: Mapping[str, Any] | None = None,
+        context: str = "aware",
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"workers must be a whole number, 1 or more, got {workers!r}")
+        if context not in CONTEXTS:
+            raise ConfigError(f"unknown context policy {context!r}; choose from "
+                              f"{', '.join(CONTEXTS)}")
         self.infos = dict(infos)
         for name, network in self.infos.items():
             # The caller's name is the one arrivals, results and the trace use (an original
@@ -71,8 +83,11 @@ class Core:
         self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
                            info={"mode": mode, "policy": self.policy.name,
                                  "granularity": granularity, "workers": self.workers,
-                                 "budget_bytes": self.budget.capacity_bytes, **(info or {})})
-        self.book = RequestBook(self.planner, self.scheduler, self.trace, record_tasks)
+                                 "budget_bytes": self.budget.capacity_bytes,
+                                 "context": context, **(info or {})})
+        self.book = RequestBook(self.planner, self.scheduler, self.trace, record_tasks,
+                                context)
+        self.context = context
 
     def check_networks(self, networks: Sequence[str]) -> list[NetworkInfo]:
         """The infos of a request's networks; `ConfigError` naming unknown ones, or none."""
@@ -83,12 +98,34 @@ class Core:
             raise ConfigError("a request needs at least one network")
         return [self.infos[name] for name in networks]
 
-    def check_fits(self, networks: Sequence[str]) -> None:
-        """Raise `BudgetError` if a task of this request needs more than the whole budget.
+    def check_gated(self, networks: Sequence[str], gated: Mapping[str, str] | None
+                    ) -> list[tuple[NetworkInfo, str]]:
+        """A request's gated networks as (child info, parent's result key) pairs.
+
+        Raises `ConfigError` for an unknown child, or a parent that is not one of the
+        request's own (ungated) networks (`AgeNet#2` names a second AgeNet)."""
+        if not gated:
+            return []
+        if not isinstance(gated, Mapping):
+            raise ConfigError(f"gated must map each gated network to its parent, got {gated!r}")
+        keys = result_keys(networks)
+        pairs = []
+        for child, parent in gated.items():
+            if parent not in keys:
+                raise ConfigError(f"gated network {child!r}: its parent {parent!r} is not one "
+                                  f"of the request's networks ({', '.join(keys)})")
+            pairs.append((self.check_networks([child])[0], parent))
+        return pairs
+
+    def check_fits(self, networks: Sequence[str], gated: Mapping[str, str] | None = None
+                   ) -> None:
+        """Raise `BudgetError` if a task of this request (gated networks included) needs
+        more than the whole budget.
 
         Planned on a scratch planner: the real one links networks across requests and must
         only see accepted ones."""
-        for instance in Planner(self.mode).plan(-1, self.check_networks(networks)):
+        infos = self.check_networks(networks) + [i for i, _ in self.check_gated(networks, gated)]
+        for instance in Planner(self.mode).plan(-1, infos):
             for task in instance.tasks:
                 need = self.scheduler.reservation(task)
                 if self.memory.fit_bytes(need) is NEVER:
@@ -97,6 +134,33 @@ class Core:
                         f"{need} bytes, more than the whole budget of "
                         f"{self.budget.capacity_bytes}")
 
-    def submit(self, networks: Sequence[str], now: float, data: Any = None) -> Request:
-        """Plan one request for `networks` at time `now` and hand its tasks to the scheduler."""
-        return self.book.submit(networks, self.check_networks(networks), now, data)
+    def submit(self, networks: Sequence[str], now: float, data: Any = None,
+               gated: Mapping[str, str] | None = None, condition: Condition | None = None,
+               handle: Any = None) -> Request:
+        """Plan one request for `networks` at time `now` and hand its tasks to the scheduler.
+
+        `gated`: {child network: parent} for networks that run on what their parent (a result
+        key of `networks`) found; `condition(child, parent_instance)` gives a child's inputs
+        when its parent ends (an empty sequence: the condition failed). Without a condition,
+        call `resolve` for each gated network once its parent has ended. Raises `ConfigError`
+        for unknown networks or a bad `gated`."""
+        infos = self.check_networks(networks)
+        pairs = self.check_gated(networks, gated)
+        return self.book.submit(networks, infos, now, data, handle, pairs, condition)
+
+    def resolve(self, request: Request, child: str, count: int, now: float,
+                data: Sequence[Any] | None = None) -> Step:
+        """Resolve a gated network of `request` by hand: `count` inputs (0: its condition
+        failed), given as `data` (a sequence of `count` inputs) or, when None, the request's
+        own input `count` times. Returns the `Step` it made (tasks now ready, instances now
+        over); pass it to `book.settle` as a `finish`'s. Raises `ConfigError` for a count
+        that is not a whole number >= 0, a `data` of another length, or a child that is not
+        an unresolved gated network of the request."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"gated network {child!r}: count must be a whole number >= 0, "
+                              f"got {count!r}")
+        inputs = [request.data] * count if data is None else list(data)
+        if len(inputs) != count:
+            raise ConfigError(f"gated network {child!r}: {len(inputs)} inputs for a count "
+                              f"of {count}")
+        return self.book.resolve(request, child, inputs, now)

@@ -193,9 +193,9 @@ class Task:
 class NetworkInstance:
     """One network of one request: its tasks and the bookmarks that cross-network links use."""
 
-    __slots__ = ("__weakref__", "arrival", "created", "failed", "held", "held_bytes", "id",
-                 "info", "input", "lean", "linked", "marks", "pending", "ref", "request_id",
-                 "result_key", "tasks", "template", "work")
+    __slots__ = ("__weakref__", "arrival", "created", "dropped", "failed", "gated", "held",
+                 "held_bytes", "id", "info", "input", "lean", "linked", "marks", "pending", "ref",
+                 "request_id", "result_key", "tasks", "template", "work")
 
     def __init__(self, id: int, request_id: int, info: NetworkInfo,
                  tasks: list[Task] | None = None, marks: dict[str, Task] | None = None) -> None:
@@ -208,6 +208,13 @@ class NetworkInstance:
         #: Named tasks for linking: init, first/last of loads and execs per stage, last.
         self.marks: dict[str, Task] = {} if marks is None else marks
         self.failed: str | None = None
+        #: A gated network (sched/requests.py): `gated` is its parent instance while its execs
+        #: wait for its condition (a context-oblivious speculative instance, whose input is
+        #: not known yet), else None;
+        #: `dropped` once its condition failed (it then also has `failed` set, as the reason,
+        #: but its request does not fail for it).
+        self.gated: NetworkInstance | None = None
+        self.dropped = False
         #: When its request arrived (the driver's clock; None: when the scheduler got it),
         #: its key in the request's result (`AgeNet`, `AgeNet#2` for a second AgeNet) and its
         #: input (whatever the driver submitted; the core never reads it).

@@ -28,7 +28,7 @@ import heapq
 from collections.abc import Iterable, Sequence
 from heapq import heappop, heappush
 
-from edgecaffe.sched.graph import NetworkInstance, State, Task
+from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 from edgecaffe.sched.memory import NOW, MemoryManager
 from edgecaffe.sched.plans import PlanBook
 from edgecaffe.sched.policies import Policy
@@ -80,6 +80,8 @@ class Scheduler:
         self._book = PlanBook(memory, policy, self._ready, self._waiting)
         self.running: set[Task] = set()
         self.instances: set[NetworkInstance] = set()
+        #: Gated instances whose executions wait for their condition (context-oblivious).
+        self._speculative: set[NetworkInstance] = set()
         self.forced_events = 0
 
     @property
@@ -98,15 +100,43 @@ class Scheduler:
     # -- adding work ---------------------------------------------------------------------------
 
     def add(self, instances: Iterable[NetworkInstance], now: float) -> list[Task]:
-        """Register the instances' tasks; returns those ready at once."""
+        """Register the instances' tasks; returns those ready at once. The executions of a
+        `gated` instance also wait for `open_gate` (its inits and loads may run before)."""
         instances = list(instances)
         candidates = [self._plan_instance(instance, now) for instance in instances]
+        for instance in instances:
+            if instance.gated:  # its executions wait for its condition too (`open_gate`)
+                self._speculative.add(instance)
+                pending = instance.pending
+                for task in instance.tasks:
+                    if task.spec.kind == Kind.EXEC:
+                        pending[task.spec.index] += 1
         ready = []
         for instance, roots in zip(instances, candidates, strict=True):
             tasks, pending = instance.tasks, instance.pending
             for index in roots:
                 task = tasks[index]
                 if pending[index] == 0 and task.state == WAITING:
+                    self._make_ready(task, now)
+                    ready.append(task)
+        return ready
+
+    def open_gate(self, instance: NetworkInstance, now: float) -> list[Task]:
+        """A gated instance's condition held: its executions no longer wait for it. Returns
+        the tasks now ready (sched/requests.py calls this; see `add`)."""
+        ready: list[Task] = []
+        if not instance.gated:
+            return ready
+        instance.gated = None
+        self._speculative.discard(instance)
+        if instance.failed is not None or instance not in self.instances:
+            return ready
+        pending = instance.pending
+        for task in instance.tasks:
+            if task.spec.kind == Kind.EXEC:
+                index = task.spec.index
+                pending[index] -= 1
+                if not pending[index] and task.state == WAITING:
                     self._make_ready(task, now)
                     ready.append(task)
         return ready
@@ -178,7 +208,8 @@ class Scheduler:
         else:
             task = None  # a dynamic policy's order is worked out afresh each time
         if task is not None and self.memory.fit(task.plan) is NOW and (
-                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW):
+                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW) and (
+                not self._speculative or self._spare(task)):
             if self._ranked:
                 del self._waiting[heappop(heap)]
             else:
@@ -209,12 +240,27 @@ class Scheduler:
         the progress rule's choice; else None."""
         order = self._in_order(heap, now)
         fit = self.memory.fit
-        chosen = next((task for task in order if fit(task.plan) is NOW), None)
+        chosen = next((task for task in order if fit(task.plan) is NOW and (
+            not self._speculative or self._spare(task))), None)
         if chosen is not None:
             return chosen
         if self.running or self._fits_elsewhere(pool, now):
             return None
-        return order[0]  # the progress rule: nothing runs and nothing fits anywhere
+        # The progress rule: nothing runs and nothing fits anywhere. Never for speculation:
+        # its parent (ready, or it would run) comes first.
+        return next((task for task in order if not task._instance().gated), None)
+
+    def _spare(self, task: Task) -> bool:
+        """Whether `task` may take its memory as far as speculation goes: a task of a gated
+        instance still waiting for its condition only when its bytes fit together with what
+        its parent has yet to reserve (so that it never holds memory its parent needs to end
+        and resolve it); any other task, always."""
+        parent = task._instance().gated
+        if parent is None or parent.failed is not None:
+            return True
+        need = task.plan.nbytes + sum(t.plan.nbytes for t in parent.tasks
+                                      if t.state <= READY and t.plan is not None)
+        return self.memory.fit_bytes(need) is NOW
 
     def _in_order(self, heap: list, now: float) -> list[Task]:
         """The ready tasks of one pool, best first by the policy."""
@@ -226,7 +272,8 @@ class Scheduler:
 
     def _fits_elsewhere(self, pool: int, now: float) -> bool:
         fit = self.memory.fit
-        return any(fit(task.plan) is NOW for other, heap in self._ready.items() if other != pool
+        return any(fit(task.plan) is NOW and (not self._speculative or self._spare(task))
+                   for other, heap in self._ready.items() if other != pool
                    for task in self._in_order(heap, now))
 
     def _unready(self, task: Task) -> None:
@@ -299,6 +346,7 @@ class Scheduler:
     def _fail(self, instance: NetworkInstance, reason: str, now: float, ready: list[Task],
               failing: Task | None = None) -> None:
         instance.failed = reason
+        self._speculative.discard(instance)
         self.memory.held_after_failure(instance, failing)
         for task in instance.tasks:
             if task.state in (WAITING, READY):

@@ -48,10 +48,30 @@ class RequestRecord:
 
 
 @dataclass
+class GateRecord:
+    """A gated network of one request (sched/requests.py): its parent, the context policy, and
+    how its condition resolved: `count` inputs (0: the condition failed; None: unresolved), at
+    `resolved_s`; `instances`, the network instances it ran (or started speculatively);
+    `outcome`: pending | run | dropped (condition failed) | parent failed | error."""
+
+    request_id: int
+    network: str
+    parent: str
+    context: str
+    count: int | None = None
+    resolved_s: float | None = None
+    instances: tuple[int, ...] = ()
+    outcome: str = "pending"
+    error: str | None = None
+
+
+@dataclass
 class Trace:
     tasks: list[TaskRecord] = field(default_factory=list)
     requests: dict[int, RequestRecord] = field(default_factory=dict)
     ledger: list[LedgerEvent] = field(default_factory=list)
+    #: Gated networks, one record per request and gated network, in submission order.
+    gates: list[GateRecord] = field(default_factory=list)
     capacity_bytes: int = 0
     #: Free-form facts about the run: mode, policy, granularity, workers, BLAS threads...
     info: dict[str, object] = field(default_factory=dict)
@@ -67,7 +87,11 @@ class Trace:
         self.record_span(instance)
 
     def record_span(self, instance: NetworkInstance) -> None:
-        """Only the network's span in its request (long simulations keep no task records)."""
+        """Only the network's span in its request (long simulations keep no task records). A
+        gated instance whose condition failed has none: it is not one of the request's
+        responses."""
+        if instance.dropped:
+            return
         starts = [t.start for t in instance.tasks if t.start is not None]
         request = self.requests[instance.request_id]
         key = instance.result_key or instance.name  # `AgeNet#2` for a second AgeNet

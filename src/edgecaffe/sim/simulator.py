@@ -34,7 +34,9 @@ class Simulator:
     task's duration (default: the profiled times of this machine); `task_ms`, any function of
     a task giving its duration in ms instead; `blas_threads`, the engine's BLAS threads per
     worker (execution times follow it); `record_tasks` / `record_ledger`, keep every task span
-    / ledger change (off for very long simulations)."""
+    / ledger change (off for very long simulations); `context`, the context policy for
+    gated networks ("aware" or "oblivious", see sched/requests.py): an arrival's gated
+    networks run on as many inputs as its drawn `detections` say."""
 
     def __init__(
         self,
@@ -50,11 +52,13 @@ class Simulator:
         allow_overcommit: bool = True,
         record_tasks: bool = True,
         record_ledger: bool = True,
+        context: str = "aware",
     ) -> None:
         self.device = device or DeviceProfile()
         self.core = core = Core(infos, mode, policy, budget, granularity, workers,
                                 allow_overcommit, record_tasks, record_ledger,
-                                info={"simulated": True, "device": self.device.name})
+                                info={"simulated": True, "device": self.device.name},
+                                context=context)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
@@ -78,7 +82,12 @@ class Simulator:
         submission, and in a closed loop not before the previous request has finished).
 
         Raises ValueError for networks it does not know, RuntimeError if the scheduler stalls."""
-        self.core.check_networks(sorted({n for a in arrivals for n in a.networks}))
+        self.core.check_networks(sorted({n for a in arrivals for n in a.networks}
+                                        | {child for a in arrivals for child, _ in a.gated}))
+        undrawn = [a.index for a in arrivals if a.gated and a.detections is None]
+        if undrawn:
+            raise ValueError(f"arrivals {undrawn[:5]} have gated networks but no drawn "
+                             "detection count (workload.with_detections)")
         self._events(ArrivalSchedule(arrivals, closed_loop, self.now), on_done)
         if self.book.open:  # only if the scheduler stalled: say so rather than return a short trace
             raise RuntimeError(f"simulation stalled with {len(self.book.open)} request(s) open")
@@ -121,9 +130,14 @@ class Simulator:
             self.now = now
             while due_s <= now:  # every request that arrives now (gaps of 0)
                 arrival = schedule.submitted(now)
-                request = self.book.submit(arrival.networks,
-                                           [self.infos[n] for n in arrival.networks], now,
-                                           arrival.data)
+                if arrival.gated:
+                    request = self.core.submit(arrival.networks, now, arrival.data,
+                                               dict(arrival.gated),
+                                               arrival.condition(arrival.data))
+                else:
+                    request = self.book.submit(arrival.networks,
+                                               [self.infos[n] for n in arrival.networks], now,
+                                               arrival.data)
                 waiting_on = request if schedule.waiting else waiting_on
                 due_s = schedule.due_s()
             still_idle = []
