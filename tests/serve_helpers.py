@@ -78,3 +78,63 @@ def wait_idle(engine, timeout_s: float = 30.0) -> None:
     while engine.book.open or engine.budget.used_bytes:
         assert time.monotonic() < deadline, f"engine still busy: {engine.book.open}"
         time.sleep(0.01)
+
+
+class ServerProcess:
+    """`edgecaffe serve ARGS --port 0` as a real process: `url` once it listens, `ready()`
+    waits for /health/ready; leaving the `with` block stops it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.stderr_path = cwd / f"serve-{time.monotonic_ns()}.err"
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 (closed in __exit__)
+        command = [str(Path(sys.executable).parent / "edgecaffe"), "serve", *args,
+                   "--port", "0"]
+        self.process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE,
+                                        stderr=self._stderr, text=True,
+                                        env={**os.environ, **(env or {})})
+        line = self.process.stdout.readline()
+        if "http://" not in line:
+            self.process.wait(30)
+            raise AssertionError(f"no URL printed: {line!r}\n{self.stderr()}")
+        self.url = line.split()[2].rstrip("/")
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def stderr(self) -> str:
+        if not self._stderr.closed:
+            self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def ready(self, timeout_s: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"the server ended:\n{self.stderr()}"
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"not ready after {timeout_s} s:\n{self.stderr()}")
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+        self._stderr.close()

@@ -1,0 +1,162 @@
+"""`edgecaffe serve` as a real process on a free port: the commands of docs/serving.md (the
+server line, curl, the Python client) run against it as written but for the port, and SIGTERM
+in the middle of a load answers every call and leaves the ledger at 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serve_helpers import ServerProcess
+from tests.test_docs import blocks, commands
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, zoo_packages, zoo_model):
+    """What the document's first block makes: models/ with AgeNet and GenderNet packages and
+    a TinyAlex Caffe pair, and face.jpg."""
+    from PIL import Image
+
+    from edgecaffe.model.preprocess import sample_image
+
+    folder = tmp_path_factory.mktemp("serving")
+    packages = zoo_packages(["AgeNet", "GenderNet"])
+    for name in ("AgeNet", "GenderNet"):
+        shutil.copytree(packages / name, folder / "models" / name)
+    for path in zoo_model("TinyAlex"):
+        shutil.copy(path, folder / "models" / path.name)
+    Image.fromarray(sample_image()[:, :, ::-1]).save(folder / "face.jpg")
+    (folder / "cache").mkdir()
+    return folder
+
+
+def documented():
+    """(serve arguments, curl lines, Python client blocks) of docs/serving.md."""
+    serve, curls, python = None, [], []
+    for _, language, text in blocks(DOC):
+        if language == "python" and "localhost:8000" in text:
+            python.append(text)
+        if language != "sh":
+            continue
+        for line in commands(text):
+            if re.match(r"edgecaffe serve (?!.*--check)", line):
+                serve = shlex.split(line, comments=True)[2:]
+            elif "localhost:8000" in line:
+                curls.append(line)
+    assert serve and curls and python, "the document lost its server or client examples"
+    port = serve.index("--port")
+    return serve[:port] + serve[port + 2:], curls, python
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name)
+
+
+def test_the_documented_commands_run_against_a_real_server(workspace, monkeypatch):
+    serve_args, curls, python = documented()
+    env = {"EDGECAFFE_CACHE": str(workspace / "cache")}
+    with ServerProcess(serve_args, workspace, env) as server:
+        server.ready()
+        for line in curls:
+            done = subprocess.run(["bash", "-e", "-c",
+                                   line.replace("localhost:8000", f"localhost:{server.port}")],
+                                  cwd=workspace, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, f"{line}: {done.stderr}"
+            if "/metrics" in line:
+                names = {f.name for f in text_string_to_metric_families(done.stdout)}
+                assert {"edgecaffe_ledger_bytes", "edgecaffe_rss_bytes"} <= names
+                continue
+            answer = json.loads(done.stdout)
+            if "/v1/infer" in line:
+                assert answer["status"] == "completed", answer
+            else:
+                assert {m["name"] for m in answer["models"]} == {"AgeNet", "GenderNet",
+                                                                 "TinyAlex"}
+        monkeypatch.chdir(workspace)
+        for text in python:
+            exec(compile(text.replace("localhost:8000", f"localhost:{server.port}"),
+                         str(DOC), "exec"), {"__name__": "__docs__"})
+    assert server.process.returncode == 0, server.stderr()
+    assert "stopped on SIGTERM: ledger 0 bytes" in server.stderr()
+
+
+def _call(url: str, image: bytes) -> int | str:
+    """One call's HTTP code, or what went wrong when it got no answer."""
+    try:
+        return httpx.post(f"{url}/v1/infer", params={"networks": "AgeNet,GenderNet"},
+                          files={"image": ("face.jpg", image, "image/jpeg")},
+                          timeout=120).status_code
+    except httpx.HTTPError as error:
+        return f"{type(error).__name__}: {error}"
+
+
+def test_sigterm_in_the_middle_of_a_load_answers_every_call(workspace):
+    image = (workspace / "face.jpg").read_bytes()
+    calls = 12
+    args = ["models", "--budget", "512M", "--queue", "8", "--grace", "0.5"]
+    with ServerProcess(args, workspace, {"EDGECAFFE_CACHE": str(workspace / "cache")}) as server:
+        server.ready()
+        with ThreadPoolExecutor(calls) as pool:
+            futures = [pool.submit(_call, server.url, image) for _ in range(calls)]
+            deadline = time.monotonic() + 60
+            # Every call reached the handler (in the queue, or already answered) ...
+            while metric(server.url, "edgecaffe_queue_depth") + \
+                    metric(server.url, "edgecaffe_infer_requests_total") < calls:
+                assert time.monotonic() < deadline, server.stderr()
+                time.sleep(0.02)
+            assert metric(server.url, "edgecaffe_queue_depth") > 0, "nothing left in flight"
+            server.process.send_signal(signal.SIGTERM)  # ... then SIGTERM, mid-load
+            codes = [future.result() for future in futures]
+        server.process.wait(60)
+    assert set(codes) <= {200, 429, 503}, codes  # every call answered: done or refused
+    assert 200 in codes and 429 in codes, codes  # 12 calls, a queue of 8
+    assert server.process.returncode == 0, server.stderr()
+    assert "stopped on SIGTERM: ledger 0 bytes" in server.stderr()
+
+
+def test_check_lists_the_models_and_exits(workspace):
+
+    edgecaffe = str(Path(sys.executable).parent / "edgecaffe")
+    done = subprocess.run([edgecaffe, "serve", "models", "--check"], cwd=workspace,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "EDGECAFFE_CACHE": str(workspace / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"AgeNet\s+package\s+input 1x3x227x227", done.stdout)
+    assert re.search(r"TinyAlex\s+caffe\s+input 1x3x35x35", done.stdout)
+    assert "building 3/3" in done.stderr
+    missing = subprocess.run([edgecaffe, "serve", "nowhere"], cwd=workspace,
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "nowhere: the model repository must be a folder" in missing.stderr
+
+
+def test_a_busy_port_is_a_one_line_error(workspace):
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run([str(Path(sys.executable).parent / "edgecaffe"), "serve",
+                               "models", "--port", str(port)], cwd=workspace,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
