@@ -24,6 +24,10 @@ from edgecaffe.serve.inputs import (
 from edgecaffe.serve.results import request_json
 from edgecaffe.serve.service import Service
 
+#: Images up to this size are decoded on the event loop (a 256 KB JPEG: a few ms); larger ones
+#: in a thread, so that other calls are not held up.
+INLINE_DECODE_BYTES = 256 * 1024
+
 #: HTTP code per call outcome (499: the client closed the connection, as nginx logs it).
 CODES = {"completed": 200, "failed": 500, "cancelled": 500, "timeout": 504,
          "disconnected": 499, "shutdown": 503}
@@ -85,7 +89,10 @@ async def read_call(request: Request, service: Service) -> Call:
         raise CallError(413, f"{len(encoded) + len(tensors)} inputs in one call; at most "
                          f"{limits.max_inputs}")
     for what, data in encoded:
-        image = await run_in_threadpool(decode_image, data, what, limits.max_pixels)
+        if len(data) <= INLINE_DECODE_BYTES:  # ~1 ms: cheaper than waking a thread
+            image = decode_image(data, what, limits.max_pixels)
+        else:  # a large image would hold up every other call meanwhile
+            image = await run_in_threadpool(decode_image, data, what, limits.max_pixels)
         call.inputs.append((what, image))
     call.inputs += tensors
     if not call.inputs:
