@@ -160,3 +160,43 @@ def test_a_busy_port_is_a_one_line_error(workspace):
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_connections_to_the_listening_socket_have_nagle_off():
+    """Without TCP_NODELAY on accepted connections, a keep-alive client waits for a delayed
+    ACK (~40 ms) on every answer: asyncio sets it only on sockets made as IPPROTO_TCP."""
+    import asyncio
+
+    from edgecaffe.cli.serve_cmd import listening_socket
+
+    async def scenario() -> int:
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                sock = transport.get_extra_info("socket")
+                accepted.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        sock = listening_socket("127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        _, writer = await asyncio.open_connection(*sock.getsockname())
+        nodelay = await asyncio.wait_for(accepted, 30)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return nodelay
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_repository_where_nothing_builds_ends_the_server_with_one_line(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "Broken.onnx").write_bytes(b"not onnx")
+    done = subprocess.run([str(Path(sys.executable).parent / "edgecaffe"), "serve", "models",
+                           "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "EDGECAFFE_CACHE": str(tmp_path)})
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgecaffe serve: error: models: ConfigError: no model could be "
+                           "built: Broken:"), last

@@ -98,6 +98,23 @@ def _check(service) -> int:
     return 0
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn (`UsageError` if the address is taken or unknown).
+
+    Its proto is IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that
+    say they are TCP, and without that a keep-alive client waits ~40 ms for each answer (the
+    body's segment held until the headers' delayed ACK)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -112,16 +129,7 @@ def run(args: argparse.Namespace) -> int:
     service = Service(_config(args), progress=_say)
     if args.check:
         return _check(service)
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
-    # they are TCP; without it a keep-alive client waits ~40 ms per answer (delayed ACK).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((args.host, args.port))
-    except OSError as error:
-        sock.close()
-        raise UsageError(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    sock = listening_socket(args.host, args.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(service), log_level="info", access_log=args.access_log,
                             timeout_graceful_shutdown=args.grace + 5, lifespan="on")
