@@ -200,3 +200,37 @@ def test_a_repository_where_nothing_builds_ends_the_server_with_one_line(tmp_pat
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("edgecaffe serve: error: models: ConfigError: no model could be "
                            "built: Broken:"), last
+
+
+def test_a_client_closing_its_connection_cancels_its_request(workspace):
+    """uvicorn reports the closed connection as `http.disconnect`; the call's engine request
+    is cancelled, not run to the end."""
+    networks = ",".join(["AgeNet", "GenderNet"] * 10)  # long enough to close in the middle
+    body = (workspace / "face.jpg").read_bytes()
+    with ServerProcess(["models", "--queue", "4"], workspace,
+                       {"EDGECAFFE_CACHE": str(workspace / "cache")}) as server:
+        server.ready()
+        client = socket.create_connection(("127.0.0.1", server.port))
+        client.sendall(f"POST /v1/infer?networks={networks} HTTP/1.1\r\nHost: x\r\n"
+                       f"Content-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n"
+                       .encode() + body)
+        deadline = time.monotonic() + 60
+        while metric(server.url, "edgecaffe_queue_depth") < 1:
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.01)
+        client.close()  # gone, without reading the answer
+        while metric(server.url, "edgecaffe_queue_depth") > 0:
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.01)
+        text = httpx.get(f"{server.url}/metrics").text
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples[("edgecaffe_infer_requests_total",
+                        (("code", "499"), ("status", "disconnected")))] == 1
+        assert samples[("edgecaffe_requests_total", (("status", "cancelled"),))] == 1
+        assert ("edgecaffe_requests_total", (("status", "completed"),)) not in samples
+        # The task running when it was cancelled ends first, then its memory is returned.
+        while httpx.get(f"{server.url}/v1/status").json()["ledger_bytes"] != 0:
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.01)
+    assert "stopped on SIGTERM: ledger 0 bytes" in server.stderr()
