@@ -115,9 +115,11 @@ def _entries(call: Call, futures: list, service: Service, top_k: int) -> list[di
                             "error": "cancelled before it finished"})
             continue
         error = future.exception()
-        result = error.result if isinstance(error, RequestError) else future.result() \
-            if error is None else None
-        if result is None:  # the engine itself failed
+        if error is None:
+            result = future.result()
+        else:  # a failed network keeps the others' results; an engine error has none
+            result = error.result if isinstance(error, RequestError) else None
+        if result is None:
             metrics.requests.labels("failed").inc()
             entries.append({"input": what, "status": "failed", "error": str(error)})
             continue
