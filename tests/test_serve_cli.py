@@ -234,3 +234,18 @@ def test_a_client_closing_its_connection_cancels_its_request(workspace):
             assert time.monotonic() < deadline, server.stderr()
             time.sleep(0.01)
     assert "stopped on SIGTERM: ledger 0 bytes" in server.stderr()
+
+
+@pytest.mark.parametrize(("flag", "words"), [
+    (["--mode", "nope"], "unknown mode 'nope'; choose from"),
+    (["--budget", "lots"], "memory size 'lots'"),
+    (["--policy", "nope"], "unknown policy 'nope'"),
+    (["--queue", "0"], "--queue must be 1 or more"),
+])
+def test_bad_settings_are_one_line_errors_before_anything_is_built(workspace, flag, words):
+    done = subprocess.run([str(Path(sys.executable).parent / "edgecaffe"), "serve", "models",
+                           "--port", "0", *flag], cwd=workspace, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert words in done.stderr and "building" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

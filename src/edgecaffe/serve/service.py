@@ -63,6 +63,16 @@ class ServeConfig:
         return Limits(parse_bytes(self.max_upload), self.max_pixels, self.max_inputs)
 
 
+def _check_engine_settings(config: ServeConfig) -> None:
+    """Mode, policy, budget, granularity, workers and backend checked as the engine will,
+    before anything is built (`ConfigError` / `BackendError` naming the setting)."""
+    from edgecaffe.ops import backend_kernels
+    from edgecaffe.sched import Core
+
+    Core({}, config.mode, config.policy, config.budget, config.granularity, config.workers)
+    backend_kernels(config.backend)
+
+
 class Service:
     """One repository served by one engine. `progress` gets one line per build step;
     `engine_options`: more `Engine` arguments (tests give a `task_runner`). Raises
@@ -73,6 +83,7 @@ class Service:
                  engine_options: dict[str, Any] | None = None) -> None:
         if config.queue < 1:
             raise ConfigError(f"queue must be 1 or more, got {config.queue}")
+        _check_engine_settings(config)
         self.config = config
         self.limits = config.limits()
         self.repository: Repository = scan(config.repository)
