@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sock.close()
+        service.stop()  # done by the app's lifespan, unless a second Ctrl-C skipped it
     _say(f"stopped{' on ' + signal.Signals(received[0]).name if received else ''}: "
          f"ledger {service.ledger_bytes()} bytes")
     if service.state == "failed":

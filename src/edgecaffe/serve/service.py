@@ -193,7 +193,10 @@ class Service:
 
     def stop(self) -> None:
         """Cancel what is still in flight and close the engine: every worker ends, the ledger
-        returns to 0. Waits for a build in progress to notice."""
+        returns to 0. Waits for a build in progress to notice. Calling it again does
+        nothing."""
+        if self.state == "stopped":
+            return
         self.drain()
         with self._lock:
             if self._grace_timer is not None:
