@@ -262,3 +262,22 @@ def test_json_answer_is_plain_json(client):
     text = client.post("/v1/infer?networks=Feat&raw=1", content=png(image()),
                        headers={"Content-Type": "image/png"}).text
     json.loads(text, parse_constant=lambda token: pytest.fail(f"non-standard {token}"))
+
+
+def test_options_as_form_fields_and_a_chunked_body_over_the_limit(client):
+    answer = client.post("/v1/infer", data={"networks": "TinyAlex", "top_k": "2"},
+                         files={"image": ("a.png", png(image()), "image/png")})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["results"][0]["networks"]["TinyAlex"]["outputs"]["prob"]["top"]) == 2
+
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for _ in range(40):
+            yield b"x" * 65536
+
+    big = client.post("/v1/infer?networks=TinyAlex", content=chunks(),
+                      headers={"Content-Type": "image/png"})
+    assert big.status_code == 413
+    assert big.json()["error"].startswith("request body larger than the limit of 1048576")
+    big = client.post("/v1/infer?networks=TinyAlex", content=chunks(),
+                      headers={"Content-Type": "multipart/form-data; boundary=abc"})
+    assert big.status_code == 413
