@@ -22,10 +22,21 @@ layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
 """
 
 
+ORIGINAL_DESCRIPTION = """\
+name: TinyOriginal
+network-file: deploy.prototxt
+model-file: weights.caffemodel
+mean-scalar: [104, 117, 123]
+uses-result-vector: true
+result-vector: [cat, dog, owl, fox, elk]
+"""
+
+
 def make_repository(folder: Path, zoo_packages, zoo_model) -> Path:
     """A repository with a package (TinyAlex), a Caffe pair (Res: TinyResidual), a Caffe pair
-    without Softmax (Feat), an .onnx file (Incept: TinyInception), a pipeline file, a lone
-    prototxt and a stray text file."""
+    without Softmax (Feat), an .onnx file (Incept: TinyInception), an original EdgeCaffe
+    folder with labels (Orig: TinyAlex), a pipeline file, a lone prototxt and a stray text
+    file."""
     from edgecaffe.model.caffe import load_caffe
     from edgecaffe.model.caffe.synth import synthesize_caffemodel
     from edgecaffe.model.onnx.export import export_onnx
@@ -38,6 +49,12 @@ def make_repository(folder: Path, zoo_packages, zoo_model) -> Path:
     (folder / "Feat.prototxt").write_text(FEAT_PROTOTXT)
     synthesize_caffemodel(folder / "Feat.prototxt", folder / "Feat.caffemodel", seed=3)
     export_onnx(load_caffe(*zoo_model("TinyInception")), folder / "Incept.onnx")
+    original = folder / "Orig"  # one of the original EdgeCaffe's network folders
+    original.mkdir()
+    prototxt, caffemodel = zoo_model("TinyAlex")
+    shutil.copy(prototxt, original / "deploy.prototxt")
+    shutil.copy(caffemodel, original / "weights.caffemodel")
+    (original / "description.yaml").write_text(ORIGINAL_DESCRIPTION)
     (folder / "faces.yaml").write_text("networks: [TinyAlex]\n")
     (folder / "Lonely.prototxt").write_text(FEAT_PROTOTXT)
     (folder / "notes.txt").write_text("not a model\n")

@@ -53,7 +53,9 @@ def test_models_lists_every_kind_with_shapes_labels_and_memory(client):
     answer = client.get("/v1/models").json()
     models = {m["name"]: m for m in answer["models"]}
     assert {name: m["kind"] for name, m in models.items()} == {
-        "TinyAlex": "package", "Res": "caffe", "Feat": "caffe", "Incept": "onnx"}
+        "TinyAlex": "package", "Res": "caffe", "Feat": "caffe", "Incept": "onnx",
+        "Orig": "original"}
+    assert models["Orig"]["labels"] == ["cat", "dog", "owl", "fox", "elk"]
     assert all(m["state"] == "ready" for m in models.values())
     assert models["TinyAlex"]["input_shape"] == [1, 3, 35, 35]
     assert models["Res"]["input_shape"] == [1, 3, 20, 20]
@@ -96,7 +98,7 @@ def assert_same_outputs(entry, expected, raw: bool = True) -> None:
 
 
 def test_multipart_images_answer_exactly_the_engines_outputs(client):
-    networks = ["TinyAlex", "Res", "Incept", "Feat"]
+    networks = ["TinyAlex", "Res", "Incept", "Feat", "Orig"]
     images = [image(1), image(2, (64, 30))]
     files = [("image", (f"{i}.png", png(a), "image/png")) for i, a in enumerate(images)]
     response = client.post("/v1/infer", params={"networks": ",".join(networks), "raw": "1"},
@@ -115,6 +117,9 @@ def test_multipart_images_answer_exactly_the_engines_outputs(client):
     assert len(ids) == 2  # one engine request per image
     feat = body["results"][0]["networks"]["Feat"]["outputs"]["conv"]
     assert "top" not in feat and np.asarray(feat["values"]).shape == (1, 2, 6, 6)
+    top = body["results"][0]["networks"]["Orig"]["outputs"]["prob"]["top"]
+    assert [c["label"] for c in top] == \
+        [["cat", "dog", "owl", "fox", "elk"][c["index"]] for c in top]
 
 
 def test_raw_body_json_tensor_and_base64_forms(client):
@@ -198,7 +203,7 @@ def test_metrics_count_calls_requests_and_read_the_ledger(client):
     assert after[("edgecaffe_queue_capacity", ())] == 32
     assert after[("edgecaffe_budget_bytes", ())] == 64 * 2**20
     assert after[("edgecaffe_rss_bytes", ())] > 10 * 2**20
-    assert after[("edgecaffe_models", (("state", "ready"),))] == 4
+    assert after[("edgecaffe_models", (("state", "ready"),))] == 5
     assert ("edgecaffe_forced_tasks_total", ()) in after
 
 
