@@ -217,3 +217,19 @@ def test_trim_trace_keeps_the_latest_records_and_open_requests(repository):
         assert held.result(timeout=60)  # its record is still there when it closes
         assert engine.trace.requests[6].status == "completed"
     assert engine.budget.used_bytes == 0
+
+
+def test_the_trace_stays_bounded_however_many_calls(repository):
+    async def scenario():
+        async with serving(repository) as (service, client):
+            service.trace_keep = (30, 40, 3)
+            for _ in range(25):
+                assert (await post(client, "TinyAlex,TinyResidual")).status_code == 200
+            trace = service.engine.trace
+            assert len(trace.tasks) <= 60 and len(trace.ledger) <= 80
+            assert len(trace.requests) <= 6
+            assert max(trace.requests) == 24  # the latest are kept
+            status = (await client.get("/v1/status")).json()
+            assert status["tasks"] and status["ledger"][-1][1] == 0
+
+    asyncio.run(scenario())

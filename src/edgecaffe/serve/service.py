@@ -105,6 +105,9 @@ class Service:
         self._stopping = False
         #: Called (from the build thread) when no model could be built: the CLI stops there.
         self.on_failed: Callable[[], None] | None = None
+        #: What the engine's trace keeps (tasks, ledger changes, closed requests): enough for
+        #: the live page's window, bounded however long the service runs.
+        self.trace_keep = (2000, 5000, 1000)
         #: Engine futures not yet done (cancelled when a shutdown's grace period ends).
         self._in_flight: set[Future] = set()
         self._lock = threading.Lock()
@@ -264,6 +267,8 @@ class Service:
         """Bookkeeping after each call: a sample, and the engine's trace kept bounded."""
         self.sample()
         trace = self.engine.trace if self.engine is not None else None
-        if trace is not None and (len(trace.tasks) > 4000 or len(trace.ledger) > 10000
-                                  or len(trace.requests) > 2000):
-            self.engine.trim_trace(keep_tasks=2000, keep_ledger=5000, keep_requests=1000)
+        tasks, ledger, requests = self.trace_keep
+        # Trimmed in steps (at twice the size kept), not after every call.
+        if trace is not None and (len(trace.tasks) > 2 * tasks or len(trace.ledger) > 2 * ledger
+                                  or len(trace.requests) > 2 * requests):
+            self.engine.trim_trace(keep_tasks=tasks, keep_ledger=ledger, keep_requests=requests)
