@@ -155,6 +155,10 @@ def test_raw_body_json_tensor_and_base64_forms(client):
     ({"content": b'{"networks": ["TinyAlex"], "inputs": [', "headers":
       {"Content-Type": "application/json"}}, 400, "malformed JSON body"),
     ({"json": [1, 2]}, 400, "must be an object"),
+    ({"content": b"[" * 100000, "headers": {"Content-Type": "application/json"}}, 400,
+     "nested too deeply"),
+    ({"json": {"networks": ["TinyAlex"], "inputs": [[["a", "b"]]]}}, 422,
+     "not a rectangular array of numbers"),
     ({"json": {"networks": ["TinyAlex"], "images": ["%%%"]}}, 422, "not base64"),
     ({"content": b"x" * (2 * 2**20), "headers": {"Content-Type": "image/png"}}, 413,
      "larger than the limit"),

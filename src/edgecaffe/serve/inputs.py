@@ -161,6 +161,8 @@ def json_inputs(body: bytes, limits: Limits) -> tuple[dict[str, Any], list]:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CallError(400, f"malformed JSON body: {error}") from None
+    except RecursionError:
+        raise CallError(400, "malformed JSON body: nested too deeply") from None
     if not isinstance(document, dict):
         raise CallError(400, "the JSON body must be an object: {\"networks\": [...], "
                          "\"inputs\": [tensor, ...]}")
