@@ -290,3 +290,33 @@ def test_options_as_form_fields_and_a_chunked_body_over_the_limit(client):
     big = client.post("/v1/infer?networks=TinyAlex", content=chunks(),
                       headers={"Content-Type": "multipart/form-data; boundary=abc"})
     assert big.status_code == 413
+
+
+def test_a_network_that_fails_in_the_engine_is_a_500_naming_it_and_the_others_answer(
+        tmp_path, zoo_packages):
+    import shutil
+
+    source = zoo_packages(["TinyAlex", "TinyResidual"])
+    for name in ("TinyAlex", "TinyResidual"):
+        shutil.copytree(source / name, tmp_path / name)
+    damaged = sorted((tmp_path / "TinyAlex" / "weights").glob("*conv2*"))[0]
+    data = bytearray(damaged.read_bytes())
+    data[-8:] = bytes(8)  # same size, other bytes: the checksum at first load tells
+    damaged.write_bytes(bytes(data))
+    service = Service(ServeConfig(tmp_path, budget="64M"))
+    with TestClient(create_app(service)) as test_client:
+        assert service.wait_ready(60)
+        answer = test_client.post("/v1/infer?networks=TinyAlex,TinyResidual",
+                                  content=png(image()), headers={"Content-Type": "image/png"})
+        assert answer.status_code == 500
+        body = answer.json()
+        networks = body["results"][0]["networks"]
+        assert networks["TinyAlex"]["status"] == "failed"
+        assert "conv2" in networks["TinyAlex"]["error"] and "conv2" in body["error"]
+        assert networks["TinyResidual"]["status"] == "completed"
+        assert networks["TinyResidual"]["outputs"]["prob"]["top"]
+        wait_idle(service.engine)
+        assert service.engine.budget.used_bytes == 0
+        again = test_client.post("/v1/infer?networks=TinyResidual", content=png(image()),
+                                 headers={"Content-Type": "image/png"})
+        assert again.status_code == 200

@@ -26,6 +26,12 @@ class Admission:
         self.capacity = capacity
         self.in_flight = 0
 
+    def check_room(self) -> None:
+        """`CallError(429)` if not even one more request fits now."""
+        if self.in_flight >= self.capacity:
+            raise CallError(429, f"queue full: {self.in_flight} of {self.capacity} requests "
+                            "in flight; retry later", {"Retry-After": "1"})
+
     def admit(self, count: int) -> None:
         """Take `count` places or raise `CallError` (429 when full now, 413 when never)."""
         if count > self.capacity:

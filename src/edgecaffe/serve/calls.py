@@ -139,6 +139,7 @@ async def run_call(request: Request, service: Service) -> JSONResponse:
     and disconnects)."""
     started = time.perf_counter()
     service.check_open()
+    service.admission.check_room()  # a full queue refuses before the body is even read
     call = await read_call(request, service)
     service.check_open()  # a shutdown may have begun while the body came in
     service.admission.admit(len(call.inputs))
