@@ -143,10 +143,12 @@ class Service:
             self.formats = {name: OutputFormat(p) for name, p in packages.items()}
             for name in packages:
                 self.repository.entries[name].extra["fits_budget"] = self._fits(name)
+            with self._lock:  # a shutdown that began meanwhile wins
+                if not self._stopping:
+                    self.state = "ready"
             if self._stopping:
                 self.engine.close(cancel=True)
                 return
-            self.state = "ready"
             if self.progress:
                 self.progress(f"ready: {len(packages)} model(s)"
                               + (f", {failed} failed" if failed else ""))
@@ -176,10 +178,10 @@ class Service:
     def drain(self) -> None:
         """Stop admitting calls (a shutdown began); those in flight go on for the grace
         period (`grace_s`), then what is left is cancelled (their calls answer 503)."""
-        self._stopping = True
-        if self.state in ("building", "ready"):
-            self.state = "draining"
         with self._lock:
+            self._stopping = True
+            if self.state in ("building", "ready"):
+                self.state = "draining"
             if self._grace_timer is None:
                 self._grace_timer = threading.Timer(self.config.grace_s, self.cancel_in_flight)
                 self._grace_timer.daemon = True
