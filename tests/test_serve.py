@@ -320,3 +320,15 @@ def test_a_network_that_fails_in_the_engine_is_a_500_naming_it_and_the_others_an
         again = test_client.post("/v1/infer?networks=TinyResidual", content=png(image()),
                                  headers={"Content-Type": "image/png"})
         assert again.status_code == 200
+
+
+def test_import_edgecaffe_and_its_cli_load_no_serving_stack():
+    import subprocess
+    import sys
+
+    code = ("import sys, edgecaffe, edgecaffe.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'starlette', 'uvicorn', 'prometheus_client', 'multipart', 'anyio', 'numpy'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.strip() == "[]"
