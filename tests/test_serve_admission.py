@@ -189,6 +189,8 @@ def test_not_ready_while_building(repository):
             assert ready.status_code == 503 and ready.json()["status"] == "building"
             answer = await post(client)
             assert answer.status_code == 503 and "still being built" in answer.json()["error"]
+            status = (await client.get("/v1/status")).json()  # what the page shows meanwhile
+            assert status["state"] == "building" and "now_s" not in status
             service.start()
             assert await asyncio.to_thread(service.wait_ready, 60)
             assert (await client.get("/health/ready")).status_code == 200
