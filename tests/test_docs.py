@@ -52,6 +52,9 @@ OPT_IN = [
      "needs the Caffe oracle's chroot, and rewrites the committed fixtures"),
     ("README.md", r"&& pytest$", "EDGECAFFE_DOCS_NESTED",
      "the full test suite, which is what runs this test (.ci/run is this command)"),
+    ("serving.md", r"localhost:8000|^edgecaffe serve (?!.*--check)", "EDGECAFFE_DOCS_SERVE",
+     "a server that runs until stopped, and its clients: tests/test_serve_cli.py runs these "
+     "very lines against a server on a free port"),
     ("devices.md", r".", "EDGECAFFE_DOCS_DEVICE",
      "commands for the board; tools/arm64/run-tests.sh runs the same steps (venv, "
      "pip install ., the tests) in an emulated arm64 root"),

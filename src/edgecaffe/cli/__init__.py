@@ -22,6 +22,7 @@ from edgecaffe.cli import (
     profile_cmd,
     report_cmd,
     run_cmd,
+    serve_cmd,
     split_cmd,
     synth_cmd,
     zoo_cmd,
@@ -29,8 +30,7 @@ from edgecaffe.cli import (
 
 COMMANDS = [
     demo_cmd, experiment_cmd, report_cmd, optimal_cmd, device_cmd, run_cmd, pipeline_cmd, zoo_cmd,
-    synth_cmd,
-    split_cmd, profile_cmd, export_cmd, graph_cmd, cleanup_cmd,
+    synth_cmd, split_cmd, profile_cmd, export_cmd, graph_cmd, serve_cmd, cleanup_cmd,
 ]
 
 

@@ -398,6 +398,14 @@ class Engine:
         if self._broken is not None:
             raise EngineError(f"the engine stopped on an internal error: {self._broken}")
 
+    def trim_trace(self, keep_tasks: int = 2000, keep_ledger: int = 5000,
+                   keep_requests: int = 1000) -> None:
+        """Forget the oldest task records, ledger events and closed requests' records (see
+        `Trace.trim`), under the engine's lock: for long-running callers such as the HTTP
+        service, whose trace would otherwise grow with every request."""
+        with self._condition:
+            self.trace.trim(keep_tasks, keep_ledger, keep_requests, self.book.open)
+
     def __enter__(self) -> Engine:
         return self
 

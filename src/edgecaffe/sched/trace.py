@@ -4,6 +4,7 @@ the same structure."""
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from edgecaffe.sched.budget import LedgerEvent
@@ -115,3 +116,16 @@ class Trace:
                 continue
             latencies.append(task.start_s - max(*dep_ends, task.created_s))
         return latencies
+
+    def trim(self, keep_tasks: int, keep_ledger: int, keep_requests: int,
+             open_requests: Container[int] = ()) -> None:
+        """Forget all but the latest `keep_tasks` task records, `keep_ledger` ledger events and
+        `keep_requests` closed request records (the records of `open_requests` stay): a
+        service runs for days, its trace must not grow without bound. In place: the ledger
+        list is the budget's own."""
+        for records, keep in ((self.tasks, keep_tasks), (self.ledger, keep_ledger)):
+            if len(records) > keep:
+                del records[:len(records) - keep]
+        closed = [key for key in self.requests if key not in open_requests]
+        for key in closed[:max(0, len(closed) - keep_requests)]:
+            del self.requests[key]

@@ -1,0 +1,237 @@
+"""Admission and back-pressure: a full queue refuses at once, a deadline cancels late work, a
+client that goes away cancels its request, a shutdown answers what is in flight; the ledger
+returns to 0 every time. Tasks are held by a gate so that calls stay in flight on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+import httpx
+import pytest
+
+from edgecaffe.engine import Engine
+from edgecaffe.serve import ServeConfig, Service, create_app
+from tests.serve_helpers import Gate, image, png, wait_idle
+
+PNG = {"Content-Type": "image/png"}
+
+
+@pytest.fixture(scope="module")
+def repository(zoo_packages):
+    return zoo_packages(["TinyAlex", "TinyResidual"])
+
+
+@asynccontextmanager
+async def serving(repository, gate: Gate | None = None, **options):
+    """A started service and an HTTP client on its app (no network)."""
+    config = ServeConfig(repository, budget=options.pop("budget", "64M"), **options)
+    service = Service(config, engine_options={"task_runner": gate} if gate else None)
+    app = create_app(service, start=False)
+    service.start()
+    assert service.wait_ready(60), service.error
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            yield service, client
+    finally:
+        if gate is not None:
+            gate.open.set()
+        await asyncio.to_thread(service.stop)
+    assert service.engine.budget.used_bytes == 0
+
+
+async def until(condition, timeout_s: float = 30.0) -> None:
+    async def wait():
+        while not condition():
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(wait(), timeout_s)
+
+
+def post(client, networks="TinyAlex", **params):
+    return client.post("/v1/infer", params={"networks": networks, **params},
+                       content=png(image()), headers=PNG)
+
+
+def test_a_full_queue_refuses_at_once_with_429_and_the_queued_calls_finish(repository):
+    async def scenario():
+        gate = Gate()
+        async with serving(repository, gate, queue=2) as (service, client):
+            first = [asyncio.create_task(post(client)) for _ in range(2)]
+            await until(lambda: service.admission.in_flight == 2)
+            refused = await post(client)
+            assert refused.status_code == 429
+            assert refused.headers["Retry-After"] == "1"
+            assert "queue full: 2 of 2" in refused.json()["error"]
+            gate.open.set()
+            answers = await asyncio.gather(*first)
+            assert [a.status_code for a in answers] == [200, 200]
+            wait_idle(service.engine)
+            assert service.admission.in_flight == 0
+            too_many = await client.post(  # more inputs than the queue could ever hold
+                "/v1/infer?networks=TinyAlex",
+                files=[(f"i{i}", (f"{i}.png", png(image(i)), "image/png")) for i in range(3)])
+            assert too_many.status_code == 413 and "at most 2" in too_many.json()["error"]
+            statuses = [r.status for r in service.engine.trace.requests.values()]
+            assert statuses == ["completed", "completed"]  # the refused never reached it
+
+    asyncio.run(scenario())
+
+
+def test_a_deadline_cancels_work_that_would_finish_too_late(repository):
+    async def scenario():
+        gate = Gate()
+        async with serving(repository, gate) as (service, client):
+            answer = await post(client, "TinyAlex,TinyResidual", timeout_ms="100")
+            assert answer.status_code == 504
+            body = answer.json()
+            assert "deadline of 100 ms passed" in body["error"]
+            assert body["results"][0]["status"] == "cancelled"
+            gate.open.set()
+            wait_idle(service.engine)
+            assert [r.status for r in service.engine.trace.requests.values()] == ["cancelled"]
+            assert service.engine.budget.used_bytes == 0
+            assert (await post(client)).status_code == 200  # and it keeps serving
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_goes_away_cancels_its_request(repository):
+    async def scenario():
+        gate = Gate()
+        async with serving(repository, gate) as (service, _client):
+            app = create_app(service, start=False)
+            gone = asyncio.Event()
+            messages = [{"type": "http.request", "body": png(image()), "more_body": False}]
+            sent = []
+
+            async def receive():
+                if messages:
+                    return messages.pop(0)
+                await gone.wait()
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": "/v1/infer",
+                     "raw_path": b"/v1/infer", "query_string": b"networks=TinyAlex",
+                     "root_path": "", "headers": [(b"content-type", b"image/png")],
+                     "client": ("127.0.0.1", 5000), "server": ("serve", 80)}
+            call = asyncio.create_task(app(scope, receive, send))
+            await until(gate.entered.is_set)
+            gone.set()
+            await asyncio.wait_for(call, 30)
+            assert sent[0]["status"] == 499
+            gate.open.set()
+            wait_idle(service.engine)
+            assert [r.status for r in service.engine.trace.requests.values()] == ["cancelled"]
+
+    asyncio.run(scenario())
+
+
+def test_a_shutdown_answers_calls_in_flight_after_the_grace_period(repository):
+    async def scenario():
+        gate = Gate()
+        async with serving(repository, gate, grace_s=0.2) as (service, client):
+            calls = [asyncio.create_task(post(client)) for _ in range(3)]
+            await until(lambda: service.admission.in_flight == 3)
+            service.drain()
+            assert (await client.get("/health/ready")).status_code == 503
+            refused = await post(client)
+            assert refused.status_code == 503 and "shutting down" in refused.json()["error"]
+            answers = await asyncio.gather(*calls)  # the grace timer cancels them
+            assert [a.status_code for a in answers] == [503] * 3
+            assert "grace period of 0.2 s" in answers[0].json()["error"]
+            gate.open.set()
+            wait_idle(service.engine)
+            assert service.engine.budget.used_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_shutdown_within_the_grace_period_lets_calls_finish(repository):
+    async def scenario():
+        gate = Gate()
+        async with serving(repository, gate, grace_s=60) as (service, client):
+            calls = [asyncio.create_task(post(client)) for _ in range(2)]
+            await until(lambda: service.admission.in_flight == 2)
+            service.drain()
+            gate.open.set()
+            assert [a.status_code for a in await asyncio.gather(*calls)] == [200, 200]
+
+    asyncio.run(scenario())
+
+
+def test_strict_budget_refuses_what_can_never_fit_with_503(repository):
+    async def scenario():
+        async with serving(repository, budget="4K", strict_budget=True) as (service, client):
+            models = (await client.get("/v1/models")).json()["models"]
+            assert {m["name"]: m["memory"]["fits_budget"] for m in models} == \
+                {"TinyAlex": False, "TinyResidual": False}
+            answer = await post(client)
+            assert answer.status_code == 503
+            assert "can never fit the budget" in answer.json()["error"]
+            assert not service.engine.trace.requests
+
+    asyncio.run(scenario())
+
+
+def test_not_ready_while_building(repository):
+    async def scenario():
+        service = Service(ServeConfig(repository))
+        app = create_app(service, start=False)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://serve") as client:
+            assert (await client.get("/health/live")).status_code == 200
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503 and ready.json()["status"] == "building"
+            answer = await post(client)
+            assert answer.status_code == 503 and "still being built" in answer.json()["error"]
+            status = (await client.get("/v1/status")).json()  # what the page shows meanwhile
+            assert status["state"] == "building" and "now_s" not in status
+            service.start()
+            assert await asyncio.to_thread(service.wait_ready, 60)
+            assert (await client.get("/health/ready")).status_code == 200
+            await asyncio.to_thread(service.stop)
+            assert (await client.get("/health/ready")).status_code == 503
+
+    asyncio.run(scenario())
+
+
+def test_trim_trace_keeps_the_latest_records_and_open_requests(repository):
+    gate = Gate()
+    gate.open.set()
+    with Engine(repository, budget="64M", task_runner=gate) as engine:
+        for future in [engine.submit(image(i), ["TinyAlex"]) for i in range(6)]:
+            future.result(timeout=60)
+        gate.open.clear()
+        held = engine.submit(image(9), ["TinyAlex"])
+        gate.entered.clear()
+        assert gate.entered.wait(30)
+        tasks, ledger = list(engine.trace.tasks), list(engine.trace.ledger)
+        engine.trim_trace(keep_tasks=5, keep_ledger=7, keep_requests=2)
+        assert engine.trace.tasks == tasks[-5:] and engine.trace.ledger == ledger[-7:]
+        assert engine.trace.ledger is engine.budget.events  # trimmed in place
+        assert sorted(engine.trace.requests) == [4, 5, 6]  # two closed, and the open one
+        gate.open.set()
+        assert held.result(timeout=60)  # its record is still there when it closes
+        assert engine.trace.requests[6].status == "completed"
+    assert engine.budget.used_bytes == 0
+
+
+def test_the_trace_stays_bounded_however_many_calls(repository):
+    async def scenario():
+        async with serving(repository) as (service, client):
+            service.trace_keep = (30, 40, 3)
+            for _ in range(25):
+                assert (await post(client, "TinyAlex,TinyResidual")).status_code == 200
+            trace = service.engine.trace
+            assert len(trace.tasks) <= 60 and len(trace.ledger) <= 80
+            assert len(trace.requests) <= 6
+            assert max(trace.requests) == 24  # the latest are kept
+            status = (await client.get("/v1/status")).json()
+            assert status["tasks"] and status["ledger"][-1][1] == 0
+
+    asyncio.run(scenario())
