@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecaffe.blas import BlasHold
 from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package import ModelPackage
 from edgecaffe.model.preprocess import ImageError, load_image, preprocess_for
@@ -43,12 +44,14 @@ class NetworkRun:
 def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = False,
              backend: str = "numpy") -> None:
     """Execute one task of a network instance; `instance.work` (a `NetworkRun`) carries its
-    activations and weights from task to task. `backend`: the kernels (see `BlobRunner`)."""
+    activations and weights from task to task. `backend`: the kernels (see `BlobRunner`);
+    an optional backend's thread count follows the engine's BLAS share at every layer."""
     instance = task.instance
     if task.kind == Kind.INIT:
         instance.work = NetworkRun(BlobRunner(package.network,
                                               network_input(instance.input, package),
-                                              backend=backend))
+                                              backend=backend,
+                                              threads=BlasHold.current_threads))
         return
     work: NetworkRun = instance.work
     if task.kind == Kind.LOAD:
