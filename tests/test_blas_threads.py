@@ -6,6 +6,7 @@ the simulator models the same rule is tested with the engine in test_parity.py."
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -44,19 +45,19 @@ before = counts()
 seen = []
 hold = BlasHold("adaptive", cores=4)
 hold.enter()
-seen.append(counts())                  # held, nothing running: all cores
+seen.append((counts(), BlasHold.split_threads()))  # held, nothing running: all cores
 seen.append(BlasHold.exec_begin())     # one execution: 4
 seen.append(BlasHold.exec_begin())     # two: 2 each
-seen.append(counts())
+seen.append(BlasHold.split_threads())
 seen.append(BlasHold.exec_begin())     # three: 1 each
-seen.append(counts())
+seen.append(BlasHold.current_threads())
 BlasHold.exec_end()
-seen.append(counts())                  # two again
+seen.append(BlasHold.split_threads())  # two again
 BlasHold.exec_end()
-seen.append((counts(), BlasHold.current_threads()))  # one: all four
+seen.append((counts(), BlasHold.current_threads()))  # one: all four; OpenBLAS on one
 BlasHold.exec_end()
 hold.leave()
-seen.append(counts())
+seen.append((counts(), BlasHold.split_threads()))
 fixed = BlasHold(3, cores=4)
 fixed.enter()
 seen.append((BlasHold.exec_begin(), BlasHold.exec_begin(), counts()))
@@ -66,13 +67,16 @@ print(repr((before, seen, counts())))
 """
 
 
-def test_openblas_gets_the_share_as_executions_start_and_end():
-    """In a fresh interpreter: other tests change the process's count."""
+def test_executions_get_the_share_as_they_start_and_end():
+    """In a fresh interpreter (other tests change the process's count): the share follows
+    the rule; OpenBLAS runs on one thread while held (our kernels split the products) and
+    gets the process's own count back afterwards."""
     run = subprocess.run([sys.executable, "-c", HOLD_SCRIPT], capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
     assert run.returncode == 0, run.stderr[-2000:]
     before, seen, after = ast.literal_eval(run.stdout.strip().splitlines()[-1])
-    assert seen == [{4}, 4, 2, {2}, 1, {1}, {2}, ({4}, 4), before, (3, 3, {3})]
+    assert before != {1}  # else the test could not see OpenBLAS's count change
+    assert seen == [({1}, 4), 4, 2, 2, 1, 1, 2, ({1}, 4), (before, 1), (3, 3, {1})]
     assert after == before  # the process's own count once no engine holds
 
 
@@ -96,3 +100,93 @@ def _image():
     import numpy as np
 
     return np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+
+
+# -- products split across our own threads (ops.gemm) -----------------------------------------
+
+@pytest.mark.parametrize(("a_shape", "b_shape"), [
+    ((96, 363), (363, 3000)),      # columns split (a convolution band)
+    ((3, 32, 64), (3, 64, 900)),   # grouped: columns split in every group
+    ((10, 9216), (9216, 1000)),    # a fully connected layer at batch 10: columns
+    ((700, 300), (300, 100)),      # narrow: rows split
+])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_split_products_equal_numpy(a_shape, b_shape, threads):
+    import numpy as np
+
+    from edgecaffe.ops import gemm
+
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal(a_shape, dtype=np.float32)
+    b = rng.standard_normal(b_shape, dtype=np.float32)
+    expected = np.matmul(a, b)
+    wide = np.zeros((*expected.shape[:-1], expected.shape[-1] + 7), dtype=np.float32)
+    out = wide[..., 3:-4]  # a strided view, as a convolution band's output
+    gemm.matmul(a, b, out, threads=threads)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    assert not wide[..., :3].any() and not wide[..., -4:].any()
+
+
+def test_a_failing_block_raises_after_all_blocks_ended():
+    import threading
+    import time
+
+    from edgecaffe.ops import gemm
+
+    ran = []
+
+    def ok():
+        time.sleep(0.01)
+        ran.append(threading.current_thread().name)
+
+    def bad():
+        raise MemoryError("block 1")
+
+    with pytest.raises(MemoryError, match="block 1"):
+        gemm.run_blocks([ok, bad, ok, ok], threads=2)
+    assert len(ran) == 3
+
+
+def test_kernels_under_an_engine_split_their_products_and_give_the_same_outputs():
+    """Convolution, grouped convolution and fully connected layers inside a hold (split on 2
+    threads) give what they give outside one (plain numpy)."""
+    import numpy as np
+
+    from edgecaffe.blas import BlasHold
+    from edgecaffe.ops import gemm
+    from edgecaffe.ops.conv import conv2d
+    from edgecaffe.ops.dense import Dense
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 16, 70, 70), dtype=np.float32)
+    w = rng.standard_normal((32, 16, 3, 3), dtype=np.float32)
+    wg = rng.standard_normal((32, 4, 3, 3), dtype=np.float32)
+    bias = rng.standard_normal(32, dtype=np.float32)
+    fc = rng.standard_normal((1000, 16 * 70 * 70), dtype=np.float32)
+    attrs = {"out_features": 1000, "axis": 1, "bias": False, "transpose": False}
+
+    def outputs():
+        return [conv2d(x, w, bias, (1, 1), (1, 1), (1, 1), 1),
+                conv2d(x, wg, None, (1, 1), (0, 0), (1, 1), 4),
+                Dense().run([x], {"weight": fc}, attrs)[0]]
+
+    plain = outputs()
+    calls = []
+    original = gemm.run_blocks
+
+    def counting(blocks, threads):
+        calls.append((len(blocks), threads))
+        original(blocks, threads)
+
+    hold = BlasHold(2, cores=2)
+    hold.enter()
+    try:
+        gemm.run_blocks = counting
+        split = outputs()
+    finally:
+        gemm.run_blocks = original
+        hold.leave()
+    assert len(calls) == 3  # one band each
+    assert all(threads == 2 and blocks > 1 for blocks, threads in calls)
+    for ours, reference in zip(split, plain, strict=True):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-3)

@@ -91,18 +91,23 @@ def check_blas_threads(value: int | str | None) -> int | str:
 
 
 class BlasHold:
-    """BLAS thread counts while at least one holder (an engine with requests in flight) is
-    inside (`enter` / `leave`, from any thread); when the last holder in the process leaves,
-    the process gets back the count it had before the first one entered.
+    """BLAS threads while at least one holder (an engine with requests in flight, a profile)
+    is inside (`enter` / `leave`, from any thread); when the last holder in the process
+    leaves, the process gets back the count it had before the first one entered.
 
-    The setting is a fixed count, or "adaptive" (`shared_threads`): every execution that
-    starts or ends (`exec_begin` / `exec_end`, around an exec task) shares the `cores` out
-    again among the executions running in the process, so two concurrent executions run on
-    one thread each and one running alone on all of them. OpenBLAS (pthreads, as numpy's
-    wheels ship it) has no per-thread count (checked: 0.3.31 exports no
-    `openblas_set_num_threads_local` in numpy's build; where it exists it sets the same
-    global): a GEMM takes the count in force when it is called, so a running execution
-    follows the new share from its next GEMM on (ours are bands of a few ms).
+    The setting is each execution's share of the cores: a fixed count, or "adaptive"
+    (`shared_threads`): every execution that starts or ends (`exec_begin` / `exec_end`, around
+    an exec task) shares the `cores` out again among the executions running in the process,
+    so two concurrent executions get one thread each and one running alone all of them. The
+    share is spent by our kernels (`ops.gemm` splits each product across that many threads,
+    `split_threads`; the onnxruntime backend sets its intra-op threads to it,
+    `current_threads`), read at every product: a running execution follows a new share from
+    its next one on. OpenBLAS itself runs on one thread while held: its count is one per
+    process (pthreads, as numpy's wheels ship it; 0.3.31 there exports no per-thread setter),
+    so it cannot give two executions different counts, and its threads, which synchronise
+    many times per product and spin while waiting, collapse on a shared machine (measured:
+    GenderNet at batch 10 ran 2.4-2.9 s on 2 OpenBLAS threads, 0.4-0.6 s split across 2 of
+    ours, load average 8 on 2 cores).
 
     The first holder's setting rules; a later holder asking for another one gets the one in
     force (`enter` returns it) and a warning. The count is set through OpenBLAS's own
@@ -152,8 +157,8 @@ class BlasHold:
 
     @staticmethod
     def exec_begin() -> int:
-        """An execution starts: returns the BLAS threads it gets now (adaptive: the cores
-        shared out again, which the other running executions follow too)."""
+        """An execution starts: returns the threads it gets now (adaptive: the cores shared
+        out again, which the other running executions follow too)."""
         cls = BlasHold
         with cls._lock:
             cls._running += 1
@@ -166,6 +171,14 @@ class BlasHold:
         with cls._lock:
             cls._running -= 1
             cls._set(cls._share())
+
+    @staticmethod
+    def split_threads() -> int:
+        """The threads an execution splits its products across now (`ops.gemm`): its share
+        while an engine holds BLAS (OpenBLAS itself then runs on one), else 1 (OpenBLAS's
+        own threads)."""
+        share = BlasHold._share()
+        return 1 if share is None else share
 
     @staticmethod
     def current_threads() -> int:
@@ -187,15 +200,16 @@ class BlasHold:
         return int(cls._held)
 
     @classmethod
-    def _set(cls, count: int | None) -> int:
-        """Set `count` on every BLAS library if it changed (called under the lock)."""
-        if count is None:
+    def _set(cls, share: int | None) -> int:
+        """While held, BLAS libraries run on one thread: an execution's `share` is spent by
+        `ops.gemm` splitting its products (called under the lock). Returns the share."""
+        if share is None:
             return cls.current_threads()
-        if count != cls._count:
+        if cls._count != 1:
             for _, set_ in cls._blas_libraries():
-                set_(count)
-            cls._count = count
-        return count
+                set_(1)
+            cls._count = 1
+        return share
 
     @classmethod
     def _blas_libraries(cls) -> list[tuple[Any, Any]]:

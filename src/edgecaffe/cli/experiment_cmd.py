@@ -7,13 +7,21 @@ import argparse
 from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
 
+
+def blas_threads_arg(text: str) -> int | str:
+    """`--blas-threads`: "adaptive" or a count (checked by the config's schema)."""
+    return text if text == "adaptive" else int(text)
+
+
 FLAGS = [  # (flag, config key, type, help)
     ("--mode", "mode", str, "execution mode"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
     ("--mem-limit", "mem_limit", str, "memory budget, e.g. 512M, 1G"),
     ("--granularity", "granularity", str, "memory accounting"),
     ("--n-workers", "workers", int, "worker threads"),
-    ("--blas-threads", "blas_threads", int, "BLAS threads (default: the worker count)"),
+    ("--blas-threads", "blas_threads", blas_threads_arg,
+     "BLAS threads per execution: a count, or adaptive (the default: the cores shared out "
+     "among the executions running)"),
     ("--networks", "networks", str,
      "comma-separated networks (zoo names, folders or .onnx files under --network-path)"),
     ("--arrival-mode", "arrival_mode", str, "batch (closed loop), poisson or stochastic"),
@@ -151,7 +159,9 @@ def _offered_load(run, arrivals, infos, device) -> tuple[float, float, float, in
     workers = MODES[run.mode].workers or run.workers
     if device is not None and device.parallelism is not None:
         workers = min(workers, device.parallelism)
-    threads = run.blas_threads or default_blas_threads(workers)
+    # Adaptive threads give each busy worker its share of the cores, as a fixed count does.
+    threads = run.blas_threads if isinstance(run.blas_threads, int) \
+        else default_blas_threads(int(workers))
     totals = {name: sum(isolated_totals_ms(info, device, threads))
               for name, info in infos.items()}
     work_ms = sum(sum(totals.get(n, math.nan) for n in a.networks) for a in arrivals) \

@@ -247,9 +247,10 @@ class BlobRunner:
 
     `backend` chooses the kernels: "numpy" (every operator's own `run`) or an optional backend
     such as "onnxruntime" (`ops.base.BACKENDS`), which takes over the operators it has kernels
-    for; `threads` is that backend's thread count (default: the BLAS count in force now, as
-    the numpy kernels get), or a function giving it at each layer (the engine's adaptive
-    share). Raises `ops.BackendError` for an unknown or missing backend.
+    for; `threads` is that backend's thread count, or a function giving it at each layer
+    (default: `blas.BlasHold.current_threads`, the share an engine gives the execution, or
+    the process's BLAS count outside an engine: what the numpy kernels get). Raises
+    `ops.BackendError` for an unknown or missing backend.
     """
 
     def __init__(
@@ -264,10 +265,9 @@ class BlobRunner:
         self.backend = backend
         self._kernels = backend_kernels(backend)
         if self._kernels and threads is None:
-            from edgecaffe.blas import blas_thread_count
+            from edgecaffe.blas import BlasHold
 
-            count = blas_thread_count()
-            threads = count if isinstance(count, int) else 0  # 0: onnxruntime's own default
+            threads = BlasHold.current_threads  # an engine's share, else the process's count
         self.threads: int | Callable[[], int] = threads or 0
         self.wanted = list(network.outputs if outputs is None else outputs)
         unknown = [blob for blob in self.wanted if blob not in network.blob_shapes]
