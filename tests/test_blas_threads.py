@@ -109,6 +109,7 @@ def _image():
     ((3, 32, 64), (3, 64, 900)),   # grouped: columns split in every group
     ((10, 9216), (9216, 1000)),    # a fully connected layer at batch 10: columns
     ((700, 300), (300, 100)),      # narrow: rows split
+    ((1024, 900), (900, 300)),     # more rows than columns: rows split (fc6-conv's band)
 ])
 @pytest.mark.parametrize("threads", [2, 3])
 def test_split_products_equal_numpy(a_shape, b_shape, threads):
