@@ -149,14 +149,16 @@ def test_a_failing_block_raises_after_all_blocks_ended():
 
 
 def test_kernels_under_an_engine_split_their_products_and_give_the_same_outputs():
-    """Convolution, grouped convolution and fully connected layers inside a hold (split on 2
-    threads) give what they give outside one (plain numpy)."""
+    """Convolution (plain and grouped), fully connected, transposed convolution and MatMul
+    inside a hold (split on 2 threads) give what they give outside one (plain numpy)."""
     import numpy as np
 
     from edgecaffe.blas import BlasHold
     from edgecaffe.ops import gemm
     from edgecaffe.ops.conv import conv2d
+    from edgecaffe.ops.conv_transpose import conv_transpose2d
     from edgecaffe.ops.dense import Dense
+    from edgecaffe.ops.matmul import MatMul
 
     rng = np.random.default_rng(2)
     x = rng.standard_normal((1, 16, 70, 70), dtype=np.float32)
@@ -166,10 +168,17 @@ def test_kernels_under_an_engine_split_their_products_and_give_the_same_outputs(
     fc = rng.standard_normal((1000, 16 * 70 * 70), dtype=np.float32)
     attrs = {"out_features": 1000, "axis": 1, "bias": False, "transpose": False}
 
+    deconv = rng.standard_normal((16, 8, 4, 4), dtype=np.float32)
+    deconv_attrs = {"kernel": (4, 4), "stride": (2, 2), "dilation": (1, 1),
+                    "pads": (1, 1, 1, 1), "group": 2}
+    square = x.reshape(16 * 70, 70)[:700]
+
     def outputs():
         return [conv2d(x, w, bias, (1, 1), (1, 1), (1, 1), 1),
                 conv2d(x, wg, None, (1, 1), (0, 0), (1, 1), 4),
-                Dense().run([x], {"weight": fc}, attrs)[0]]
+                Dense().run([x], {"weight": fc}, attrs)[0],
+                conv_transpose2d(x, deconv, None, deconv_attrs),
+                MatMul().run([square, square.T.copy()], {}, {})[0]]
 
     plain = outputs()
     calls = []
@@ -187,7 +196,7 @@ def test_kernels_under_an_engine_split_their_products_and_give_the_same_outputs(
     finally:
         gemm.run_blocks = original
         hold.leave()
-    assert len(calls) == 3  # one band each
+    assert len(calls) >= 5  # a band each at least (the transposed one has two)
     assert all(threads == 2 and blocks > 1 for blocks, threads in calls)
     for ours, reference in zip(split, plain, strict=True):
         np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-3)
