@@ -143,6 +143,7 @@ def run_child(job: dict, limit: int, swap: int, record, parent: int) -> dict:
     result = json.loads(lines[-1][7:]) if lines and child.returncode == 0 else \
         {"ms": float("nan"), "error": (err.strip().splitlines() or ["?"])[-1]}
     result["peak_bytes"] = stats.get("peak_bytes")
+    result["swap_pages"] = (stats.get("swap_in_pages", 0), stats.get("swap_out_pages", 0))
     result["oom"] = child.returncode == -signal.SIGKILL or stats.get("oom_kills", 0) > 0
     return result
 
@@ -244,7 +245,8 @@ def bench(args, packages, files, limit: int, swap: int, record, output: Path) ->
                 per = ", ".join(f"{n} {ms:.0f}" for n, ms in
                                 result.get("per_network_ms", {}).items())
                 print(f"  round {round_index + 1} {name:<22} {result['ms']:8.0f} ms ({per}) "
-                      f"peak {(result['peak_bytes'] or 0) / 2**20:.0f} MiB, load "
+                      f"peak {(result['peak_bytes'] or 0) / 2**20:.0f} MiB, swap in/out "
+                      f"{'/'.join(map(str, result['swap_pages']))} pages, load "
                       f"{loads[-1]:.1f}" + (f"  {result['error']}" if "error" in result else ""),
                       flush=True)
         report(results, loads)
