@@ -173,10 +173,9 @@ assert idle == before and counts() == before, (idle, counts(), before)
 
 def test_blas_threads_are_the_engines_while_busy_and_the_process_own_when_idle(packages):
     """In a fresh interpreter: other tests change the count too."""
+    import os
     import subprocess
     import sys
-
-    import os
 
     run = subprocess.run([sys.executable, "-c", BLAS_SCRIPT, str(packages)], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
