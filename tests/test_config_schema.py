@@ -39,6 +39,7 @@ MORE_CASES = [
     ("matrix: {mem_limits: [1M, 2M, 3M, 4M, 5M, 6M, 7M, 8M, 9M, 10M], repetitions: 1000, "
      "modes: [masa, bulk]}\n", "matrix: 20000 runs is not allowed; expected at most 10000"),
     ("synthetic: yes please\n", "synthetic: 'yes please' is not allowed; expected `bool`"),
+    ("blas-threads: auto\n", "blas-threads: 'auto' is not allowed; choose from adaptive"),
     ("set: tiny-9\n", "set: 'tiny-9' is not allowed; choose from small-3"),
     ('output-prefix: "a\\0"\n', "output-prefix: 'a\\x00' is not allowed; expected a name without "
      "NUL characters"),
@@ -99,6 +100,8 @@ def test_good_values_still_load(tmp_path):
     assert (config.mem_limit, config.workers, config.mean_gap_ms) == ("1G", 4, 250.0)
     assert config.matrix["modes"] == ["masa"] and config.matrix["repetitions"] == 3
     assert load_config(None, {"mem_limit": 2**29}).mem_limit == 2**29
+    assert _load(tmp_path, "blas-threads: adaptive\n")[0].blas_threads == "adaptive"
+    assert load_config(None, {"blas_threads": "adaptive"}).blas_threads == "adaptive"
 
 
 @pytest.mark.parametrize(("flags", "message"), [

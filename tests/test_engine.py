@@ -76,7 +76,8 @@ def test_engine_api_and_trace(packages):
     latencies = trace.dispatch_latencies_s()
     assert latencies and min(latencies) >= 0
     assert trace.info["mode"] == "masa"
-    assert trace.info["blas_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert trace.info["blas_threads"] == "adaptive"  # the default: see test_blas_threads.py
+    assert trace.info["cores"] == len(os.sched_getaffinity(0))
     assert trace.ledger[-1].used_bytes == 0
 
 

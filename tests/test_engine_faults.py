@@ -148,32 +148,37 @@ def test_close_with_cancel_never_blocks_and_loses_nothing(packages):
 BLAS_SCRIPT = """
 import sys
 from threadpoolctl import threadpool_info
+from edgecaffe.blas import BlasHold
 from edgecaffe.engine import Engine
 
 def counts():
     return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
 
 before = counts()
-wanted = 1 if max(before) > 1 else 2
+assert max(before) > 1, before  # OPENBLAS_NUM_THREADS=2: else no change could be seen
+wanted = 3
 seen = []
 engine = Engine(sys.argv[1], mode="linear", budget="64M", workers=1, blas_threads=wanted,
-                task_runner=lambda task, package: seen.append(counts()))
+                task_runner=lambda task, package: seen.append((counts(),
+                                                               BlasHold.split_threads())))
 engine.submit(None, ["TinyAlex"]).result(timeout=30)
 idle = counts()
 engine.close()
 print(before, wanted, seen[0], seen[-1], idle, counts())
-assert seen and all(c == [wanted] * len(before) for c in seen), seen
+# Busy: OpenBLAS on one thread, each execution splitting its products across `wanted`.
+assert seen and all(c == ([1] * len(before), wanted) for c in seen), seen
 assert idle == before and counts() == before, (idle, counts(), before)
 """
 
 
 def test_blas_threads_are_the_engines_while_busy_and_the_process_own_when_idle(packages):
     """In a fresh interpreter: other tests change the count too."""
+    import os
     import subprocess
     import sys
 
     run = subprocess.run([sys.executable, "-c", BLAS_SCRIPT, str(packages)], capture_output=True,
-                         text=True, timeout=120)
+                         text=True, timeout=120, env={**os.environ, "OPENBLAS_NUM_THREADS": "2"})
     assert run.returncode == 0, run.stderr[-2000:]
 
 

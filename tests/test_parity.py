@@ -14,13 +14,14 @@ from __future__ import annotations
 import itertools
 import time
 import zlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
+from edgecaffe.blas import BlasHold
 from edgecaffe.engine import Engine
 from edgecaffe.sched import Kind, Policy, Task, Trace
-from edgecaffe.sim import Simulator
+from edgecaffe.sim import DeviceProfile, Simulator
 from edgecaffe.workload import Arrival, drive
 
 NETS = ["TinyAlex", "TinyResidual"]
@@ -68,10 +69,10 @@ def worst_dispatch_latency_s(trace: Trace) -> float:
     return worst
 
 
-def engine_trace(packages, arrivals=ARRIVALS, **settings) -> Trace:
+def engine_trace(packages, arrivals=ARRIVALS, kernel=sleeping_kernel, **settings) -> Trace:
     """The engine's run; tried again (up to three times) when the machine stalled it."""
     for _ in range(3):
-        with Engine(packages, task_runner=sleeping_kernel, **settings) as engine:
+        with Engine(packages, task_runner=kernel, **settings) as engine:
             futures = drive(engine.submit, arrivals, closed_loop=False,
                             load_input=lambda _: None)
             for future in futures:
@@ -83,16 +84,24 @@ def engine_trace(packages, arrivals=ARRIVALS, **settings) -> Trace:
                 "to start a ready task): too busy to compare schedules")
 
 
-def replayed_trace(real: Trace, infos, arrivals=ARRIVALS, **settings) -> Trace:
-    """The simulator on the engine's own durations and arrival times."""
-    measured_ms = {t.task_id: (t.end_s - t.start_s) * 1e3 for t in real.tasks
-                   if t.start_s is not None}
+def measured_ms(real: Trace) -> dict[int, float]:
+    """Task id -> the duration the engine's run gave it."""
+    return {t.task_id: (t.end_s - t.start_s) * 1e3 for t in real.tasks if t.start_s is not None}
+
+
+def real_arrivals(real: Trace, arrivals=ARRIVALS) -> list[Arrival]:
+    """`arrivals` at the times the engine's run really submitted them."""
     arrivals_s = [record.arrival_s for record in real.requests.values()]
     gaps_ms = [0.0] + [(b - a) * 1e3 for a, b in itertools.pairwise(arrivals_s)]
-    arrivals = [replace(arrival, index=i, gap_ms=gap)
-                for i, (gap, arrival) in enumerate(zip(gaps_ms, arrivals, strict=True))]
-    simulator = Simulator(infos, task_ms=lambda task: measured_ms[task.id], **settings)
-    return simulator.run(arrivals, closed_loop=False)
+    return [replace(arrival, index=i, gap_ms=gap)
+            for i, (gap, arrival) in enumerate(zip(gaps_ms, arrivals, strict=True))]
+
+
+def replayed_trace(real: Trace, infos, arrivals=ARRIVALS, **settings) -> Trace:
+    """The simulator on the engine's own durations and arrival times."""
+    durations = measured_ms(real)
+    simulator = Simulator(infos, task_ms=lambda task: durations[task.id], **settings)
+    return simulator.run(real_arrivals(real, arrivals), closed_loop=False)
 
 
 def simulated_trace(infos, **settings) -> Trace:
@@ -204,3 +213,71 @@ def test_gated_workloads_give_the_same_schedule_on_both_clocks(packages, mode, b
     assert keys[0] == {"TinyAlex", "TinyResidual[0]", "TinyResidual[1]"}
     assert keys[1] == {"TinyAlex"}
     assert keys[2] == {"TinyAlex", "TinyResidual", "TinyResidual[0]"}
+
+
+# -- BLAS threads that fit the schedule ("adaptive": blas.BlasHold, Simulator._rethread) ------
+
+def threaded_ms(task: Task, threads: int | None) -> float:
+    """An execution twice as long on one thread as on two or more; other tasks as above."""
+    if task.kind != Kind.EXEC:
+        return duration_ms(task)
+    return duration_ms(task) * (2.0 if threads == 1 else 1.0)
+
+
+def threaded_kernel(task: Task, package) -> None:
+    """A fake execution whose speed follows the BLAS threads the engine gives it now (read
+    every half millisecond, as a kernel's GEMMs read OpenBLAS's count): a share that changes
+    mid-task (another execution starts or ends) changes the rest of it."""
+    if task.kind != Kind.EXEC:
+        time.sleep(duration_ms(task) / 1e3)
+        return
+    left = 1.0  # the share of the work still to do
+    while left > 0:
+        total_s = threaded_ms(task, BlasHold.current_threads()) / 1e3
+        started = time.perf_counter()
+        time.sleep(min(left * total_s, 0.0005))
+        left -= (time.perf_counter() - started) / total_s
+
+
+@dataclass(frozen=True)
+class ThreadedDevice(DeviceProfile):
+    """The simulator's side of `threaded_kernel`: an execution's duration by the threads it
+    has; other tasks replayed (`measured`: task id -> ms, the engine's run), as above."""
+
+    measured: dict | None = None
+
+    def task_ms(self, task: Task, threads: int | None = None) -> float:
+        if task.kind == Kind.EXEC or self.measured is None:
+            return threaded_ms(task, threads)
+        return self.measured[task.id]
+
+
+def test_adaptive_threads_give_the_same_schedule_on_both_clocks(packages):
+    """Two cores shared out: each execution runs at the speed of the share it has at each
+    moment, in the engine (the count BlasHold sets) and in the simulator (its model)."""
+    settings = dict(mode="masa", budget="300K", workers=2)
+    engine = Engine(packages, task_runner=threaded_kernel, cores=2, **settings)
+    engine.close()
+    failures = []
+    for _ in range(3):
+        real = engine_trace(packages, kernel=threaded_kernel, cores=2, **settings)
+        device = ThreadedDevice(cores=2, measured=measured_ms(real))
+        simulated = Simulator(engine.infos, device=device, **settings).run(real_arrivals(real))
+        try:
+            assert_same_schedule(real, simulated)
+            break
+        except AssertionError as error:
+            failures.append(str(error).splitlines()[0])
+    else:
+        pytest.fail("the engine and the simulator disagreed in 3 tries: " + "; ".join(failures))
+    # The run had executions alone (two threads) and side by side (one each).
+    execs = [t for t in simulated.tasks if t.kind == "exec"]
+    overlapping = [a for a in execs if any(b is not a and b.start_s < a.end_s
+                                           and a.start_s < b.end_s for b in execs)]
+    assert overlapping and len(overlapping) < len(execs)
+    # The rule matters: the engine's run is not what fixed counts would give.
+    for fixed in (1, 2):
+        other = Simulator(engine.infos, device=device, blas_threads=fixed,
+                          **settings).run(real_arrivals(real))
+        with pytest.raises(AssertionError):
+            assert_same_schedule(real, other)

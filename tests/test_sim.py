@@ -175,14 +175,15 @@ def test_simulated_load_tasks_take_the_device_time(tmp_path):
 
 def test_device_yaml_files_and_their_errors(tmp_path):
     good = tmp_path / "pi.yaml"
-    good.write_text("compute-factor: 8\nstorage_mb_per_s: 25\ngflops: 1.5\n")
+    good.write_text("compute-factor: 8\nstorage_mb_per_s: 25\ngflops: 1.5\ncores: 4\n")
     device = load_device(good)
-    assert (device.name, device.compute_factor, device.storage_mb_per_s, device.gflops) == \
-        ("pi", 8.0, 25.0, 1.5)
+    assert (device.name, device.compute_factor, device.storage_mb_per_s, device.gflops,
+            device.cores) == ("pi", 8.0, 25.0, 1.5, 4)
     assert load_device(None) == DeviceProfile() and load_device("rpi4-sd") is DEVICES["rpi4-sd"]
     cases = {"compute-factr: 2\n": "did you mean 'compute-factor'",
              "compute-factor: -1\n": "must be a positive number",
              "gflops: fast\n": "must be a positive number",
+             "cores: 2.5\n": "cores must be a positive integer",
              "compute-factor: [1\n": "malformed YAML", "- 1\n": "expected a mapping"}
     for text, message in cases.items():
         bad = tmp_path / "bad.yaml"
@@ -345,3 +346,31 @@ def test_device_command_writes_a_profile_the_simulator_reads(tmp_path, capsys):
     assert device.name == "host-measured" and 1.0 <= device.parallelism <= 2.0
     assert main(["device", "--threads", "1"]) == 1
     assert "--threads must be 2 or more" in capsys.readouterr().err
+
+
+def one_exec_network(name: str, exec_ms: float, single_ms: float):
+    """A network of one weightless layer: no load task, init 0 ms, one execution."""
+    from edgecaffe.sched import LayerInfo, NetworkInfo
+
+    layer = LayerInfo("conv", "Conv", 0, 4, (f"{name}:in",), (f"{name}:out",),
+                      exec_ms=exec_ms, exec_ms_single=single_ms)
+    return NetworkInfo(name, [layer], (f"{name}:in",), 4, frozenset({f"{name}:out"}),
+                       {f"{name}:in": 4, f"{name}:out": 4}, mean_exec_ms=exec_ms)
+
+
+@pytest.mark.parametrize(("threads", "a_end_ms", "b_end_ms"), [
+    # A runs alone on 2 threads until B arrives (5 ms: half its work), then both on 1: A's
+    # other half takes 10 ms (ends at 15), when B has done half of its; B's other half on 2
+    # threads takes 5 ms (ends at 20). Worked by hand.
+    ("adaptive", 15.0, 20.0),
+    (1, 20.0, 25.0),  # fixed counts: each on its own time
+    (2, 10.0, 15.0),
+])
+def test_adaptive_threads_rescale_running_executions_by_hand(threads, a_end_ms, b_end_ms):
+    infos = {"A": one_exec_network("A", 10.0, 20.0), "B": one_exec_network("B", 10.0, 20.0)}
+    simulator = Simulator(infos, mode="masa", budget="1G", workers=2, blas_threads=threads,
+                          device=DeviceProfile(cores=2))
+    trace = simulator.run([Arrival(0, 0.0, ("A",)), Arrival(1, 5.0, ("B",))])
+    ends = {t.network: round(t.end_s * 1e3, 9) for t in trace.tasks if t.kind == "exec"}
+    assert ends == {"A": a_end_ms, "B": b_end_ms}
+    assert trace.info["blas_threads"] == threads and trace.info["cores"] == 2

@@ -5,10 +5,12 @@ with medians, spreads and a plain verdict on what is within the noise."""
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 from edgecaffe.cli.backend_flag import add_backend_flag
+from edgecaffe.cli.experiment_cmd import blas_threads_arg
 from edgecaffe.errors import UsageError
 
 NETWORKS = ["GenderNet", "FaceNet", "AgeNet"]
@@ -41,6 +43,9 @@ def add_parser(commands) -> None:
                         "seconds instead of minutes, but not the original's work")
     parser.add_argument("-o", "--output", default="edgecaffe-demo",
                         help="results folder (default ./edgecaffe-demo)")
+    parser.add_argument("--blas-threads", default="adaptive", type=blas_threads_arg,
+                        help="BLAS threads per execution: adaptive (default: the cores shared "
+                        "out among the executions running) or a fixed count")
     add_backend_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -61,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batches must be 1 or more")
     if args.rounds < 1:
         raise UsageError("--rounds must be 1 or more")
+    if not (args.blas_threads == "adaptive" or 1 <= args.blas_threads <= 256):
+        raise UsageError(f"--blas-threads {args.blas_threads} is not allowed; expected "
+                         "adaptive or 1 to 256")
     if not 1 <= args.workers <= 64:
         raise UsageError(f"--workers {args.workers} is not allowed; expected 1 to 64")
     from edgecaffe.experiment.schema import check_memory
@@ -72,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     cost = "the cheap zoo versions (--light)" if args.light else \
         "GenderNet batch 10, FaceNet 1340 x 1340, AgeNet"
     print(f"\n{args.batches} batch(es) of {cost}; budget {args.budget} (layer granularity), "
-          f"{args.workers} workers where the mode allows; {args.rounds} rounds, modes "
+          f"{args.workers} workers where the mode allows, BLAS threads {args.blas_threads} "
+          f"(load average {os.getloadavg()[0]:.1f}); {args.rounds} rounds, modes "
           "interleaved.\nResponse ms: mean over networks (the paper's metric), median over "
           "rounds [fastest-slowest round]; per network, medians.", flush=True)
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
@@ -81,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             summary, _ = run_once(packages, batches(NETWORKS, args.batches), mode=mode,
                                   budget=args.budget, workers=args.workers,
                                   output=output / mode / f"round-{round_index + 1}",
-                                  backend=args.backend)
+                                  backend=args.backend, blas_threads=args.blas_threads)
             runs[mode].append(summary)
         print(f"  round {round_index + 1}/{args.rounds} done", flush=True)
     rows = _print_table(runs)

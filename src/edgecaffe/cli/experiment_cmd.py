@@ -7,13 +7,21 @@ import argparse
 from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.errors import UsageError
 
+
+def blas_threads_arg(text: str) -> int | str:
+    """`--blas-threads`: "adaptive" or a count (checked by the config's schema)."""
+    return text if text == "adaptive" else int(text)
+
+
 FLAGS = [  # (flag, config key, type, help)
     ("--mode", "mode", str, "execution mode"),
     ("--policy", "policy", str, "scheduling policy (default: the mode's own)"),
     ("--mem-limit", "mem_limit", str, "memory budget, e.g. 512M, 1G"),
     ("--granularity", "granularity", str, "memory accounting"),
     ("--n-workers", "workers", int, "worker threads"),
-    ("--blas-threads", "blas_threads", int, "BLAS threads (default: the worker count)"),
+    ("--blas-threads", "blas_threads", blas_threads_arg,
+     "BLAS threads per execution: a count, or adaptive (the default: the cores shared out "
+     "among the executions running)"),
     ("--networks", "networks", str,
      "comma-separated networks (zoo names, folders or .onnx files under --network-path)"),
     ("--arrival-mode", "arrival_mode", str, "batch (closed loop), poisson or stochastic"),
@@ -160,7 +168,9 @@ def _threads(run, device) -> tuple[int, int]:
     workers = MODES[run.mode].workers or run.workers
     if device is not None and device.parallelism is not None:
         workers = min(workers, device.parallelism)
-    return workers, run.blas_threads or default_blas_threads(workers)
+    # Adaptive threads give each busy worker its share of the cores, as a fixed count does.
+    return workers, (run.blas_threads if isinstance(run.blas_threads, int)
+                     else default_blas_threads(int(workers)))
 
 
 def _offered_load(run, arrivals, infos, device) -> tuple[float, float, float, int] | None:

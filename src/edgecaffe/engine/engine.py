@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from edgecaffe.blas import BlasHold, default_blas_threads
+from edgecaffe.blas import BlasHold, available_cores, check_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
@@ -34,7 +34,7 @@ from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.sched import BudgetError, Core, NetworkInstance, Policy, Request, Step, Task
+from edgecaffe.sched import BudgetError, Core, Kind, NetworkInstance, Policy, Request, Step, Task
 
 
 class EngineClosedError(RuntimeError):
@@ -91,8 +91,12 @@ class Engine:
 
     `packages`: name -> package folder or `ModelPackage`, or one folder of packages. `mode`,
     `policy`, `budget`, `granularity`, `workers`, `allow_overcommit`: see `sched.Core`.
-    `blas_threads`: BLAS threads while requests are in flight (default: the cores shared out
-    among the workers); the process's own count comes back whenever the engine is idle.
+    `blas_threads`: BLAS threads of each execution while requests are in flight: "adaptive"
+    (the default: the `cores` shared out among the executions running, `blas.shared_threads`;
+    one running alone gets all of them) or a fixed count; the process's own count comes back
+    whenever the engine is idle. `cores`: what the adaptive rule shares out (default: the
+    cores this process may run on). The onnxruntime backend's intra-op threads follow the
+    same count.
     `cold_loads`: drop each weight file's cached pages before reading it (SD-card-like loads).
     `task_runner`: what a task does (default: real weight files and kernels); tests give a
     fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
@@ -108,12 +112,13 @@ class Engine:
         budget: str | int = "512M",
         granularity: str = "layer",
         workers: int = 2,
-        blas_threads: int | None = None,
+        blas_threads: int | str | None = None,
         allow_overcommit: bool = True,
         cold_loads: bool = False,
         task_runner: TaskRunner | None = None,
         backend: str = "numpy",
         context: str = "aware",
+        cores: int | None = None,
     ) -> None:
         self.packages = resolve_packages(packages)
         infos = {name: package_info(p) for name, p in self.packages.items()}
@@ -123,9 +128,11 @@ class Engine:
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
-        self.blas_threads = blas_threads or default_blas_threads(self.workers)
+        self.blas_threads = check_blas_threads(blas_threads)
+        self.cores = cores or available_cores()
         core.trace.info["blas_threads"] = self.blas_threads
-        self._blas = BlasHold(self.blas_threads)
+        core.trace.info["cores"] = self.cores
+        self._blas = BlasHold(self.blas_threads, self.cores)
         self._blas_held = False
         #: Requests settled and futures to cancel, waiting for `_flush` (outside the lock).
         self._outcomes: list[tuple[Request, Any]] = []
@@ -251,7 +258,14 @@ class Engine:
         if instance.failed is not None:
             return None, False  # failed or cancelled meanwhile: nothing to do
         try:
-            self._run_task(task, self.packages[instance.name])
+            if task.kind == Kind.EXEC:  # its BLAS threads: see `blas.BlasHold`
+                BlasHold.exec_begin()
+                try:
+                    self._run_task(task, self.packages[instance.name])
+                finally:
+                    BlasHold.exec_end()
+            else:
+                self._run_task(task, self.packages[instance.name])
         except Exception as exc:  # a bad layer file, a kernel error: fail this network only
             return f"{task.label} failed: {type(exc).__name__}: {exc}", False
         except KeyboardInterrupt:

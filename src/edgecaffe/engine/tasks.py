@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecaffe.blas import BlasHold
 from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package import ModelPackage
 from edgecaffe.model.preprocess import ImageError, load_image, preprocess_for
@@ -43,7 +44,8 @@ class NetworkRun:
 def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = False,
              backend: str = "numpy") -> None:
     """Execute one task of a network instance; `instance.work` (a `NetworkRun`) carries its
-    activations and weights from task to task. `backend`: the kernels (see `BlobRunner`)."""
+    activations and weights from task to task. `backend`: the kernels (see `BlobRunner`);
+    an optional backend's thread count follows the engine's BLAS share at every layer."""
     instance = task.instance
     if task.kind == Kind.INIT:
         # A speculative gated instance (context-oblivious) has no input yet: its first
@@ -70,4 +72,5 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
 
 
 def _runner(instance: Any, package: ModelPackage, backend: str) -> BlobRunner:
-    return BlobRunner(package.network, network_input(instance.input, package), backend=backend)
+    return BlobRunner(package.network, network_input(instance.input, package), backend=backend,
+                      threads=BlasHold.current_threads)

@@ -75,7 +75,7 @@ class ExperimentConfig:
     mem_limit: str = "512M"
     granularity: str = "layer"
     workers: int = 2
-    blas_threads: int | None = None
+    blas_threads: int | str | None = None  # a count, "adaptive" or None (adaptive)
     networks: list[str] = field(default_factory=lambda: ["GenderNet", "FaceNet", "AgeNet"])
     arrival_mode: str = "batch"
     n_arrivals: int = 10

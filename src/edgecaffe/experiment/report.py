@@ -294,7 +294,7 @@ def _run_facts(run: Run) -> list[tuple[str, str]]:
     facts = [("folder", str(run.folder)), ("mode / policy", f"{run.mode} / {run.policy}"),
              ("budget", run.budget), ("workers", str(config.get("workers", "?"))),
              ("granularity", str(config.get("granularity", "?"))),
-             ("BLAS threads per worker", str(config.get("blas_threads", "?"))),
+             ("BLAS threads per execution", str(config.get("blas_threads", "?"))),
              ("arrivals", f"{count} ({config.get('arrival_mode', 'as listed')}"
                           + (f", multiplier {config['multiplier']:g}"
                              if config.get("multiplier") else "")

@@ -87,7 +87,7 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
         ("mem_limit", memory, "512M"),
         ("granularity", Literal[tuple(GRANULARITIES)], "layer"),  # type: ignore[valid-type]
         ("workers", b["workers"], 2),
-        ("blas_threads", b["blas_threads"] | None, None),
+        ("blas_threads", b["blas_threads"] | Literal["adaptive"] | None, None),
         ("networks", Names | PathText, ("GenderNet", "FaceNet", "AgeNet")),
         ("arrival_mode", Literal[ARRIVAL_MODES], "batch"),
         ("n_arrivals", b["n_arrivals"], 10),
@@ -209,6 +209,8 @@ def _allowed(name: str, expected: str) -> str:
                "set_name": SETS, "sets": SETS, "context": CONTEXTS, "contexts": CONTEXTS}
     if expected.startswith("Invalid enum value") and name in choices:
         return f"choose from {', '.join(choices[name])}"
+    if expected.startswith("Invalid enum value") and name == "blas_threads":
+        return "choose from adaptive or a count (an integer >= 1)"
     if name in ("mem_limit", "mem_limits"):
         return "expected a memory size: bytes or a number with K, M or G (e.g. 512M, 1G)"
     if "matching regex" in expected and "x00" in expected:

@@ -10,7 +10,7 @@ so a blob name always means one value.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from functools import cached_property
@@ -247,8 +247,10 @@ class BlobRunner:
 
     `backend` chooses the kernels: "numpy" (every operator's own `run`) or an optional backend
     such as "onnxruntime" (`ops.base.BACKENDS`), which takes over the operators it has kernels
-    for; `threads` is that backend's thread count (default: the BLAS count in force now, as
-    the numpy kernels get). Raises `ops.BackendError` for an unknown or missing backend.
+    for; `threads` is that backend's thread count, or a function giving it at each layer
+    (default: `blas.BlasHold.current_threads`, the share an engine gives the execution, or
+    the process's BLAS count outside an engine: what the numpy kernels get). Raises
+    `ops.BackendError` for an unknown or missing backend.
     """
 
     def __init__(
@@ -257,17 +259,16 @@ class BlobRunner:
         x: np.ndarray | Mapping[str, np.ndarray],
         outputs: Iterable[str] | None = None,
         backend: str = "numpy",
-        threads: int | None = None,
+        threads: int | Callable[[], int] | None = None,
     ) -> None:
         self.network = network
         self.backend = backend
         self._kernels = backend_kernels(backend)
         if self._kernels and threads is None:
-            from edgecaffe.blas import blas_thread_count
+            from edgecaffe.blas import BlasHold
 
-            count = blas_thread_count()
-            threads = count if isinstance(count, int) else 0  # 0: onnxruntime's own default
-        self.threads = threads or 0
+            threads = BlasHold.current_threads  # an engine's share, else the process's count
+        self.threads: int | Callable[[], int] = threads or 0
         self.wanted = list(network.outputs if outputs is None else outputs)
         unknown = [blob for blob in self.wanted if blob not in network.blob_shapes]
         if unknown:
@@ -308,7 +309,8 @@ class BlobRunner:
         try:
             inputs = [self.values[b] for b in layer.inputs]
             if kernel is not None:
-                results = kernel(inputs, dict(weights), layer.attrs, self.threads)
+                threads = self.threads() if callable(self.threads) else self.threads
+                results = kernel(inputs, dict(weights), layer.attrs, threads)
             else:
                 results = op.run(inputs, dict(weights), layer.attrs, inplace)
         except (OpError, ValueError, FloatingPointError) as error:

@@ -22,6 +22,7 @@ from math import prod
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from edgecaffe.ops import gemm
 from edgecaffe.ops.base import Op, OpError, register
 
 
@@ -134,10 +135,10 @@ def conv2d(
                 cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
             target = out[i, :, rows.start * ow : rows.stop * ow]
             if group == 1:
-                np.matmul(weight_groups[0], cols, out=target)
+                gemm.matmul(weight_groups[0], cols, target)
             else:
-                np.matmul(weight_groups, cols.reshape(group, -1, cols.shape[1]),
-                          out=target.reshape(group, out_channels // group, -1))
+                gemm.matmul(weight_groups, cols.reshape(group, -1, cols.shape[1]),
+                            target.reshape(group, out_channels // group, -1))
             if bias is not None:  # while the band's output is still in cache
                 target += bias[:, None]
     return out.reshape(n, out_channels, oh, ow)

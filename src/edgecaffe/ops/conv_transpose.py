@@ -13,6 +13,7 @@ from math import prod
 
 import numpy as np
 
+from edgecaffe.ops import gemm
 from edgecaffe.ops.base import Op, OpError, register
 
 
@@ -72,7 +73,9 @@ def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
         for a0 in range(0, kh, band):
             a1 = min(kh, a0 + band)
             taps = w_t[:, :, a0:a1].reshape(group, c_out_g * (a1 - a0) * kw, c_in // group)
-            cols = np.matmul(taps, x_groups).reshape(group, c_out_g, a1 - a0, kw, h, w)
+            cols = np.empty((group, taps.shape[1], h * w), dtype=np.float32)
+            gemm.matmul(taps, x_groups, cols)  # split across the execution's threads
+            cols = cols.reshape(group, c_out_g, a1 - a0, kw, h, w)
             cols = cols.reshape(c_out, a1 - a0, kw, h, w)
             for a in range(a0, a1):
                 top = a * dh

@@ -6,6 +6,7 @@ from math import prod
 
 import numpy as np
 
+from edgecaffe.ops import gemm
 from edgecaffe.ops.base import Op, OpError, normalize_axis, register
 
 
@@ -39,9 +40,12 @@ class Dense(Op):
         x, weight = inputs[0], weights["weight"]
         lead, features = self._split(x.shape, attrs)
         rows = x.reshape(prod(lead), features)
-        y = rows @ (weight if attrs["transpose"] else weight.T)
+        matrix = weight if attrs["transpose"] else weight.T
+        dtype = np.result_type(rows, matrix)
+        if dtype != np.float32:
+            raise OpError(f"dense layer would produce {dtype}, expected float32")
+        y = np.empty((rows.shape[0], matrix.shape[1]), dtype=np.float32)
+        gemm.matmul(rows, matrix, y)
         if "bias" in weights:
             y += weights["bias"]
-        if y.dtype != np.float32:
-            raise OpError(f"dense layer produced {y.dtype}, expected float32")
         return [y.reshape(*lead, attrs["out_features"])]

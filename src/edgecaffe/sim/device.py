@@ -13,6 +13,7 @@ A profile is a small YAML file:
     storage-mb-per-s: 40      # loads: bytes / this (+ latency per layer file); omit: profiled
     load-latency-ms: 0.2
     gflops: 2.0               # for layers without a profiled execution time
+    cores: 4                  # shared out by adaptive BLAS threads (omit: this machine's)
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ class DeviceProfile:
     #: at parallelism / running). None: every worker at full speed. Shared or throttled cores
     #: make it much lower than the core count: `edgecaffe device` measures it.
     parallelism: float | None = None
+    #: The cores the engine's adaptive BLAS threads share out (None: this machine's).
+    cores: int | None = None
 
     def layer_exec_ms(self, info: NetworkInfo, layer: str, threads: int | None = None) -> float:
         """On `threads` BLAS threads: the single-thread profile for 1 when there is one, else
-        the profile's own (all cores)."""
+        the profile's own (taken on all cores: `edgecaffe profile` records both)."""
         entry = info.layer(layer)
         if threads == 1 and entry.exec_ms_single is not None:
             return entry.exec_ms_single * self.compute_factor
@@ -124,8 +127,11 @@ def load_device(spec: str | Path | None) -> DeviceProfile:
             close = difflib.get_close_matches(str(key), list(_KEYS), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DeviceError(f"{path}: unknown key {key!r}{hint} (valid: {', '.join(_KEYS)})")
-        if field_name == "parallelism" and value is None:
+        if field_name in ("parallelism", "cores") and value is None:
             pass
+        elif field_name == "cores":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DeviceError(f"{path}: cores must be a positive integer, got {value!r}")
         elif field_name != "name":
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or (
                     value == 0 and field_name != "load_latency_ms"):

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from heapq import heappop, heappush
 
-from edgecaffe.blas import default_blas_threads
-from edgecaffe.sched import BudgetError, Core, NetworkInfo, Policy, Request, Step, Task, Trace
+from edgecaffe.blas import ADAPTIVE, available_cores, check_blas_threads, shared_threads
+from edgecaffe.sched import BudgetError, Core, Kind, NetworkInfo, Policy, Request, Step, Task, Trace
 from edgecaffe.sched.graph import TaskSpec
 from edgecaffe.sim.device import DeviceProfile
 from edgecaffe.workload import Arrival, ArrivalSchedule
@@ -33,10 +33,14 @@ class Simulator:
     Arguments as the engine's (`sched.Core`), plus: `device`, the profile that gives each
     task's duration (default: the profiled times of this machine); `task_ms`, any function of
     a task giving its duration in ms instead; `blas_threads`, the engine's BLAS threads per
-    worker (execution times follow it); `record_tasks` / `record_ledger`, keep every task span
-    / ledger change (off for very long simulations); `context`, the context policy for
-    gated networks ("aware" or "oblivious", see sched/requests.py): an arrival's gated
-    networks run on as many inputs as its drawn `detections` say."""
+    execution, a fixed count or "adaptive" (the default, as the engine's: the device's cores
+    shared out among the executions running, `blas.shared_threads`; an execution's remaining
+    work speeds up or slows down whenever another starts or ends, with its duration at t
+    threads from the device: profiled at 1 and at all cores); `record_tasks` /
+    `record_ledger`, keep every task span / ledger change (off for very long simulations);
+    `context`, the context policy for gated networks ("aware" or "oblivious", see
+    sched/requests.py): an arrival's gated networks run on as many inputs as its drawn
+    `detections` say."""
 
     def __init__(
         self,
@@ -48,7 +52,7 @@ class Simulator:
         workers: int = 2,
         device: DeviceProfile | None = None,
         task_ms: Callable[[Task], float] | None = None,
-        blas_threads: int | None = None,
+        blas_threads: int | str | None = None,
         allow_overcommit: bool = True,
         record_tasks: bool = True,
         record_ledger: bool = True,
@@ -62,13 +66,19 @@ class Simulator:
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
-        #: BLAS threads per worker, as the engine would set them (execution times follow).
-        self.blas_threads = blas_threads or default_blas_threads(self.workers)
+        #: BLAS threads per execution, as the engine would set them (execution times follow).
+        self.blas_threads = check_blas_threads(blas_threads)
+        self.cores = self.device.cores or available_cores()
         self.trace.info["blas_threads"] = self.blas_threads
+        self.trace.info["cores"] = self.cores
+        #: Adaptive threads: executions' durations follow the share of cores they get.
+        self._adaptive = self.blas_threads == ADAPTIVE and task_ms is None
+        fixed = self.cores if self.blas_threads == ADAPTIVE else self.blas_threads
         #: Task -> duration in ms: the device's (memoised per planned task: its network, kind
         #: and layers), or any function of the task.
-        self._task_ms = task_ms or partial(self.device.task_ms, threads=self.blas_threads)
+        self._task_ms = task_ms or partial(self.device.task_ms, threads=fixed)
         self._memo: dict[TaskSpec, float] | None = None if task_ms else {}
+        self._exec_memo: dict[tuple[TaskSpec, int], float] = {}
         parallelism = self.device.parallelism
         #: Processor sharing: with more tasks running than the device's parallelism, each runs
         #: at parallelism / running of full speed (`_share`).
@@ -107,6 +117,9 @@ class Simulator:
         ends: list[tuple[float, int, Task, int]] = []
         idle = list(range(self.workers))
         rates: dict[int, float] = {}
+        # Adaptive threads: each running execution's sequence -> the threads its end assumes.
+        adaptive, cores = self._adaptive, self.cores
+        threads_of: dict[int, int] = {}
         sequence = 0
         waiting_on: Request | None = None  # closed loop: the request the next arrival awaits
         closed: list[Request] = []
@@ -119,6 +132,8 @@ class Simulator:
                     _, seq, task, worker = heappop(ends)
                     if parallelism is not None:
                         del rates[seq]
+                    if adaptive:
+                        threads_of.pop(seq, None)
                     insort(idle, worker)
                     over = complete(task, now)
                     if over:
@@ -149,18 +164,25 @@ class Simulator:
                 if task is None:
                     still_idle.append(worker)
                     continue
-                if memo is None:  # `task_ms` given: any function of the task
+                sequence += 1
+                if adaptive and task.kind == Kind.EXEC:  # on the cores free now
+                    threads_of[sequence] = threads = shared_threads(cores, len(threads_of) + 1)
+                    duration_s = self._exec_s(task, threads)
+                elif memo is None:  # `task_ms` given: any function of the task
                     duration_s = self._duration_s(task)
                 else:  # the device's time depends on the planned task only: once per spec
                     try:
                         duration_s = memo[task.spec]
                     except KeyError:
                         duration_s = self._duration_s(task)
-                sequence += 1
                 heappush(ends, (now + duration_s, sequence, task, worker))
                 if parallelism is not None:
                     rates[sequence] = 1.0
             idle = still_idle
+            if threads_of:  # executions started or ended: the cores shared out again
+                share = shared_threads(cores, len(threads_of))
+                if any(threads != share for threads in threads_of.values()):
+                    ends = self._rethread(ends, threads_of, now, share)
             if parallelism is not None and ends:
                 ends = _share(ends, rates, now, min(1.0, parallelism / len(ends)))
             if closed:
@@ -172,6 +194,32 @@ class Simulator:
                         schedule.finished()
                         due_s = max(schedule.due_s(), now)
                 closed.clear()
+
+    def _exec_s(self, task: Task, threads: int) -> float:
+        """An execution's duration in s on `threads` BLAS threads (memoised per spec)."""
+        key = (task.spec, threads)
+        try:
+            return self._exec_memo[key]
+        except KeyError:
+            duration_s = self._exec_memo[key] = self.device.task_ms(task, threads) / 1e3
+            return duration_s
+
+    def _rethread(self, ends: list[tuple[float, int, Task, int]], threads_of: dict[int, int],
+                  now: float, share: int) -> list[tuple[float, int, Task, int]]:
+        """The running executions' ends once each runs on `share` threads: the work left of
+        each (its time to go on its old threads) now done at the speed of the new count.
+        Returns a new heap (a sorted list)."""
+        shifted = []
+        for end, seq, task, worker in ends:
+            threads = threads_of.get(seq)
+            if threads is not None and threads != share:
+                before = self._exec_s(task, threads)
+                if before > 0:
+                    end = now + (end - now) * self._exec_s(task, share) / before
+                threads_of[seq] = share
+            shifted.append((end, seq, task, worker))
+        shifted.sort()
+        return shifted
 
     def _duration_s(self, task: Task) -> float:
         duration_s = self._task_ms(task) / 1e3
