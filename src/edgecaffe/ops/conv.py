@@ -22,7 +22,7 @@ from math import prod
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from edgecaffe.ops.base import Op, OpError, register
+from edgecaffe.ops.base import Op, OpError, output_chunk, register
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -103,8 +103,14 @@ def conv2d(
     pad: tuple[int, int],
     dilation: tuple[int, int],
     group: int,
+    chunk: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Any convolution as GEMMs over im2col columns, built a band of output rows at a time.
+
+    `chunk`: output channels per GEMM call (group 1; None: all at once; see
+    `ops.base.output_chunk`). `out`: where to write the (N, C_out, OH*OW) result (a block's
+    slice of the whole layer's output), else a fresh array.
 
     Banding keeps the column buffer at ~4 MB however large the image (a whole-image buffer is
     9x the input for 3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is
@@ -116,7 +122,8 @@ def conv2d(
     ow = conv_output_size(w, kw, stride[1], pad[1], dilation[1])
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
     weight_groups = weight.reshape(group, out_channels // group, -1)
-    out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
     per_row = c * kh * kw * ow
     # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
     band = oh if pointwise else band_rows(oh, ow, per_row)
@@ -134,7 +141,9 @@ def conv2d(
                 cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
             target = out[i, :, rows.start * ow : rows.stop * ow]
             if group == 1:
-                np.matmul(weight_groups[0], cols, out=target)
+                step = chunk or out_channels
+                for c0 in range(0, out_channels, step):
+                    np.matmul(weight_groups[0][c0:c0 + step], cols, out=target[c0:c0 + step])
             else:
                 np.matmul(weight_groups, cols.reshape(group, -1, cols.shape[1]),
                           out=target.reshape(group, out_channels // group, -1))
@@ -176,9 +185,11 @@ class Conv(Op):
         return prod(outputs[0]) * (2 * macs_per_output + (1 if attrs["bias"] else 0))
 
     def run(self, inputs, weights, attrs, inplace=False):
+        weight = weights["weight"]
+        chunk = output_chunk(weight.nbytes) if attrs["group"] == 1 else None
         return [
             conv2d(
-                inputs[0], weights["weight"], weights.get("bias"), tuple(attrs["stride"]),
-                tuple(attrs["pad"]), tuple(attrs["dilation"]), attrs["group"],
+                inputs[0], weight, weights.get("bias"), tuple(attrs["stride"]),
+                tuple(attrs["pad"]), tuple(attrs["dilation"]), attrs["group"], chunk,
             )
         ]

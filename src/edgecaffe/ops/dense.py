@@ -6,7 +6,22 @@ from math import prod
 
 import numpy as np
 
-from edgecaffe.ops.base import Op, OpError, normalize_axis, register
+from edgecaffe.ops.base import Op, OpError, normalize_axis, output_chunk, register
+
+
+def dense_rows(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, transpose: bool,
+               out: np.ndarray, chunk: int | None) -> None:
+    """out (M x O) = rows (M x K) @ weight.T (+ bias), `chunk` output columns per GEMM call
+    (None: one call); weight is O x K, or K x O when `transpose`. `out` may be a strided
+    view (a block's slice of the whole output)."""
+    total = out.shape[1]
+    step = chunk or total
+    for begin in range(0, total, step):
+        end = min(total, begin + step)
+        part = weight[:, begin:end] if transpose else weight[begin:end].T
+        np.matmul(rows, part, out=out[:, begin:end])
+    if bias is not None:
+        out += bias
 
 
 @register
@@ -37,11 +52,11 @@ class Dense(Op):
 
     def run(self, inputs, weights, attrs, inplace=False):
         x, weight = inputs[0], weights["weight"]
+        if x.dtype != np.float32 or weight.dtype != np.float32:
+            raise OpError(f"dense layer needs float32, got {x.dtype} x {weight.dtype}")
         lead, features = self._split(x.shape, attrs)
-        rows = x.reshape(prod(lead), features)
-        y = rows @ (weight if attrs["transpose"] else weight.T)
-        if "bias" in weights:
-            y += weights["bias"]
-        if y.dtype != np.float32:
-            raise OpError(f"dense layer produced {y.dtype}, expected float32")
-        return [y.reshape(*lead, attrs["out_features"])]
+        out = attrs["out_features"]
+        y = np.empty((prod(lead), out), dtype=np.float32)
+        dense_rows(x.reshape(prod(lead), features), weight, weights.get("bias"),
+                   attrs["transpose"], y, output_chunk(features * out * 4))
+        return [y.reshape(*lead, out)]
