@@ -33,8 +33,8 @@ def block_edges(layer: Layer, max_block_bytes: int) -> list[int] | None:
     """Output row/channel edges [0, e1, ..., total] of `layer`'s blocks, or None when it stays
     whole (not Dense or group-1 Conv, within `max_block_bytes`, or not larger than
     `ops.base.CHUNK_MIN_BYTES`: only layers that compute in chunks split exactly). Blocks
-    are as equal as `ALIGN`-row edges allow; a block of `ALIGN` rows may still exceed the size (the smallest
-    block there is)."""
+    are as equal as `ALIGN`-row edges allow; a block of `ALIGN` rows may still exceed the
+    size (the smallest block there is)."""
     if layer.op not in _BLOCKED or layer.weight_bytes <= max(max_block_bytes, CHUNK_MIN_BYTES):
         return None
     if layer.op == "Conv" and layer.attrs.get("group", 1) != 1:
