@@ -71,6 +71,26 @@ def _package(value: Any) -> ModelPackage:
     return open_package(value)
 
 
+def _schedulable(budget: str | int) -> tuple[int, int]:
+    """(ledger capacity, runtime bytes) for a process limited to `budget`: the resident
+    memory measured now, after BLAS has set up its buffers, is not schedulable."""
+    import numpy as np
+
+    from edgecaffe.measure import return_freed_memory, rss_bytes
+    from edgecaffe.sched import parse_bytes
+
+    limit = parse_bytes(budget)
+    return_freed_memory()
+    warm = np.ones((256, 256), dtype=np.float32)
+    float((warm @ warm).sum())  # BLAS allocates its per-thread buffers on first use
+    del warm
+    runtime = rss_bytes()
+    if runtime >= limit:
+        raise BudgetError(f"the runtime alone holds {runtime / 2**20:.0f} MiB, the memory limit "
+                          f"is {limit / 2**20:.0f} MiB: nothing is left to schedule")
+    return limit - runtime, runtime
+
+
 class Engine:
     """Runs requests for several networks under a memory budget, with N worker threads.
 
@@ -81,7 +101,12 @@ class Engine:
     `cold_loads`: drop each weight file's cached pages before reading it (SD-card-like loads).
     `task_runner`: what a task does (default: real weight files and kernels); tests give a
     fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
-    "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable."""
+    "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable.
+    `account_runtime`: `budget` is the process's whole memory limit (a cgroup's): the
+    runtime's own footprint, measured now, is not schedulable, so the ledger's capacity is
+    `budget` less it (`runtime_bytes`; raises `BudgetError` when nothing is left); freed
+    arrays are returned to the system (`measure.return_freed_memory`). `load_method`: how
+    loads bring weights in ("mmap" or "read", see `model.package.package`)."""
 
     def __init__(
         self,
@@ -96,15 +121,29 @@ class Engine:
         cold_loads: bool = False,
         task_runner: TaskRunner | None = None,
         backend: str = "numpy",
+        account_runtime: bool = False,
+        load_method: str | None = None,
     ) -> None:
         self.packages = resolve_packages(packages)
+        if load_method is not None:
+            for package in self.packages.values():
+                package.load_method = load_method
         infos = {name: package_info(p) for name, p in self.packages.items()}
+        runtime = None
+        if account_runtime:
+            budget, runtime = _schedulable(budget)
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
+        #: What the process held at start (interpreter, libraries, BLAS buffers) when
+        #: `account_runtime`: not schedulable, so the ledger's capacity is the budget less it.
+        self.runtime_bytes = runtime
+        if runtime is not None:
+            core.trace.info.update(runtime_bytes=runtime,
+                                   limit_bytes=runtime + self.budget.capacity_bytes)
         self.blas_threads = blas_threads or default_blas_threads(self.workers)
         core.trace.info["blas_threads"] = self.blas_threads
         self._blas = BlasHold(self.blas_threads)

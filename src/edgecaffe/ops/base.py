@@ -58,6 +58,12 @@ class Op:
         """Floating-point operations of one forward pass (a multiply-add counts as 2)."""
         return sum(prod(shape) for shape in outputs)
 
+    def workspace_bytes(self, inputs: Sequence[Shape], outputs: Sequence[Shape],
+                        attrs: Attrs) -> int:
+        """Bytes the kernel allocates besides its outputs while it runs (im2col buffers,
+        padded copies): what the memory ledger reserves for the exec task. 0 by default."""
+        return 0
+
     def run(
         self,
         inputs: list[np.ndarray],

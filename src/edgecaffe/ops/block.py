@@ -70,6 +70,9 @@ class _Block(Op):
                           f"expected {tuple(out[0])}")
         return out
 
+    def workspace_bytes(self, inputs, outputs, attrs):
+        return get_op(self.base).workspace_bytes([self._x(inputs)], outputs, attrs)
+
     def flops(self, inputs, outputs, attrs):
         begin, end = self._range(attrs)
         whole = get_op(self.base).flops([self._x(inputs)], outputs, attrs)

@@ -180,6 +180,24 @@ class Conv(Op):
         ]
         return [(n, attrs["out_channels"], *size)]
 
+    def workspace_bytes(self, inputs, outputs, attrs):
+        """What `conv2d` allocates besides the output: the padded image (two for a batch:
+        the next is made before the last goes) and the band's column buffer; none for a
+        pointwise layer. Checked against tracemalloc (tests/test_memory_truth.py)."""
+        n, c, h, w = inputs[0]
+        (kh, kw), stride, pad = attrs["kernel"], tuple(attrs["stride"]), tuple(attrs["pad"])
+        dilation = tuple(attrs["dilation"])
+        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+            return 0
+        oh, ow = outputs[0][2:]
+        per_row = c * kh * kw * ow
+        band = band_rows(oh, ow, per_row)
+        extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
+                 zip((oh, ow), stride, dilation, (kh, kw), (h, w), pad, strict=True)]
+        padded = c * (h + 2 * pad[0] + extra[0]) * (w + 2 * pad[1] + extra[1]) \
+            if any(pad) or any(extra) else 0
+        return 4 * (band * per_row + padded * min(n, 2))
+
     def flops(self, inputs, outputs, attrs):
         macs_per_output = inputs[0][1] // attrs["group"] * prod(attrs["kernel"])
         return prod(outputs[0]) * (2 * macs_per_output + (1 if attrs["bias"] else 0))

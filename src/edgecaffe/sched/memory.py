@@ -10,9 +10,11 @@ each, registered in `GRANULARITIES`:
   everything is returned when the network finishes. Loads and execs reserve nothing. An init
   also fits whenever no network is active, as the original admitted it.
 * `layer` (the paper's intent): an init reserves the input; a load reserves the layer's weights
-  and its output; an exec of a weight-free layer reserves its output; after an exec the layer's
-  weights are returned (per-layer modes) and every buffer whose last reader ran. Whole-model
-  tasks (bulk) reserve all weights, then the forward pass's peak activations.
+  and its output; an exec of a weight-free layer reserves its output; every exec reserves its
+  kernel's workspace (im2col buffers, `x:<layer>`) for as long as it runs; after an exec the
+  layer's weights are returned (per-layer modes) and every buffer whose last reader ran.
+  Whole-model tasks (bulk) reserve all weights, then the forward pass's peak activations plus
+  the largest workspace.
 
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
@@ -219,7 +221,8 @@ class LayerMemory(MemoryManager):
             # Bulk: everything goes when the network finishes (its exec is the last task).
             if kind == Kind.LOAD:
                 return info.weight_bytes, (("w:*", info.weight_bytes),), ()
-            activations = max(0, info.peak_activation_bytes - info.input_bytes)
+            activations = max(0, info.peak_activation_bytes - info.input_bytes) \
+                + info.max_workspace_bytes
             return activations, (("a:*", activations),), ()
         entry = info.layer(layer)
         outputs = tuple((f"a:{owner}", info.buffer_bytes[owner]) for owner in entry.writes)
@@ -228,9 +231,14 @@ class LayerMemory(MemoryManager):
                     ((f"w:{entry.name}", entry.weight_bytes), *outputs), ())
         releases = (f"w:{entry.name}",) if self.per_layer else ()
         releases += tuple(f"a:{owner}" for owner in info.last_reads[entry.name])
+        # The kernel's workspace (im2col buffers) is held while the exec runs.
+        workspace = entry.workspace_bytes
+        scratch = ((f"x:{entry.name}", workspace),) if workspace else ()
+        if workspace:
+            releases += (f"x:{entry.name}",)
         if entry.weighted:
-            return 0, (), releases  # its load reserved the output
-        return entry.output_bytes, outputs, releases
+            return workspace, scratch, releases  # its load reserved the output
+        return entry.output_bytes + workspace, outputs + scratch, releases
 
 
 GRANULARITIES: dict[str, type[MemoryManager]] = {

@@ -1,0 +1,98 @@
+"""The ledger counts what the process really holds: kernel workspaces (measured with
+tracemalloc, numpy's allocations), the runtime's own footprint, freed memory given back."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from edgecaffe.measure import return_freed_memory, rss_bytes
+from edgecaffe.model.info import network_info
+from edgecaffe.model.network import Layer, Network
+from edgecaffe.ops import get_op
+from edgecaffe.sched import Kind
+from edgecaffe.sched.budget import MemoryBudget
+from edgecaffe.sched.memory import LayerMemory
+
+
+def _conv(shape, out, kernel, stride, pad):
+    attrs = {"out_channels": out, "kernel": [kernel, kernel], "stride": [stride] * 2,
+             "pad": [pad] * 2, "dilation": [1, 1], "group": 1, "bias": True}
+    op = get_op("Conv")
+    outputs = op.output_shapes([shape], attrs)
+    return op, attrs, outputs
+
+
+@pytest.mark.parametrize("case", [((1, 3, 224, 224), 64, 3, 1, 1),    # VGG conv1_1
+                                  ((1, 3, 227, 227), 96, 11, 4, 0),   # AlexNet conv1
+                                  ((2, 64, 56, 56), 128, 3, 2, 1),
+                                  ((1, 256, 28, 28), 64, 1, 1, 0)])   # pointwise: none
+def test_conv_workspace_is_what_the_kernel_allocates(case):
+    """tracemalloc sees numpy's buffers: the peak above the output is the workspace (within
+    a few small temporaries), and never above the declared figure by more than 5%."""
+    shape, out, kernel, stride, pad = case
+    op, attrs, outputs = _conv(shape, out, kernel, stride, pad)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weights = {"weight": rng.standard_normal((out, shape[1], kernel, kernel)).astype(np.float32),
+               "bias": np.zeros(out, np.float32)}
+    declared = op.workspace_bytes([shape], outputs, attrs)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        (y,) = op.run([x], weights, attrs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    used = peak - y.nbytes
+    assert used <= declared * 1.05 + 64 * 1024
+    assert used >= declared * 0.9
+    if kernel == 1:
+        assert declared == 0
+
+
+def test_layer_memory_reserves_an_exec_workspace_while_it_runs():
+    layers = [Layer("data", "Input", [], ["data"], {"shape": [1, 3, 64, 64]}),
+              Layer("conv", "Conv", ["data"], ["conv"],
+                    {"out_channels": 8, "kernel": [3, 3], "stride": [1, 1], "pad": [1, 1],
+                     "dilation": [1, 1], "group": 1, "bias": False})]
+    info = network_info(Network("n", layers))
+    workspace = info.layer("conv").workspace_bytes
+    assert workspace > 0
+    manager = LayerMemory(MemoryBudget(1 << 30))
+    reserved, holds, releases = manager.figures(info, Kind.EXEC, "conv", False)
+    assert reserved == workspace and ("x:conv", workspace) in holds and "x:conv" in releases
+    bulk, _, _ = manager.figures(info, Kind.EXEC, "conv", True)
+    assert bulk >= workspace
+    assert info.peak_bytes >= info.weight_bytes + info.peak_activation_bytes + workspace
+
+
+def test_engine_accounts_its_runtime(zoo_packages):
+    from edgecaffe.engine import Engine
+    from edgecaffe.sched import BudgetError
+
+    folder = zoo_packages(["TinyAlex"])
+    with Engine(folder, budget="2G", account_runtime=True) as engine:
+        runtime = engine.runtime_bytes
+        assert 0 < runtime <= rss_bytes() * 1.5
+        assert engine.budget.capacity_bytes == 2 * 2**30 - runtime
+        assert engine.trace.info["runtime_bytes"] == runtime
+    with pytest.raises(BudgetError, match="nothing is left"):
+        Engine(folder, budget="1M", account_runtime=True)
+    with Engine(folder, budget="2G") as engine:
+        assert engine.runtime_bytes is None and engine.budget.capacity_bytes == 2 * 2**30
+
+
+def test_freed_arrays_go_back_to_the_system():
+    """After `return_freed_memory`, freeing 24 MiB of 3 MiB arrays (below glibc's raised
+    threshold once a larger block was freed) brings RSS back."""
+    assert return_freed_memory()
+    del_first = np.ones(40 << 18, np.float32)  # 40 MiB, freed: glibc would raise its threshold
+    del del_first
+    before = rss_bytes()
+    arrays = [np.ones(3 << 18, np.float32) for _ in range(8)]  # touched: resident
+    assert rss_bytes() >= before + (20 << 20)
+    del arrays
+    assert rss_bytes() <= before + (4 << 20)
