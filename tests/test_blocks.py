@@ -167,11 +167,13 @@ def test_engine_runs_a_network_under_a_budget_below_its_largest_layer(agenet, tm
     budget = 24 << 20  # fc6: 38.5 MB
     image = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     with Engine({"AgeNet": agenet}, mode="masa", budget=budget, workers=2,
-                allow_overcommit=False) as engine, pytest.raises(BudgetError):
+                allow_overcommit=False, max_block=None) as engine, pytest.raises(BudgetError):
         engine.submit(image, ["AgeNet"])
-    derived = block_package(agenet, 8 << 20)
-    with Engine({"AgeNet": derived}, mode="masa", budget=budget, workers=2,
+    # By default the engine runs a package with a layer over its capacity from blocks.
+    with Engine({"AgeNet": agenet}, mode="masa", budget=budget, workers=2,
                 allow_overcommit=False) as engine:
+        derived = engine.packages["AgeNet"]
+        assert derived.manifest["source"]["max_block_bytes"] == budget // 4
         result = engine.submit(image, ["AgeNet"]).result(timeout=120)
         expected = agenet.forward(network_input(image, agenet))
     for blob, array in expected.items():

@@ -91,6 +91,24 @@ def _schedulable(budget: str | int) -> tuple[int, int]:
     return limit - runtime, runtime
 
 
+def _blocked(packages: dict[str, ModelPackage], budget: str | int, max_block: str | int
+             ) -> dict[str, ModelPackage]:
+    """`packages`, those with layers over the block size replaced by blocked copies."""
+    from edgecaffe.model.package.blocks import block_package
+    from edgecaffe.sched import parse_bytes
+
+    capacity = parse_bytes(budget)
+    out = {}
+    for name, package in packages.items():
+        largest = max((layer.weight_bytes for layer in package.network.layers), default=0)
+        if max_block == "auto":
+            size = capacity // 4 if largest > capacity else None
+        else:
+            size = parse_bytes(max_block)
+        out[name] = package if size is None else block_package(package, size)
+    return out
+
+
 class Engine:
     """Runs requests for several networks under a memory budget, with N worker threads.
 
@@ -106,7 +124,11 @@ class Engine:
     runtime's own footprint, measured now, is not schedulable, so the ledger's capacity is
     `budget` less it (`runtime_bytes`; raises `BudgetError` when nothing is left); freed
     arrays are returned to the system (`measure.return_freed_memory`). `load_method`: how
-    loads bring weights in ("mmap" or "read", see `model.package.package`)."""
+    loads bring weights in ("mmap" or "read", see `model.package.package`). `max_block`:
+    packages with Dense/Conv layers over this size run from a blocked copy
+    (`model.package.blocks.block_package`, derived into the cache once); "auto" (the
+    default) does so only for a package with a layer larger than the ledger's whole
+    capacity, in blocks of a quarter of it; None never."""
 
     def __init__(
         self,
@@ -123,15 +145,18 @@ class Engine:
         backend: str = "numpy",
         account_runtime: bool = False,
         load_method: str | None = None,
+        max_block: str | int | None = "auto",
     ) -> None:
         self.packages = resolve_packages(packages)
+        runtime = None
+        if account_runtime:
+            budget, runtime = _schedulable(budget)
+        if max_block is not None:
+            self.packages = _blocked(self.packages, budget, max_block)
         if load_method is not None:
             for package in self.packages.values():
                 package.load_method = load_method
         infos = {name: package_info(p) for name, p in self.packages.items()}
-        runtime = None
-        if account_runtime:
-            budget, runtime = _schedulable(budget)
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit)
