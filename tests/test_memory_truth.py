@@ -101,3 +101,48 @@ def test_freed_arrays_go_back_to_the_system():
     assert rss_bytes() >= before + (20 << 20)
     del arrays
     assert rss_bytes() <= before + (4 << 20)
+
+
+_CHILD = """
+import json, sys
+from edgecaffe.model.package import open_package
+package = open_package(sys.argv[1])
+package.load_method = sys.argv[2]
+usage = open(sys.argv[3])
+def now():
+    usage.seek(0)
+    return int(usage.read())
+before = now()
+arrays = package.read("fc6", cold=True)
+loaded = now()
+del arrays
+package.release("fc6")
+print(json.dumps([before, loaded, now()]))
+"""
+
+
+@pytest.mark.parametrize("method", ["mmap", "read"])
+def test_freeing_a_layer_returns_its_memory_to_the_cgroup(zoo_packages, method):
+    """Inside a real memory cgroup: loading AgeNet's fc6 (38.5 MB) raises the cgroup's usage
+    by about that much, once (not twice: page cache and a copy), and freeing it gives the
+    memory back (the cgroup's figure, not the ledger's). Needs root."""
+    import json
+    import subprocess
+    import sys
+
+    from edgecaffe.experiment.limits import LimitError, MemoryCgroup
+
+    try:
+        cgroup = MemoryCgroup(1 << 30)
+    except LimitError as error:
+        pytest.skip(f"no memory cgroup here: {error}")
+    folder = zoo_packages(["AgeNet"]) / "AgeNet"
+    with cgroup:
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(folder), method,
+                               str(cgroup.usage_path)], preexec_fn=cgroup.join,
+                              capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    before, loaded, after = json.loads(done.stdout)
+    layer = 38_537_216 - 2048 * 4  # fc6's weight file, roughly
+    assert layer * 0.9 <= loaded - before <= layer * 1.3
+    assert after - before <= 6 << 20
