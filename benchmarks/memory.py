@@ -86,6 +86,7 @@ def child(spec: dict) -> dict:
         np.savez(spec["outputs_file"], **outputs)
     gaps = [usage - ledger for ledger, usage in samples]
     return {"responses_ms": responses, "runtime_bytes": engine.runtime_bytes,
+            "workspace_bytes": engine.workspace_bytes,
             "capacity_bytes": engine.budget.capacity_bytes,
             "peak_ledger_bytes": engine.budget.peak_bytes,
             "forced": len(engine.trace.forced_events), "samples": len(samples),
@@ -124,11 +125,15 @@ def _line(label: str, limited: dict, free: dict, limit_bytes: int) -> str:
     ratio = mean / statistics.mean(free["responses_ms"]) if free.get("responses_ms") else None
     peak = limited["stats"]["peak_bytes"]
     gap = max(limited["gap_over_bytes"], -limited["gap_under_bytes"]) / limit_bytes
+    memsw = limited["stats"].get("peak_with_swap_bytes")
+    memsw = "n/a" if memsw is None else f"{memsw / 2**20:.0f} MiB"
     return (f"{label:<8} completed  mean {mean:8.0f} ms  vs no limit "
             f"{f'{ratio:.2f}x' if ratio else '   n/a'}  peak {peak / 2**20:5.0f} MiB "
-            f"(limit {limit_bytes / 2**20:.0f})  runtime {limited['runtime_bytes'] / 2**20:.0f} "
-            f"MiB  ledger cap {limited['capacity_bytes'] / 2**20:.0f} MiB  forced "
-            f"{limited['forced']}  swap-in {limited['stats']['swap_in_pages']} pages  gap "
+            f"(limit {limit_bytes / 2**20:.0f}; with swap {memsw})  runtime "
+            f"{limited['runtime_bytes'] / 2**20:.0f} MiB  workspaces "
+            f"{limited['workspace_bytes'] / 2**20:.0f} MiB  ledger cap "
+            f"{limited['capacity_bytes'] / 2**20:.0f} MiB  forced "
+            f"{limited['forced']}  swap-in (system-wide) {limited['stats']['swap_in_pages']} pages  gap "
             f"cgroup-ledger {limited['gap_over_bytes'] / 2**20:+.0f}/"
             f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit")
 

@@ -12,9 +12,6 @@ from edgecaffe.measure import return_freed_memory, rss_bytes
 from edgecaffe.model.info import network_info
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.ops import get_op
-from edgecaffe.sched import Kind
-from edgecaffe.sched.budget import MemoryBudget
-from edgecaffe.sched.memory import LayerMemory
 
 
 def _conv(shape, out, kernel, stride, pad):
@@ -53,41 +50,40 @@ def test_conv_workspace_is_what_the_kernel_allocates(case):
         assert declared == 0
 
 
-def test_layer_memory_reserves_an_exec_workspace_while_it_runs():
-    layers = [Layer("data", "Input", [], ["data"], {"shape": [1, 3, 64, 64]}),
-              Layer("conv", "Conv", ["data"], ["conv"],
-                    {"out_channels": 8, "kernel": [3, 3], "stride": [1, 1], "pad": [1, 1],
-                     "dilation": [1, 1], "group": 1, "bias": False})]
-    info = network_info(Network("n", layers))
-    workspace = info.layer("conv").workspace_bytes
-    assert workspace > 0
-    manager = LayerMemory(MemoryBudget(1 << 30))
-    # A weighted layer's load reserves the workspace with the weights and output; the exec
-    # returns it.
-    reserved, holds, _ = manager.figures(info, Kind.LOAD, "conv", False)
-    weights = info.layer("conv").weight_bytes + info.layer("conv").output_bytes
-    assert reserved == weights + workspace and ("x:conv", workspace) in holds
-    reserved, _, releases = manager.figures(info, Kind.EXEC, "conv", False)
-    assert reserved == 0 and "x:conv" in releases
-    bulk, _, _ = manager.figures(info, Kind.EXEC, "conv", True)
-    assert bulk >= workspace
-    assert info.peak_bytes >= info.weight_bytes + info.peak_activation_bytes + workspace
-
-
-def test_engine_accounts_its_runtime(zoo_packages):
+def test_engine_accounts_its_runtime_and_workspaces(zoo_packages):
+    """Under a real limit the ledger's capacity is the limit less the runtime (measured) and
+    one largest exec workspace per worker (at most one exec per worker runs at a time)."""
     from edgecaffe.engine import Engine
     from edgecaffe.sched import BudgetError
 
     folder = zoo_packages(["TinyAlex"])
-    with Engine(folder, budget="2G", account_runtime=True) as engine:
-        runtime = engine.runtime_bytes
+    with Engine(folder, budget="2G", workers=2, account_runtime=True) as engine:
+        runtime, workspace = engine.runtime_bytes, engine.workspace_bytes
+        largest = engine.infos["TinyAlex"].max_workspace_bytes
+        assert largest > 0 and workspace == 2 * largest
         assert 0 < runtime <= rss_bytes() * 1.5
-        assert engine.budget.capacity_bytes == 2 * 2**30 - runtime
+        assert engine.budget.capacity_bytes == 2 * 2**30 - runtime - workspace
         assert engine.trace.info["runtime_bytes"] == runtime
+        assert engine.trace.info["limit_bytes"] == 2 * 2**30
     with pytest.raises(BudgetError, match="nothing is left"):
         Engine(folder, budget="1M", account_runtime=True)
     with Engine(folder, budget="2G") as engine:
         assert engine.runtime_bytes is None and engine.budget.capacity_bytes == 2 * 2**30
+
+
+def test_network_info_knows_each_exec_workspace():
+    layers = [Layer("data", "Input", [], ["data"], {"shape": [1, 3, 64, 64]}),
+              Layer("conv", "Conv", ["data"], ["conv"],
+                    {"out_channels": 8, "kernel": [3, 3], "stride": [1, 1], "pad": [1, 1],
+                     "dilation": [1, 1], "group": 1, "bias": False})]
+    network = Network("n", layers)
+    info = network_info(network)
+    op = get_op("Conv")
+    expected = op.workspace_bytes([(1, 3, 64, 64)], [network.blob_shapes["conv"]],
+                                  layers[1].attrs)
+    assert info.layer("conv").workspace_bytes == expected > 0
+    assert info.max_workspace_bytes == expected
+    assert info.peak_bytes == info.weight_bytes + info.peak_activation_bytes + expected
 
 
 def test_freed_arrays_go_back_to_the_system():

@@ -33,7 +33,7 @@ from edgecaffe.engine.tasks import run_task
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.sched import BudgetError, Core, Policy, Request, Step, Task
+from edgecaffe.sched import MODES, BudgetError, Core, Policy, Request, Step, Task
 
 
 class EngineClosedError(RuntimeError):
@@ -121,8 +121,9 @@ class Engine:
     fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
     "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable.
     `account_runtime`: `budget` is the process's whole memory limit (a cgroup's): the
-    runtime's own footprint, measured now, is not schedulable, so the ledger's capacity is
-    `budget` less it (`runtime_bytes`; raises `BudgetError` when nothing is left); freed
+    runtime's own footprint, measured now, and the workers' exec workspaces (`workers` x the
+    largest im2col buffer) are not schedulable, so the ledger's capacity is `budget` less
+    them (`runtime_bytes`, `workspace_bytes`; raises `BudgetError` when nothing is left); freed
     arrays are returned to the system (`measure.return_freed_memory`). `load_method`: how
     loads bring weights in ("mmap" or "read", see `model.package.package`). `max_block`:
     packages with Dense/Conv layers over this size run from a blocked copy
@@ -148,7 +149,7 @@ class Engine:
         max_block: str | int | None = "auto",
     ) -> None:
         self.packages = resolve_packages(packages)
-        runtime = None
+        runtime = workspace = None
         if account_runtime:
             budget, runtime = _schedulable(budget)
         if max_block is not None:
@@ -157,6 +158,15 @@ class Engine:
             for package in self.packages.values():
                 package.load_method = load_method
         infos = {name: package_info(p) for name, p in self.packages.items()}
+        if account_runtime:
+            # One exec per worker at a time, each with at most the largest workspace.
+            count = getattr(MODES.get(mode), "workers", None) or workers
+            workspace = count * max((i.max_workspace_bytes for i in infos.values()), default=0)
+            if workspace >= budget:
+                raise BudgetError(f"the kernels' workspaces ({workspace / 2**20:.0f} MiB for "
+                                  f"{workers} workers) leave nothing of the "
+                                  f"{budget / 2**20:.0f} MiB left after the runtime")
+            budget -= workspace
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit)
@@ -166,9 +176,12 @@ class Engine:
         #: What the process held at start (interpreter, libraries, BLAS buffers) when
         #: `account_runtime`: not schedulable, so the ledger's capacity is the budget less it.
         self.runtime_bytes = runtime
+        #: ... and the workers' exec workspaces (im2col buffers), set aside the same way.
+        self.workspace_bytes = workspace
         if runtime is not None:
-            core.trace.info.update(runtime_bytes=runtime,
-                                   limit_bytes=runtime + self.budget.capacity_bytes)
+            core.trace.info.update(runtime_bytes=runtime, workspace_bytes=workspace,
+                                   limit_bytes=runtime + workspace
+                                   + self.budget.capacity_bytes)
         self.blas_threads = blas_threads or default_blas_threads(self.workers)
         core.trace.info["blas_threads"] = self.blas_threads
         self._blas = BlasHold(self.blas_threads)

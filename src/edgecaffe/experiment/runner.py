@@ -59,10 +59,11 @@ def run_once(
                     workers=workers, blas_threads=blas_threads, backend=backend,
                     account_runtime=enforced)
     if engine.runtime_bytes is not None:
+        limit = engine.budget.capacity_bytes + engine.runtime_bytes + engine.workspace_bytes
         print(f"  ledger capacity {engine.budget.capacity_bytes / 2**20:.0f} MiB = limit "
-              f"{(engine.budget.capacity_bytes + engine.runtime_bytes) / 2**20:.0f} MiB - "
-              f"runtime {engine.runtime_bytes / 2**20:.0f} MiB (measured at engine start)",
-              flush=True)
+              f"{limit / 2**20:.0f} MiB - runtime {engine.runtime_bytes / 2**20:.0f} MiB "
+              f"(measured at engine start) - exec workspaces "
+              f"{engine.workspace_bytes / 2**20:.0f} MiB", flush=True)
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -91,8 +92,7 @@ def run_once(
     networks = {name: str(p.directory) for name, p in engine.packages.items()}
     totals = {name: list(isolated_totals_ms(info)) for name, info in engine.infos.items()}
     extra = {} if engine.runtime_bytes is None else {
-        "runtime_bytes": engine.runtime_bytes,
-        "limit_bytes": engine.runtime_bytes + engine.budget.capacity_bytes}
+        key: engine.trace.info[key] for key in ("runtime_bytes", "workspace_bytes", "limit_bytes")}
     summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals,
                        backend=backend, **extra)
     return summary, engine

@@ -10,11 +10,12 @@ each, registered in `GRANULARITIES`:
   everything is returned when the network finishes. Loads and execs reserve nothing. An init
   also fits whenever no network is active, as the original admitted it.
 * `layer` (the paper's intent): an init reserves the input; a load reserves the layer's weights
-  and its output and its exec's kernel workspace (im2col buffers, `x:<layer>`); an exec of a
-  weight-free layer reserves its output and workspace; after an exec its workspace and the
-  layer's weights are returned (per-layer modes) and every buffer whose last reader ran.
-  Whole-model tasks (bulk) reserve all weights, then the forward pass's peak activations plus
-  the largest workspace.
+  and its output; an exec of a weight-free layer reserves its output; after an exec the layer's
+  weights are returned (per-layer modes) and every buffer whose last reader ran. Whole-model
+  tasks (bulk) reserve all weights, then the forward pass's peak activations. Exec
+  workspaces (im2col buffers) are not per-task reservations: at most one per worker exists at
+  a time, so a driver that accounts real memory sets aside `workers` x the largest
+  (`NetworkInfo.max_workspace_bytes`) from the capacity (the engine's `account_runtime`).
 
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
@@ -221,27 +222,18 @@ class LayerMemory(MemoryManager):
             # Bulk: everything goes when the network finishes (its exec is the last task).
             if kind == Kind.LOAD:
                 return info.weight_bytes, (("w:*", info.weight_bytes),), ()
-            activations = max(0, info.peak_activation_bytes - info.input_bytes) \
-                + info.max_workspace_bytes
+            activations = max(0, info.peak_activation_bytes - info.input_bytes)
             return activations, (("a:*", activations),), ()
         entry = info.layer(layer)
         outputs = tuple((f"a:{owner}", info.buffer_bytes[owner]) for owner in entry.writes)
-        # The kernel's workspace (im2col buffers), returned when the exec ends.
-        workspace = entry.workspace_bytes
-        scratch = ((f"x:{entry.name}", workspace),) if workspace else ()
         if kind == Kind.LOAD:
-            # With the output, reserved ahead so that the exec never waits for memory (a load
-            # waits instead: an exec that waited while loads ahead held the memory could
-            # stall the network that would return it).
-            return (entry.weight_bytes + entry.output_bytes + workspace,
-                    ((f"w:{entry.name}", entry.weight_bytes), *outputs, *scratch), ())
+            return (entry.weight_bytes + entry.output_bytes,
+                    ((f"w:{entry.name}", entry.weight_bytes), *outputs), ())
         releases = (f"w:{entry.name}",) if self.per_layer else ()
         releases += tuple(f"a:{owner}" for owner in info.last_reads[entry.name])
-        if workspace:
-            releases += (f"x:{entry.name}",)
         if entry.weighted:
-            return 0, (), releases  # its load reserved the output and the workspace
-        return entry.output_bytes + workspace, outputs + scratch, releases
+            return 0, (), releases  # its load reserved the output
+        return entry.output_bytes, outputs, releases
 
 
 GRANULARITIES: dict[str, type[MemoryManager]] = {
