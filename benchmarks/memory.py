@@ -133,7 +133,8 @@ def _line(label: str, limited: dict, free: dict, limit_bytes: int) -> str:
             f"{limited['runtime_bytes'] / 2**20:.0f} MiB  workspaces "
             f"{limited['workspace_bytes'] / 2**20:.0f} MiB  ledger cap "
             f"{limited['capacity_bytes'] / 2**20:.0f} MiB  forced "
-            f"{limited['forced']}  swap-in (system-wide) {limited['stats']['swap_in_pages']} pages  gap "
+            f"{limited['forced']}  swap-in (system-wide) "
+            f"{limited['stats']['swap_in_pages']} pages  gap "
             f"cgroup-ledger {limited['gap_over_bytes'] / 2**20:+.0f}/"
             f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit")
 
