@@ -9,8 +9,11 @@ before it is read), per mode:
   unlimited one (to measure its usage), same packages, same arrivals: completed?, mean
   response ratio limited / unlimited, the cgroup's peak usage against the limit, OOM kills,
   system swap-ins during the run;
-* the ledger (plus the runtime measured at engine start) against the cgroup's usage, sampled
-  every 20 ms: the largest gap as a share of the limit (both signs);
+* what the run accounts for (the ledger, plus the runtime measured at engine start and one
+  largest exec workspace per worker, both set aside from the capacity) against the cgroup's
+  usage, sampled every 20 ms: the largest gap each way (usage above the accounted figure:
+  under-counting; below: memory accounted and not in use) and the larger as a share of the
+  limit;
 then VGG-19 at batch 1 inside a 128 MiB cgroup with no swap, its large layers in blocks:
 completed?, output bit-exact against the unsplit package forward (run outside the limit)?
 
@@ -66,7 +69,9 @@ def child(spec: dict) -> dict:
         while not done.is_set():
             if usage_file is not None:
                 usage = int(usage_file.read_text())
-                samples.append((engine.budget.used_bytes + engine.runtime_bytes, usage))
+                # What the run accounts for: the ledger, the runtime, the workers' workspaces.
+                samples.append((engine.budget.used_bytes + engine.runtime_bytes
+                                + engine.workspace_bytes, usage))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -135,7 +140,7 @@ def _line(label: str, limited: dict, free: dict, limit_bytes: int) -> str:
             f"{limited['capacity_bytes'] / 2**20:.0f} MiB  forced "
             f"{limited['forced']}  swap-in (system-wide) "
             f"{limited['stats']['swap_in_pages']} pages  gap "
-            f"cgroup-ledger {limited['gap_over_bytes'] / 2**20:+.0f}/"
+            f"usage-accounted {limited['gap_over_bytes'] / 2**20:+.0f}/"
             f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit")
 
 
