@@ -2,9 +2,9 @@
 
     sudo python benchmarks/memory.py [--batches 3] [--modes masa,bulk,linear] [--skip-vgg]
 
-On the large-3 set (ObjectNet = VGG-19, EmotionNet, MemNet; zoo networks, seeded synthetic
-weights), closed-loop batch arrivals, 2 workers, cold loads (each weight file's pages dropped
-before it is read), per mode:
+On the large-3 set (ObjectNet = VGG-19, EmotionNet, MemNet at batch 10; zoo networks, seeded
+synthetic weights), closed-loop batch arrivals, 2 workers, cold loads (each weight file's
+pages dropped before it is read), per mode:
 * inside a 512 MiB memory cgroup with no swap (memsw limit = the limit) and inside an
   unlimited one (to measure its usage), same packages, same arrivals: completed?, mean
   response ratio limited / unlimited, the cgroup's peak usage against the limit, OOM kills,
@@ -41,11 +41,14 @@ BLOCK_512 = 32 << 20
 BLOCK_128 = 12 << 20
 
 
-def _packages(names, max_block):
+def _packages(names, max_block, batches=None):
+    """Zoo packages (profiled: masa orders by profiled times), `batches`: name -> input batch
+    (MemNet at 10, as the original's large-3 set), blocked over `max_block`."""
     from edgecaffe.model.package.blocks import block_package
     from edgecaffe.model.zoo import zoo_package
 
-    return {name: block_package(zoo_package(name, profile_runs=3), max_block)
+    return {name: block_package(zoo_package(name, batch=(batches or {}).get(name, 1),
+                                            profile_runs=3), max_block)
             for name in names}
 
 
@@ -182,6 +185,8 @@ def main() -> None:
     parser.add_argument("--modes", default="masa,bulk,linear")
     parser.add_argument("--limit", default="512M")
     parser.add_argument("--skip-vgg", action="store_true")
+    parser.add_argument("--memnet-batch", type=int, default=10,
+                        help="MemNet's input batch (the original's large-3 runs it at 10)")
     parser.add_argument("--skip-loads", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,8 +206,9 @@ def main() -> None:
         print("not root: the cgroup runs are skipped")
         return
     limit = parse_bytes(args.limit)
-    packages = _packages(SET, BLOCK_512)
-    print(f"\nlarge-3 ({', '.join(SET)}), {args.batches} batch arrivals, 2 workers, cold loads; "
+    packages = _packages(SET, BLOCK_512, {"MemNet": args.memnet_batch})
+    print(f"\nlarge-3 (ObjectNet, EmotionNet, MemNet at batch {args.memnet_batch}), "
+          f"{args.batches} batch arrivals, 2 workers, cold loads; "
           f"cgroup {limit / 2**20:.0f} MiB, no swap, vs the same in an unlimited cgroup")
     for mode in args.modes.split(","):
         free = run_limited(SET, packages, mode, 64 << 30, args.batches)
