@@ -182,3 +182,17 @@ def test_engine_runs_a_network_under_a_budget_below_its_largest_layer(agenet, tm
     assert max(e.used_bytes for e in engine.trace.ledger) <= budget
     block_tasks = [task for task in engine.trace.tasks if "fc6[" in task.layers]
     assert len(block_tasks) == 8  # a load and an exec per block
+
+
+def test_split_command_takes_max_block(zoo_model, tmp_path, capsys):
+    from edgecaffe.cli import main
+
+    prototxt, caffemodel = zoo_model("AgeNet")
+    assert main(["split", str(prototxt), str(caffemodel), "-o", str(tmp_path / "p"),
+                 "--max-block", "16M"]) == 0
+    package = open_package(tmp_path / "p")
+    assert [l.name for l in package.network.layers if l.name.startswith("fc6")] == \
+        [f"fc6[{k}]" for k in range(4)]
+    assert main(["split", str(prototxt), str(caffemodel), "-o", str(tmp_path / "q"),
+                 "--max-block", "lots"]) != 0
+    assert "memory size 'lots'" in capsys.readouterr().err
