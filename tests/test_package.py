@@ -46,14 +46,27 @@ def test_open_package_holds_no_weights(tiny_package):
     assert reopened.input_shape == (1, 3, 35, 35)
 
 
-def test_load_reads_one_layer_into_fresh_arrays_and_free_drops_them(tiny_package):
+@pytest.mark.parametrize("method", ["read", "mmap"])
+def test_load_reads_one_layer_into_fresh_arrays_and_free_drops_them(tiny_package, method):
+    """"read": fresh arrays the caller owns; "mmap": read-only views of a map of the file
+    (no copy)."""
+    import mmap
+
     package, prototxt, caffemodel = tiny_package
     net = edgecaffe.load_caffe(prototxt, caffemodel)
+    package.load_method = method
     arrays = package.load("conv2")
     assert set(package.loaded) == {"conv2"}
     for name, array in arrays.items():
         np.testing.assert_array_equal(array, net.weights["conv2"][name])
-        assert array.flags.owndata and array.flags.writeable
+        if method == "read":
+            assert array.flags.owndata and array.flags.writeable
+        else:
+            assert not array.flags.writeable
+            base = array
+            while isinstance(base, np.ndarray):
+                base = base.base
+            assert isinstance(base.obj if isinstance(base, memoryview) else base, mmap.mmap)
     assert package.load("relu1") == {}  # no weights, nothing read
     package.free("conv2")
     package.free("relu1")

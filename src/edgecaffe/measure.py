@@ -41,3 +41,25 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
+    """Make freed arrays go back to the system (glibc): allocations of `threshold_bytes` or
+    more get their own memory map, unmapped when freed, and the heap is trimmed above that.
+    By default glibc raises its threshold (up to 32 MiB on 64-bit) each time a large block
+    is freed, after which blocks of that size come from the heap and, freed, stay with the
+    process: RSS and the cgroup's usage would then not follow the ledger. Returns False
+    where there is no glibc. Process-wide; the engine calls it when it accounts real
+    memory (`account_runtime`)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, threshold_bytes)) and \
+        bool(mallopt(m_trim_threshold, threshold_bytes))

@@ -344,6 +344,7 @@ def run_limited(args: argparse.Namespace, plans) -> int:
 
 def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
     import json
+    import os
     import signal
     import subprocess
     import sys
@@ -376,9 +377,11 @@ def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
                     cgroup.join()  # in the child, before exec
                     orphan()
 
+                from edgecaffe.experiment.runner import ENFORCED_ENV
+
                 child = subprocess.Popen(
                     [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)],
-                    preexec_fn=setup)
+                    preexec_fn=setup, env={**os.environ, ENFORCED_ENV: "1"})
                 record.children.append([child.pid, start_ticks(child.pid)])
                 record.save()
                 try:

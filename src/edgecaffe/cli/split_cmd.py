@@ -31,6 +31,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--image", default=None, metavar="FILE",
                         help="the image an original folder with `use-scales: true` will run on: "
                         "its input becomes the image enlarged 5x, as the original does")
+    parser.add_argument("--max-block", default=None, metavar="SIZE",
+                        help="split Dense (InnerProduct) and group-1 Conv layers with more "
+                        "weight bytes than SIZE (e.g. 64M) into blocks along their outputs, "
+                        "so that a network runs under a budget smaller than its largest "
+                        "layer; outputs stay bit-for-bit the same")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing package at --output (a folder that is not a "
                         "package is never replaced)")
@@ -59,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("give --input-shape (all dims, ONNX) or --input-size (H x W), "
                              "not both")
         options["input_shape"] = [int(d) for d in args.input_shape.split(",")]
+    if args.max_block:
+        from edgecaffe.sched.budget import parse_bytes
+
+        options["max_block_bytes"] = parse_bytes(args.max_block)
     bar = Progress(0, "split")  # total unknown until the network is read: shows MB done
     package = split(args.source, args.output, seed=args.seed, batch=args.batch,
                     synthetic=args.synthetic, progress=lambda layer, n: bar.advance(n, layer),

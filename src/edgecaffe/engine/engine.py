@@ -34,7 +34,17 @@ from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.sched import BudgetError, Core, Kind, NetworkInstance, Policy, Request, Step, Task
+from edgecaffe.sched import (
+    MODES,
+    BudgetError,
+    Core,
+    Kind,
+    NetworkInstance,
+    Policy,
+    Request,
+    Step,
+    Task,
+)
 
 
 class EngineClosedError(RuntimeError):
@@ -86,6 +96,44 @@ def _package(value: Any) -> ModelPackage:
     return open_package(value)
 
 
+def _schedulable(budget: str | int) -> tuple[int, int]:
+    """(ledger capacity, runtime bytes) for a process limited to `budget`: the resident
+    memory measured now, after BLAS has set up its buffers, is not schedulable."""
+    import numpy as np
+
+    from edgecaffe.measure import return_freed_memory, rss_bytes
+    from edgecaffe.sched import parse_bytes
+
+    limit = parse_bytes(budget)
+    return_freed_memory()
+    warm = np.ones((256, 256), dtype=np.float32)
+    float((warm @ warm).sum())  # BLAS allocates its per-thread buffers on first use
+    del warm
+    runtime = rss_bytes()
+    if runtime >= limit:
+        raise BudgetError(f"the runtime alone holds {runtime / 2**20:.0f} MiB, the memory limit "
+                          f"is {limit / 2**20:.0f} MiB: nothing is left to schedule")
+    return limit - runtime, runtime
+
+
+def _blocked(packages: dict[str, ModelPackage], budget: str | int, max_block: str | int
+             ) -> dict[str, ModelPackage]:
+    """`packages`, those with layers over the block size replaced by blocked copies."""
+    from edgecaffe.model.package.blocks import block_package
+    from edgecaffe.sched import parse_bytes
+
+    capacity = parse_bytes(budget)
+    out = {}
+    for name, package in packages.items():
+        largest = max((layer.weight_bytes for layer in package.network.layers), default=0)
+        if max_block == "auto":
+            size = capacity // 4 if largest > capacity else None
+        else:
+            size = parse_bytes(max_block)
+        out[name] = package if size is None else block_package(package, size)
+    return out
+
+
 class Engine:
     """Runs requests for several networks under a memory budget, with N worker threads.
 
@@ -102,7 +150,18 @@ class Engine:
     fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
     "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable.
     `context`: when gated networks (`submit(..., gated=...)`) load: "aware", once their
-    condition holds; "oblivious", speculatively with their request (sched/requests.py)."""
+    condition holds; "oblivious", speculatively with their request (sched/requests.py).
+
+    `account_runtime`: `budget` is the process's whole memory limit (a cgroup's): the
+    runtime's own footprint, measured now, and the workers' exec workspaces (`workers` x the
+    largest im2col buffer) are not schedulable, so the ledger's capacity is `budget` less
+    them (`runtime_bytes`, `workspace_bytes`; raises `BudgetError` when nothing is left); freed
+    arrays are returned to the system (`measure.return_freed_memory`). `load_method`: how
+    loads bring weights in ("mmap" or "read", see `model.package.package`). `max_block`:
+    packages with Dense/Conv layers over this size run from a blocked copy
+    (`model.package.blocks.block_package`, derived into the cache once); "auto" (the
+    default) does so only for a package with a layer larger than the ledger's whole
+    capacity, in blocks of a quarter of it; None never."""
 
     def __init__(
         self,
@@ -119,15 +178,44 @@ class Engine:
         backend: str = "numpy",
         context: str = "aware",
         cores: int | None = None,
+        account_runtime: bool = False,
+        load_method: str | None = None,
+        max_block: str | int | None = "auto",
     ) -> None:
         self.packages = resolve_packages(packages)
+        runtime = workspace = None
+        if account_runtime:
+            budget, runtime = _schedulable(budget)
+        if max_block is not None:
+            self.packages = _blocked(self.packages, budget, max_block)
+        if load_method is not None:
+            for package in self.packages.values():
+                package.load_method = load_method
         infos = {name: package_info(p) for name, p in self.packages.items()}
+        if account_runtime:
+            # One exec per worker at a time, each with at most the largest workspace.
+            count = getattr(MODES.get(mode), "workers", None) or workers
+            workspace = count * max((i.max_workspace_bytes for i in infos.values()), default=0)
+            if workspace >= budget:
+                raise BudgetError(f"the kernels' workspaces ({workspace / 2**20:.0f} MiB for "
+                                  f"{workers} workers) leave nothing of the "
+                                  f"{budget / 2**20:.0f} MiB left after the runtime")
+            budget -= workspace
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit, context=context)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
+        #: What the process held at start (interpreter, libraries, BLAS buffers) when
+        #: `account_runtime`: not schedulable, so the ledger's capacity is the budget less it.
+        self.runtime_bytes = runtime
+        #: ... and the workers' exec workspaces (im2col buffers), set aside the same way.
+        self.workspace_bytes = workspace
+        if runtime is not None:
+            core.trace.info.update(runtime_bytes=runtime, workspace_bytes=workspace,
+                                   limit_bytes=runtime + workspace
+                                   + self.budget.capacity_bytes)
         self.blas_threads = check_blas_threads(blas_threads)
         self.cores = cores or available_cores()
         core.trace.info["blas_threads"] = self.blas_threads

@@ -62,13 +62,19 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
         work.runner = _runner(instance, package, backend)
     layers = package.network.layer_by_name
     for name in task.layers:
-        # Per-layer modes free a layer's weights as soon as it has run.
+        # Per-layer modes free a layer's weights as soon as it has run (and their pages).
         layer_weights = work.weights.pop(name, {}) if per_layer else work.weights.get(name, {})
         work.runner.run(layers[name], layer_weights)
+        if per_layer and layer_weights:
+            del layer_weights
+            package.release(name)
     if task is instance.last:
         work.outputs = work.runner.results()
         work.runner = None
+        held = [name for name in work.weights if work.weights[name]]
         work.weights.clear()
+        for name in held:
+            package.release(name)
 
 
 def _runner(instance: Any, package: ModelPackage, backend: str) -> BlobRunner:

@@ -60,6 +60,8 @@ class MemoryCgroup:
         self._vmstat_before = _vmstat()
 
     def __enter__(self) -> MemoryCgroup:
+        if self.version == 2:
+            _enable_memory_controller(self.path.parent)
         try:
             self.path.mkdir()
             if self.version == 1:
@@ -74,6 +76,16 @@ class MemoryCgroup:
             self._remove()
             raise LimitError(f"cannot set up the memory cgroup {self.path}: {error}") from None
         return self
+
+    @property
+    def usage_path(self) -> Path:
+        """The file holding the cgroup's current usage in bytes (pages of the page cache it
+        was charged for included): v1 `memory.usage_in_bytes`, v2 `memory.current`."""
+        return self.path / ("memory.usage_in_bytes" if self.version == 1 else "memory.current")
+
+    def usage_bytes(self) -> int | None:
+        """The cgroup's memory usage now (None once it is gone)."""
+        return _int(self.usage_path)
 
     def join(self) -> None:
         """Move the calling process into the cgroup (use as a child's `preexec_fn`)."""
@@ -147,6 +159,25 @@ class SwapFile:
         if self.created:
             self.path.unlink(missing_ok=True)
             self.created = False
+
+
+def _enable_memory_controller(parent: Path) -> None:
+    """cgroup v2: a child cgroup has the memory controller only when its parent lists it in
+    `cgroup.subtree_control` (Documentation/admin-guide/cgroup-v2.rst, "Enabling and
+    Disabling"); enable it there if needed. The kernel refuses (EBUSY) when the parent, not
+    the root, holds processes itself (the "no internal process" rule): say so."""
+    control = parent / "cgroup.subtree_control"
+    if "memory" in _read(control).split():
+        return
+    try:
+        control.write_text("+memory")
+    except OSError as error:
+        hint = (" (cgroup v2 allows no processes in a cgroup whose controllers are given to "
+                "its children: run from a leaf cgroup's parent, e.g. with systemd-run "
+                "--scope, or move this process to a child cgroup first)"
+                if error.errno == 16 else "")
+        raise LimitError(f"cannot enable the memory controller in {control}: "
+                         f"{error.strerror}{hint}") from None
 
 
 def _run(*command: str) -> None:

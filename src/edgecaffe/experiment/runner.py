@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
@@ -15,6 +16,8 @@ from edgecaffe.experiment.results import write_run
 from edgecaffe.measure import rss_bytes
 from edgecaffe.workload import Arrival, drive
 
+#: Set to "1" in the environment of a run inside an `--enforce-memory` cgroup.
+ENFORCED_ENV = "EDGECAFFE_ENFORCED_LIMIT"
 
 def _input_loader():
     from edgecaffe.model.preprocess import load_image, sample_image
@@ -49,10 +52,21 @@ def run_once(
 ) -> tuple[dict[str, Any], Engine]:
     """Run `arrivals` on a fresh engine; write the results folder when `output` is given.
     `backend`: the engine's kernels ("numpy" or "onnxruntime"); `context`: the context policy
-    for the arrivals' gated networks (their drawn detection counts decide the conditions)."""
+    for the arrivals' gated networks (their drawn detection counts decide the conditions).
+    Inside a memory cgroup set up by `--enforce-memory` (the environment says so:
+    `ENFORCED_ENV`), the budget is the cgroup's limit and the engine accounts its own runtime
+    (`Engine(account_runtime=True)`): the ledger's capacity is the limit less the runtime,
+    printed and recorded."""
+    enforced = os.environ.get(ENFORCED_ENV) == "1"
     engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
                     workers=workers, blas_threads=blas_threads, backend=backend,
-                    context=context)
+                    context=context, account_runtime=enforced)
+    if engine.runtime_bytes is not None:
+        limit = engine.budget.capacity_bytes + engine.runtime_bytes + engine.workspace_bytes
+        print(f"  ledger capacity {engine.budget.capacity_bytes / 2**20:.0f} MiB = limit "
+              f"{limit / 2**20:.0f} MiB - runtime {engine.runtime_bytes / 2**20:.0f} MiB "
+              f"(measured at engine start) - exec workspaces "
+              f"{engine.workspace_bytes / 2**20:.0f} MiB", flush=True)
     samples: list[tuple[float, int]] = []
     done = threading.Event()
 
@@ -80,8 +94,10 @@ def run_once(
         sampler.join()
     networks = {name: str(p.directory) for name, p in engine.packages.items()}
     totals = {name: list(isolated_totals_ms(info)) for name, info in engine.infos.items()}
+    extra = {} if engine.runtime_bytes is None else {
+        key: engine.trace.info[key] for key in ("runtime_bytes", "workspace_bytes", "limit_bytes")}
     summary = _results(engine, arrivals, closed_loop, output, config, samples, networks, totals,
-                       backend=backend)
+                       backend=backend, **extra)
     return summary, engine
 
 

@@ -28,7 +28,8 @@ def network_info(
     """A network's layers as the scheduler sees them: bytes of weights and outputs, the buffers
     each layer reads and writes (views such as Dropout write none: they share their input),
     DeepEye stage (`stages`, layer -> "conv" or "fc"; "conv" when not given), profiled times
-    (`profile`, layer -> {"load_ms", "exec_ms", "exec_ms_single_thread"}).
+    (`profile`, layer -> {"load_ms", "exec_ms", "exec_ms_single_thread"}), each exec's
+    workspace (`Op.workspace_bytes`).
 
     `peak_bytes` is the network-granularity reservation; by default all weights plus the
     forward pass's peak activations. `mean_exec_ms` is Masa's shortest-network-first key
@@ -49,19 +50,25 @@ def network_info(
             buffer_bytes[blob] = network.blob_bytes(blob)
         reads = () if view else tuple(dict.fromkeys(storage[b] for b in layer.inputs))
         timing = (profile or {}).get(layer.name, {})
+        op = get_op(layer.op)
+        workspace = op.workspace_bytes([network.blob_shapes[b] for b in layer.inputs],
+                                       [network.blob_shapes[b] for b in layer.outputs],
+                                       layer.attrs)
         layers.append(LayerInfo(
             name=layer.name, op=layer.op, weight_bytes=layer.weight_bytes,
             output_bytes=sum(buffer_bytes[b] for b in writes), reads=reads, writes=writes,
             stage=(stages or {}).get(layer.name, "conv"),
             load_ms=timing.get("load_ms"), exec_ms=timing.get("exec_ms"),
             exec_ms_single=timing.get("exec_ms_single_thread"), flops=layer.flops,
+            workspace_bytes=int(workspace),
         ))
     outputs = frozenset(storage[b] for b in network.outputs)
     info = NetworkInfo(network.name, layers, tuple(network.inputs), input_bytes, outputs,
                        buffer_bytes,
                        float("inf") if mean_exec_ms is None else float(mean_exec_ms), 0,
                        dict(network.meta), float(init_ms))
-    info.peak_bytes = peak_bytes or info.weight_bytes + info.peak_activation_bytes
+    info.peak_bytes = peak_bytes or (info.weight_bytes + info.peak_activation_bytes
+                                     + info.max_workspace_bytes)
     return info
 
 

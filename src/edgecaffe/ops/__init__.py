@@ -4,6 +4,7 @@ from edgecaffe.ops import (  # noqa: F401
     activation,
     argmax,
     binary,
+    block,
     clip,
     constant,
     conv,

@@ -58,6 +58,12 @@ class Op:
         """Floating-point operations of one forward pass (a multiply-add counts as 2)."""
         return sum(prod(shape) for shape in outputs)
 
+    def workspace_bytes(self, inputs: Sequence[Shape], outputs: Sequence[Shape],
+                        attrs: Attrs) -> int:
+        """Bytes the kernel allocates besides its outputs while it runs (im2col buffers,
+        padded copies): what the memory ledger reserves for the exec task. 0 by default."""
+        return 0
+
     def run(
         self,
         inputs: list[np.ndarray],
@@ -88,6 +94,22 @@ def check_numbers(op: Op, attrs: Attrs) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
                 or abs(value) == float("inf"):
             raise OpError(f"{op.name}: attr {key!r} = {value!r} must be a finite number")
+
+
+#: Dense and Conv layers whose weight (bias aside) exceeds `CHUNK_MIN_BYTES` compute their
+#: output `CHUNK_ROWS` rows (output channels) per GEMM call, so that a block of such a layer
+#: (`ops/block.py`), whose edges fall on chunk edges, makes exactly the same GEMM calls as the
+#: whole layer: bit-for-bit the same outputs whatever shortcuts BLAS takes for some shapes.
+#: Measured: without chunks, OpenBLAS 0.3.31 gave different last bits for some block shapes
+#: (a (2, 2000) x (2000, 1000) product against 64-row blocks; sgemv_n for K x O weights).
+CHUNK_ROWS = 128
+CHUNK_MIN_BYTES = 8 << 20
+
+
+def output_chunk(weight_bytes: int) -> int | None:
+    """Rows per GEMM call for a Dense/Conv layer of `weight_bytes` (its whole weight, bias
+    aside): `CHUNK_ROWS` above `CHUNK_MIN_BYTES`, else None (one call)."""
+    return CHUNK_ROWS if weight_bytes > CHUNK_MIN_BYTES else None
 
 
 def get_op(name: str) -> Op:

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from edgecaffe.ops import gemm
-from edgecaffe.ops.base import Op, OpError, register
+from edgecaffe.ops.base import Op, OpError, output_chunk, register
 
 
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int) -> int:
@@ -104,8 +104,14 @@ def conv2d(
     pad: tuple[int, int],
     dilation: tuple[int, int],
     group: int,
+    chunk: int | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Any convolution as GEMMs over im2col columns, built a band of output rows at a time.
+
+    `chunk`: output channels per GEMM call (group 1; None: all at once; see
+    `ops.base.output_chunk`). `out`: where to write the (N, C_out, OH*OW) result (a block's
+    slice of the whole layer's output), else a fresh array.
 
     Banding keeps the column buffer at ~4 MB however large the image (a whole-image buffer is
     9x the input for 3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is
@@ -117,7 +123,8 @@ def conv2d(
     ow = conv_output_size(w, kw, stride[1], pad[1], dilation[1])
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
     weight_groups = weight.reshape(group, out_channels // group, -1)
-    out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
+    if out is None:
+        out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
     per_row = c * kh * kw * ow
     # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
     band = oh if pointwise else band_rows(oh, ow, per_row)
@@ -135,7 +142,10 @@ def conv2d(
                 cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
             target = out[i, :, rows.start * ow : rows.stop * ow]
             if group == 1:
-                gemm.matmul(weight_groups[0], cols, target)
+                if chunk:  # fixed chunks: bit-exact against a blocked copy of the layer
+                    gemm.matmul_chunks(weight_groups[0], cols, target, chunk, rows=True)
+                else:
+                    gemm.matmul(weight_groups[0], cols, target)
             else:
                 gemm.matmul(weight_groups, cols.reshape(group, -1, cols.shape[1]),
                             target.reshape(group, out_channels // group, -1))
@@ -172,14 +182,34 @@ class Conv(Op):
         ]
         return [(n, attrs["out_channels"], *size)]
 
+    def workspace_bytes(self, inputs, outputs, attrs):
+        """What `conv2d` allocates besides the output: the padded image (two for a batch:
+        the next is made before the last goes) and the band's column buffer; none for a
+        pointwise layer. Checked against tracemalloc (tests/test_memory_truth.py)."""
+        n, c, h, w = inputs[0]
+        (kh, kw), stride, pad = attrs["kernel"], tuple(attrs["stride"]), tuple(attrs["pad"])
+        dilation = tuple(attrs["dilation"])
+        if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
+            return 0
+        oh, ow = outputs[0][2:]
+        per_row = c * kh * kw * ow
+        band = band_rows(oh, ow, per_row)
+        extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
+                 zip((oh, ow), stride, dilation, (kh, kw), (h, w), pad, strict=True)]
+        padded = c * (h + 2 * pad[0] + extra[0]) * (w + 2 * pad[1] + extra[1]) \
+            if any(pad) or any(extra) else 0
+        return 4 * (band * per_row + padded * min(n, 2))
+
     def flops(self, inputs, outputs, attrs):
         macs_per_output = inputs[0][1] // attrs["group"] * prod(attrs["kernel"])
         return prod(outputs[0]) * (2 * macs_per_output + (1 if attrs["bias"] else 0))
 
     def run(self, inputs, weights, attrs, inplace=False):
+        weight = weights["weight"]
+        chunk = output_chunk(weight.nbytes) if attrs["group"] == 1 else None
         return [
             conv2d(
-                inputs[0], weights["weight"], weights.get("bias"), tuple(attrs["stride"]),
-                tuple(attrs["pad"]), tuple(attrs["dilation"]), attrs["group"],
+                inputs[0], weight, weights.get("bias"), tuple(attrs["stride"]),
+                tuple(attrs["pad"]), tuple(attrs["dilation"]), attrs["group"], chunk,
             )
         ]

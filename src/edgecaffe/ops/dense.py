@@ -7,7 +7,22 @@ from math import prod
 import numpy as np
 
 from edgecaffe.ops import gemm
-from edgecaffe.ops.base import Op, OpError, normalize_axis, register
+from edgecaffe.ops.base import Op, OpError, normalize_axis, output_chunk, register
+
+
+def dense_rows(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, transpose: bool,
+               out: np.ndarray, chunk: int | None) -> None:
+    """out (M x O) = rows (M x K) @ weight.T (+ bias), in fixed chunks of `chunk` output
+    columns (None: one product, split across threads as `gemm.matmul` sees fit); weight is
+    O x K, or K x O when `transpose`. `out` may be a strided view (a block's slice of the
+    whole output)."""
+    matrix = weight if transpose else weight.T
+    if chunk:
+        gemm.matmul_chunks(rows, matrix, out, chunk, rows=False)
+    else:
+        gemm.matmul(rows, matrix, out)
+    if bias is not None:
+        out += bias
 
 
 @register
@@ -38,14 +53,11 @@ class Dense(Op):
 
     def run(self, inputs, weights, attrs, inplace=False):
         x, weight = inputs[0], weights["weight"]
+        if x.dtype != np.float32 or weight.dtype != np.float32:
+            raise OpError(f"dense layer needs float32, got {x.dtype} x {weight.dtype}")
         lead, features = self._split(x.shape, attrs)
-        rows = x.reshape(prod(lead), features)
-        matrix = weight if attrs["transpose"] else weight.T
-        dtype = np.result_type(rows, matrix)
-        if dtype != np.float32:
-            raise OpError(f"dense layer would produce {dtype}, expected float32")
-        y = np.empty((rows.shape[0], matrix.shape[1]), dtype=np.float32)
-        gemm.matmul(rows, matrix, y)
-        if "bias" in weights:
-            y += weights["bias"]
-        return [y.reshape(*lead, attrs["out_features"])]
+        out = attrs["out_features"]
+        y = np.empty((prod(lead), out), dtype=np.float32)
+        dense_rows(x.reshape(prod(lead), features), weight, weights.get("bias"),
+                   attrs["transpose"], y, output_chunk(features * out * 4))
+        return [y.reshape(*lead, out)]

@@ -90,6 +90,27 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int | None = 
     run_blocks(blocks, threads)
 
 
+def matmul_chunks(a: np.ndarray, b: np.ndarray, out: np.ndarray, chunk: int, rows: bool,
+                  threads: int | None = None) -> None:
+    """out = a @ b (2-d) in fixed chunks of `chunk` rows of `a` (`rows`) or columns of `b`,
+    one `np.matmul` each, shared among `threads` (default as `matmul`). Every output element
+    comes from the same GEMM call whatever the thread count and whichever block of a blocked
+    layer computes it, so the result is the same to the bit (ops.base.output_chunk)."""
+    threads = BlasHold.split_threads() if threads is None else threads
+    size = a.shape[0] if rows else b.shape[1]
+    if rows:
+        blocks = [lambda s=slice(lo, lo + chunk): np.matmul(a[s], b, out=out[s])
+                  for lo in range(0, size, chunk)]
+    else:
+        blocks = [lambda s=slice(lo, lo + chunk): np.matmul(a, b[:, s], out=out[:, s])
+                  for lo in range(0, size, chunk)]
+    if threads <= 1 or len(blocks) == 1:
+        for block in blocks:
+            block()
+    else:
+        run_blocks(blocks, threads)
+
+
 def _edges(size: int, threads: int) -> list[int]:
     """Block boundaries over `size`: about BLOCKS_PER_THREAD blocks per thread, none smaller
     than MIN_BLOCK (the last may be), multiples of 16 (whole SIMD panels)."""

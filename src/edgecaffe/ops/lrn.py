@@ -34,6 +34,11 @@ class LRN(Op):
             raise OpError(f"LRN local_size must be odd, got {attrs['size']}")
         return [tuple(inputs[0])]
 
+    def workspace_bytes(self, inputs, outputs, attrs):
+        """The squares, their padded copy and the running sum: about three inputs' worth."""
+        return 3 * 4 * prod(inputs[0]) + 4 * (attrs.get("size", 5) - 1) * prod(inputs[0][2:]) \
+            * inputs[0][0] * (1 if attrs.get("region", "across") == "across" else 2)
+
     def flops(self, inputs, outputs, attrs):
         window = attrs["size"] if attrs["region"] == "across" else attrs["size"] ** 2
         return prod(outputs[0]) * (window + 4)

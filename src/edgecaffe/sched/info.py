@@ -33,6 +33,8 @@ class LayerInfo:
     #: Whether the layer has a load task; None: when it has weight bytes. Simulated
     #: ("generated") layers load for a given time without any bytes.
     has_weights: bool | None = None
+    #: Bytes the exec task's kernel allocates besides the outputs (im2col buffers).
+    workspace_bytes: int = 0
 
     @property
     def weighted(self) -> bool:
@@ -91,6 +93,11 @@ class NetworkInfo:
             if owner not in self.outputs:
                 freed[layer] += (owner,)
         return freed
+
+    @property
+    def max_workspace_bytes(self) -> int:
+        """The largest exec workspace of any layer (what a whole-model exec adds)."""
+        return max((layer.workspace_bytes for layer in self.layers), default=0)
 
     @property
     def peak_activation_bytes(self) -> int:

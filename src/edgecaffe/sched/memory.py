@@ -12,7 +12,10 @@ each, registered in `GRANULARITIES`:
 * `layer` (the paper's intent): an init reserves the input; a load reserves the layer's weights
   and its output; an exec of a weight-free layer reserves its output; after an exec the layer's
   weights are returned (per-layer modes) and every buffer whose last reader ran. Whole-model
-  tasks (bulk) reserve all weights, then the forward pass's peak activations.
+  tasks (bulk) reserve all weights, then the forward pass's peak activations. Exec
+  workspaces (im2col buffers) are not per-task reservations: at most one per worker exists at
+  a time, so a driver that accounts real memory sets aside `workers` x the largest
+  (`NetworkInfo.max_workspace_bytes`) from the capacity (the engine's `account_runtime`).
 
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.

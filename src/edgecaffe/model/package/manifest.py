@@ -38,7 +38,7 @@ def stages(network: Network) -> dict[str, str]:
     """DeepEye's split: layers from the first fully connected (Dense) layer on are 'fc'."""
     result, stage = {}, "conv"
     for layer in network.layers:
-        if layer.op == "Dense":
+        if layer.op in ("Dense", "DenseBlock"):
             stage = "fc"
         result[layer.name] = stage
     return result

@@ -19,7 +19,13 @@ from edgecaffe.model.package.manifest import (
     network_from_manifest,
     weight_path,
 )
-from edgecaffe.model.package.tensorfile import drop_page_cache, read_tensors
+from edgecaffe.model.package.tensorfile import drop_page_cache, map_tensors, read_tensors
+
+#: How a load brings a layer's weights into memory: "mmap" maps the weight file and faults its
+#: pages in (one copy: the page cache's, file-backed), "read" reads into fresh arrays and then
+#: drops the file's pages (one copy: anonymous memory). Measured in benchmarks/memory.py.
+LOAD_METHODS = ("mmap", "read")
+DEFAULT_LOAD_METHOD = "mmap"
 
 #: Loads remembered in `ModelPackage.load_log`.
 LOAD_LOG_LENGTH = 1024
@@ -50,6 +56,8 @@ class ModelPackage:
         #: (layer, seconds, cold) of the latest loads (bounded: an engine serving for days
         #: loads millions of layers).
         self.load_log: deque[tuple[str, float, bool]] = deque(maxlen=LOAD_LOG_LENGTH)
+        #: `LOAD_METHODS`: how `read` brings weights in.
+        self.load_method = DEFAULT_LOAD_METHOD
 
     @property
     def name(self) -> str:
@@ -77,9 +85,13 @@ class ModelPackage:
         self.loaded[layer] = arrays
         return arrays
 
-    def read(self, layer: str, cold: bool = False) -> dict[str, np.ndarray]:
-        """Read one layer's weights into fresh arrays that the caller owns (thread-safe: the
-        engine reads layers of one package for several requests at once)."""
+    def read(self, layer: str, cold: bool = False, method: str | None = None
+             ) -> dict[str, np.ndarray]:
+        """Bring one layer's weights into memory for the caller (thread-safe: the engine reads
+        layers of one package for several requests at once). `method` (default
+        `self.load_method`): "read" fills fresh arrays and drops the file's cached pages after,
+        "mmap" returns read-only arrays over a map of the file, its pages faulted in; either
+        way the weights are in memory once. Call `release(layer)` once they are dropped."""
         if layer not in self._entries:
             raise PackageError(f"{self.directory}: no layer {layer!r}")
         weights = self._entries[layer].get("weights")
@@ -96,16 +108,30 @@ class ModelPackage:
         dtypes = weights.get("dtypes") or {}
         expected = {name: (dtypes.get(name, "F32"), tuple(shape))
                     for name, shape in weights["tensors"].items()}
-        arrays = read_tensors(path, weights.get("bytes"), crc,
-                              what=f"layer {layer!r} of package {self.name!r}",
-                              expected=expected, crc_covers_header=self._whole_file_crc)
+        method = method or self.load_method
+        if method not in LOAD_METHODS:
+            raise PackageError(f"load method {method!r}: choose from {', '.join(LOAD_METHODS)}")
+        reader = map_tensors if method == "mmap" else read_tensors
+        arrays = reader(path, weights.get("bytes"), crc,
+                        what=f"layer {layer!r} of package {self.name!r}",
+                        expected=expected, crc_covers_header=self._whole_file_crc)
+        if method == "read":
+            drop_page_cache(path, sync=False)  # not counted twice
         self._verified.add(layer)
         self.load_log.append((layer, time.perf_counter() - started, cold))
         return arrays
 
+    def release(self, layer: str) -> None:
+        """The caller has dropped its arrays of `layer`: drop the file's cached pages too, so
+        that freeing returns the memory (pages another load still maps stay)."""
+        path = self._paths.get(layer)
+        if path is not None:
+            drop_page_cache(path, sync=False)
+
     def free(self, layer: str) -> None:
-        """Drop a layer's weights (a no-op when they are not loaded)."""
-        self.loaded.pop(layer, None)
+        """Drop a layer's weights (a no-op when they are not loaded) and their cached pages."""
+        if self.loaded.pop(layer, None) is not None:
+            self.release(layer)
 
     def forward(
         self,

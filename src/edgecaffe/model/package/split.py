@@ -48,10 +48,21 @@ def write_package(
     original: dict[str, Any] | None = None,
     original_layers: dict[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
+    max_block_bytes: int | None = None,
 ) -> ModelPackage:
     """Write `directory` as a package of `network`, asking `weights_for(layer)` one layer at a
-    time. An existing package there is replaced; any other non-empty folder is refused."""
+    time. An existing package there is replaced; any other non-empty folder is refused.
+    `max_block_bytes`: Dense/Conv layers with more weight bytes become blocks
+    (`blocks.block_network`)."""
     directory = Path(directory)
+    if max_block_bytes is not None:
+        from edgecaffe.model.package.blocks import block_network, blocked_source
+
+        blocked, sources = block_network(network, max_block_bytes)
+        if sources:
+            weights_for = blocked_source(network, sources, weights_for)
+            network = blocked
+            source = {**source, "max_block_bytes": int(max_block_bytes)}
     if directory.exists() and any(directory.iterdir()) and not (directory / MANIFEST).exists():
         raise PackageError(f"{directory}: exists and is not a model package; refusing to write")
     if (directory / WEIGHTS_DIR).exists():
@@ -115,7 +126,8 @@ def _preprocess(network: Network, input_blob: str) -> dict[str, Any]:
 
 def split_onnx(path: str | Path, directory: str | Path, *,
                input_shape: Sequence[int] | None = None,
-               progress: Progress | None = None) -> ModelPackage:
+               progress: Progress | None = None,
+               max_block_bytes: int | None = None) -> ModelPackage:
     """Make a package from an .onnx file (its side file's labels and preprocessing included).
     The whole model is read first (ONNX initializers are not streamed), then written one layer
     file at a time."""
@@ -127,7 +139,7 @@ def split_onnx(path: str | Path, directory: str | Path, *,
     if input_shape is not None:
         record["input_shape"] = [int(d) for d in input_shape]
     return write_package(network, lambda layer: network.weights[layer.name], directory,
-                         source=record, progress=progress)
+                         source=record, progress=progress, max_block_bytes=max_block_bytes)
 
 
 def onnx_package(path: str | Path, input_shape: Sequence[int] | None = None) -> ModelPackage:
@@ -186,6 +198,7 @@ def split(
     level: int | None = None,
     input_shape: Sequence[int] | None = None,
     image_size: tuple[int, int] | None = None,
+    max_block_bytes: int | None = None,
 ) -> ModelPackage:
     """Make a package from `source`: [zoo name], [original folder], [prototxt, caffemodel] or
     [model.onnx] (`input_shape` fills an ONNX graph's symbolic dims).
@@ -195,13 +208,15 @@ def split(
     `level` choose Caffe's net state, `input_shape` reshapes the input (all dims, or H and W)
     before shapes, bytes and FLOPs are inferred. `image_size` (H, W) is the image an original
     folder with `use-scales: true` will run on: its input becomes the image enlarged 5x, as the
-    original does (see `OriginalNetwork.scaled_input_size`).
+    original does (see `OriginalNetwork.scaled_input_size`). `max_block_bytes`: Dense and
+    group-1 Conv layers with more weight bytes are split into blocks (`blocks.py`).
     """
     from edgecaffe.model.zoo import ZOO, get_zoo_model, zoo_files
 
     paths = [Path(s) for s in source]
     if len(paths) == 1 and paths[0].suffix.lower() == ".onnx":
-        return split_onnx(paths[0], directory, input_shape=input_shape, progress=progress)
+        return split_onnx(paths[0], directory, input_shape=input_shape, progress=progress,
+                          max_block_bytes=max_block_bytes)
     meta: dict[str, Any] = {}
     original = original_layers = None
     if len(paths) == 1 and is_original_folder(paths[0]):
@@ -246,7 +261,7 @@ def split(
     if synthetic or caffemodel is None:
         return write_package(network, lambda layer: synthesize_weights(layer, seed), directory,
                              source=record, original=original, original_layers=original_layers,
-                             progress=progress)
+                             progress=progress, max_block_bytes=max_block_bytes)
     if not caffemodel.exists():
         raise PackageError(
             f"{caffemodel}: caffemodel not found (trained weights are not bundled with the "
@@ -257,4 +272,4 @@ def split(
     with CaffeModelReader(caffemodel) as reader:
         return write_package(network, _caffe_weights(reader, network), directory,
                              source=record, original=original, original_layers=original_layers,
-                             progress=progress)
+                             progress=progress, max_block_bytes=max_block_bytes)

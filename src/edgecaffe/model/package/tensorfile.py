@@ -11,6 +11,7 @@ data is verified, and the file's page cache can be dropped first for cold-storag
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 import zlib
@@ -61,11 +62,15 @@ def write_tensors(path: str | Path, tensors: Mapping[str, np.ndarray],
     return 8 + len(encoded) + offset, crc
 
 
-def drop_page_cache(path: str | Path) -> None:
-    """Ask the kernel to forget the file's cached pages, so the next read comes from storage."""
+def drop_page_cache(path: str | Path, sync: bool = True) -> None:
+    """Ask the kernel to forget the file's cached pages, so the next read comes from storage
+    (and the memory, charged to this process's cgroup, goes back). Pages still mapped by
+    someone stay. `sync`: write dirty pages first (they cannot be dropped); weight files
+    being read are never dirty."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)  # dirty pages cannot be dropped
+        if sync:
+            os.fsync(fd)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
@@ -96,29 +101,9 @@ def read_tensors(path: str | Path, expected_bytes: int | None = None,
     """
     path = Path(path)
     label = f"{path}{f' ({what})' if what else ''}"
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below
-    except OSError as error:
-        raise WeightFileError(f"{label}: cannot open weight file: {error.strerror}") from None
+    handle = _open(path, label)
     with handle:
-        size = os.fstat(handle.fileno()).st_size
-        if expected_bytes is not None and size != expected_bytes:
-            raise WeightFileError(
-                f"{label}: weight file is {size} bytes, the manifest says {expected_bytes}"
-                f"{' (truncated)' if size < expected_bytes else ''}"
-            )
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise WeightFileError(f"{label}: header length: the file has only {size} bytes")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise WeightFileError(f"{label}: header length {length} exceeds "
-                                  f"{'the file' if length > size - 8 else MAX_HEADER_BYTES}")
-        raw = handle.read(length)
-        layout = _layout(raw, size - 8 - length, label)
-        if expected is not None:
-            _match(layout, expected, label)
-        crc = zlib.crc32(raw, zlib.crc32(prefix)) if crc_covers_header else 0
+        layout, crc, _ = _header(handle, label, expected_bytes, expected, crc_covers_header)
         arrays: dict[str, np.ndarray] = {}
         for name, dtype, shape, nbytes in layout:
             array = np.empty(shape, dtype=dtype)  # sizes checked against the file above
@@ -133,6 +118,82 @@ def read_tensors(path: str | Path, expected_bytes: int | None = None,
             "file was altered)"
         )
     return arrays
+
+
+def map_tensors(path: str | Path, expected_bytes: int | None = None,
+                expected_crc: int | None = None, what: str = "",
+                expected: Mapping[str, tuple[str, tuple[int, ...]]] | None = None,
+                crc_covers_header: bool = True) -> dict[str, np.ndarray]:
+    """Every tensor of a weight file as a read-only array over a memory map of the file: no
+    copy; the pages are the page cache's, file-backed (under memory pressure the kernel drops
+    them instead of swapping them out), and faulted in here, so the load pays the reading.
+    The map goes when the last array does. Same checks and errors as `read_tensors`; tensors
+    whose dtype is not native, or not aligned in the file, are copied."""
+    path = Path(path)
+    label = f"{path}{f' ({what})' if what else ''}"
+    handle = _open(path, label)
+    with handle:
+        layout, crc, start = _header(handle, label, expected_bytes, expected, crc_covers_header)
+        size = os.fstat(handle.fileno()).st_size
+        if size == start:
+            return {name: np.empty(shape, dtype) for name, dtype, shape, _ in layout}
+        mapped = mmap.mmap(handle.fileno(), 0, prot=mmap.PROT_READ)
+    mapped.madvise(mmap.MADV_WILLNEED)
+    data = np.frombuffer(mapped, dtype=np.uint8)
+    if expected_crc is not None:
+        crc = zlib.crc32(memoryview(mapped)[start:], crc)  # reads every page once
+        if crc != expected_crc:
+            raise WeightFileError(f"{label}: checksum {crc:08x} does not match the manifest's "
+                                  f"{expected_crc:08x} (the file was altered)")
+    else:
+        int(data[start::_PAGE].sum())  # fault every page in: the load, not the exec, reads
+    arrays: dict[str, np.ndarray] = {}
+    offset = start
+    for name, dtype, shape, nbytes in layout:
+        view = data[offset:offset + nbytes]
+        offset += nbytes
+        if dtype.isnative and (offset - nbytes) % dtype.alignment == 0:
+            arrays[name] = view.view(dtype).reshape(shape)
+        else:
+            arrays[name] = view.view(dtype).reshape(shape).astype(dtype.newbyteorder("="))
+    return arrays
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _open(path: Path, label: str):
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise WeightFileError(f"{label}: cannot open weight file: {error.strerror}") from None
+
+
+def _header(handle, label: str, expected_bytes: int | None,
+            expected: Mapping[str, tuple[str, tuple[int, ...]]] | None,
+            crc_covers_header: bool
+            ) -> tuple[list[tuple[str, np.dtype, tuple[int, ...], int]], int, int]:
+    """Check the size and the header (see `read_tensors`); returns (layout, CRC-32 so far,
+    offset of the data section)."""
+    size = os.fstat(handle.fileno()).st_size
+    if expected_bytes is not None and size != expected_bytes:
+        raise WeightFileError(
+            f"{label}: weight file is {size} bytes, the manifest says {expected_bytes}"
+            f"{' (truncated)' if size < expected_bytes else ''}"
+        )
+    prefix = handle.read(8)
+    if len(prefix) < 8:
+        raise WeightFileError(f"{label}: header length: the file has only {size} bytes")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(MAX_HEADER_BYTES, size - 8):
+        raise WeightFileError(f"{label}: header length {length} exceeds "
+                              f"{'the file' if length > size - 8 else MAX_HEADER_BYTES}")
+    raw = handle.read(length)
+    layout = _layout(raw, size - 8 - length, label)
+    if expected is not None:
+        _match(layout, expected, label)
+    crc = zlib.crc32(raw, zlib.crc32(prefix)) if crc_covers_header else 0
+    return layout, crc, 8 + length
 
 
 def _layout(raw: bytes, data_bytes: int, label: str

@@ -1,0 +1,254 @@
+"""Memory truth: does the budget hold in real memory? (issue 13)
+
+    sudo python benchmarks/memory.py [--batches 3] [--modes masa,bulk,linear] [--skip-vgg]
+
+On the large-3 set (ObjectNet = VGG-19, EmotionNet, MemNet at batch 10; zoo networks, seeded
+synthetic weights), closed-loop batch arrivals, 2 workers, cold loads (each weight file's
+pages dropped before it is read), per mode:
+* inside a 512 MiB memory cgroup with no swap (memsw limit = the limit) and inside an
+  unlimited one (to measure its usage), same packages, same arrivals: completed?, mean
+  response ratio limited / unlimited, the cgroup's peak usage against the limit, OOM kills,
+  system swap-ins during the run;
+* what the run accounts for (the ledger, plus the runtime measured at engine start and one
+  largest exec workspace per worker, both set aside from the capacity) against the cgroup's
+  usage, sampled every 20 ms: the largest gap each way (usage above the accounted figure:
+  under-counting; below: memory accounted and not in use) and the larger as a share of the
+  limit;
+then VGG-19 at batch 1 inside a 128 MiB cgroup with no swap, its large layers in blocks:
+completed?, output bit-exact against the unsplit package forward (run outside the limit)?
+
+Packages over the budget are split into blocks first (`block_package`, 32 MiB blocks at 512
+MiB, 12 MiB at 128 MiB), outside the limit. Also measures load methods (mmap vs read, cold and
+warm) over ObjectNet's weight files. Prints the load average: the machine may be shared.
+Needs root for the cgroups; without it only the load-method figures are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SET = ("ObjectNet", "EmotionNet", "MemNet")
+BLOCK_512 = 32 << 20
+BLOCK_128 = 12 << 20
+
+
+def _packages(names, max_block, batches=None):
+    """Zoo packages (profiled: masa orders by profiled times), `batches`: name -> input batch
+    (MemNet at 10, as the original's large-3 set), blocked over `max_block`."""
+    from edgecaffe.model.package.blocks import block_package
+    from edgecaffe.model.zoo import zoo_package
+
+    return {name: block_package(zoo_package(name, batch=(batches or {}).get(name, 1),
+                                            profile_runs=3), max_block)
+            for name in names}
+
+
+# -- the child: one run inside a cgroup ------------------------------------------------------
+
+def child(spec: dict) -> dict:
+    """Run the spec's arrivals on an engine, sampling the ledger and the cgroup's usage."""
+    import numpy as np
+
+    from edgecaffe.engine import Engine
+    from edgecaffe.model.package import open_package
+
+    packages = {name: open_package(path) for name, path in spec["packages"].items()}
+    usage_file = Path(spec["usage_file"]) if spec.get("usage_file") else None
+    engine = Engine(packages, mode=spec["mode"], budget=spec["limit_bytes"], workers=2,
+                    cold_loads=True, account_runtime=True)
+    samples: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            if usage_file is not None:
+                usage = int(usage_file.read_text())
+                # What the run accounts for: the ledger, the runtime, the workers' workspaces.
+                samples.append((engine.budget.used_bytes + engine.runtime_bytes
+                                + engine.workspace_bytes, usage))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    responses, outputs = [], {}
+    try:
+        for _ in range(spec["batches"]):  # closed loop: the next batch when this one is done
+            result = engine.submit(image, spec["networks"]).result()
+            responses.append(result.response_ms)
+            outputs = {f"{n}/{b}": a for n, blobs in result.items() for b, a in blobs.items()}
+    finally:
+        engine.close()
+        done.set()
+        sampler.join()
+    if spec.get("outputs_file"):
+        np.savez(spec["outputs_file"], **outputs)
+    gaps = [usage - ledger for ledger, usage in samples]
+    return {"responses_ms": responses, "runtime_bytes": engine.runtime_bytes,
+            "workspace_bytes": engine.workspace_bytes,
+            "capacity_bytes": engine.budget.capacity_bytes,
+            "peak_ledger_bytes": engine.budget.peak_bytes,
+            "forced": len(engine.trace.forced_events), "samples": len(samples),
+            "gap_over_bytes": max(gaps, default=0), "gap_under_bytes": min(gaps, default=0)}
+
+
+# -- the parent ----------------------------------------------------------------------------
+
+def run_limited(networks, packages, mode, limit_bytes, batches, outputs_file=None) -> dict:
+    """One run in a child process inside a fresh memory cgroup of `limit_bytes`, no swap."""
+    from edgecaffe.experiment.limits import MemoryCgroup
+
+    with MemoryCgroup(limit_bytes, 0) as cgroup, tempfile.TemporaryDirectory() as folder:
+        spec = {"packages": {n: str(p.directory) for n, p in packages.items()},
+                "networks": list(networks), "mode": mode, "batches": batches,
+                "limit_bytes": limit_bytes, "usage_file": str(cgroup.usage_path),
+                "outputs_file": outputs_file}
+        spec_file, out_file = Path(folder) / "spec.json", Path(folder) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, "--child", str(spec_file),
+                               str(out_file)], preexec_fn=cgroup.join, capture_output=True,
+                              text=True, check=False)
+        stats = cgroup.stats()
+        result = json.loads(out_file.read_text()) if out_file.exists() else {}
+    result.update(stats=stats, code=done.returncode, wall_s=time.perf_counter() - started,
+                  error=done.stderr.strip().splitlines()[-1:] if done.returncode else [])
+    return result
+
+
+def _line(label: str, limited: dict, free: dict, limit_bytes: int) -> str:
+    if limited["code"] or not limited.get("responses_ms"):
+        oom = limited["stats"].get("oom_kills")
+        return f"{label:<8} FAILED (exit {limited['code']}, OOM kills {oom}) {limited['error']}"
+    mean = statistics.mean(limited["responses_ms"])
+    ratio = mean / statistics.mean(free["responses_ms"]) if free.get("responses_ms") else None
+    peak = limited["stats"]["peak_bytes"]
+    gap = max(limited["gap_over_bytes"], -limited["gap_under_bytes"]) / limit_bytes
+    memsw = limited["stats"].get("peak_with_swap_bytes")
+    memsw = "n/a" if memsw is None else f"{memsw / 2**20:.0f} MiB"
+    return (f"{label:<8} completed  mean {mean:8.0f} ms  vs no limit "
+            f"{f'{ratio:.2f}x' if ratio else '   n/a'}  peak {peak / 2**20:5.0f} MiB "
+            f"(limit {limit_bytes / 2**20:.0f}; with swap {memsw})  runtime "
+            f"{limited['runtime_bytes'] / 2**20:.0f} MiB  workspaces "
+            f"{limited['workspace_bytes'] / 2**20:.0f} MiB  ledger cap "
+            f"{limited['capacity_bytes'] / 2**20:.0f} MiB  forced "
+            f"{limited['forced']}  swap-in (system-wide) "
+            f"{limited['stats']['swap_in_pages']} pages  gap "
+            f"usage-accounted {limited['gap_over_bytes'] / 2**20:+.0f}/"
+            f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit")
+
+
+def loads(package) -> None:
+    """Seconds to bring every weight file of `package` in, per method, cold and warm."""
+    from edgecaffe.model.package.tensorfile import drop_page_cache, map_tensors, read_tensors
+
+    files = [package.weight_file(layer.name) for layer in package.network.layers
+             if package.weight_file(layer.name)]
+    total = sum(f.stat().st_size for f in files)
+    print(f"\nloads: {package.name}, {len(files)} weight files, {total / 2**20:.0f} MiB "
+          "(median of 3, s)")
+    for method, reader in (("read", read_tensors), ("mmap", map_tensors)):
+        figures = {}
+        for temperature in ("cold", "warm"):
+            times = []
+            for _ in range(3):
+                if temperature == "warm":
+                    for f in files:
+                        f.read_bytes()  # in the page cache
+                elapsed = 0.0
+                for f in files:
+                    if temperature == "cold":
+                        drop_page_cache(f, sync=False)
+                    started = time.perf_counter()
+                    arrays = reader(f)
+                    elapsed += time.perf_counter() - started
+                    del arrays
+                times.append(elapsed)
+            figures[temperature] = statistics.median(times)
+        print(f"  {method:<5} cold {figures['cold']:6.2f} s ({total / 2**30 / figures['cold']:.2f}"
+              f" GiB/s)  warm {figures['warm']:6.2f} s ({total / 2**30 / figures['warm']:.2f}"
+              " GiB/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--modes", default="masa,bulk,linear")
+    parser.add_argument("--limit", default="512M")
+    parser.add_argument("--skip-vgg", action="store_true")
+    parser.add_argument("--memnet-batch", type=int, default=10,
+                        help="MemNet's input batch (the original's large-3 runs it at 10)")
+    parser.add_argument("--skip-loads", action="store_true")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(Path(args.child[0]).read_text())
+        Path(args.child[1]).write_text(json.dumps(child(spec)))
+        return
+    from edgecaffe.sched import parse_bytes
+
+    print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} on "
+          f"{os.cpu_count()} cores (a shared machine: times are noisy)")
+    if not args.skip_loads:
+        from edgecaffe.model.zoo import zoo_package
+
+        loads(zoo_package("ObjectNet"))
+    if os.geteuid() != 0:
+        print("not root: the cgroup runs are skipped")
+        return
+    limit = parse_bytes(args.limit)
+    packages = _packages(SET, BLOCK_512, {"MemNet": args.memnet_batch})
+    print(f"\nlarge-3 (ObjectNet, EmotionNet, MemNet at batch {args.memnet_batch}), "
+          f"{args.batches} batch arrivals, 2 workers, cold loads; "
+          f"cgroup {limit / 2**20:.0f} MiB, no swap, vs the same in an unlimited cgroup")
+    for mode in args.modes.split(","):
+        free = run_limited(SET, packages, mode, 64 << 30, args.batches)
+        limited = run_limited(SET, packages, mode, limit, args.batches)
+        print(_line(mode, limited, free, limit), flush=True)
+        print(f"{'':<8} unlimited: mean {statistics.mean(free['responses_ms'] or [0]):.0f} ms, "
+              f"peak {free['stats']['peak_bytes'] / 2**20:.0f} MiB", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    if args.skip_vgg:
+        return
+    _vgg(args.batches)
+
+
+def _vgg(batches: int) -> None:
+    import numpy as np
+
+    from edgecaffe.engine.tasks import network_input
+    from edgecaffe.model.zoo import zoo_package
+
+    whole = zoo_package("ObjectNet")
+    blocked = _packages(["ObjectNet"], BLOCK_128)["ObjectNet"]
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    expected = whole.forward(network_input(image, whole))
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "out.npz"
+        free = run_limited(["ObjectNet"], {"ObjectNet": blocked}, "masa", 64 << 30, batches)
+        result = run_limited(["ObjectNet"], {"ObjectNet": blocked}, "masa", 128 << 20, batches,
+                             outputs_file=str(out))
+        exact = None
+        if out.exists():
+            with np.load(out) as got:
+                exact = all(np.array_equal(got[f"ObjectNet/{b}"], a) for b, a in expected.items())
+    print(f"\nVGG-19 (ObjectNet) batch 1, {whole.weight_bytes / 2**20:.0f} MiB of weights "
+          f"(largest layer {max(l.weight_bytes for l in whole.network.layers) / 2**20:.0f} MiB, "
+          f"in blocks of <= {BLOCK_128 / 2**20:.0f} MiB), 128 MiB cgroup, no swap:")
+    print(_line("masa", result, free, 128 << 20) + f"  bit-exact: {exact}")
+    print(f"{'':<8} unlimited: mean {statistics.mean(free['responses_ms'] or [0]):.0f} ms, "
+          f"peak {free['stats']['peak_bytes'] / 2**20:.0f} MiB")
+    print(f"load average {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
