@@ -193,8 +193,8 @@ class Task:
 class NetworkInstance:
     """One network of one request: its tasks and the bookmarks that cross-network links use."""
 
-    __slots__ = ("__weakref__", "arrival", "created", "failed", "held", "held_bytes", "id",
-                 "info", "input", "lean", "linked", "marks", "pending", "ref", "request_id",
+    __slots__ = ("__weakref__", "arrival", "created", "failed", "frontier", "held", "held_bytes",
+                 "id", "info", "input", "lean", "linked", "marks", "pending", "ref", "request_id",
                  "result_key", "tasks", "template", "work")
 
     def __init__(self, id: int, request_id: int, info: NetworkInfo,
@@ -228,6 +228,8 @@ class NetworkInstance:
         self.held_bytes = 0
         self.lean = False
         self.pending: list[int] = []
+        #: Deadlock avoidance: how many tasks of its path have started (sched/memory.py).
+        self.frontier = 0
 
     @property
     def name(self) -> str:

@@ -17,6 +17,44 @@ each, registered in `GRANULARITIES`:
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
 
+Deadlock avoidance (layer granularity). Why deadlocks arose: a task is admitted when its bytes
+fit what is free, so memory goes to whichever ready task the policy puts first and fits:
+prefetching loads of later layers, inits of new instances, and the held activations of
+networks partway through. Nothing reserves what an admitted network needs for its *next*
+step. Instrumented (masa, all ten networks, 512M, rpi4-sd, Poisson at rho ~0.67): nine
+ObjectNet instances (VGG-19) each hold their conv weights' tail, fc7 and fc8 (80 MiB,
+prefetched past fc6, which did not fit) and wait for fc6 (392 MiB); 476 MiB of the 512 are
+held, nothing runs, no ready task fits: each holds what another needs (a banker's problem,
+one resource). Later instances of AgeNet are then forced too, behind them.
+
+The rule: a task is admitted only if the state after it is *safe* (Dijkstra's banker's
+algorithm with one resource). Each active instance of a planned template has a *path*: its
+tasks in one topological order of its graph (the smallest position first: load i, exec i, ...).
+Its *frontier* f is how many of the path's first tasks have started. From the figures, per
+path position k (worked out once per template, `Path`): `held[k]`, what the instance holds
+once the first k tasks ran (reserved minus returned), and `need[k]`, the most it must reserve
+beyond that to run the rest alone, one task at a time, in path order (a task's reservation is
+counted while it runs, its release after it). A state is safe when the active instances can
+be ordered so that each one's `need[f] - r` fits in what is free plus what the instances
+before it hold (`held[f] + r`; r: releases of its running tasks, still to come); sorting by
+need and checking in that order decides it (one resource).
+
+Invariant: with only guarded instances active (templates whose path peak, `need[0]`, fits
+the capacity), every admission keeps the state safe. Hence, when nothing runs, the first
+instance of the safe order can take its frontier task: its dependencies within the instance
+all ran, its bytes fit (they are at most `need[f]`), and after it the same order stays safe
+(its need falls by what it took, the rest is unchanged; prefetched tasks, loads, only
+reserve). So the progress rule never has to force anything: when every network can run alone
+within the budget, the ledger stays within capacity at every step, for every mode whose
+instances do not wait on each other's tasks (all but DeepEye, whose networks of one arrival
+are linked; `Scheduler._choose` falls back to a task that fits by bytes if ever no safe task
+exists). The network granularity (the original's rule) is not guarded: its loads and execs
+reserve nothing, so once its init is admitted an instance never waits for memory.
+
+Cost: `total_need` (the sum of the active instances' `need[f]`) is kept as tasks start, and a
+task whose bytes leave that much free is safe at once; only otherwise are the active instances
+sorted. A task that reserves nothing is always safe.
+
 Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
 "network", "w:*", "a:*") in `instance.held`, so that they go back piece by piece. Without a ledger
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
@@ -26,7 +64,9 @@ the manager only adds and subtracts numbers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, ClassVar
 
 from edgecaffe.errors import ConfigError
@@ -51,12 +91,27 @@ class Fit(Enum):
 
 
 NOW, LATER, NEVER = Fit.NOW, Fit.LATER, Fit.NEVER
+RUNNING = State.RUNNING
+
+
+class Path:
+    """One template's tasks in path order, with what an instance holds and still needs at each
+    point of it (see the module's docstring). Lists of len(order) + 1, indexed by frontier."""
+
+    __slots__ = ("held", "need", "order")
+
+    def __init__(self, order: list[int], held: list[int], need: list[int]) -> None:
+        self.order = order
+        self.held = held
+        self.need = need
 
 
 class MemoryManager:
     """Base class: the ledger arithmetic shared by every granularity."""
 
     granularity: ClassVar[str] = ""
+    #: Admit only tasks that leave the state safe (deadlock avoidance, module docstring).
+    guarded: ClassVar[bool] = False
 
     def __init__(self, budget: MemoryBudget, per_layer: bool = True) -> None:
         self.budget = budget
@@ -65,6 +120,9 @@ class MemoryManager:
         #: Network instances whose init has started and that are not over yet.
         self.active: set[NetworkInstance] = set()
         self._figures: dict[tuple, tuple] = {}
+        #: Guarded active instances and their paths; the sum of their `need[frontier]`.
+        self._paths: dict[NetworkInstance, Path] = {}
+        self.total_need = 0
 
     # -- what a task needs -----------------------------------------------------------------------
 
@@ -161,6 +219,80 @@ class MemoryManager:
             if nbytes:
                 budget.release(nbytes, now, reason, None, instance.id)
         self.active.discard(instance)
+        path = self._paths.pop(instance, None)
+        if path is not None:
+            self.total_need -= path.need[instance.frontier]
+
+    # -- deadlock avoidance -----------------------------------------------------------------------
+
+    def plan_path(self, template: Template, plans: list[Plan]) -> None:
+        """Give a template's plans their path (`Plan.path`, `Plan.step`) when it is guarded:
+        this granularity avoids deadlocks, its graph is acyclic with the init first, and its
+        path's peak fits the capacity. Call it once `known_releases` said yes."""
+        if not self.guarded:
+            return
+        path = _path(template, plans)
+        if path is None or path.need[0] > self.budget.capacity_bytes:
+            return
+        for step, position in enumerate(path.order):
+            plans[position].path = path
+            plans[position].step = step
+
+    def started(self, task: Task, instance: NetworkInstance) -> None:
+        """`task`, at its instance's frontier (or its init), has started: move the frontier
+        past every task of the path that has started, and keep `total_need`."""
+        plan = task.plan
+        path = plan.path
+        order, tasks, need = path.order, instance.tasks, path.need
+        frontier = plan.step + 1
+        while frontier < len(order) and tasks[order[frontier]].state >= RUNNING:
+            frontier += 1
+        if plan.init:
+            self._paths[instance] = path
+            self.total_need += need[frontier]
+        elif instance in self._paths:
+            self.total_need += need[frontier] - need[instance.frontier]
+        instance.frontier = frontier
+
+    def safe(self, task: Task, running: Iterable[Task]) -> bool:
+        """Whether the state stays safe once `task` starts (`running`: the tasks running now).
+        Only for a task that reserves bytes; see the module's docstring."""
+        plan = task.plan
+        budget = self.budget
+        free = budget.capacity_bytes - budget.used_bytes - plan.nbytes
+        path = plan.path
+        added = path.need[1] if plan.init and path is not None else 0
+        if free >= self.total_need + added:
+            return True  # every instance could run to its end at once
+        return self._safe_order(task, running, free)
+
+    def _safe_order(self, task: Task, running: Iterable[Task], free: int) -> bool:
+        """The banker's check proper: needs sorted, each within what is free so far."""
+        credit: dict[NetworkInstance, int] = {}
+        for other in running:  # their releases are still to come
+            if other.plan.freed:
+                instance = other._instance()
+                credit[instance] = credit.get(instance, 0) + other.plan.freed
+        plan = task.plan
+        own = task._instance()
+        entries = []
+        for instance, path in self._paths.items():
+            frontier, returns = instance.frontier, credit.get(instance, 0)
+            if instance is own and plan.step == frontier:  # it moves this instance on
+                frontier += 1
+                order, tasks = path.order, instance.tasks
+                while frontier < len(order) and tasks[order[frontier]].state >= RUNNING:
+                    frontier += 1
+                returns += plan.freed
+            entries.append((path.need[frontier] - returns, path.held[frontier] + returns))
+        if plan.init and plan.path is not None:
+            entries.append((plan.path.need[1], plan.path.held[1]))
+        entries.sort()
+        for need, held in entries:
+            if need > free:
+                return False
+            free += held
+        return True
 
     # -- lean templates ---------------------------------------------------------------------------
 
@@ -209,6 +341,7 @@ class LayerMemory(MemoryManager):
     """Per-layer accounting: weights while loaded, activations while some layer will read them."""
 
     granularity = "layer"
+    guarded = True
 
     def figures(self, info: NetworkInfo, kind: Kind, layer: str | None,
                 whole_model: bool) -> Figures:
@@ -248,6 +381,36 @@ def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = Tru
         raise ConfigError(f"granularity {granularity!r}: choose from "
                          f"{', '.join(GRANULARITIES)}") from None
     return cls(budget, per_layer)
+
+
+def _path(template: Template, plans: list[Plan]) -> Path | None:
+    """The template's path: a topological order of its positions, the smallest first, and
+    per frontier k the bytes held after the first k tasks and the most still needed (a task's
+    reservation while it runs, its release after). None if the graph has a cycle or the init
+    is not first. Needs each end's returned bytes (`known_releases`)."""
+    specs = template.specs
+    if not plans or not plans[0].init or template.marks.get("last") is None:
+        return None
+    waiting = [len(spec.deps) for spec in specs]
+    ready = [spec.index for spec in specs if not spec.deps]
+    order = []
+    while ready:
+        position = heappop(ready)
+        order.append(position)
+        for dependent in specs[position].dependents:
+            waiting[dependent] -= 1
+            if not waiting[dependent]:
+                heappush(ready, dependent)
+    if len(order) < len(specs) or order[0] != 0:
+        return None
+    held = [0] * (len(order) + 1)
+    for step, position in enumerate(order):
+        held[step + 1] = held[step] + plans[position].nbytes - plans[position].freed
+    need = [0] * (len(order) + 1)
+    for step in range(len(order) - 1, -1, -1):
+        plan = plans[order[step]]
+        need[step] = max(plan.nbytes, plan.nbytes - plan.freed + need[step + 1])
+    return Path(order, held, need)
 
 
 def _known_releases(template: Template, plans: list[Plan]) -> list[int] | None:

@@ -8,10 +8,16 @@ Which ready task runs next is the policy's choice (sched/policies.py); whether i
 is the memory manager's (sched/memory.py: network or layer granularity). The scheduler walks
 ready tasks in policy order and starts the first one whose memory fits now.
 
-Progress rule (here, and only here: `_choose`): when nothing runs and no ready task's memory
-fits in any pool, the first task in policy order is admitted over budget and the event is
-recorded (`forced`). With `allow_overcommit=False`, `next_task` raises `BudgetError` instead
-for any task that would put the ledger over capacity (the engine then fails that network).
+Deadlock avoidance: under a guarded memory manager (the layer granularity) a task is admitted
+only if it also leaves the state safe (`MemoryManager.safe`, the banker's check; the rule, its
+invariant and why deadlocks arose are in sched/memory.py's docstring).
+
+Progress rule (here, and only here: `_choose`): when nothing runs and no ready task is
+admissible in any pool, the first task in policy order whose bytes fit is admitted even if not
+safe (never needed while the avoidance invariant holds); failing that, the first task in policy
+order is admitted over budget and the event is recorded (`forced`). With
+`allow_overcommit=False`, `next_task` raises `BudgetError` instead for any task that would put
+the ledger over capacity (the engine then fails that network).
 
 Speed (long simulations run millions of tasks through here): what depends only on a planned
 task's network and position is worked out once, in a `Plan` (sched/plans.py); an added task
@@ -81,6 +87,9 @@ class Scheduler:
         self.running: set[Task] = set()
         self.instances: set[NetworkInstance] = set()
         self.forced_events = 0
+        #: Deadlock avoidance on (sched/memory.py); tasks admitted although not safe.
+        self._guarded = memory.guarded
+        self.unsafe_events = 0
 
     @property
     def granularity(self) -> str:
@@ -178,7 +187,9 @@ class Scheduler:
         else:
             task = None  # a dynamic policy's order is worked out afresh each time
         if task is not None and self.memory.fit(task.plan) is NOW and (
-                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW):
+                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW) and (
+                not self._guarded or task.plan.nbytes <= 0
+                or self.memory.safe(task, self.running)):
             if self._ranked:
                 del self._waiting[heappop(heap)]
             else:
@@ -202,19 +213,38 @@ class Scheduler:
         task.start = now
         task.worker = worker
         self.running.add(task)
+        if plan.path is not None:  # a guarded instance: move its frontier on
+            instance = task._instance()
+            if plan.step == instance.frontier:
+                self.memory.started(task, instance)
         return task
+
+    def _admits(self, task: Task) -> bool:
+        """Whether `task`'s memory fits now and, if guarded, leaves the state safe."""
+        plan = task.plan
+        return self.memory.fit(plan) is NOW and (
+            not self._guarded or plan.nbytes <= 0 or self.memory.safe(task, self.running))
 
     def _choose(self, heap: list, pool: int, now: float) -> Task | None:
         """The first of the pool's ready tasks, in policy order, whose memory fits now; else
         the progress rule's choice; else None."""
         order = self._in_order(heap, now)
-        fit = self.memory.fit
-        chosen = next((task for task in order if fit(task.plan) is NOW), None)
+        admits = self._admits
+        chosen = next((task for task in order if admits(task)), None)
         if chosen is not None:
             return chosen
-        if self.running or self._fits_elsewhere(pool, now):
+        if self.running or self._fits_elsewhere(pool, now, admits):
             return None
-        return order[0]  # the progress rule: nothing runs and nothing fits anywhere
+        # The progress rule: nothing runs and nothing is admissible anywhere.
+        if self._guarded:  # not safe, but within the budget (the avoidance rule's fallback)
+            fits = lambda task: self.memory.fit(task.plan) is NOW  # noqa: E731
+            chosen = next((task for task in order if fits(task)), None)
+            if chosen is not None:
+                self.unsafe_events += 1
+                return chosen
+            if self._fits_elsewhere(pool, now, fits):
+                return None
+        return order[0]
 
     def _in_order(self, heap: list, now: float) -> list[Task]:
         """The ready tasks of one pool, best first by the policy."""
@@ -224,9 +254,8 @@ class Scheduler:
             return [entry[1] for entry in sorted(heap)]
         return sorted(heap, key=lambda task: (self.policy.key(task, now), task.id))
 
-    def _fits_elsewhere(self, pool: int, now: float) -> bool:
-        fit = self.memory.fit
-        return any(fit(task.plan) is NOW for other, heap in self._ready.items() if other != pool
+    def _fits_elsewhere(self, pool: int, now: float, admits) -> bool:
+        return any(admits(task) for other, heap in self._ready.items() if other != pool
                    for task in self._in_order(heap, now))
 
     def _unready(self, task: Task) -> None:
