@@ -12,21 +12,27 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_sched_properties import chain, check_run, dense, drive, info_of, networks
 
 from edgecaffe.model.network import Layer
-from edgecaffe.sched import MODES, POLICIES, MemoryBudget, NetworkInfo, Planner, Scheduler
-from edgecaffe.sched import get_policy, memory_manager
+from edgecaffe.sched import (
+    MODES,
+    POLICIES,
+    MemoryBudget,
+    NetworkInfo,
+    Planner,
+    Scheduler,
+    get_policy,
+    memory_manager,
+)
 from edgecaffe.sched.memory import LayerMemory
-
-#: Modes whose networks do not wait on each other's tasks while active (DeepEye links the
-#: networks of one arrival: see `test_deepeye_...`).
-UNLINKED = sorted(name for name, mode in MODES.items() if not mode.arrival_links)
+from test_sched_properties import chain, check_run, dense, drive, info_of, networks
 
 
-def solo_peak_bytes(info: NetworkInfo, mode: str) -> int:
-    """The ledger's peak when `info` runs alone: one worker per pool, fcfs, no limit."""
-    run = drive(MODES[mode], "fcfs", "layer", 2**40, MODES[mode].pools, [(0.0, [info])], [1])
+def solo_peak_bytes(info: NetworkInfo | Sequence[NetworkInfo], mode: str) -> int:
+    """The ledger's peak when `info` (or one request for these networks) runs alone: one
+    worker per pool, fcfs, no limit."""
+    infos = [info] if isinstance(info, NetworkInfo) else list(info)
+    run = drive(MODES[mode], "fcfs", "layer", 2**40, MODES[mode].pools, [(0.0, infos)], [1])
     return run.budget.peak_bytes
 
 
@@ -44,7 +50,8 @@ def fc_net(name: str, widths: Sequence[int], inputs: int = 4) -> NetworkInfo:
 @st.composite
 def crowded(draw, modes: Sequence[str]):
     """Random networks and arrivals, close together, on a budget between the largest solo
-    peak and a little more: memory is short, but every network fits alone."""
+    peak and a little more: memory is short, but every network fits alone (DeepEye: every
+    request, whose networks wait on each other's tasks)."""
     mode = draw(st.sampled_from(modes))
     pool = [draw(networks(f"n{index}")) for index in range(draw(st.integers(1, 3)))]
     if draw(st.booleans()):  # a weight-heavy network, where prefetching hurts most
@@ -52,8 +59,11 @@ def crowded(draw, modes: Sequence[str]):
     requests = [(float(draw(st.integers(0, 6))),
                  [draw(st.sampled_from(pool)) for _ in range(draw(st.integers(1, 3)))])
                 for _ in range(draw(st.integers(1, 6)))]
-    used = {id(info): info for _, infos in requests for info in infos}.values()
-    peaks = [solo_peak_bytes(info, mode) for info in used]
+    if MODES[mode].arrival_links:  # the networks of one request are one unit
+        peaks = [solo_peak_bytes(infos, mode) for _, infos in requests]
+    else:
+        used = {id(info): info for _, infos in requests for info in infos}.values()
+        peaks = [solo_peak_bytes(info, mode) for info in used]
     capacity = max(peaks) + draw(st.integers(0, sum(peaks)))
     return dict(mode=MODES[mode], policy=draw(st.sampled_from(sorted(POLICIES))),
                 granularity="layer", capacity=capacity,
@@ -63,7 +73,7 @@ def crowded(draw, modes: Sequence[str]):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenario=crowded(UNLINKED))
+@given(scenario=crowded(sorted(MODES)))
 def test_no_forced_admission_when_every_network_fits_alone(scenario):
     run = drive(**scenario)
     check_run(run)  # every instance ends; the ledger balances; forced events as recorded

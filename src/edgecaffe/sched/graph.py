@@ -193,9 +193,9 @@ class Task:
 class NetworkInstance:
     """One network of one request: its tasks and the bookmarks that cross-network links use."""
 
-    __slots__ = ("__weakref__", "arrival", "created", "failed", "frontier", "held", "held_bytes",
-                 "id", "info", "input", "lean", "linked", "marks", "pending", "ref", "request_id",
-                 "result_key", "tasks", "template", "work")
+    __slots__ = ("__weakref__", "arrival", "created", "failed", "frontier", "group", "held",
+                 "held_bytes", "id", "info", "input", "lean", "linked", "marks", "pending", "ref",
+                 "request_id", "result_key", "tasks", "template", "work")
 
     def __init__(self, id: int, request_id: int, info: NetworkInfo,
                  tasks: list[Task] | None = None, marks: dict[str, Task] | None = None) -> None:
@@ -228,8 +228,10 @@ class NetworkInstance:
         self.held_bytes = 0
         self.lean = False
         self.pending: list[int] = []
-        #: Deadlock avoidance: how many tasks of its path have started (sched/memory.py).
+        #: Deadlock avoidance (sched/avoidance.py): how many tasks of its path have started;
+        #: the group it belongs to when its tasks wait on other instances' (DeepEye).
         self.frontier = 0
+        self.group: Any = None
 
     @property
     def name(self) -> str:

@@ -66,10 +66,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import Enum
-from heapq import heappop, heappush
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgecaffe.errors import ConfigError
+from edgecaffe.sched.avoidance import Path, advance, link_groups, safe_order, template_path
 from edgecaffe.sched.budget import MemoryBudget
 from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 
@@ -91,19 +91,6 @@ class Fit(Enum):
 
 
 NOW, LATER, NEVER = Fit.NOW, Fit.LATER, Fit.NEVER
-RUNNING = State.RUNNING
-
-
-class Path:
-    """One template's tasks in path order, with what an instance holds and still needs at each
-    point of it (see the module's docstring). Lists of len(order) + 1, indexed by frontier."""
-
-    __slots__ = ("held", "need", "order")
-
-    def __init__(self, order: list[int], held: list[int], need: list[int]) -> None:
-        self.order = order
-        self.held = held
-        self.need = need
 
 
 class MemoryManager:
@@ -120,8 +107,9 @@ class MemoryManager:
         #: Network instances whose init has started and that are not over yet.
         self.active: set[NetworkInstance] = set()
         self._figures: dict[tuple, tuple] = {}
-        #: Guarded active instances and their paths; the sum of their `need[frontier]`.
-        self._paths: dict[NetworkInstance, Path] = {}
+        #: Guarded active units (instances, groups) and their paths; the sum of their
+        #: `ahead[frontier]` (a bound of what they all still need; frontiers lag).
+        self._paths: dict[Any, Path] = {}
         self.total_need = 0
 
     # -- what a task needs -----------------------------------------------------------------------
@@ -219,40 +207,56 @@ class MemoryManager:
             if nbytes:
                 budget.release(nbytes, now, reason, None, instance.id)
         self.active.discard(instance)
-        path = self._paths.pop(instance, None)
-        if path is not None:
-            self.total_need -= path.need[instance.frontier]
+        if self._paths or instance.group is not None:
+            self._end_of(instance)
 
     # -- deadlock avoidance -----------------------------------------------------------------------
 
     def plan_path(self, template: Template, plans: list[Plan]) -> None:
         """Give a template's plans their path (`Plan.path`, `Plan.step`) when it is guarded:
-        this granularity avoids deadlocks, its graph is acyclic with the init first, and its
-        path's peak fits the capacity. Call it once `known_releases` said yes."""
+        this granularity avoids deadlocks, its graph is acyclic with the init its only root,
+        and its path's peak fits the capacity. Call it once `known_releases` said yes."""
         if not self.guarded:
             return
-        path = _path(template, plans)
+        path = template_path(template, plans)
         if path is None or path.need[0] > self.budget.capacity_bytes:
             return
         for step, position in enumerate(path.order):
             plans[position].path = path
             plans[position].step = step
 
+    def link(self, instances: list[NetworkInstance]) -> None:
+        """Instances just added whose tasks wait on each other's (DeepEye) become groups, one
+        unit each of the check (`avoidance.Group`)."""
+        if self.guarded and any(instance.linked for instance in instances):
+            link_groups(instances, self.budget.capacity_bytes)
+
     def started(self, task: Task, instance: NetworkInstance) -> None:
-        """`task`, at its instance's frontier (or its init), has started: move the frontier
-        past every task of the path that has started, and keep `total_need`."""
-        plan = task.plan
-        path = plan.path
-        order, tasks, need = path.order, instance.tasks, path.need
-        frontier = plan.step + 1
-        while frontier < len(order) and tasks[order[frontier]].state >= RUNNING:
-            frontier += 1
-        if plan.init:
-            self._paths[instance] = path
-            self.total_need += need[frontier]
-        elif instance in self._paths:
-            self.total_need += need[frontier] - need[instance.frontier]
-        instance.frontier = frontier
+        """`task`, an init of a guarded template, has started: its instance (or, if it is its
+        group's root, its group) becomes an active unit of the check. Frontiers are brought
+        up to date only when the check needs them (`safe_order`)."""
+        group = instance.group
+        unit: Any = instance if group is None else group
+        path = task.plan.path if group is None else group.path
+        if path is None or unit in self._paths:
+            return
+        unit.frontier = 1
+        self._paths[unit] = path
+        self.total_need += path.ahead[1]
+
+    def _end_of(self, instance: NetworkInstance) -> None:
+        """The instance is over: its unit leaves the check once all of it is over (a failure
+        ends a group's guarding: what its other instances hold is then unknown)."""
+        group = instance.group
+        unit: Any = instance if group is None else group
+        if group is not None:
+            group.remaining -= 1
+            if group.remaining and not instance.failed:
+                return
+            group.path = None
+        path = self._paths.pop(unit, None)
+        if path is not None:
+            self.total_need -= path.ahead[unit.frontier]
 
     def safe(self, task: Task, running: Iterable[Task]) -> bool:
         """Whether the state stays safe once `task` starts (`running`: the tasks running now).
@@ -261,38 +265,25 @@ class MemoryManager:
         budget = self.budget
         free = budget.capacity_bytes - budget.used_bytes - plan.nbytes
         path = plan.path
-        added = path.need[1] if plan.init and path is not None else 0
+        added = 0
+        if plan.init and path is not None:  # a new unit, unless a group already active
+            group = task._instance().group
+            if group is None:
+                added = path.ahead[1]
+            elif group.path is not None and group not in self._paths:
+                added = group.path.ahead[1]
         if free >= self.total_need + added:
-            return True  # every instance could run to its end at once
-        return self._safe_order(task, running, free)
-
-    def _safe_order(self, task: Task, running: Iterable[Task], free: int) -> bool:
-        """The banker's check proper: needs sorted, each within what is free so far."""
-        credit: dict[NetworkInstance, int] = {}
-        for other in running:  # their releases are still to come
-            if other.plan.freed:
-                instance = other._instance()
-                credit[instance] = credit.get(instance, 0) + other.plan.freed
-        plan = task.plan
-        own = task._instance()
-        entries = []
-        for instance, path in self._paths.items():
-            frontier, returns = instance.frontier, credit.get(instance, 0)
-            if instance is own and plan.step == frontier:  # it moves this instance on
-                frontier += 1
-                order, tasks = path.order, instance.tasks
-                while frontier < len(order) and tasks[order[frontier]].state >= RUNNING:
-                    frontier += 1
-                returns += plan.freed
-            entries.append((path.need[frontier] - returns, path.held[frontier] + returns))
-        if plan.init and plan.path is not None:
-            entries.append((plan.path.need[1], plan.path.held[1]))
-        entries.sort()
-        for need, held in entries:
-            if need > free:
-                return False
-            free += held
-        return True
+            return True  # every unit could run to its end at once
+        # Bring the frontiers up to date (only here: tasks' states only move on), and the
+        # bound with them.
+        total = 0
+        for unit, unit_path in self._paths.items():
+            unit.frontier = frontier = advance(unit, unit_path, unit.frontier)
+            total += unit_path.ahead[frontier]
+        self.total_need = total
+        if free >= total + added:
+            return True
+        return safe_order(self._paths, task, running, free)
 
     # -- lean templates ---------------------------------------------------------------------------
 
@@ -381,36 +372,6 @@ def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = Tru
         raise ConfigError(f"granularity {granularity!r}: choose from "
                          f"{', '.join(GRANULARITIES)}") from None
     return cls(budget, per_layer)
-
-
-def _path(template: Template, plans: list[Plan]) -> Path | None:
-    """The template's path: a topological order of its positions, the smallest first, and
-    per frontier k the bytes held after the first k tasks and the most still needed (a task's
-    reservation while it runs, its release after). None if the graph has a cycle or the init
-    is not first. Needs each end's returned bytes (`known_releases`)."""
-    specs = template.specs
-    if not plans or not plans[0].init or template.marks.get("last") is None:
-        return None
-    waiting = [len(spec.deps) for spec in specs]
-    ready = [spec.index for spec in specs if not spec.deps]
-    order = []
-    while ready:
-        position = heappop(ready)
-        order.append(position)
-        for dependent in specs[position].dependents:
-            waiting[dependent] -= 1
-            if not waiting[dependent]:
-                heappush(ready, dependent)
-    if len(order) < len(specs) or order[0] != 0:
-        return None
-    held = [0] * (len(order) + 1)
-    for step, position in enumerate(order):
-        held[step + 1] = held[step] + plans[position].nbytes - plans[position].freed
-    need = [0] * (len(order) + 1)
-    for step in range(len(order) - 1, -1, -1):
-        plan = plans[order[step]]
-        need[step] = max(plan.nbytes, plan.nbytes - plan.freed + need[step + 1])
-    return Path(order, held, need)
 
 
 def _known_releases(template: Template, plans: list[Plan]) -> list[int] | None:

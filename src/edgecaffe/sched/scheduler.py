@@ -110,6 +110,8 @@ class Scheduler:
         """Register the instances' tasks; returns those ready at once."""
         instances = list(instances)
         candidates = [self._plan_instance(instance, now) for instance in instances]
+        if self._guarded:
+            self.memory.link(instances)
         ready = []
         for instance, roots in zip(instances, candidates, strict=True):
             tasks, pending = instance.tasks, instance.pending
@@ -188,8 +190,7 @@ class Scheduler:
             task = None  # a dynamic policy's order is worked out afresh each time
         if task is not None and self.memory.fit(task.plan) is NOW and (
                 self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW) and (
-                not self._guarded or task.plan.nbytes <= 0
-                or self.memory.safe(task, self.running)):
+                not self._guarded or self._safe(task)):
             if self._ranked:
                 del self._waiting[heappop(heap)]
             else:
@@ -213,17 +214,26 @@ class Scheduler:
         task.start = now
         task.worker = worker
         self.running.add(task)
-        if plan.path is not None:  # a guarded instance: move its frontier on
-            instance = task._instance()
-            if plan.step == instance.frontier:
-                self.memory.started(task, instance)
+        if plan.init and plan.path is not None:  # a guarded unit becomes active
+            self.memory.started(task, task._instance())
         return task
 
     def _admits(self, task: Task) -> bool:
         """Whether `task`'s memory fits now and, if guarded, leaves the state safe."""
+        return self.memory.fit(task.plan) is NOW and (not self._guarded or self._safe(task))
+
+    def _safe(self, task: Task) -> bool:
+        """`MemoryManager.safe`, its most common answers first: a task that reserves nothing,
+        or that leaves free what every active unit may still need."""
         plan = task.plan
-        return self.memory.fit(plan) is NOW and (
-            not self._guarded or plan.nbytes <= 0 or self.memory.safe(task, self.running))
+        nbytes = plan.nbytes
+        if nbytes <= 0:
+            return True
+        memory, budget = self.memory, self.budget
+        if not plan.init and \
+                budget.capacity_bytes - budget.used_bytes - nbytes >= memory.total_need:
+            return True
+        return memory.safe(task, self.running)
 
     def _choose(self, heap: list, pool: int, now: float) -> Task | None:
         """The first of the pool's ready tasks, in policy order, whose memory fits now; else
