@@ -17,43 +17,49 @@ each, registered in `GRANULARITIES`:
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
 
-Deadlock avoidance (layer granularity). Why deadlocks arose: a task is admitted when its bytes
-fit what is free, so memory goes to whichever ready task the policy puts first and fits:
-prefetching loads of later layers, inits of new instances, and the held activations of
-networks partway through. Nothing reserves what an admitted network needs for its *next*
-step. Instrumented (masa, all ten networks, 512M, rpi4-sd, Poisson at rho ~0.67): nine
-ObjectNet instances (VGG-19) each hold their conv weights' tail, fc7 and fc8 (80 MiB,
-prefetched past fc6, which did not fit) and wait for fc6 (392 MiB); 476 MiB of the 512 are
-held, nothing runs, no ready task fits: each holds what another needs (a banker's problem,
-one resource). Later instances of AgeNet are then forced too, behind them.
+Deadlock avoidance (layer granularity). Why deadlocks arose: a task was admitted when its
+bytes fitted what was free, so memory went to whichever ready task the policy put first and
+fitted: prefetched loads of later layers, inits of new instances, activations held by networks
+partway through. Nothing kept what an admitted network needs for its *next* step.
+Instrumented (masa, all ten networks, 512M, rpi4-sd, Poisson at rho ~0.67, 568 forced): at the
+first forced admission nine ObjectNet instances (VGG-19) each held fc7 and fc8 (80 MiB,
+prefetched because fc6 did not fit) and all waited for fc6 (392 MiB); 476 MiB of the 512
+were held, nothing ran, no ready task fitted: each held what another needed (one resource,
+a banker's problem). Once over budget, small networks' tasks (AgeNet's execs included) were
+forced too, behind them.
 
 The rule: a task is admitted only if the state after it is *safe* (Dijkstra's banker's
-algorithm with one resource). Each active instance of a planned template has a *path*: its
-tasks in one topological order of its graph (the smallest position first: load i, exec i, ...).
-Its *frontier* f is how many of the path's first tasks have started. From the figures, per
-path position k (worked out once per template, `Path`): `held[k]`, what the instance holds
-once the first k tasks ran (reserved minus returned), and `need[k]`, the most it must reserve
-beyond that to run the rest alone, one task at a time, in path order (a task's reservation is
-counted while it runs, its release after it). A state is safe when the active instances can
-be ordered so that each one's `need[f] - r` fits in what is free plus what the instances
-before it hold (`held[f] + r`; r: releases of its running tasks, still to come); sorting by
-need and checking in that order decides it (one resource).
+algorithm, one resource). A *unit* is an active network instance or, when instances' tasks
+wait on each other's (DeepEye's networks of one arrival), their group (sched/avoidance.py).
+A unit's *path* is its tasks in one topological order (the smallest position first: init,
+load 0, exec 0, load 1, ...); its *frontier* f is how many of the path's first tasks have
+started. Per path position k, worked out once per template (per arrival for a group):
+`held[k]`, what the unit holds once its first k tasks ran (reserved less returned), and
+`need[k]`, the most it must reserve beyond that to run the rest alone, one task at a time in
+path order (a task's reservation counts while it runs, its return after). The state is safe
+when the units can be ordered so that each one's `need[f] - r` fits what is free plus what
+the units before it hold (`held[f] + r`; r: what its running tasks will return); sorting by
+need decides it.
 
-Invariant: with only guarded instances active (templates whose path peak, `need[0]`, fits
-the capacity), every admission keeps the state safe. Hence, when nothing runs, the first
-instance of the safe order can take its frontier task: its dependencies within the instance
-all ran, its bytes fit (they are at most `need[f]`), and after it the same order stays safe
-(its need falls by what it took, the rest is unchanged; prefetched tasks, loads, only
-reserve). So the progress rule never has to force anything: when every network can run alone
-within the budget, the ledger stays within capacity at every step, for every mode whose
-instances do not wait on each other's tasks (all but DeepEye, whose networks of one arrival
-are linked; `Scheduler._choose` falls back to a task that fits by bytes if ever no safe task
-exists). The network granularity (the original's rule) is not guarded: its loads and execs
-reserve nothing, so once its init is admitted an instance never waits for memory.
+Invariant: every admission keeps the state safe, as long as only guarded units are active
+(a unit is guarded when its path's peak, `need[0]`, fits the capacity). Hence, when nothing
+runs, the first unit of the safe order can take its frontier task: its dependencies all ran
+(they come before it on the path), its bytes fit (at most `need[f]`), and the same order
+stays safe after it (its need falls by what it took, the others' are unchanged; tasks run
+ahead of the frontier are loads, which only reserve). So the progress rule never forces:
+when every network (DeepEye: every request) can run alone within the budget, the ledger
+stays within capacity at every step, in every mode and policy (tests/test_deadlock.py).
+"Every single task fits" is not enough: bulk holds all weights during its exec, and a
+network's held activations add to its next load. A failed instance ends its group's
+guarding. If ever no safe task exists while nothing runs (units not guarded), the progress
+rule first takes a task that fits by bytes (`Scheduler.unsafe_events`), then forces. The
+network granularity (the original's, faithful) is not guarded: its loads and execs reserve
+nothing, so an admitted instance never waits for memory, and its init rule stays as it was.
 
-Cost: `total_need` (the sum of the active instances' `need[f]`) is kept as tasks start, and a
-task whose bytes leave that much free is safe at once; only otherwise are the active instances
-sorted. A task that reserves nothing is always safe.
+Cost: `total_need` bounds what all units still need (each unit's largest need ahead of its
+frontier, which only falls); a task that leaves that much free, or reserves nothing, is safe
+at once. Frontiers are brought up to date, the bound with them, and the units sorted only
+when that does not decide.
 
 Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
 "network", "w:*", "a:*") in `instance.held`, so that they go back piece by piece. Without a ledger
