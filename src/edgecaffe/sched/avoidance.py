@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from edgecaffe.sched.planner import Template
     from edgecaffe.sched.plans import Plan
 
-RUNNING = State.RUNNING
+RUNNING, DONE, SKIPPED = State.RUNNING, State.DONE, State.SKIPPED
 
 
 class Path:
@@ -191,26 +191,65 @@ def safe_order(paths: dict[Any, Path], task: Task, running: Iterable[Task], free
     (`paths`) be ordered so that each one's need fits what is free plus what the units before
     it hold? Sorting by need decides it (one resource). Releases of running tasks are still
     to come: they count as their unit's, both held and returned before its need. The units'
-    frontiers must be up to date."""
+    frontiers must be up to date.
+
+    First with `need[frontier]`, which counts again what tasks started ahead of the frontier
+    (prefetched loads) hold; only if that fails, with each unit's exact need (`exact_need`)."""
     credit: dict[Any, int] = {}
     for other in running:
         unit, step, path = unit_of(other)
         if path is not None and step < unit.frontier and path.returned[step]:
             credit[unit] = credit.get(unit, 0) + path.returned[step]
     unit, step, path = unit_of(task)
-    entries = []
+    states = []
     for other, other_path in paths.items():
         frontier, returns = other.frontier, credit.get(other, 0)
+        if (other.path is None) if isinstance(other, Group) else other.failed is not None:
+            states.append((other, None, 0, returns))  # failed: needs nothing, holds >= 0
+            continue
         if other is unit and step == frontier:  # it moves this unit on
             frontier = advance(unit, other_path, frontier + 1)
             returns += other_path.returned[step]
-        entries.append((other_path.need[frontier] - returns,
-                        other_path.held[frontier] + returns))
-    if path is not None and unit not in paths and step == 0:  # its root: a new unit
-        entries.append((path.need[1], path.held[1]))
+        states.append((other, other_path, frontier, returns))
+    new = [(path.need[1], path.held[1])] if path is not None and unit not in paths \
+        and step == 0 else []  # its root: a new unit
+    entries = [(-r, r) if p is None else (p.need[f] - r, p.held[f] + r)
+               for _, p, f, r in states]
+    if _ordered(entries + new, free):
+        return True
+    entries = []
+    for other, other_path, frontier, returns in states:
+        need, ahead = (0, 0) if other_path is None else \
+            exact_need(other, other_path, frontier, task)
+        held = 0 if other_path is None else other_path.held[frontier]
+        entries.append((need - returns, held + ahead + returns))
+    return _ordered(entries + new, free)
+
+
+def _ordered(entries: list[tuple[int, int]], free: int) -> bool:
+    """Whether (need, held) pairs, by need, each fit `free` plus the held before them."""
     entries.sort()
     for need, held in entries:
         if need > free:
             return False
         free += held
     return True
+
+
+def exact_need(unit: Any, path: Path, frontier: int, task: Task) -> tuple[int, int]:
+    """A unit's need from its frontier on, without the tasks already started ahead of it
+    (prefetched: what they reserve is held already), and the bytes those hold. `task` counts
+    as started."""
+    order, tasks, returned = path.order, unit.tasks, path.returned
+    so_far = need = ahead = 0
+    for step in range(frontier, len(order)):
+        other = tasks[order[step]]
+        nbytes = other.plan.nbytes
+        if other.state >= RUNNING or other is task:
+            if other.state != SKIPPED:  # held; what its end returns is then not needed either
+                ahead += nbytes - (returned[step] if other.state == DONE else 0)
+            continue
+        if so_far + nbytes > need:
+            need = so_far + nbytes
+        so_far += nbytes - returned[step]
+    return need, ahead

@@ -188,9 +188,13 @@ class Scheduler:
             task = heap[0][1]
         else:
             task = None  # a dynamic policy's order is worked out afresh each time
-        if task is not None and self.memory.fit(task.plan) is NOW and (
-                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW) and (
-                not self._guarded or self._safe(task)):
+        plan = None if task is None else task.plan
+        if plan is not None and self.memory.fit(plan) is NOW and (
+                self.allow_overcommit or self.memory.fit_bytes(plan.nbytes) is NOW) and (
+                not self._guarded or plan.nbytes <= 0 or (  # `_safe`, its common case inline
+                    not plan.init and self.budget.capacity_bytes - self.budget.used_bytes
+                    - plan.nbytes >= self.memory.total_need)
+                or self.memory.safe(task, self.running)):
             if self._ranked:
                 del self._waiting[heappop(heap)]
             else:
