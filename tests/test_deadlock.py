@@ -21,9 +21,11 @@ from edgecaffe.sched import (
     NetworkInfo,
     Planner,
     Scheduler,
+    State,
     get_policy,
     memory_manager,
 )
+from edgecaffe.sched.avoidance import exact_need
 from edgecaffe.sched.memory import LayerMemory
 from test_sched_properties import chain, check_run, dense, drive, info_of, networks
 
@@ -151,3 +153,23 @@ def task_bytes(info: NetworkInfo, mode: str) -> list[int]:
     [instance] = Planner(mode).plan(0, [info])
     scheduler.add([instance], 0.0)
     return [task.plan.nbytes for task in instance.tasks]
+
+
+def test_a_prefetched_load_is_held_not_needed_again():
+    """The quick figure `need[f]` counts a load started ahead of the frontier twice (held, and
+    needed when the path reaches it); the exact need does not. init, load c0, exec c0, load c1,
+    exec c1, with c1 prefetched."""
+    info = chain("c", [2, 8])
+    scheduler = Scheduler(get_policy("masa"), memory_manager("layer", MemoryBudget(2**20)))
+    [instance] = Planner("masa").plan(0, [info])
+    scheduler.add([instance], 0.0)
+    path = instance.tasks[0].plan.path
+    labels = [instance.tasks[position].label for position in path.order]
+    assert labels == ["init", "load c0", "exec c0", "load c1", "exec c1"]
+    init, load1 = instance.tasks[path.order[0]], instance.tasks[path.order[3]]
+    w0, o0, w1, o1, x = (2 * 2 + 2) * 4, 2 * 4 * 4, (8 * 2 + 8) * 4, 8 * 4 * 4, 32
+    assert path.need[1] == max(w0 + o0, o0 + w1 + o1 - x)  # load c1 dominates
+    init.state = load1.state = State.DONE  # init ran; load c1 ran ahead of load c0
+    assert exact_need(instance, path, 1, init) == (w0 + o0, w1 + o1)
+    load1.state = State.SKIPPED  # skipped (its instance failed): neither held nor to run
+    assert exact_need(instance, path, 1, init) == (w0 + o0, 0)
