@@ -36,6 +36,7 @@ from edgecaffe.sched import (
     get_policy,
     memory_manager,
 )
+from edgecaffe.sched.memory import LayerMemory
 
 # -- networks and durations --------------------------------------------------------------------
 
@@ -417,9 +418,16 @@ def test_policies_are_checked_and_never_beat_the_optimum(policy):
     durations = Durations(11)
     tight = serial_budget(requests, durations)
     outcomes = set()
-    for capacity, workers in [(tight, 2), (2 * tight, 2), (tight, 1)]:
+    # At `tight` a schedule always exists and deadlock avoidance (sched/memory.py) finds one;
+    # without it the policies deadlock there and the progress rule forces: both outcomes of
+    # the checker are exercised.
+    for capacity, workers, guarded in [(tight, 2, True), (2 * tight, 2, True), (tight, 1, True),
+                                       (tight, 2, False), (tight, 1, False)]:
         instance = build_instance(requests, capacity, workers, durations)
-        table, mean, peak = drive_policy(requests, capacity, workers, instance.durations, policy)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(LayerMemory, "guarded", guarded)
+            table, mean, peak = drive_policy(requests, capacity, workers, instance.durations,
+                                             policy)
         problems = check_schedule(requests, capacity, workers, instance.durations, table)
         assert [p for p in problems if not p.startswith("memory")] == []
         # Over budget exactly when the progress rule forced a task in over the ledger.

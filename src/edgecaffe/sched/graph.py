@@ -193,7 +193,8 @@ class Task:
 class NetworkInstance:
     """One network of one request: its tasks and the bookmarks that cross-network links use."""
 
-    __slots__ = ("__weakref__", "arrival", "created", "dropped", "failed", "gated", "held",
+    __slots__ = ("__weakref__", "arrival", "created", "dropped", "failed", "frontier", "gated",
+                 "group", "held",
                  "held_bytes", "id", "info", "input", "lean", "linked", "marks", "pending", "ref",
                  "request_id", "result_key", "tasks", "template", "work")
 
@@ -235,6 +236,10 @@ class NetworkInstance:
         self.held_bytes = 0
         self.lean = False
         self.pending: list[int] = []
+        #: Deadlock avoidance (sched/avoidance.py): how many tasks of its path have started;
+        #: the group it belongs to when its tasks wait on other instances' (DeepEye).
+        self.frontier = 0
+        self.group: Any = None
 
     @property
     def name(self) -> str:

@@ -20,6 +20,55 @@ each, registered in `GRANULARITIES`:
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
 
+Deadlock avoidance (layer granularity). Why deadlocks arose: a task was admitted when its
+bytes fitted what was free, so memory went to whichever ready task the policy put first and
+fitted: prefetched loads of later layers, inits of new instances, activations held by networks
+partway through. Nothing kept what an admitted network needs for its *next* step.
+Instrumented (masa, all ten networks, 512M, rpi4-sd, Poisson at rho ~0.67, 568 forced): at the
+first forced admission nine ObjectNet instances (VGG-19) each held fc7 and fc8 (80 MiB,
+prefetched because fc6 did not fit) and all waited for fc6 (392 MiB); 476 MiB of the 512
+were held, nothing ran, no ready task fitted: each held what another needed (one resource,
+a banker's problem). Once over budget, small networks' tasks (AgeNet's execs included) were
+forced too, behind them.
+
+The rule: a task is admitted only if the state after it is *safe* (Dijkstra's banker's
+algorithm, one resource). A *unit* is an active network instance or, when instances' tasks
+wait on each other's (DeepEye's networks of one arrival), their group (sched/avoidance.py).
+A unit's *path* is its tasks in one topological order (the smallest position first: init,
+load 0, exec 0, load 1, ...); its *frontier* f is how many of the path's first tasks have
+started. Per path position k, worked out once per template (per arrival for a group):
+`held[k]`, what the unit holds once its first k tasks ran (reserved less returned), and
+`need[k]`, the most it must reserve beyond that to run the rest alone, one task at a time in
+path order (a task's reservation counts while it runs, its return after). The state is safe
+when the units can be ordered so that each one's `need[f] - r` fits what is free plus what
+the units before it hold (`held[f] + r`; r: what its running tasks will return); sorting by
+need decides it.
+
+Invariant: every admission keeps the state safe, as long as only guarded units are active
+(a unit is guarded when its path's peak, `need[0]`, fits the capacity). Hence, when nothing
+runs, the first unit of the safe order can take its frontier task: its dependencies all ran
+(they come before it on the path), its bytes fit (at most `need[f]`), and the same order
+stays safe after it (its need falls by what it took, the others' are unchanged; tasks run
+ahead of the frontier are loads, which only reserve). So the progress rule never forces:
+when every network (DeepEye: every request) can run alone within the budget, the ledger
+stays within capacity at every step, in every mode and policy (tests/test_deadlock.py).
+"Every single task fits" is not enough: bulk holds all weights during its exec, and a
+network's held activations add to its next load. A failed instance ends its group's
+guarding. If ever no safe task exists while nothing runs (units not guarded), the progress
+rule first takes a task that fits by bytes (`Scheduler.unsafe_events`), then forces. The
+network granularity (the original's, faithful) is not guarded: its loads and execs reserve
+nothing, so an admitted instance never waits for memory, and its init rule stays as it was.
+
+`need[f]` counts again what loads started ahead of the frontier (prefetched) already hold:
+the check tries it first and, only if it fails, each unit's exact need without them
+(`avoidance.exact_need`, a walk of the rest of its path); without that, a lone network's
+prefetch was cut (execprio-inter's mean response +38% on the run above).
+
+Cost: `total_need` bounds what all units still need (each unit's largest need ahead of its
+frontier, which only falls); a task that leaves that much free, or reserves nothing, is safe
+at once. Frontiers are brought up to date, the bound with them, and the units sorted only
+when that does not decide (the simulator's scale benchmark: ~1.1x main's CPU time).
+
 Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
 "network", "w:*", "a:*") in `instance.held`, so that they go back piece by piece. Without a ledger
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
@@ -29,10 +78,12 @@ the manager only adds and subtracts numbers.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgecaffe.errors import ConfigError
+from edgecaffe.sched.avoidance import Path, link_groups, safe_order, template_path
 from edgecaffe.sched.budget import MemoryBudget
 from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 
@@ -54,12 +105,15 @@ class Fit(Enum):
 
 
 NOW, LATER, NEVER = Fit.NOW, Fit.LATER, Fit.NEVER
+RUNNING = State.RUNNING
 
 
 class MemoryManager:
     """Base class: the ledger arithmetic shared by every granularity."""
 
     granularity: ClassVar[str] = ""
+    #: Admit only tasks that leave the state safe (deadlock avoidance, module docstring).
+    guarded: ClassVar[bool] = False
 
     def __init__(self, budget: MemoryBudget, per_layer: bool = True) -> None:
         self.budget = budget
@@ -68,6 +122,10 @@ class MemoryManager:
         #: Network instances whose init has started and that are not over yet.
         self.active: set[NetworkInstance] = set()
         self._figures: dict[tuple, tuple] = {}
+        #: Guarded active units (instances, groups) and their paths; the sum of their
+        #: `ahead[frontier]` (a bound of what they all still need; frontiers lag).
+        self._paths: dict[Any, Path] = {}
+        self.total_need = 0
 
     # -- what a task needs -----------------------------------------------------------------------
 
@@ -164,6 +222,86 @@ class MemoryManager:
             if nbytes:
                 budget.release(nbytes, now, reason, None, instance.id)
         self.active.discard(instance)
+        if self._paths or instance.group is not None:
+            self._end_of(instance)
+
+    # -- deadlock avoidance -----------------------------------------------------------------------
+
+    def plan_path(self, template: Template, plans: list[Plan]) -> None:
+        """Give a template's plans their path (`Plan.path`, `Plan.step`) when it is guarded:
+        this granularity avoids deadlocks, its graph is acyclic with the init its only root,
+        and its path's peak fits the capacity. Call it once `known_releases` said yes."""
+        if not self.guarded:
+            return
+        path = template_path(template, plans)
+        if path is None or path.need[0] > self.budget.capacity_bytes:
+            return
+        for step, position in enumerate(path.order):
+            plans[position].path = path
+            plans[position].step = step
+
+    def link(self, instances: list[NetworkInstance]) -> None:
+        """Instances just added whose tasks wait on each other's (DeepEye) become groups, one
+        unit each of the check (`avoidance.Group`)."""
+        if self.guarded and any(instance.linked for instance in instances):
+            link_groups(instances, self.budget.capacity_bytes)
+
+    def started(self, task: Task, instance: NetworkInstance) -> None:
+        """`task`, an init of a guarded template, has started: its instance (or, if it is its
+        group's root, its group) becomes an active unit of the check. Frontiers are brought
+        up to date only when the check needs them (`safe_order`)."""
+        group = instance.group
+        unit: Any = instance if group is None else group
+        path = task.plan.path if group is None else group.path
+        if path is None or unit in self._paths:
+            return
+        unit.frontier = 1
+        self._paths[unit] = path
+        self.total_need += path.ahead[1]
+
+    def _end_of(self, instance: NetworkInstance) -> None:
+        """The instance is over: its unit leaves the check once all of it is over (a failure
+        ends a group's guarding: what its other instances hold is then unknown)."""
+        group = instance.group
+        unit: Any = instance if group is None else group
+        if group is not None:
+            group.remaining -= 1
+            if group.remaining and not instance.failed:
+                return
+            group.path = None
+        path = self._paths.pop(unit, None)
+        if path is not None:
+            self.total_need -= path.ahead[unit.frontier]
+
+    def safe(self, task: Task, running: Iterable[Task]) -> bool:
+        """Whether the state stays safe once `task` starts (`running`: the tasks running now).
+        Only for a task that reserves bytes; see the module's docstring."""
+        plan = task.plan
+        budget = self.budget
+        free = budget.capacity_bytes - budget.used_bytes - plan.nbytes
+        path = plan.path
+        added = 0
+        if plan.init and path is not None:  # a new unit, unless a group already active
+            group = task._instance().group
+            if group is None:
+                added = path.ahead[1]
+            elif group.path is not None and group not in self._paths:
+                added = group.path.ahead[1]
+        if free >= self.total_need + added:
+            return True  # every unit could run to its end at once
+        # Bring the frontiers up to date (only here: tasks' states only move on), and the
+        # bound with them.
+        total = 0
+        for unit, unit_path in self._paths.items():  # `advance`, inline (a hot loop)
+            frontier, order, tasks = unit.frontier, unit_path.order, unit.tasks
+            while frontier < len(order) and tasks[order[frontier]].state >= RUNNING:
+                frontier += 1
+            unit.frontier = frontier
+            total += unit_path.ahead[frontier]
+        self.total_need = total
+        if free >= total + added:
+            return True
+        return safe_order(self._paths, task, running, free)
 
     # -- lean templates ---------------------------------------------------------------------------
 
@@ -212,6 +350,7 @@ class LayerMemory(MemoryManager):
     """Per-layer accounting: weights while loaded, activations while some layer will read them."""
 
     granularity = "layer"
+    guarded = True
 
     def figures(self, info: NetworkInfo, kind: Kind, layer: str | None,
                 whole_model: bool) -> Figures:

@@ -27,8 +27,8 @@ SPAN = 1 << 64
 class Plan:
     """What the scheduler does with one planned task."""
 
-    __slots__ = ("dependents", "freed", "heap", "holds", "init", "key", "last", "nbytes", "pool",
-                 "rank", "releases")
+    __slots__ = ("dependents", "freed", "heap", "holds", "init", "key", "last", "nbytes", "path",
+                 "pool", "rank", "releases", "step")
 
     def __init__(self, nbytes: int, holds: tuple, releases: tuple, pool: int, heap: list,
                  init: bool, last: bool, dependents: tuple[int, ...]) -> None:
@@ -49,6 +49,9 @@ class Plan:
         #: The policy's rank (ranked policies) and its heap key, rank code * SPAN.
         self.rank: Any = None
         self.key = 0
+        #: Deadlock avoidance: its template's path and its step on it (None: not guarded).
+        self.path: Any = None
+        self.step = -1
 
 
 class TemplatePlans:
@@ -98,6 +101,8 @@ class PlanBook:
             plans = [self._plan(task, spec.index == last, spec.dependents)
                      for task, spec in zip(tasks, template.specs, strict=True)]
             lean = self.memory.known_releases(template, plans)
+            if lean:
+                self.memory.plan_path(template, plans)
             entry = self._templates[id(template)] = TemplatePlans(template, plans, lean)
         return entry
 

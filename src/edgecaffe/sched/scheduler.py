@@ -8,10 +8,16 @@ Which ready task runs next is the policy's choice (sched/policies.py); whether i
 is the memory manager's (sched/memory.py: network or layer granularity). The scheduler walks
 ready tasks in policy order and starts the first one whose memory fits now.
 
-Progress rule (here, and only here: `_choose`): when nothing runs and no ready task's memory
-fits in any pool, the first task in policy order is admitted over budget and the event is
-recorded (`forced`). With `allow_overcommit=False`, `next_task` raises `BudgetError` instead
-for any task that would put the ledger over capacity (the engine then fails that network).
+Deadlock avoidance: under a guarded memory manager (the layer granularity) a task is admitted
+only if it also leaves the state safe (`MemoryManager.safe`, the banker's check; the rule, its
+invariant and why deadlocks arose are in sched/memory.py's docstring).
+
+Progress rule (here, and only here: `_choose`): when nothing runs and no ready task is
+admissible in any pool, the first task in policy order whose bytes fit is admitted even if not
+safe (never needed while the avoidance invariant holds); failing that, the first task in policy
+order is admitted over budget and the event is recorded (`forced`). With
+`allow_overcommit=False`, `next_task` raises `BudgetError` instead for any task that would put
+the ledger over capacity (the engine then fails that network).
 
 Speed (long simulations run millions of tasks through here): what depends only on a planned
 task's network and position is worked out once, in a `Plan` (sched/plans.py); an added task
@@ -83,6 +89,9 @@ class Scheduler:
         #: Gated instances whose executions wait for their condition (context-oblivious).
         self._speculative: set[NetworkInstance] = set()
         self.forced_events = 0
+        #: Deadlock avoidance on (sched/memory.py); tasks admitted although not safe.
+        self._guarded = memory.guarded
+        self.unsafe_events = 0
 
     @property
     def granularity(self) -> str:
@@ -104,6 +113,8 @@ class Scheduler:
         `gated` instance also wait for `open_gate` (its inits and loads may run before)."""
         instances = list(instances)
         candidates = [self._plan_instance(instance, now) for instance in instances]
+        if self._guarded:
+            self.memory.link(instances)
         for instance in instances:
             if instance.gated:  # its executions wait for its condition too (`open_gate`)
                 self._speculative.add(instance)
@@ -207,9 +218,14 @@ class Scheduler:
             task = heap[0][1]
         else:
             task = None  # a dynamic policy's order is worked out afresh each time
-        if task is not None and self.memory.fit(task.plan) is NOW and (
-                self.allow_overcommit or self.memory.fit_bytes(task.plan.nbytes) is NOW) and (
-                not self._speculative or self._spare(task)):
+        plan = None if task is None else task.plan
+        if plan is not None and self.memory.fit(plan) is NOW and (
+                self.allow_overcommit or self.memory.fit_bytes(plan.nbytes) is NOW) and (
+                not self._speculative or self._spare(task)) and (
+                not self._guarded or plan.nbytes <= 0 or (  # `_safe`, its common case inline
+                    not plan.init and self.budget.capacity_bytes - self.budget.used_bytes
+                    - plan.nbytes >= self.memory.total_need)
+                or self.memory.safe(task, self.running)):
             if self._ranked:
                 del self._waiting[heappop(heap)]
             else:
@@ -233,21 +249,50 @@ class Scheduler:
         task.start = now
         task.worker = worker
         self.running.add(task)
+        if plan.init and plan.path is not None:  # a guarded unit becomes active
+            self.memory.started(task, task._instance())
         return task
+
+    def _admits(self, task: Task) -> bool:
+        """Whether `task`'s memory fits now and, if guarded, leaves the state safe."""
+        return self.memory.fit(task.plan) is NOW and (
+            not self._speculative or self._spare(task)) and (
+            not self._guarded or self._safe(task))
+
+    def _safe(self, task: Task) -> bool:
+        """`MemoryManager.safe`, its most common answers first: a task that reserves nothing,
+        or that leaves free what every active unit may still need."""
+        plan = task.plan
+        nbytes = plan.nbytes
+        if nbytes <= 0:
+            return True
+        memory, budget = self.memory, self.budget
+        if not plan.init and \
+                budget.capacity_bytes - budget.used_bytes - nbytes >= memory.total_need:
+            return True
+        return memory.safe(task, self.running)
 
     def _choose(self, heap: list, pool: int, now: float) -> Task | None:
         """The first of the pool's ready tasks, in policy order, whose memory fits now; else
         the progress rule's choice; else None."""
         order = self._in_order(heap, now)
-        fit = self.memory.fit
-        chosen = next((task for task in order if fit(task.plan) is NOW and (
-            not self._speculative or self._spare(task))), None)
+        admits = self._admits
+        chosen = next((task for task in order if admits(task)), None)
         if chosen is not None:
             return chosen
-        if self.running or self._fits_elsewhere(pool, now):
+        if self.running or self._fits_elsewhere(pool, now, admits):
             return None
-        # The progress rule: nothing runs and nothing fits anywhere. Never for speculation:
-        # its parent (ready, or it would run) comes first.
+        # The progress rule: nothing runs and nothing is admissible anywhere. Never for
+        # speculation: its parent (ready, or it would run) comes first.
+        if self._guarded:  # not safe, but within the budget (the avoidance rule's fallback)
+            fits = lambda task: (self.memory.fit(task.plan) is NOW  # noqa: E731
+                                 and not task._instance().gated)
+            chosen = next((task for task in order if fits(task)), None)
+            if chosen is not None:
+                self.unsafe_events += 1
+                return chosen
+            if self._fits_elsewhere(pool, now, fits):
+                return None
         return next((task for task in order if not task._instance().gated), None)
 
     def _spare(self, task: Task) -> bool:
@@ -270,10 +315,8 @@ class Scheduler:
             return [entry[1] for entry in sorted(heap)]
         return sorted(heap, key=lambda task: (self.policy.key(task, now), task.id))
 
-    def _fits_elsewhere(self, pool: int, now: float) -> bool:
-        fit = self.memory.fit
-        return any(fit(task.plan) is NOW and (not self._speculative or self._spare(task))
-                   for other, heap in self._ready.items() if other != pool
+    def _fits_elsewhere(self, pool: int, now: float, admits) -> bool:
+        return any(admits(task) for other, heap in self._ready.items() if other != pool
                    for task in self._in_order(heap, now))
 
     def _unready(self, task: Task) -> None:
