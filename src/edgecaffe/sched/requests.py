@@ -150,7 +150,6 @@ class RequestBook:
                 instance = gate.speculative = instances[len(infos) + position]
                 instance.arrival = now
                 instance.result_key = f"{info.name}[0]"
-                instance.gated = True
                 gate.record.instances = (instance.id,)
                 instance.gated = gate.parent  # see Scheduler.open_gate and _spare
         try:
