@@ -140,7 +140,7 @@ class RequestBook:
             instance.input = data
             instance.arrival = now
             instance.result_key = key
-        by_key = dict(zip(keys, instances, strict=False))
+        by_key = dict(zip(keys, instances, strict=False)) if gated else {}
         for position, (info, parent) in enumerate(gated):
             gate = Gate(info.name, info, by_key[parent],
                         GateRecord(request_id, info.name, parent, self.context))
@@ -150,7 +150,6 @@ class RequestBook:
                 instance = gate.speculative = instances[len(infos) + position]
                 instance.arrival = now
                 instance.result_key = f"{info.name}[0]"
-                instance.gated = True
                 gate.record.instances = (instance.id,)
                 instance.gated = gate.parent  # see Scheduler.open_gate and _spare
         try:
@@ -219,7 +218,11 @@ class RequestBook:
         their record's completion time and status set (completed or failed). A parent's end
         resolves its gates by the request's condition (what that adds is registered with the
         scheduler; a dropped instance is settled here too)."""
-        touched, self._resolved = self._resolved, []
+        closed: list[Request] = []
+        resolved, self._resolved = self._resolved, []
+        for request in resolved:  # gates resolved by hand may have left nothing to wait for
+            if not request.remaining:
+                self._close(request, closed)
         finished = list(step.finished)
         while finished:
             instance = finished.pop(0)
@@ -233,27 +236,29 @@ class RequestBook:
             if instance.failed:
                 request.failed.append(instance)
             request.remaining -= 1
-            touched.append(request)
-            for gate in request.gates:
-                if gate.parent is instance and not gate.resolved:
-                    finished += self._parent_ended(request, gate).finished
-        closed = []
-        for request in touched:
-            request_id = request.record.request_id
-            if request.remaining or request_id not in self.open:
-                continue
-            del self.open[request_id]
-            record = request.record
-            record.completion_s = max((i.last.end or 0.0) for i in request.instances
-                                      if not i.dropped)
-            errors = request.errors
-            if errors:
-                record.status = "failed"
-                record.error = "; ".join(errors)
-            else:
-                record.status = "completed"
-            closed.append(request)
+            if request.gates:
+                for gate in request.gates:
+                    if gate.parent is instance and not gate.resolved:
+                        finished += self._parent_ended(request, gate).finished
+                self._resolved.clear()  # settled here
+            if not request.remaining:
+                self._close(request, closed)
         return closed
+
+    def _close(self, request: Request, closed: list[Request]) -> None:
+        """Close a request with nothing left to wait for: completion time and status."""
+        if self.open.pop(request.record.request_id, None) is None:
+            return  # closed already
+        record = request.record
+        record.completion_s = max((i.last.end or 0.0) for i in request.instances
+                                  if not i.dropped)
+        errors = request.errors if request.failed or request.gates else None
+        if errors:
+            record.status = "failed"
+            record.error = "; ".join(errors)
+        else:
+            record.status = "completed"
+        closed.append(request)
 
     def _parent_ended(self, request: Request, gate: Gate) -> Step:
         """Resolve a gate whose parent just ended: by the condition, or to 0 if the parent
