@@ -304,3 +304,33 @@ def test_leaving_the_runner_lets_images_in_flight_finish(photos):
     four, none = (future.result(timeout=0) for future in futures)
     assert len(four.outputs["face"]) == 4 and four.ran == {"face": 1, "age": 1, "gender": 1}
     assert none.skipped == {"age": 1, "gender": 1}
+
+
+def test_the_faces_pipeline_as_an_experiments_request(tmp_path):
+    """Issue 16 item 5: `pipeline: faces` in a config runs res10 with age and gender gated on
+    it, on both clocks and both context policies; drawn outcomes decide the conditions (the
+    same draws everywhere), and under context-aware a request whose count is 0 has no task of
+    age or gender."""
+    from conftest import read_csv
+
+    config = {"pipeline": "faces", "context-share": 0.5, "detections": {1: 0.6, 2: 0.4},
+              "arrival-mode": "poisson", "mean-gap-ms": 300, "n-arrivals": 6, "seed": 3,
+              "mem-limit": "512M", "matrix": {"contexts": ["aware", "oblivious"]}}
+    path = tmp_path / "faces.yaml"
+    path.write_text(json.dumps(config))
+    outcomes = {}
+    for label, flags in (("real", []), ("sim", ["--simulate"])):
+        assert main(["experiment", str(path), "-o", str(tmp_path / label), *flags]) == 0
+        for run in sorted((tmp_path / label).glob("*/*/*")):
+            gates = read_csv(run / "gates.csv")
+            assert {g["network"] for g in gates} == {"age", "gender"}
+            assert {g["parent"] for g in gates} == {"face"}
+            outcomes[label, run.name] = sorted((g["request_id"], g["network"], g["count"])
+                                               for g in gates)
+            if "aware" in run.name:
+                failed = {g["request_id"] for g in gates if g["count"] == "0"}
+                assert failed  # p = 0.5 over 6 requests: some find nothing (seeded)
+                tasks = read_csv(run / "tasks.csv")
+                assert not [t for t in tasks if t["request_id"] in failed
+                            and t["network"].split("[")[0] in ("age", "gender")]
+    assert len(outcomes) == 4 and len({tuple(o) for o in outcomes.values()}) == 1  # one draw

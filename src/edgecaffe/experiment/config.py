@@ -225,16 +225,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def pipeline_hook(name: str, source: str) -> tuple[list[str], dict[str, str]]:
-    """A named pipeline's (networks, {gated network: parent}), from the pipeline module
-    (`edgecaffe.pipeline.gated_networks(name)`, which that module is to provide). Raises
-    ConfigError when this build has none."""
+    """A pipeline's (stage names, {gated stage: parent}), from `edgecaffe.pipeline`
+    (a built-in name or a YAML file; its stages' networks are resolved by
+    `experiment.networks.resolve_network`). Raises ConfigError when this build has no
+    pipeline module or the pipeline is not one an experiment can run."""
     try:
-        from edgecaffe.pipeline import gated_networks  # type: ignore[attr-defined]
+        from edgecaffe.pipeline import PipelineError, gated_networks
     except ImportError:
         raise _error(source, f"pipeline: {name!r}: this build has no pipeline support "
                              "(edgecaffe.pipeline.gated_networks); give networks and gated "
                              "instead") from None
-    networks, gated = gated_networks(name)
+    try:
+        networks, gated = gated_networks(name)
+    except PipelineError as error:
+        raise _error(source, f"pipeline: {error}") from None
     return list(networks), dict(gated)
 
 

@@ -15,6 +15,16 @@ from edgecaffe.model.zoo import ZOO, cache_dir, zoo_package
 
 
 def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
+    if config.pipeline is not None:  # the pipeline's stages, by name
+        from edgecaffe.pipeline import stage_packages
+
+        packages = stage_packages(config.pipeline)
+        if name in packages:  # profiled as zoo packages are, for Masa's order and --simulate
+            from edgecaffe.model.package.profile import profile_package, stale_reasons
+
+            if stale_reasons(packages[name].manifest, doubts=False):
+                profile_package(packages[name], runs=3)
+            return packages[name]
     path = Path(config.network_path) / name
     if (path / MANIFEST).is_file():
         return open_package(path)

@@ -8,6 +8,7 @@ gender per face). See docs/pipelines.md.
 
 from edgecaffe.pipeline.builtin import BUILTIN, get_pipeline
 from edgecaffe.pipeline.load import load_pipeline, pipeline_from_dict
+from edgecaffe.pipeline.networks import gated_networks, stage_packages
 from edgecaffe.pipeline.result import Classification, Detection, Label, PipelineResult
 from edgecaffe.pipeline.runner import PipelineRunner, submit_stage
 from edgecaffe.pipeline.spec import Condition, Crop, Pipeline, PipelineError, Preprocess, Stage
@@ -15,5 +16,6 @@ from edgecaffe.pipeline.spec import Condition, Crop, Pipeline, PipelineError, Pr
 __all__ = [
     "BUILTIN", "Classification", "Condition", "Crop", "Detection", "Label", "Pipeline",
     "PipelineError", "PipelineResult", "PipelineRunner", "Preprocess", "Stage",
-    "get_pipeline", "load_pipeline", "pipeline_from_dict", "submit_stage",
+    "gated_networks", "get_pipeline", "load_pipeline", "pipeline_from_dict", "stage_packages",
+    "submit_stage",
 ]

@@ -9,6 +9,7 @@ in the engine (`<stage>` for batch 1).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -120,3 +121,29 @@ def _caffe_package(prototxt: Path, caffemodel: Path, batch: int,
 
         input_shape = _shape(load_caffe(prototxt).input_shape, batch, size)
     return split([prototxt, caffemodel], target, input_shape=input_shape)
+
+
+def gated_networks(name: str) -> tuple[list[str], dict[str, str]]:
+    """A pipeline (built-in name or YAML file) as an experiment's request: its stages' names,
+    and {gated stage: its parent}. The engine's gated networks are one level deep (a gated
+    network cannot gate another), so a pipeline with a stage under a gated stage is refused.
+    Raises PipelineError."""
+    from edgecaffe.pipeline.builtin import get_pipeline
+
+    pipeline = get_pipeline(name)
+    gated = {stage.name: stage.parent for stage in pipeline.stages if stage.parent is not None}
+    for child, parent in gated.items():
+        if parent in gated:
+            raise PipelineError(f"{pipeline.source}: stage {child!r} is gated on {parent!r}, "
+                                "itself gated: an experiment runs gated networks one level deep")
+    return [stage.name for stage in pipeline.stages], gated
+
+
+@functools.lru_cache(maxsize=8)
+def stage_packages(name: str) -> dict[str, ModelPackage]:
+    """A pipeline's stage name -> its network's package at batch 1 (each detection is one
+    network instance in an experiment, as the engine's gated networks run them)."""
+    from edgecaffe.pipeline.builtin import get_pipeline
+
+    pipeline = get_pipeline(name)
+    return {stage.name: stage_package(stage, 1) for stage in pipeline.stages}
