@@ -92,11 +92,10 @@ def test_freed_arrays_go_back_to_the_system():
     assert return_freed_memory()
     del_first = np.ones(40 << 18, np.float32)  # 40 MiB, freed: glibc would raise its threshold
     del del_first
-    before = rss_bytes()
-    arrays = [np.ones(3 << 18, np.float32) for _ in range(8)]  # touched: resident
-    assert rss_bytes() >= before + (20 << 20)
+    arrays = [np.ones(3 << 18, np.float32) for _ in range(8)]  # 24 MiB, touched: resident
+    loaded = rss_bytes()
     del arrays
-    assert rss_bytes() <= before + (4 << 20)
+    assert loaded - rss_bytes() >= 20 << 20  # given back (other threads may allocate too)
 
 
 _CHILD = """

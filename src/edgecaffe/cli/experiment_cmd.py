@@ -364,11 +364,16 @@ def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
             swap_file = stack.enter_context(SwapFile(swap))
             record.swap = str(swap_file.path)
             record.save()
-        for name, config, *_ in plans:
+        for name, config, _, _, networks in plans:
             if args.resume and is_complete(Path(config.output) / name):
                 print(f"{Path(config.output) / name}: complete, skipped (--resume)", flush=True)
                 continue
             limit = parse_bytes(config.mem_limit)
+            # Blocked copies of layers too large for the limit are written here, outside it
+            # (the run's engine finds them in the cache).
+            from edgecaffe.engine.engine import blocked_packages
+
+            blocked_packages(networks, limit)
             with MemoryCgroup(limit, swap) as cgroup:
                 record.cgroups.append(str(cgroup.path))
                 record.save()

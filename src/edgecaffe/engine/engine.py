@@ -116,9 +116,11 @@ def _schedulable(budget: str | int) -> tuple[int, int]:
     return limit - runtime, runtime
 
 
-def _blocked(packages: dict[str, ModelPackage], budget: str | int, max_block: str | int
-             ) -> dict[str, ModelPackage]:
-    """`packages`, those with layers over the block size replaced by blocked copies."""
+def blocked_packages(packages: Mapping[str, ModelPackage], budget: str | int,
+                     max_block: str | int = "auto") -> dict[str, ModelPackage]:
+    """`packages`, those with Dense/Conv layers over the block size replaced by blocked copies
+    (derived into the cache once). "auto": a package with a layer over half of `budget` (it
+    could share memory with nothing else) is blocked at a quarter of `budget`."""
     from edgecaffe.model.package.blocks import block_package
     from edgecaffe.sched import parse_bytes
 
@@ -127,7 +129,7 @@ def _blocked(packages: dict[str, ModelPackage], budget: str | int, max_block: st
     for name, package in packages.items():
         largest = max((layer.weight_bytes for layer in package.network.layers), default=0)
         if max_block == "auto":
-            size = capacity // 4 if largest > capacity else None
+            size = capacity // 4 if largest > capacity // 2 else None
         else:
             size = parse_bytes(max_block)
         out[name] = package if size is None else block_package(package, size)
@@ -160,8 +162,8 @@ class Engine:
     loads bring weights in ("mmap" or "read", see `model.package.package`). `max_block`:
     packages with Dense/Conv layers over this size run from a blocked copy
     (`model.package.blocks.block_package`, derived into the cache once); "auto" (the
-    default) does so only for a package with a layer larger than the ledger's whole
-    capacity, in blocks of a quarter of it; None never."""
+    default) does so only for a package with a layer larger than half of `budget`, in
+    blocks of a quarter of it (`blocked_packages`); None never."""
 
     def __init__(
         self,
@@ -184,10 +186,10 @@ class Engine:
     ) -> None:
         self.packages = resolve_packages(packages)
         runtime = workspace = None
+        if max_block is not None:
+            self.packages = blocked_packages(self.packages, budget, max_block)
         if account_runtime:
             budget, runtime = _schedulable(budget)
-        if max_block is not None:
-            self.packages = _blocked(self.packages, budget, max_block)
         if load_method is not None:
             for package in self.packages.values():
                 package.load_method = load_method
