@@ -196,3 +196,29 @@ def test_split_command_takes_max_block(zoo_model, tmp_path, capsys):
     assert main(["split", str(prototxt), str(caffemodel), "-o", str(tmp_path / "q"),
                  "--max-block", "lots"]) != 0
     assert "memory size 'lots'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_layer_at_the_chunking_threshold_stays_whole_or_exact(threads):
+    """Dense 1024 -> 2048: its weight is exactly the chunking threshold (8 MiB, not chunked),
+    its bias takes it over. It must not be split (its products would then be split where the
+    adaptive threads say, not at the block edges), and its forward is the same either way."""
+    from unittest import mock
+
+    from edgecaffe.blas import BlasHold
+
+    layers = [Layer("data", "Input", [], ["data"], {"shape": [3, 1024]}),
+              Layer("fc", "Dense", ["data"], ["fc"], {"out_features": 2048, "axis": 1,
+                                                      "bias": True, "transpose": False})]
+    network = Network("edge", layers)
+    fc = network.layer_by_name["fc"]
+    assert fc.weight_bytes > 8 << 20 and block_edges(fc, 2 << 20) is None
+    rng = np.random.default_rng(0)
+    network.weights = {"fc": {k: rng.standard_normal(s).astype(np.float32)
+                              for k, s in fc.params.items()}}
+    blocked = _blocked(network, 2 << 20)
+    x = rng.standard_normal((3, 1024)).astype(np.float32)
+    with mock.patch.object(BlasHold, "split_threads", staticmethod(lambda: threads)):
+        whole = network.forward(x, outputs=["fc"])["fc"]
+        parts = blocked.forward(x, outputs=["fc"])["fc"]
+    assert np.array_equal(whole, parts)

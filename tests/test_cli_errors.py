@@ -124,3 +124,15 @@ def test_a_file_in_the_wrong_place_is_named_with_what_was_expected(
     err = capsys.readouterr().err
     assert message in err, err
     assert "internal error" not in err and err.count("\n") == 1
+
+
+def test_a_detections_draw_with_all_weights_zero_is_a_config_error(tmp_path, monkeypatch,
+                                                                    capsys):
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "c.yaml"
+    config.write_text("networks: [TinyAlex, TinyResidual]\ngated: {TinyResidual: TinyAlex}\n"
+                      "detections: {1: 0}\narrival-mode: poisson\nn-arrivals: 3\n")
+    assert main(["experiment", str(config), "--simulate", "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert "detections: counts must be whole numbers >= 1 with weights >= 0 (not all 0)" in err
+    assert "internal error" not in err and err.count("\n") == 1

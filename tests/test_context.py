@@ -264,3 +264,46 @@ def test_speculation_never_takes_what_its_parent_needs_nor_goes_over_budget(gran
     assert any(t.instance_id in speculative and t.kind == "load" and t.state == "done"
                for t in trace.tasks) or granularity == "network"
     assert [r.status for r in trace.requests.values()] == ["completed"] * 6
+
+
+def _chain(name: str, weights: list[int], exec_ms: float) -> NetworkInfo:
+    """A chain of Conv layers with these weight bytes and 10-byte activations."""
+    layers = [LayerInfo(f"{name}{i}", "Conv", w, 10, (f"b{i}",), (f"b{i + 1}",))
+              for i, w in enumerate(weights)]
+    return NetworkInfo(name, layers, ("b0",), 10, frozenset({f"b{len(weights)}"}),
+                       {f"b{i}": 10 for i in range(len(weights) + 1)}, mean_exec_ms=exec_ms,
+                       peak_bytes=sum(weights) + 40)
+
+
+def test_speculation_keeps_the_deadlock_avoidance_guarantee():
+    """A speculative instance cannot finish before its parent's gate: the banker's check must
+    not count on it doing so (a reviewer's case: it forced 4 tasks, ledger 3440 of 2831)."""
+    nets = {"Face": _chain("Face", [20, 50, 20, 300, 50], 8.0),
+            "Age": _chain("Age", [50], 3.0), "Gender": _chain("Gender", [600, 300, 600, 50], 2.0)}
+    gated = (("Age", "Face"), ("Gender", "Face"))
+    arrivals = [Arrival(i, 2.0, ("Face",), None, gated, k)
+                for i, k in enumerate([2, 1, 0, 2, 1, 2, 0])]
+    for context in ("aware", "oblivious"):
+        simulator = Simulator(nets, mode="masa", budget=2831, granularity="layer",
+                              context=context, task_ms=lambda task: 1.0, workers=3)
+        trace = simulator.run(arrivals)
+        assert simulator.scheduler.forced_events == 0, context
+        assert simulator.budget.peak_bytes <= 2831, context
+        assert {r.status for r in trace.requests.values()} == {"completed"}
+
+
+def test_a_speculative_instance_that_failed_before_its_gate_does_not_hang_its_request():
+    """A load of the speculative Age fails; then the condition finds nothing. The request was
+    counted down once for the failure, and must not be counted down again for the drop."""
+    core = Core(infos(), "masa", None, 10_000, "layer", 1, context="oblivious")
+    request = core.submit(["Face"], 0.0, None, gated={"Age": "Face", "Gender": "Face"},
+                          condition=lambda child, parent: [])
+    now, failed, closed = 0.0, False, []
+    while (task := core.scheduler.next_task(0, now, 0)) is not None:
+        now += 1
+        error = None
+        if not failed and task._instance().info.name == "Age" and task.kind == Kind.LOAD:
+            error, failed = "disk error", True
+        closed += core.book.settle(core.scheduler.finish(task, now, error))
+    assert failed and request.remaining == 0 and closed == [request]
+    assert not core.book.open and core.budget.used_bytes == 0

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgecaffe.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Arrival:
@@ -184,15 +186,15 @@ def draw_detections(count: int, share: float, distribution: int | Mapping[int, f
 
     Common random numbers: one uniform draw per request decides whether it has any, against
     `share`, so with one seed the requests with faces at share 0.25 are among those at 0.5;
-    the counts come from a second stream, the same for every share. Raises ValueError for a
-    share outside [0, 1] or counts below 1."""
+    the counts come from a second stream, the same for every share. Raises ConfigError (a
+    ValueError) for a share outside [0, 1], counts below 1 or weights all 0."""
     if not 0.0 <= share <= 1.0:
-        raise ValueError(f"context share must be within [0, 1], got {share}")
+        raise ConfigError(f"context share must be within [0, 1], got {share}")
     weights = {distribution: 1.0} if isinstance(distribution, int) else dict(distribution)
     if not weights or any(not isinstance(k, int) or isinstance(k, bool) or k < 1
                           for k in weights) or any(w < 0 for w in weights.values()) \
             or sum(weights.values()) <= 0:
-        raise ValueError(f"detections: counts must be whole numbers >= 1 with weights >= 0 "
+        raise ConfigError(f"detections: counts must be whole numbers >= 1 with weights >= 0 "
                          f"(not all 0), got {distribution!r}")
     rng = np.random.default_rng([seed, 0xFACE])
     found = rng.random(count) < share

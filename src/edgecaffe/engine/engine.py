@@ -200,7 +200,7 @@ class Engine:
             workspace = count * max((i.max_workspace_bytes for i in infos.values()), default=0)
             if workspace >= budget:
                 raise BudgetError(f"the kernels' workspaces ({workspace / 2**20:.0f} MiB for "
-                                  f"{workers} workers) leave nothing of the "
+                                  f"{count} workers) leave nothing of the "
                                   f"{budget / 2**20:.0f} MiB left after the runtime")
             budget -= workspace
         self._guard = PolicyGuard.wrap(policy)

@@ -217,6 +217,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         config.networks, config.gated = pipeline_hook(config.pipeline, source)
     if config.gated:
         _check_gated(config, spelled.get("gated", "gated"))
+    if isinstance(config.detections, dict) and sum(config.detections.values()) <= 0:
+        raise _error(source, f"{spelled.get('detections', 'detections')}: counts must be whole "
+                             "numbers >= 1 with weights >= 0 (not all 0), got "
+                             f"{config.detections!r}")
     if config.matrix is not None:
         config.matrix = _checked_matrix(config.matrix, source, large)
     if raw_arrivals is not None:

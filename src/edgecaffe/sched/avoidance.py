@@ -211,10 +211,10 @@ def safe_order(paths: dict[Any, Path], task: Task, running: Iterable[Task], free
             frontier = advance(unit, other_path, frontier + 1)
             returns += other_path.returned[step]
         states.append((other, other_path, frontier, returns))
-    new = [(path.need[1], path.held[1])] if path is not None and unit not in paths \
-        and step == 0 else []  # its root: a new unit
-    entries = [(-r, r) if p is None else (p.need[f] - r, p.held[f] + r)
-               for _, p, f, r in states]
+    new = [(_waits(unit), path.need[1], path.held[1])] if path is not None \
+        and unit not in paths and step == 0 else []  # its root: a new unit
+    entries = [(False, -r, r) if p is None else (_waits(o), p.need[f] - r, p.held[f] + r)
+               for o, p, f, r in states]
     if _ordered(entries + new, free):
         return True
     entries = []
@@ -222,14 +222,23 @@ def safe_order(paths: dict[Any, Path], task: Task, running: Iterable[Task], free
         need, ahead = (0, 0) if other_path is None else \
             exact_need(other, other_path, frontier, task)
         held = 0 if other_path is None else other_path.held[frontier]
-        entries.append((need - returns, held + ahead + returns))
+        entries.append((other_path is not None and _waits(other), need - returns,
+                        held + ahead + returns))
     return _ordered(entries + new, free)
 
 
-def _ordered(entries: list[tuple[int, int]], free: int) -> bool:
-    """Whether (need, held) pairs, by need, each fit `free` plus the held before them."""
+def _waits(unit: Any) -> bool:
+    """A context-oblivious speculative instance: its executions wait for its parent's gate, so
+    it cannot finish on its own and goes after every other unit in a safe order. (Speculative
+    instances are never in a DeepEye group.)"""
+    return not isinstance(unit, Group) and unit.gated is not None
+
+
+def _ordered(entries: list[tuple[bool, int, int]], free: int) -> bool:
+    """Whether (waits, need, held) triples, units that wait for a gate last and otherwise by
+    need, each fit `free` plus the held before them."""
     entries.sort()
-    for need, held in entries:
+    for _, need, held in entries:
         if need > free:
             return False
         free += held

@@ -181,9 +181,10 @@ class RequestBook:
         step = Step()
         speculative, gate.speculative = gate.speculative, None
         if not inputs:
-            if speculative is not None:
+            if speculative is not None and speculative.failed is None:
                 # The request does not wait for it: a load it has running ends on its own,
-                # and what it holds goes back then.
+                # and what it holds goes back then. (One that failed already was counted
+                # out of the request when it failed.)
                 speculative.dropped = True
                 request.remaining -= 1
                 step = self.scheduler.fail(speculative, f"its condition ({record.outcome}) "

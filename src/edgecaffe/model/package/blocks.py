@@ -35,7 +35,11 @@ def block_edges(layer: Layer, max_block_bytes: int) -> list[int] | None:
     `ops.base.CHUNK_MIN_BYTES`: only layers that compute in chunks split exactly). Blocks
     are as equal as `ALIGN`-row edges allow; a block of `ALIGN` rows may still exceed the
     size (the smallest block there is)."""
-    if layer.op not in _BLOCKED or layer.weight_bytes <= max(max_block_bytes, CHUNK_MIN_BYTES):
+    if layer.op not in _BLOCKED or layer.weight_bytes <= max_block_bytes:
+        return None
+    # The kernels chunk by the weight alone (bias aside: ops.base.output_chunk), so that is
+    # what decides whether blocks of this layer can be exact.
+    if int(np.prod(layer.params["weight"])) * np.dtype(DTYPE).itemsize <= CHUNK_MIN_BYTES:
         return None
     if layer.op == "Conv" and layer.attrs.get("group", 1) != 1:
         return None
