@@ -234,14 +234,14 @@ def pipeline_hook(name: str, source: str) -> tuple[list[str], dict[str, str]]:
     `experiment.networks.resolve_network`). Raises ConfigError when this build has no
     pipeline module or the pipeline is not one an experiment can run."""
     try:
-        from edgecaffe.pipeline import PipelineError, gated_networks
+        from edgecaffe.pipeline import gated_networks
     except ImportError:
         raise _error(source, f"pipeline: {name!r}: this build has no pipeline support "
                              "(edgecaffe.pipeline.gated_networks); give networks and gated "
                              "instead") from None
     try:
         networks, gated = gated_networks(name)
-    except PipelineError as error:
+    except errors.EdgeCaffeError as error:  # PipelineError: no such pipeline, or too deep
         raise _error(source, f"pipeline: {error}") from None
     return list(networks), dict(gated)
 
