@@ -281,7 +281,13 @@ def test_ctrl_c_cancels_pending_runs_and_stops_running_ones(tmp_path, cluster):
     def runs_in_progress() -> int:  # the runs' own processes under the workers
         import psutil
 
-        return sum("edgecaffe.experiment.isolated" in " ".join(child.cmdline())
+        def command(child) -> str:  # a child may exit between the listing and this read
+            try:
+                return " ".join(child.cmdline())
+            except psutil.Error:
+                return ""
+
+        return sum("edgecaffe.experiment.isolated" in command(child)
                    for child in psutil.Process().children(recursive=True))
 
     with pytest.raises(KeyboardInterrupt):
