@@ -136,3 +136,11 @@ def test_a_detections_draw_with_all_weights_zero_is_a_config_error(tmp_path, mon
     err = capsys.readouterr().err
     assert "detections: counts must be whole numbers >= 1 with weights >= 0 (not all 0)" in err
     assert "internal error" not in err and err.count("\n") == 1
+
+
+def test_a_zoo_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "TinyAlex").mkdir()  # e.g. where `zoo write TinyAlex -o TinyAlex` wrote
+    assert main(["run", "TinyAlex"]) == 0
+    assert "a folder, but neither" not in capsys.readouterr().err

@@ -68,7 +68,7 @@ def _load(args: argparse.Namespace):
     from edgecaffe.model.package import open_package
     from edgecaffe.model.package.original import is_original_folder, read_original
     from edgecaffe.model.sources import explain_source
-    from edgecaffe.model.zoo import get_zoo_model, zoo_files
+    from edgecaffe.model.zoo import ZOO, get_zoo_model, zoo_files
 
     if args.batch < 1:
         raise UsageError("--batch must be 1 or more")
@@ -103,8 +103,9 @@ def _load(args: argparse.Namespace):
         net = load_caffe(folder.prototxt, folder.caffemodel, name=folder.name,
                          **{**folder.load_options(image_hw), **options})
         net.meta.update(folder.preprocess(), labels=folder.labels())
-    elif (reason := explain_source(args.model[0])) is not None:
-        raise UsageError(reason)
+    elif args.model[0].lower() not in {name.lower() for name in ZOO} and \
+            (reason := explain_source(args.model[0])) is not None:
+        raise UsageError(reason)  # a zoo name wins over a folder that happens to share it
     else:
         model = get_zoo_model(args.model[0])
         prototxt, caffemodel = zoo_files(model.name, seed=args.seed, batch=args.batch)
