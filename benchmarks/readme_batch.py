@@ -30,7 +30,6 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -106,8 +105,8 @@ def prepare() -> tuple[dict[str, str], dict[str, list[str]]]:
 
 def run_child(job: dict, limit: int, swap: int, record, parent: int) -> dict:
     """One job in a child process inside a fresh cgroup, caches dropped first."""
-    from edgecaffe.experiment.limits import MemoryCgroup
-    from edgecaffe.leftovers import die_with_parent, start_ticks
+    from edgecaffe.experiment.limits import MemoryCgroup, run_in_cgroup
+    from edgecaffe.leftovers import die_with_parent
 
     orphan = die_with_parent(parent)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
@@ -117,23 +116,9 @@ def run_child(job: dict, limit: int, swap: int, record, parent: int) -> dict:
         with MemoryCgroup(limit, swap) as cgroup:
             record.cgroups.append(str(cgroup.path))
             record.save()
-
-            def setup(cgroup=cgroup) -> None:
-                cgroup.join()
-                orphan()
-
-            child = subprocess.Popen([sys.executable, __file__, "--child", handle.name],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=setup)
-            record.children.append([child.pid, start_ticks(child.pid)])
-            record.save()
-            try:
-                out, err = child.communicate()
-            except BaseException:
-                child.kill()
-                child.wait()
-                raise
-            stats = cgroup.stats()
+            child, out, err, stats = run_in_cgroup(
+                cgroup, record, [sys.executable, __file__, "--child", handle.name], orphan,
+                capture=True)
         record.cgroups.remove(str(cgroup.path))
         record.children.clear()
         record.save()

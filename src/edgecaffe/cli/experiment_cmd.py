@@ -346,14 +346,13 @@ def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
     import json
     import os
     import signal
-    import subprocess
     import sys
     from contextlib import ExitStack
     from pathlib import Path
 
-    from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
+    from edgecaffe.experiment.limits import MemoryCgroup, SwapFile, run_in_cgroup
     from edgecaffe.experiment.results import is_complete
-    from edgecaffe.leftovers import die_with_parent, start_ticks
+    from edgecaffe.leftovers import die_with_parent
     from edgecaffe.sched import parse_bytes
 
     swap = parse_bytes(args.swap) if args.swap else 0
@@ -377,25 +376,12 @@ def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
             with MemoryCgroup(limit, swap) as cgroup:
                 record.cgroups.append(str(cgroup.path))
                 record.save()
-
-                def setup(cgroup=cgroup) -> None:
-                    cgroup.join()  # in the child, before exec
-                    orphan()
-
                 from edgecaffe.experiment.runner import ENFORCED_ENV
 
-                child = subprocess.Popen(
-                    [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)],
-                    preexec_fn=setup, env={**os.environ, ENFORCED_ENV: "1"})
-                record.children.append([child.pid, start_ticks(child.pid)])
-                record.save()
-                try:
-                    child.wait()
-                except BaseException:  # Ctrl-C: stop the run before the limit goes away
-                    child.kill()
-                    child.wait()
-                    raise
-                stats = cgroup.stats()
+                child, _, _, stats = run_in_cgroup(
+                    cgroup, record,
+                    [sys.executable, "-m", "edgecaffe", *_child_argv(args.argv, name)], orphan,
+                    env={**os.environ, ENFORCED_ENV: "1"})
             record.cgroups.remove(str(cgroup.path))
             record.children.clear()
             record.save()

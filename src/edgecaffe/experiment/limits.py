@@ -128,6 +128,34 @@ class MemoryCgroup:
         self._remove()
 
 
+def run_in_cgroup(cgroup: MemoryCgroup, record: Any, argv: list[str], orphan: Any,
+                  capture: bool = False, env: dict[str, str] | None = None
+                  ) -> tuple[subprocess.Popen, str | None, str | None, dict[str, Any]]:
+    """Run `argv` in a child that joins `cgroup` before exec and dies with its parent
+    (`orphan`: `leftovers.die_with_parent`'s setup), listed in the run record `record` while it
+    runs, so that a reaper can stop it if we are killed. Waits for it; on an interrupt kills it
+    first, so that the limit never goes away under a running child. Returns (the child, its
+    stdout and stderr when `capture`, else None, the cgroup's stats after it ended)."""
+    from edgecaffe.leftovers import start_ticks
+
+    def setup() -> None:
+        cgroup.join()  # in the child, before exec
+        orphan()
+
+    pipe = subprocess.PIPE if capture else None
+    child = subprocess.Popen(argv, stdout=pipe, stderr=pipe, text=capture, preexec_fn=setup,
+                             env=env)
+    record.children.append([child.pid, start_ticks(child.pid)])
+    record.save()
+    try:
+        out, err = child.communicate()
+    except BaseException:  # Ctrl-C: stop the run before the limit goes away
+        child.kill()
+        child.wait()
+        raise
+    return child, out, err, cgroup.stats()
+
+
 class SwapFile:
     """A swap file of `size_bytes`, enabled while in use, removed afterwards. The path is new
     (`/var/tmp/edgecaffe-<pid>-<n>.swap` by default) and created exclusively: an existing file
