@@ -194,6 +194,30 @@ def test_a_kernel_number_of_the_wrong_kind_is_refused_at_open(package, value):
         open_package(package)
 
 
+def _integer_attrs(folder):
+    """(layer index, name, attr) of every integer attr the package's layers carry."""
+    from edgecaffe.ops import get_op
+    for index, entry in enumerate(_manifest(folder)["layers"]):
+        for key in get_op(entry["op"]).integers:
+            if key in entry.get("attrs", {}):
+                yield index, entry["name"], key
+
+
+@pytest.mark.parametrize("value", [1.5, 2.0, True, [1.5], "3"])
+def test_an_integer_attr_of_the_wrong_kind_is_refused_at_open(package, value):
+    # A float group or LRN size once reached numpy as a size (a bare TypeError in the fuzz).
+    found = list(_integer_attrs(package))
+    assert {key for _, _, key in found} >= {"group", "size", "kernel", "stride", "axis"}
+    pristine_text = (package / "manifest.yaml").read_text()
+    for index, name, key in found:
+        manifest = yaml.safe_load(pristine_text)
+        manifest["layers"][index]["attrs"][key] = value
+        (package / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+        with pytest.raises(PackageError, match=f"layer '{name}': .*attr '{key}' = .* must be "
+                                               "an integer"):
+            open_package(package)
+
+
 # --- fuzzing: only our errors come out ------------------------------------------------------
 
 VALUES = st.recursive(

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgecaffe.model.errors import ModelError
 from edgecaffe.ops import OpError, Shape, backend_kernels, get_op
-from edgecaffe.ops.base import check_numbers
+from edgecaffe.ops.base import check_attr_types
 
 DTYPE = np.dtype(np.float32)
 
@@ -83,7 +83,7 @@ class Network:
             names.add(layer.name)
             try:
                 op = get_op(layer.op)
-                check_numbers(op, layer.attrs)
+                check_attr_types(op, layer.attrs)
             except OpError as error:
                 raise NetworkError(f"layer {layer.name!r}: {error}") from None
             missing = [blob for blob in layer.inputs if blob not in self.blob_shapes]

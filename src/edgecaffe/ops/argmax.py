@@ -26,6 +26,7 @@ def _top_k(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 @register
 class ArgMax(Op):
     """attrs: top_k, out_max_val (bool), axis (None: per example, Caffe's default)."""
+    integers = ('axis', 'top_k')
 
     name = "ArgMax"
 

@@ -45,6 +45,9 @@ class Op:
     #: Attrs that must be real numbers (not bool, finite) when present: the ones a kernel uses
     #: without shape inference having looked at them (a package's manifest is untrusted input).
     numbers: ClassVar[tuple[str, ...]] = ()
+    #: Attrs that must be integers, or lists of integers and None (not bool), when present
+    #: and not None: sizes, counts and indices a kernel passes to numpy as they are.
+    integers: ClassVar[tuple[str, ...]] = ()
 
     def param_shapes(self, inputs: Sequence[Shape], attrs: Attrs) -> dict[str, Shape]:
         """Name and shape of each weight array the op needs (empty for parameter-free ops)."""
@@ -85,8 +88,22 @@ def register(cls: type[Op]) -> type[Op]:
     return cls
 
 
-def check_numbers(op: Op, attrs: Attrs) -> None:
-    """Raise OpError when one of `op.numbers` in `attrs` is not a finite real number."""
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def check_attr_types(op: Op, attrs: Attrs) -> None:
+    """Raise OpError when one of `op.numbers` in `attrs` is not a finite real number, or one
+    of `op.integers` is neither an integer nor a list of integers (a package's manifest is
+    untrusted input: a kernel must never meet a float where numpy wants a size)."""
+    for key in op.integers:
+        value = attrs.get(key)
+        if value is None or _is_integer(value):
+            continue
+        if not (isinstance(value, list | tuple)
+                and all(v is None or _is_integer(v) for v in value)):  # None: open-ended
+            raise OpError(f"{op.name}: attr {key!r} = {value!r} must be an integer or a list "
+                          "of integers")
     for key in op.numbers:
         if key not in attrs:
             continue
@@ -120,6 +137,10 @@ def get_op(name: str) -> Op:
 
 
 def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
+    """`axis` in 0..rank-1 (a negative one counts from the end); OpError if it is not an
+    integer or out of range."""
+    if not _is_integer(axis):
+        raise OpError(f"{what} {axis!r} must be an integer")
     if not -rank <= axis < rank:
         raise OpError(f"{what} {axis} is out of range for a {rank}-d blob")
     return axis % rank

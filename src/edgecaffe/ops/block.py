@@ -33,6 +33,7 @@ ALIGN = CHUNK_ROWS
 
 class _Block(Op):
     """Shared by both block operators: the base op's rules on a slice of the output axis."""
+    integers = ('group', 'out_channels', 'out_features', 'pad', 'stride', 'dilation', 'kernel')
 
     base = ""
     count_attr = ""

@@ -10,6 +10,7 @@ from edgecaffe.ops.base import Op, register
 @register
 class Constant(Op):
     """attrs: shape. No inputs; output = weights['value'] (a copy, so kernels may overwrite it)."""
+    integers = ('shape',)
 
     name = "Constant"
 

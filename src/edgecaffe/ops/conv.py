@@ -157,6 +157,7 @@ def conv2d(
 @register
 class Conv(Op):
     """attrs: out_channels, kernel (kh, kw), stride, pad, dilation (pairs), group, bias (bool)."""
+    integers = ('dilation', 'group', 'kernel', 'out_channels', 'pad', 'stride')
 
     name = "Conv"
 

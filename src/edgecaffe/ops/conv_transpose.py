@@ -94,6 +94,7 @@ class ConvTranspose(Op):
     """attrs: out_channels, kernel (kh, kw), stride, dilation, output_padding (pairs),
     pads (h_begin, w_begin, h_end, w_end, ONNX's order), group, bias (bool).
     weights: weight (C_in, C_out/group, kh, kw), bias (C_out,) when `bias`."""
+    integers = ('dilation', 'group', 'kernel', 'out_channels', 'output_padding', 'pads', 'stride')
 
     name = "ConvTranspose"
 

@@ -31,6 +31,7 @@ def _offsets(data, reference, attrs) -> list[int]:
 class Crop(Op):
     """attrs: axis (first cropped axis), offsets (one for all, or one per cropped axis).
     Inputs: the data and a reference whose shape (from `axis` on) the output takes."""
+    integers = ('axis', 'offsets')
 
     name = "Crop"
 

@@ -28,6 +28,7 @@ def dense_rows(rows: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, tr
 @register
 class Dense(Op):
     """attrs: out_features, axis (flatten from here), bias (bool), transpose (weight is K x O)."""
+    integers = ('axis', 'out_features')
 
     name = "Dense"
 

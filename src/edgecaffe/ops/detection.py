@@ -113,6 +113,7 @@ class DetectionOutput(Op):
     """attrs: num_classes, share_location, background_label_id, code_type (CODE_TYPES),
     variance_encoded_in_target, nms_threshold, top_k (-1: all), eta, keep_top_k (-1: all),
     confidence_threshold (None: keep every score)."""
+    integers = ('background_label_id', 'keep_top_k', 'num_classes', 'top_k')
 
     name = "DetectionOutput"
     dynamic_shape = True

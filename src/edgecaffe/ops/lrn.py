@@ -25,6 +25,7 @@ class LRN(Op):
     across: y = x * (k + alpha/size * sum of x^2 over `size` neighbouring channels) ^ -beta
     within: y = x * (1 + alpha/size^2 * sum of x^2 over a size x size window) ^ -beta
     """
+    integers = ('size',)
 
     name = "LRN"
     numbers = ('alpha', 'beta', 'k')

@@ -78,6 +78,7 @@ class BatchNorm(Op):
 class Scale(Op):
     """attrs: axis, num_axes, bias (bool). y = x * scale (+ bias); scale is a weight, or the
     second input when the layer has two."""
+    integers = ('axis', 'num_axes')
 
     name = "Scale"
     inplace = True
@@ -110,6 +111,7 @@ class Scale(Op):
 @register
 class Bias(Op):
     """attrs: axis, num_axes. y = x + bias; bias is a weight, or the second input."""
+    integers = ('axis', 'num_axes')
 
     name = "Bias"
     inplace = True

@@ -23,6 +23,7 @@ def _pads(rank: int, attrs) -> list[tuple[int, int]]:
 class Pad(Op):
     """attrs: pads (x1_begin, x2_begin, ..., x1_end, x2_end: ONNX's order), mode (MODES),
     value (for constant)."""
+    integers = ('pads',)
 
     name = "Pad"
 

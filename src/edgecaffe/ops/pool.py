@@ -97,6 +97,7 @@ def _window_sizes(size: int, out: int, kernel: int, stride: int, pad: int,
 class Pool(Op):
     """attrs: method ('max' | 'avg'), kernel, stride, pad (pairs), global (bool), ceil (bool);
     ONNX's (with convention 'onnx'): pad_end (pair), count_include_pad (bool)."""
+    integers = ('kernel', 'pad', 'pad_end', 'stride')
 
     name = "Pool"
 

@@ -53,6 +53,7 @@ def _reduce(x: np.ndarray, operation: str, axes: tuple[int, ...]) -> np.ndarray:
 class Reduce(Op):
     """attrs: operation (one of OPERATIONS), axes (None = all) or from_axis (that axis and
     every later one), keepdims (bool), coeff (a factor applied after reducing; 1 by default)."""
+    integers = ('axes', 'from_axis')
 
     name = "Reduce"
 

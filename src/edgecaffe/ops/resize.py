@@ -102,6 +102,7 @@ class Resize(Op):
     rule: shrink, zoom, height, width, factors), coordinate_transformation_mode
     (TRANSFORMS, default half_pixel), nearest_mode (NEAREST_MODES, default round_prefer_floor).
     Input NCHW; N and C are kept."""
+    integers = ('sizes',)
 
     name = "Resize"
 

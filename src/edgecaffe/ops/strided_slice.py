@@ -28,6 +28,7 @@ def _index(shape, attrs) -> tuple[slice, ...]:
 @register
 class StridedSlice(Op):
     """attrs: starts, ends (None: to the end), axes, steps (lists, one entry per sliced axis)."""
+    integers = ('axes', 'ends', 'starts', 'steps')
 
     name = "StridedSlice"
 

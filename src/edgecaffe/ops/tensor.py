@@ -41,6 +41,7 @@ class Dropout(Op):
 @register
 class Concat(Op):
     """attrs: axis."""
+    integers = ('axis',)
 
     name = "Concat"
 
@@ -64,6 +65,7 @@ class Concat(Op):
 @register
 class Slice(Op):
     """attrs: axis, points (split positions; empty means equal parts), num_outputs."""
+    integers = ('axis', 'points', 'num_outputs')
 
     name = "Slice"
 
@@ -142,6 +144,7 @@ class Eltwise(Op):
 @register
 class Flatten(Op):
     """attrs: axis, end_axis (inclusive)."""
+    integers = ('axis', 'end_axis')
 
     name = "Flatten"
     view = True
@@ -164,6 +167,7 @@ class Flatten(Op):
 @register
 class Reshape(Op):
     """attrs: shape (0 copies the input dim, -1 is inferred), axis, num_axes (Caffe's rules)."""
+    integers = ('shape', 'axis', 'num_axes')
 
     name = "Reshape"
     view = True

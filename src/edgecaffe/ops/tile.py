@@ -24,6 +24,7 @@ def _repeats(rank: int, attrs) -> list[int]:
 @register
 class Tile(Op):
     """attrs: repeats (one per axis), or axis + tiles (Caffe)."""
+    integers = ('axis', 'tiles', 'repeats')
 
     name = "Tile"
 

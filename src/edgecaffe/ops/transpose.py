@@ -23,6 +23,7 @@ def _perm(rank: int, attrs) -> list[int]:
 class Transpose(Op):
     """attrs: perm (output axis i is input axis perm[i]; None reverses the axes), fill_perm
     (bool: a short perm is completed with the missing axes in order, Caffe SSD's Permute)."""
+    integers = ('perm',)
 
     name = "Transpose"
 
