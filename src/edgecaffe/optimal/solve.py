@@ -74,6 +74,28 @@ def solve(instance: Instance, time_limit_s: float = 60.0, workers_threads: int =
     except ImportError as error:
         raise ImportError(MISSING_ORTOOLS) from error
 
+    model, start, step = _build_model(cp_model, instance)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.num_workers = max(1, int(workers_threads))
+    for name, value in {**DEFAULT_PARAMS, **(params or {})}.items():
+        setattr(solver.parameters, name, value)
+    began = time.perf_counter()
+    status = solver.solve(model)
+    elapsed = time.perf_counter() - began
+    if status == cp_model.INFEASIBLE:
+        raise InstanceError(f"no schedule of the {len(instance.tasks)} tasks fits the "
+                         f"{instance.capacity_bytes}-byte budget")
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise SolveError(f"CP-SAT found no schedule in {time_limit_s} s "
+                         f"(status {solver.status_name(status)}); raise time_limit_s")
+    return _schedule(instance, solver, start, step, elapsed,
+                     "optimal" if status == cp_model.OPTIMAL else "feasible")
+
+
+def _build_model(cp_model, instance: Instance) -> tuple[Any, dict[Key, Any], int]:
+    """The CP-SAT model (start variables, dependencies, workers, memory, objective), its
+    start variable per task, and the time step (ms units) the model counts in."""
     tasks = instance.tasks
     # Work in steps of the largest common divisor of every duration and arrival (exact: some
     # optimal schedule has every start on that grid) - CP-SAT is much slower on a finer grid.
@@ -105,39 +127,27 @@ def solve(instance: Instance, time_limit_s: float = 60.0, workers_threads: int =
     elif instance.workers < len(busy):
         model.add_cumulative(busy, [1] * len(busy), instance.workers)
     _add_memory(model, instance, start, end, durations, horizon)
+    model.minimize(sum(end(network.last) - network.release // step
+                       for network in instance.networks))
+    return model, start, step
 
-    responses = [end(network.last) - network.release // step for network in instance.networks]
-    model.minimize(sum(responses))
 
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = float(time_limit_s)
-    solver.parameters.num_workers = max(1, int(workers_threads))
-    for name, value in {**DEFAULT_PARAMS, **(params or {})}.items():
-        setattr(solver.parameters, name, value)
-    began = time.perf_counter()
-    status = solver.solve(model)
-    elapsed = time.perf_counter() - began
-    if status == cp_model.INFEASIBLE:
-        raise InstanceError(f"no schedule of the {len(tasks)} tasks fits the "
-                         f"{instance.capacity_bytes}-byte budget")
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        raise SolveError(f"CP-SAT found no schedule in {time_limit_s} s "
-                         f"(status {solver.status_name(status)}); raise time_limit_s")
-
+def _schedule(instance: Instance, solver, start: dict[Key, Any], step: int, elapsed_s: float,
+              status: str) -> Schedule:
+    """The solver's answer as a Schedule (times in the instance's units)."""
     starts = {key: solver.value(var) * step for key, var in start.items()}
-    ends = {task.key: starts[task.key] + task.duration for task in tasks}
+    ends = {task.key: starts[task.key] + task.duration for task in instance.tasks}
     count = len(instance.networks)
     unit = instance.unit_ms
     total = round(solver.objective_value) * step
     bound = min(total, math.ceil(solver.best_objective_bound - 1e-6) * step)
     return Schedule(
         starts=starts, ends=ends, workers=assign_workers(starts, ends, instance.workers),
-        status="optimal" if status == cp_model.OPTIMAL else "feasible",
-        total_response_units=total, objective_ms=total * unit / count,
+        status=status, total_response_units=total, objective_ms=total * unit / count,
         lower_bound_ms=bound * unit / count,
         responses_ms=[(ends[network.last] - network.release) * unit
                       for network in instance.networks],
-        solve_time_s=elapsed, unit_ms=unit,
+        solve_time_s=elapsed_s, unit_ms=unit,
         stats={"branches": solver.num_branches, "conflicts": solver.num_conflicts,
                "wall_time_s": solver.wall_time, "step_units": step})
 
