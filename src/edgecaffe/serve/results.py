@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecaffe.cli.run_cmd import top_classes
+from edgecaffe.model.classes import top_classes
 
 if TYPE_CHECKING:
     from edgecaffe.engine import NetworkResult, RequestResult
