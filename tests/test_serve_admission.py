@@ -164,16 +164,32 @@ def test_a_shutdown_within_the_grace_period_lets_calls_finish(repository):
     asyncio.run(scenario())
 
 
-def test_strict_budget_refuses_what_can_never_fit_with_503(repository):
+def test_what_can_never_fit_is_refused_at_once_with_503_by_default(repository):
     async def scenario():
-        async with serving(repository, budget="4K", strict_budget=True) as (service, client):
+        async with serving(repository, budget="4K") as (service, client):
             models = (await client.get("/v1/models")).json()["models"]
             assert {m["name"]: m["memory"]["fits_budget"] for m in models} == \
                 {"TinyAlex": False, "TinyResidual": False}
             answer = await post(client)
             assert answer.status_code == 503
-            assert "can never fit the budget" in answer.json()["error"]
-            assert not service.engine.trace.requests
+            reason = answer.json()["error"]
+            assert "can never fit the budget" in reason and "\n" not in reason
+            assert not service.engine.trace.requests  # refused before the engine saw it
+            assert service.engine.budget.used_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_allow_overcommit_runs_what_can_never_fit_over_budget(repository):
+    async def scenario():
+        async with serving(repository, budget="4K", allow_overcommit=True) as (service, client):
+            answer = await post(client)
+            assert answer.status_code == 200, answer.text
+            network = answer.json()["results"][0]["networks"]["TinyAlex"]
+            assert network["status"] == "completed" and network["forced"] > 0
+            forced = [line for line in (await client.get("/metrics")).text.splitlines()
+                      if line.startswith("edgecaffe_forced_tasks_total ")]
+            assert float(forced[0].split()[1]) == network["forced"]
 
     asyncio.run(scenario())
 

@@ -49,9 +49,9 @@ def add_parser(commands) -> None:
                         help="largest image, width x height (default 40000000)")
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes per classifier output (default 5)")
-    parser.add_argument("--strict-budget", action="store_true",
-                        help="refuse (503) requests with a task larger than the whole budget "
-                        "instead of running them over budget (the progress rule)")
+    parser.add_argument("--allow-overcommit", action="store_true",
+                        help="run requests with a task larger than the whole budget over it "
+                        "(the progress rule) instead of refusing them at once with 503")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a shutdown lets calls in flight finish before "
                         "cancelling them (default 10)")
@@ -69,7 +69,7 @@ def _config(args: argparse.Namespace):
         granularity=args.granularity, workers=args.workers, blas_threads=args.blas_threads,
         backend=args.backend, queue=args.queue, max_upload=args.max_upload,
         max_pixels=args.max_pixels, timeout_ms=args.timeout_ms, top_k=args.top_k,
-        strict_budget=args.strict_budget, grace_s=args.grace)
+        allow_overcommit=args.allow_overcommit, grace_s=args.grace)
 
 
 def _say(line: str) -> None:

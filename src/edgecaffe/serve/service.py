@@ -38,8 +38,8 @@ log = logging.getLogger("edgecaffe.serve")
 class ServeConfig:
     """Everything `edgecaffe serve` takes. Engine settings as `Engine`'s; `queue`: requests
     in flight at most (more: 429); `timeout_ms`: the default deadline of a call (None: none);
-    `strict_budget`: refuse requests with a task larger than the whole budget (503) instead of
-    running them over budget by the progress rule; `grace_s`: how long a shutdown lets calls
+    `allow_overcommit`: run requests with a task larger than the whole budget over budget (the
+    progress rule) instead of refusing them at once (503, the default); `grace_s`: how long a shutdown lets calls
     in flight finish before cancelling them."""
 
     repository: str | Path
@@ -56,7 +56,7 @@ class ServeConfig:
     max_inputs: int = 64
     timeout_ms: float | None = None
     top_k: int = 5
-    strict_budget: bool = False
+    allow_overcommit: bool = False
     grace_s: float = 10.0
 
     def limits(self) -> Limits:
@@ -138,7 +138,7 @@ class Service:
             self.engine = Engine(packages, mode=config.mode, policy=config.policy,
                                  budget=config.budget, granularity=config.granularity,
                                  workers=config.workers, blas_threads=config.blas_threads,
-                                 allow_overcommit=not config.strict_budget,
+                                 allow_overcommit=config.allow_overcommit,
                                  backend=config.backend, **self.engine_options)
             self.formats = {name: OutputFormat(p) for name, p in packages.items()}
             for name in packages:
@@ -229,8 +229,8 @@ class Service:
                          {"Retry-After": "1"} if self.state == "building" else None)
 
     def submit(self, x: Any, networks: Sequence[str]) -> Future:
-        """One engine request; `CallError(503)` if it can never fit (strict budget) or the
-        engine is closing."""
+        """One engine request; `CallError(503)` if it can never fit the budget (unless
+        `allow_overcommit`) or the engine is closing."""
         from edgecaffe.engine import EngineClosedError
         from edgecaffe.sched import BudgetError
 
