@@ -182,7 +182,7 @@ def test_what_can_never_fit_is_refused_at_once_with_503_by_default(repository):
 
 def test_allow_overcommit_runs_what_can_never_fit_over_budget(repository):
     async def scenario():
-        async with serving(repository, budget="4K", allow_overcommit=True) as (service, client):
+        async with serving(repository, budget="4K", allow_overcommit=True) as (_service, client):
             answer = await post(client)
             assert answer.status_code == 200, answer.text
             network = answer.json()["results"][0]["networks"]["TinyAlex"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecaffe.serve.pipelines import stage_json
 from edgecaffe.serve.repository import Entry
 from edgecaffe.serve.service import Service
 
@@ -27,6 +28,8 @@ def model_json(service: Service, entry: Entry) -> dict[str, Any]:
         out["error"] = entry.error
     if entry.build_s is not None:
         out["build_s"] = round(entry.build_s, 3)
+    if entry.pipeline is not None:
+        return {**out, **_pipeline_json(service, entry)}
     package = entry.package
     if package is None:
         return out
@@ -53,6 +56,27 @@ def model_json(service: Service, entry: Entry) -> dict[str, Any]:
             "fits_budget": entry.extra.get("fits_budget"),
         }
         out["mean_exec_ms"] = None if info.mean_exec_ms == float("inf") else info.mean_exec_ms
+    return out
+
+
+def _pipeline_json(service: Service, entry: Entry) -> dict[str, Any]:
+    """A built pipeline: its name, description, stages (network, input, condition, the
+    engine's networks per batch size with their input shapes, labels) and whether every
+    stage fits the budget."""
+    served = entry.pipeline
+    assert served is not None
+    out: dict[str, Any] = {"pipeline": served.pipeline.name,
+                           "description": served.pipeline.description,
+                           "stages": stage_json(entry.name, served)}
+    engine = service.engine
+    if engine is not None:
+        names = [name for stage in out["stages"] for name in stage["engine_networks"]]
+        out["memory"] = {
+            "weight_bytes": sum(int(engine.infos[name].weight_bytes) for name in names),
+            "fits_budget": entry.extra.get("fits_budget"),
+        }
+        if "budget_error" in entry.extra:
+            out["memory"]["budget_error"] = entry.extra["budget_error"]
     return out
 
 
@@ -87,6 +111,7 @@ def status_json(service: Service) -> dict[str, Any]:
     since = now - WINDOW_S
     tasks = engine.trace.tasks[-MAX_TASKS:]  # a slice: a copy taken at once
     out.update(
+        models=list(engine.packages),  # pipelines' stages too (PIPELINE/STAGE)
         now_s=round(now, 4),
         mode=engine.mode.name,
         policy=engine.policy.name,
