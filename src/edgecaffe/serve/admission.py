@@ -85,4 +85,6 @@ async def settle(futures: Sequence[Future], timeout_s: float | None,
             for future in futures:
                 future.cancel()
             gathered.cancel()
+            # Its outcome (the cancel) is known: asyncio need not log it as never retrieved.
+            gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
     return outcome
