@@ -16,9 +16,10 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "serve", help="serve a folder of models over HTTP (inference, health, metrics, a live "
         "page)",
-        description="Serve every model of REPOSITORY (model package folders, original EdgeCaffe "
-        "folders, PROTOTXT + CAFFEMODEL pairs, .onnx files; each built once at start) over "
-        "HTTP with one engine under a memory budget: POST /v1/infer, GET /v1/models, "
+        description="Serve every model and pipeline of REPOSITORY (model package folders, "
+        "original EdgeCaffe folders, PROTOTXT + CAFFEMODEL pairs, .onnx files, pipeline .yaml "
+        "files; each built once at start) over HTTP with one engine under a memory budget: "
+        "POST /v1/infer (?networks=A,B or ?pipeline=NAME), GET /v1/models, "
         "/health/live, /health/ready, /metrics (Prometheus) and a live page at /. SIGTERM or "
         "Ctrl-C stops it gracefully. Needs `pip install 'edgecaffe[serve]'`. See "
         "docs/serving.md.",
@@ -84,7 +85,11 @@ def _check(service) -> int:
     ready = service.wait_ready()
     for entry in service.repository.entries.values():
         model = model_json(service, entry)
-        if model["state"] == "ready":
+        if model["state"] == "ready" and model["kind"] == "pipeline":
+            stages = ", ".join(f"{s['name']} ({s['network']})" for s in model["stages"])
+            print(f"{model['name']:<20} {model['kind']:<8} stages {stages}  weights "
+                  f"{model['memory']['weight_bytes'] / 2**20:.1f} MiB")
+        elif model["state"] == "ready":
             memory = model.get("memory", {})
             print(f"{model['name']:<20} {model['kind']:<8} input "
                   f"{'x'.join(map(str, model['input_shape']))}  "

@@ -160,7 +160,7 @@ class Service:
                 self.engine.close(cancel=True)
                 return
             if self.progress:
-                self.progress(f"ready: {len(packages)} model(s)"
+                self.progress(f"ready: {len(packages)} model(s), {len(pipelines)} pipeline(s)"
                               + (f", {failed} failed" if failed else ""))
         except Exception as error:
             self.state, self.error = "failed", f"{type(error).__name__}: {error}"

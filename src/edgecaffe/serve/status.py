@@ -70,7 +70,8 @@ def _pipeline_json(service: Service, entry: Entry) -> dict[str, Any]:
                            "stages": stage_json(entry.name, served)}
     engine = service.engine
     if engine is not None:
-        names = [name for stage in out["stages"] for name in stage["engine_networks"]]
+        # Each stage's weights once (its packages at other batch sizes hold the same ones).
+        names = [next(iter(stage["engine_networks"])) for stage in out["stages"]]
         out["memory"] = {
             "weight_bytes": sum(int(engine.infos[name].weight_bytes) for name in names),
             "fits_budget": entry.extra.get("fits_budget"),
