@@ -226,7 +226,8 @@ def test_health_and_live_page_figures(client):
     assert status["state"] == "ready" and status["workers"] == 2
     assert status["budget_bytes"] == 64 * 2**20 and status["ledger_bytes"] == 0
     assert status["tasks"], "recent tasks for the Gantt chart"
-    for worker, network, kind, start, end, _forced in status["tasks"]:
+    for worker, network, kind, start, end, _forced, running in status["tasks"]:
+        assert running is False  # the call was answered: nothing runs now
         assert worker in (0, 1) and network in status["models"]
         assert kind in ("init", "load", "exec") and start <= end <= status["now_s"]
     assert status["ledger"][-1][1] == 0 and status["samples"]

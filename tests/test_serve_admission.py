@@ -59,6 +59,12 @@ def test_a_full_queue_refuses_at_once_with_429_and_the_queued_calls_finish(repos
         async with serving(repository, gate, queue=2) as (service, client):
             first = [asyncio.create_task(post(client)) for _ in range(2)]
             await until(lambda: service.admission.in_flight == 2)
+            await until(gate.entered.is_set)
+            # The live page's Gantt shows the task held now, running, on its worker.
+            tasks = (await client.get("/v1/status")).json()["tasks"]
+            running = [t for t in tasks if t[6]]
+            assert running and all(t[4] >= t[3] and t[1] == "TinyAlex" for t in running)
+            assert {t[0] for t in running} <= {0, 1}
             refused = await post(client)
             assert refused.status_code == 429
             assert refused.headers["Retry-After"] == "1"
@@ -68,6 +74,9 @@ def test_a_full_queue_refuses_at_once_with_429_and_the_queued_calls_finish(repos
             assert [a.status_code for a in answers] == [200, 200]
             wait_idle(service.engine)
             assert service.admission.in_flight == 0
+            tasks = (await client.get("/v1/status")).json()["tasks"]
+            assert tasks and not [t for t in tasks if t[6]]  # they ended: none runs now
+            assert {tuple(t[:4]) for t in tasks if t[1] == "TinyAlex" and t[2] == "exec"}
             too_many = await client.post(  # more inputs than the queue could ever hold
                 "/v1/infer?networks=TinyAlex",
                 files=[(f"i{i}", (f"{i}.png", png(image(i)), "image/png")) for i in range(3)])
