@@ -174,6 +174,10 @@ def test_the_served_tree_is_the_runners_exactly(repository, photos):
             assert "probabilities" not in face["children"]["age"]
             assert face["children"]["age"]["top"] == \
                 expected[0]["outputs"]["face"][0]["children"]["age"]["top"]
+            scrape = (await client.get("/metrics")).text
+            # Four images so far (three, then one): each a pipeline run and one face request.
+            assert 'edgecaffe_pipeline_response_seconds_count{pipeline="faces"} 4.0' in scrape
+            assert 'edgecaffe_network_response_seconds_count{network="faces/face"} 4.0' in scrape
             # A network and a pipeline of the same engine, one after the other.
             network = await client.post("/v1/infer?networks=TinyAlex",
                                         content=png(photos["grey"]),
@@ -245,26 +249,58 @@ def _child_requests(service) -> dict[int, tuple[str, str]]:
     return {i: (r.networks[0], r.status) for i, r in service.engine.trace.requests.items()}
 
 
-@pytest.mark.parametrize("how", ["deadline", "shutdown"])
-def test_a_pipelines_later_stages_do_not_escape_a_deadline_or_a_shutdown(repository, photos,
-                                                                          how):
+async def _disconnecting(service, image: np.ndarray, gate: ChildGate) -> int:
+    """A pipeline call whose client goes away once the stages under the detector run: the
+    HTTP status the app answered (499: nobody reads it)."""
+    app = create_app(service, start=False)
+    gone = asyncio.Event()
+    messages = [{"type": "http.request", "body": png(image), "more_body": False}]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/infer",
+             "raw_path": b"/v1/infer", "query_string": b"pipeline=faces", "root_path": "",
+             "headers": [(b"content-type", b"image/png")], "client": ("127.0.0.1", 5000),
+             "server": ("serve", 80)}
+    call = asyncio.create_task(app(scope, receive, send))
+    await asyncio.to_thread(gate.entered.wait, 60)
+    gone.set()
+    await asyncio.wait_for(call, 60)
+    return sent[0]["status"]
+
+
+@pytest.mark.parametrize("how", ["deadline", "shutdown", "disconnect"])
+def test_a_pipelines_later_stages_do_not_escape_a_deadline_shutdown_or_disconnect(
+        repository, photos, how):
     async def scenario():
         gate = ChildGate()
         options = {"grace_s": 0.2} if how == "shutdown" else {}
         async with serving(repository, engine_options={"task_runner": gate},
                            **options) as (service, client):
-            params = {"pipeline": "faces"}
-            if how == "deadline":
-                params["timeout_ms"] = "6000"  # the face stage ends well before
-            call = asyncio.create_task(client.post(
-                "/v1/infer", params=params, content=png(photos["pair"]),
-                headers={"Content-Type": "image/png"}))
-            await asyncio.to_thread(gate.entered.wait, 60)  # the face stage ended: age runs
-            if how == "shutdown":
-                service.drain()
-            answer = await call
-            assert answer.status_code == (504 if how == "deadline" else 503), answer.text
-            assert answer.json()["results"][0]["status"] == "cancelled"
+            if how == "disconnect":
+                assert await _disconnecting(service, photos["pair"], gate) == 499
+            else:
+                params = {"pipeline": "faces"}
+                if how == "deadline":
+                    params["timeout_ms"] = "6000"  # the face stage ends well before
+                call = asyncio.create_task(client.post(
+                    "/v1/infer", params=params, content=png(photos["pair"]),
+                    headers={"Content-Type": "image/png"}))
+                await asyncio.to_thread(gate.entered.wait, 60)  # face ended: age runs
+                if how == "shutdown":
+                    service.drain()
+                answer = await call
+                assert answer.status_code == (504 if how == "deadline" else 503), answer.text
+                assert answer.json()["results"][0]["status"] == "cancelled"
             gate.open.set()
             await asyncio.to_thread(wait_idle, service.engine)
             requests = _child_requests(service)
