@@ -302,15 +302,14 @@ def test_a_pipelines_later_stages_do_not_escape_a_deadline_shutdown_or_disconnec
                 assert answer.status_code == (504 if how == "deadline" else 503), answer.text
                 assert answer.json()["results"][0]["status"] == "cancelled"
             gate.open.set()
-            await asyncio.to_thread(wait_idle, service.engine)
-            requests = _child_requests(service)
-            assert sorted(n for n, _ in requests.values()) == \
-                ["faces/age@2", "faces/face", "faces/gender@2"]
-            assert {n: s for n, s in requests.values()} == {
-                "faces/face": "completed", "faces/age@2": "cancelled",
-                "faces/gender@2": "cancelled"}
-            assert service.engine.budget.used_bytes == 0
             assert service.admission.in_flight == 0
+        # Stopped: the workers (and the detector's done-callback, which submits the stages
+        # under it, the slower one last) have ended. The stage the gate held was cancelled;
+        # the other was too, or never submitted (the image was cancelled before its turn).
+        requests = sorted(_child_requests(service).values())
+        assert requests[:2] == [("faces/age@2", "cancelled"), ("faces/face", "completed")]
+        assert requests[2:] in ([], [("faces/gender@2", "cancelled")]), requests
+        assert service.engine.budget.used_bytes == 0
 
     asyncio.run(scenario())
 

@@ -166,6 +166,8 @@ class PipelineRunner:
         """Submit `crops` (images, one per region) to `stage` in chunks of at most its batch."""
         sizes = batch_sizes(stage)
         for start in range(0, len(crops), sizes[-1]):
+            if job.future.cancelled():  # nothing more for an image cancelled meanwhile
+                return
             chunk = crops[start:start + sizes[-1]]
             batch = next(size for size in sizes if size >= len(chunk))
             key = package_key(stage, batch)
