@@ -54,9 +54,12 @@ def test_models_lists_every_kind_with_shapes_labels_and_memory(client):
     models = {m["name"]: m for m in answer["models"]}
     assert {name: m["kind"] for name, m in models.items()} == {
         "TinyAlex": "package", "Res": "caffe", "Feat": "caffe", "Incept": "onnx",
-        "Orig": "original"}
+        "Orig": "original", "faces": "pipeline"}
     assert models["Orig"]["labels"] == ["cat", "dog", "owl", "fox", "elk"]
-    assert all(m["state"] == "ready" for m in models.values())
+    assert all(m["state"] == "ready" for name, m in models.items() if name != "faces")
+    # Not a pipeline (no stages): listed as failed, one line naming the file and the key.
+    assert models["faces"]["state"] == "failed"
+    assert "faces.yaml: pipeline: unknown key `networks`" in models["faces"]["error"]
     assert models["TinyAlex"]["input_shape"] == [1, 3, 35, 35]
     assert models["Res"]["input_shape"] == [1, 3, 20, 20]
     assert models["Feat"]["outputs"] == ["conv"]
@@ -66,7 +69,9 @@ def test_models_lists_every_kind_with_shapes_labels_and_memory(client):
     assert memory["fits_budget"] is True
     assert 0 < memory["largest_layer_bytes"] <= memory["weight_bytes"]
     notes = " ".join(answer["notes"])
-    assert "faces.yaml: pipeline files are not served yet" in notes
+    assert [n for n in answer["notes"] if n.startswith("faces.yaml: not served: ")] == \
+        [f"faces.yaml: not served: {models['faces']['error']}"]
+    assert all("\n" not in note for note in answer["notes"])
     assert "Lonely.prototxt: no Lonely.caffemodel" in notes
     assert "notes.txt" in notes
     assert client.get("/v1/models/Res").json()["kind"] == "caffe"
@@ -208,6 +213,7 @@ def test_metrics_count_calls_requests_and_read_the_ledger(client):
     assert after[("edgecaffe_budget_bytes", ())] == 64 * 2**20
     assert after[("edgecaffe_rss_bytes", ())] > 10 * 2**20
     assert after[("edgecaffe_models", (("state", "ready"),))] == 5
+    assert after[("edgecaffe_models", (("state", "failed"),))] == 1  # faces.yaml
     assert ("edgecaffe_forced_tasks_total", ()) in after
 
 
@@ -220,7 +226,8 @@ def test_health_and_live_page_figures(client):
     assert status["state"] == "ready" and status["workers"] == 2
     assert status["budget_bytes"] == 64 * 2**20 and status["ledger_bytes"] == 0
     assert status["tasks"], "recent tasks for the Gantt chart"
-    for worker, network, kind, start, end, _forced in status["tasks"]:
+    for worker, network, kind, start, end, _forced, running in status["tasks"]:
+        assert running is False  # the call was answered: nothing runs now
         assert worker in (0, 1) and network in status["models"]
         assert kind in ("init", "load", "exec") and start <= end <= status["now_s"]
     assert status["ledger"][-1][1] == 0 and status["samples"]
@@ -236,13 +243,13 @@ def test_unknown_route_and_method_answer_json(client):
     assert client.get("/v1/infer").status_code == 405
 
 
-def test_pipeline_kind_slot_and_empty_repository(tmp_path):
+def test_kinds_and_a_repository_without_models(tmp_path):
     from edgecaffe.errors import ConfigError
     from edgecaffe.serve.repository import KINDS, scan
 
-    assert [kind.name for kind in KINDS] == ["package", "original", "caffe", "onnx"]
-    (tmp_path / "only.yaml").write_text("networks: []\n")
-    with pytest.raises(ConfigError, match="no models found.*only.yaml: pipeline files"):
+    assert [kind.name for kind in KINDS] == ["package", "original", "caffe", "onnx", "pipeline"]
+    (tmp_path / "notes.txt").write_text("nothing\n")
+    with pytest.raises(ConfigError, match="no models found.*notes.txt: not a model"):
         scan(tmp_path)
     with pytest.raises(ConfigError, match="must be a folder"):
         scan(tmp_path / "missing")

@@ -59,6 +59,12 @@ def test_a_full_queue_refuses_at_once_with_429_and_the_queued_calls_finish(repos
         async with serving(repository, gate, queue=2) as (service, client):
             first = [asyncio.create_task(post(client)) for _ in range(2)]
             await until(lambda: service.admission.in_flight == 2)
+            await until(gate.entered.is_set)
+            # The live page's Gantt shows the task held now, running, on its worker.
+            tasks = (await client.get("/v1/status")).json()["tasks"]
+            running = [t for t in tasks if t[6]]
+            assert running and all(t[4] >= t[3] and t[1] == "TinyAlex" for t in running)
+            assert {t[0] for t in running} <= {0, 1}
             refused = await post(client)
             assert refused.status_code == 429
             assert refused.headers["Retry-After"] == "1"
@@ -68,6 +74,9 @@ def test_a_full_queue_refuses_at_once_with_429_and_the_queued_calls_finish(repos
             assert [a.status_code for a in answers] == [200, 200]
             wait_idle(service.engine)
             assert service.admission.in_flight == 0
+            tasks = (await client.get("/v1/status")).json()["tasks"]
+            assert tasks and not [t for t in tasks if t[6]]  # they ended: none runs now
+            assert {tuple(t[:4]) for t in tasks if t[1] == "TinyAlex" and t[2] == "exec"}
             too_many = await client.post(  # more inputs than the queue could ever hold
                 "/v1/infer?networks=TinyAlex",
                 files=[(f"i{i}", (f"{i}.png", png(image(i)), "image/png")) for i in range(3)])
@@ -164,16 +173,32 @@ def test_a_shutdown_within_the_grace_period_lets_calls_finish(repository):
     asyncio.run(scenario())
 
 
-def test_strict_budget_refuses_what_can_never_fit_with_503(repository):
+def test_what_can_never_fit_is_refused_at_once_with_503_by_default(repository):
     async def scenario():
-        async with serving(repository, budget="4K", strict_budget=True) as (service, client):
+        async with serving(repository, budget="4K") as (service, client):
             models = (await client.get("/v1/models")).json()["models"]
             assert {m["name"]: m["memory"]["fits_budget"] for m in models} == \
                 {"TinyAlex": False, "TinyResidual": False}
             answer = await post(client)
             assert answer.status_code == 503
-            assert "can never fit the budget" in answer.json()["error"]
-            assert not service.engine.trace.requests
+            reason = answer.json()["error"]
+            assert "can never fit the budget" in reason and "\n" not in reason
+            assert not service.engine.trace.requests  # refused before the engine saw it
+            assert service.engine.budget.used_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_allow_overcommit_runs_what_can_never_fit_over_budget(repository):
+    async def scenario():
+        async with serving(repository, budget="4K", allow_overcommit=True) as (_service, client):
+            answer = await post(client)
+            assert answer.status_code == 200, answer.text
+            network = answer.json()["results"][0]["networks"]["TinyAlex"]
+            assert network["status"] == "completed" and network["forced"] > 0
+            forced = [line for line in (await client.get("/metrics")).text.splitlines()
+                      if line.startswith("edgecaffe_forced_tasks_total ")]
+            assert float(forced[0].split()[1]) == network["forced"]
 
     asyncio.run(scenario())
 

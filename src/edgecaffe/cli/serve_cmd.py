@@ -16,9 +16,10 @@ def add_parser(commands) -> None:
     parser = commands.add_parser(
         "serve", help="serve a folder of models over HTTP (inference, health, metrics, a live "
         "page)",
-        description="Serve every model of REPOSITORY (model package folders, original EdgeCaffe "
-        "folders, PROTOTXT + CAFFEMODEL pairs, .onnx files; each built once at start) over "
-        "HTTP with one engine under a memory budget: POST /v1/infer, GET /v1/models, "
+        description="Serve every model and pipeline of REPOSITORY (model package folders, "
+        "original EdgeCaffe folders, PROTOTXT + CAFFEMODEL pairs, .onnx files, pipeline .yaml "
+        "files; each built once at start) over HTTP with one engine under a memory budget: "
+        "POST /v1/infer (?networks=A,B or ?pipeline=NAME), GET /v1/models, "
         "/health/live, /health/ready, /metrics (Prometheus) and a live page at /. SIGTERM or "
         "Ctrl-C stops it gracefully. Needs `pip install 'edgecaffe[serve]'`. See "
         "docs/serving.md.",
@@ -49,9 +50,9 @@ def add_parser(commands) -> None:
                         help="largest image, width x height (default 40000000)")
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes per classifier output (default 5)")
-    parser.add_argument("--strict-budget", action="store_true",
-                        help="refuse (503) requests with a task larger than the whole budget "
-                        "instead of running them over budget (the progress rule)")
+    parser.add_argument("--allow-overcommit", action="store_true",
+                        help="run requests with a task larger than the whole budget over it "
+                        "(the progress rule) instead of refusing them at once with 503")
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a shutdown lets calls in flight finish before "
                         "cancelling them (default 10)")
@@ -69,7 +70,7 @@ def _config(args: argparse.Namespace):
         granularity=args.granularity, workers=args.workers, blas_threads=args.blas_threads,
         backend=args.backend, queue=args.queue, max_upload=args.max_upload,
         max_pixels=args.max_pixels, timeout_ms=args.timeout_ms, top_k=args.top_k,
-        strict_budget=args.strict_budget, grace_s=args.grace)
+        allow_overcommit=args.allow_overcommit, grace_s=args.grace)
 
 
 def _say(line: str) -> None:
@@ -84,7 +85,11 @@ def _check(service) -> int:
     ready = service.wait_ready()
     for entry in service.repository.entries.values():
         model = model_json(service, entry)
-        if model["state"] == "ready":
+        if model["state"] == "ready" and model["kind"] == "pipeline":
+            stages = ", ".join(f"{s['name']} ({s['network']})" for s in model["stages"])
+            print(f"{model['name']:<20} {model['kind']:<8} stages {stages}  weights "
+                  f"{model['memory']['weight_bytes'] / 2**20:.1f} MiB")
+        elif model["state"] == "ready":
             memory = model.get("memory", {})
             print(f"{model['name']:<20} {model['kind']:<8} input "
                   f"{'x'.join(map(str, model['input_shape']))}  "

@@ -510,6 +510,18 @@ class Engine:
         with self._condition:
             self.trace.trim(keep_tasks, keep_ledger, keep_requests, self.book.open)
 
+    def open_tasks(self) -> list[tuple[int, int, str, str, float, float | None, bool]]:
+        """(task id, worker, network, kind, start_s, end_s or None while it runs, forced) of
+        every task that has started in the requests still open, on the engine's clock. The
+        trace records a network's tasks when the network ends; with these, a live view shows
+        the workers' tasks as they run (the HTTP service's page)."""
+        with self._condition:
+            return [(task.id, task.worker, instance.name, task.kind.name.lower(), task.start,
+                     task.end, task.forced)
+                    for request in self.book.open.values() for instance in request.instances
+                    for task in instance.tasks
+                    if task.start is not None and task.worker is not None]
+
     def __enter__(self) -> Engine:
         return self
 

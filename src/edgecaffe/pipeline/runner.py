@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, wait
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from edgecaffe.engine import Engine
+from edgecaffe.errors import ConfigError
+from edgecaffe.model.package import ModelPackage
 from edgecaffe.model.preprocess import load_image
 from edgecaffe.pipeline.networks import batch_sizes, package_key, pipeline_packages
 from edgecaffe.pipeline.reading import (
@@ -52,25 +55,40 @@ class _Job:
         height, width = image.shape[:2]
         self.result = PipelineResult(pipeline.name, (width, height))
         self.future: Future = Future()
+        #: The engine futures of its stages' requests: cancelled with the job's future.
+        self.requests: set[Future] = set()
         self.open = 0
         self.lock = threading.Lock()
         self.started = time.perf_counter()
 
 
 class PipelineRunner:
-    """Runs a pipeline's images on one engine (built here from the stages' packages, with
-    `engine_options` such as mode, budget, granularity, workers, backend).
+    """Runs a pipeline's images on one engine: built here from the stages' packages, with
+    `engine_options` such as mode, budget, granularity, workers, backend; or an `engine`
+    given, shared with other work (the HTTP service's), whose networks include the stages'
+    `packages` (`pipeline_packages`' keys) under the names `prefix + key`. A given engine is
+    the caller's to close.
 
         with PipelineRunner(pipeline, budget="512M") as runner:
             result = runner.run("photo.jpg")          # a PipelineResult
             futures = [runner.submit(p) for p in photos]   # several images in flight
 
-    Raises PipelineError when a stage's network cannot be found or reshaped."""
+    Cancelling an image's future cancels its stages' requests in flight, and no later stage
+    is submitted for it. Raises PipelineError when a stage's network cannot be found or
+    reshaped; ConfigError for engine options given with an engine."""
 
-    def __init__(self, pipeline: Pipeline, **engine_options: Any) -> None:
+    def __init__(self, pipeline: Pipeline, engine: Engine | None = None,
+                 packages: Mapping[str, ModelPackage] | None = None, prefix: str = "",
+                 **engine_options: Any) -> None:
+        if engine is not None and engine_options:
+            raise ConfigError(f"PipelineRunner: {', '.join(engine_options)} given with an "
+                              "engine: set them on the engine")
         self.pipeline = pipeline
-        self.packages = pipeline_packages(pipeline)
-        self.engine = Engine(self.packages, **engine_options)
+        self.packages = dict(packages) if packages is not None else pipeline_packages(pipeline)
+        self.prefix = prefix
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else Engine(
+            {prefix + key: package for key, package in self.packages.items()}, **engine_options)
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
         #: Futures of the images in flight: `close` lets them finish (their gated stages are
@@ -90,6 +108,7 @@ class PipelineRunner:
         with self._pending_lock:
             self._pending.add(job.future)
         job.future.add_done_callback(self._forget)
+        job.future.add_done_callback(partial(self._cancel_requests, job))
         height, width = array.shape[:2]
         with job.lock:
             job.open += 1  # held until every root is submitted, so the job cannot end early
@@ -109,17 +128,30 @@ class PipelineRunner:
         return self.submit(image).result()
 
     def close(self, cancel: bool = False) -> None:
-        """Let every image in flight finish (all its stages), then close the engine;
-        `cancel=True` closes at once, cancelling what has not finished."""
-        if not cancel:
-            with self._pending_lock:
-                pending = list(self._pending)
+        """Let every image in flight finish (all its stages), then close the engine if it is
+        the runner's own; `cancel=True` cancels what has not finished instead."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        if cancel:
+            for future in pending:
+                future.cancel()
+        else:
             wait(pending)
-        self.engine.close(cancel=cancel)
+        if self._owns_engine:
+            self.engine.close(cancel=cancel)
 
     def _forget(self, future: Future) -> None:
         with self._pending_lock:
             self._pending.discard(future)
+
+    @staticmethod
+    def _cancel_requests(job: _Job, future: Future) -> None:
+        """The image's future was cancelled: so are its stages' requests in flight."""
+        if future.cancelled():
+            with job.lock:
+                requests = list(job.requests)
+            for request in requests:
+                request.cancel()
 
     def __enter__(self) -> PipelineRunner:
         return self
@@ -134,6 +166,8 @@ class PipelineRunner:
         """Submit `crops` (images, one per region) to `stage` in chunks of at most its batch."""
         sizes = batch_sizes(stage)
         for start in range(0, len(crops), sizes[-1]):
+            if job.future.cancelled():  # nothing more for an image cancelled meanwhile
+                return
             chunk = crops[start:start + sizes[-1]]
             batch = next(size for size in sizes if size >= len(chunk))
             key = package_key(stage, batch)
@@ -141,7 +175,11 @@ class PipelineRunner:
             with job.lock:
                 job.open += 1
                 job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
-            future = submit_stage(self.engine, key, x)
+            future = submit_stage(self.engine, self.prefix + key, x)
+            with job.lock:
+                job.requests.add(future)
+            if job.future.cancelled():  # cancelled meanwhile: `_cancel_requests` missed it
+                future.cancel()
             end = start + len(chunk)
             owners = None if parents is None else parents[start:end]
             future.add_done_callback(partial(self._finished, job, stage, key,
@@ -156,7 +194,7 @@ class PipelineRunner:
             result = future.result()
             with job.lock:
                 job.result.request_ids.append(result.request_id)
-            outputs = result[key]
+            outputs = result[self.prefix + key]
             labels = self._labels[stage.name]
             if stage.output == "detector":
                 values: list[Any] = read_detections(stage, outputs, regions,

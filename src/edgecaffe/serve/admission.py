@@ -10,6 +10,8 @@ driven: the engine's futures, the client's `http.disconnect` message and one tim
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -56,6 +58,34 @@ async def _disconnected(receive: Receive) -> None:
         return
 
 
+def _all_done(futures: Sequence[Future], loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    """An asyncio future of the loop, set once every one of `futures` is done (however: a
+    result, an error, cancelled). One thread-safe wake-up of the loop for the whole call,
+    from the thread that ends the last of them (an engine worker), instead of one per future
+    and a gather."""
+    waiter = loop.create_future()
+    left = [len(futures)]
+    lock = threading.Lock()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def one_done(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(wake)
+
+    if not futures:
+        waiter.set_result(None)
+    for future in futures:
+        future.add_done_callback(one_done)  # runs at once, here, if already done
+    return waiter
+
+
 async def settle(futures: Sequence[Future], timeout_s: float | None,
                  receive: Receive | None) -> str:
     """Wait for every engine future of a call: "done", or "timeout" / "disconnected" after
@@ -63,9 +93,8 @@ async def settle(futures: Sequence[Future], timeout_s: float | None,
     If the waiting task itself is cancelled (a shutdown past its grace period), the futures
     are cancelled too."""
     loop = asyncio.get_running_loop()
-    gathered = asyncio.gather(*(asyncio.wrap_future(f, loop=loop) for f in futures),
-                              return_exceptions=True)
-    waiters: set[asyncio.Future] = {gathered}
+    waiter = _all_done(futures, loop)
+    waiters: set[asyncio.Future] = {waiter}
     watch = None
     if receive is not None:
         watch = asyncio.ensure_future(_disconnected(receive))
@@ -74,7 +103,7 @@ async def settle(futures: Sequence[Future], timeout_s: float | None,
     try:
         done, _ = await asyncio.wait(waiters, timeout=timeout_s,
                                      return_when=asyncio.FIRST_COMPLETED)
-        if gathered in done:
+        if waiter in done:
             outcome = "done"
         elif watch is not None and watch in done:
             outcome = "disconnected"
@@ -84,5 +113,5 @@ async def settle(futures: Sequence[Future], timeout_s: float | None,
         if outcome != "done":
             for future in futures:
                 future.cancel()
-            gathered.cancel()
+            waiter.cancel()
     return outcome

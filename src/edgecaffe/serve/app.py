@@ -58,7 +58,8 @@ async def live(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     service = _service(request)
     if service.state == "ready":
-        return JSONResponse({"status": "ready", "models": len(service.repository.packages)})
+        return JSONResponse({"status": "ready", "models": len(service.repository.packages),
+                             "pipelines": len(service.runners)})
     reason = {"building": "models are still being built", "failed": service.error,
               "draining": "shutting down", "stopped": "stopped"}[service.state]
     return JSONResponse({"status": service.state, "error": reason}, status_code=503)
@@ -81,7 +82,7 @@ async def model(request: Request) -> Response:
     name = request.path_params["name"]
     entry = service.repository.entries.get(name)
     if entry is None:
-        raise CallError(404, f"unknown model {name!r}; served: "
+        raise CallError(404, f"unknown model or pipeline {name!r}; served: "
                         f"{', '.join(service.repository.entries)}")
     return JSONResponse(model_json(service, entry))
 

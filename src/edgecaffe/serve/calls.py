@@ -21,6 +21,7 @@ from edgecaffe.serve.inputs import (
     options_call,
     read_limited,
 )
+from edgecaffe.serve.pipelines import pipeline_json
 from edgecaffe.serve.results import request_json
 from edgecaffe.serve.service import Service
 
@@ -84,7 +85,7 @@ async def read_call(request: Request, service: Service) -> Call:
     elif ctype:
         raise CallError(415, f"content type {ctype!r} not accepted; send multipart/form-data, "
                          "image/*, application/octet-stream or application/json")
-    call = options_call(options, list(service.repository.packages))
+    call = options_call(options, service.network_names, service.pipeline_names)
     if len(encoded) + len(tensors) > limits.max_inputs:
         raise CallError(413, f"{len(encoded) + len(tensors)} inputs in one call; at most "
                          f"{limits.max_inputs}")
@@ -102,6 +103,28 @@ async def read_call(request: Request, service: Service) -> Call:
     return call
 
 
+def _pipeline_entry(call: Call, what: str, future: Any, service: Service) -> dict[str, Any]:
+    """A pipeline input's entry: the result tree and its stage requests' timings, or the
+    error of the stage that failed."""
+    metrics = service.metrics
+    error = future.exception()
+    if error is not None:
+        metrics.requests.labels("failed").inc()
+        return {"input": what, "status": "failed", "pipeline": call.pipeline,
+                "error": str(error).splitlines()[0] if str(error) else type(error).__name__}
+    result = future.result()
+    requests = service.stages.take(result.request_ids)
+    metrics.requests.labels("completed").inc()
+    metrics.pipeline_response.labels(call.pipeline).observe(result.response_ms / 1e3)
+    for request in requests:
+        response_ms = request["timings"]["response_ms"]
+        if response_ms is not None:
+            metrics.network_response.labels(request["network"]).observe(response_ms / 1e3)
+        if request["forced"]:
+            metrics.forced.inc(request["forced"])
+    return pipeline_json(what, result, requests, call.raw)
+
+
 def _entries(call: Call, futures: list, service: Service, top_k: int) -> list[dict[str, Any]]:
     """The answer's entry per input, and the metrics of what ended."""
     from edgecaffe.engine import RequestError
@@ -113,6 +136,9 @@ def _entries(call: Call, futures: list, service: Service, top_k: int) -> list[di
             metrics.requests.labels("cancelled").inc()
             entries.append({"input": what, "status": "cancelled",
                             "error": "cancelled before it finished"})
+            continue
+        if call.pipeline is not None:
+            entries.append(_pipeline_entry(call, what, future, service))
             continue
         error = future.exception()
         if error is None:
@@ -147,7 +173,8 @@ async def run_call(request: Request, service: Service) -> JSONResponse:
     timeout_ms = call.timeout_ms or service.config.timeout_ms
     try:
         for _, x in call.inputs:
-            futures.append(service.submit(x, call.networks))
+            futures.append(service.submit(x, call.networks) if call.pipeline is None
+                           else service.submit_pipeline(x, call.pipeline))
         # The deadline counts from the call's arrival (reading and decoding included).
         left_s = None if not timeout_ms else timeout_ms / 1e3 - (time.perf_counter() - started)
         outcome = await settle(futures, None if left_s is None else max(0.0, left_s),

@@ -7,8 +7,9 @@ Three body forms (the content type says which):
 * `application/json`: `{"networks": [...], "inputs": [tensor, ...]}` (nested lists of a
   network's input shape, float), or `"input": tensor`, or `"images": [base64, ...]`.
 
-Options (query string, form fields or JSON keys): `networks` (comma-separated or a JSON list),
-`top_k`, `timeout_ms`, `raw` (raw outputs for classifiers too). Every problem is a `CallError`
+Options (query string, form fields or JSON keys): `networks` (comma-separated or a JSON list)
+or `pipeline` (one pipeline's name; its inputs must be images), `top_k`, `timeout_ms`, `raw`
+(raw outputs for classifiers too; a pipeline's full probabilities). Every problem is a `CallError`
 with the HTTP status and a one-line reason; nothing here reaches the engine.
 """
 
@@ -52,6 +53,7 @@ class Call:
 
     networks: list[str]
     inputs: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    pipeline: str | None = None
     top_k: int | None = None
     timeout_ms: float | None = None
     raw: bool = False
@@ -108,7 +110,8 @@ def tensor(value: Any, what: str) -> np.ndarray:
     return array
 
 
-def parse_networks(value: Any, known: Sequence[str]) -> list[str]:
+def parse_networks(value: Any, known: Sequence[str], pipelines: Sequence[str] = ()
+                   ) -> list[str]:
     """'AgeNet,GenderNet' or ["AgeNet", "GenderNet"] -> names; 400 if missing, 404 if unknown."""
     if isinstance(value, str):
         names = [part.strip() for part in value.split(",") if part.strip()]
@@ -119,13 +122,27 @@ def parse_networks(value: Any, known: Sequence[str]) -> list[str]:
     else:
         raise CallError(400, "networks: give names as 'A,B' or a JSON list of strings")
     if not names:
-        raise CallError(400, "no networks named: add ?networks=NAME[,NAME...] (GET /v1/models "
-                         "lists them)")
+        raise CallError(400, "no networks named: add ?networks=NAME[,NAME...] or "
+                         "?pipeline=NAME (GET /v1/models lists them)")
     unknown = [name for name in names if name not in known]
     if unknown:
+        hint = [f"{name} is a pipeline: ?pipeline={name}" for name in unknown
+                if name in pipelines]
         raise CallError(404, f"unknown model(s) {', '.join(unknown)}; served: "
-                         f"{', '.join(known) or 'none'}")
+                         f"{', '.join(known) or 'none'}" + "".join(f"; {h}" for h in hint))
     return names
+
+
+def parse_pipeline(value: Any, known: Sequence[str], networks: Sequence[str]) -> str:
+    """One pipeline's name; 400 if not a name, 404 if unknown."""
+    if not isinstance(value, str) or not value.strip():
+        raise CallError(400, "pipeline: give one pipeline's name")
+    name = value.strip()
+    if name not in known:
+        hint = f" ({name} is a network: ?networks={name})" if name in networks else ""
+        raise CallError(404, f"unknown pipeline {name!r}{hint}; served: "
+                        f"{', '.join(known) or 'none'}")
+    return name
 
 
 def _number(options: Mapping[str, Any], key: str, low: float, high: float,
@@ -144,11 +161,19 @@ def _number(options: Mapping[str, Any], key: str, low: float, high: float,
     return int(number) if integer else number
 
 
-def options_call(options: Mapping[str, Any], known: Sequence[str]) -> Call:
-    """The call's options from merged query, form or JSON keys."""
+def options_call(options: Mapping[str, Any], known: Sequence[str],
+                 pipelines: Sequence[str] = ()) -> Call:
+    """The call's options from merged query, form or JSON keys: `networks` of `known`, or one
+    of `pipelines` (400 for both)."""
     raw = options.get("raw", False)
+    pipeline = None
+    if options.get("pipeline") is not None:
+        if options.get("networks") not in (None, "", []):
+            raise CallError(400, "give networks or pipeline, not both")
+        pipeline = parse_pipeline(options["pipeline"], pipelines, known)
     return Call(
-        networks=parse_networks(options.get("networks"), known),
+        networks=[] if pipeline else parse_networks(options.get("networks"), known, pipelines),
+        pipeline=pipeline,
         top_k=_number(options, "top_k", 0, 1000, integer=True),
         timeout_ms=_number(options, "timeout_ms", 1, 24 * 3600 * 1e3),
         raw=raw is True or str(raw).lower() in ("1", "true", "yes"),
@@ -189,10 +214,13 @@ def json_inputs(body: bytes, limits: Limits) -> tuple[dict[str, Any], list]:
 
 def check_shapes(call: Call, input_shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Tensors (float inputs) must have each requested network's input shape (422 if not);
-    images are preprocessed per network and fit any."""
+    images are preprocessed per network and fit any; a pipeline takes images only."""
     for what, array in call.inputs:
         if array.dtype == np.uint8 and array.ndim == 3:
             continue
+        if call.pipeline is not None:
+            raise CallError(422, f"{what}: pipeline {call.pipeline} takes images (upload "
+                            "one, or base64 \"images\" in JSON), not tensors")
         for name in call.networks:
             if tuple(array.shape) != tuple(input_shapes[name]):
                 raise CallError(422, f"{what}: tensor of shape {tuple(array.shape)} does not "

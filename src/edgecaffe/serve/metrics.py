@@ -7,6 +7,8 @@ several services (tests) live in one process.
     edgecaffe_requests_total{status}               engine requests (one per input) by status
     edgecaffe_queue_depth / _queue_capacity        requests in flight / the bound
     edgecaffe_network_response_seconds{network}    histogram: arrival to the network's last task
+    edgecaffe_pipeline_response_seconds{pipeline} histogram: an image's first stage request
+                                                   to its last stage's end
     edgecaffe_call_seconds                         histogram: the whole call, as the server saw it
     edgecaffe_ledger_bytes / _budget_bytes         the engine's memory ledger / its budget
     edgecaffe_rss_bytes                            this process's resident memory
@@ -51,6 +53,9 @@ class Metrics:
         self.network_response = Histogram(
             "edgecaffe_network_response_seconds", "Arrival to the network's last task end",
             ["network"], buckets=BUCKETS_S, registry=registry)
+        self.pipeline_response = Histogram(
+            "edgecaffe_pipeline_response_seconds", "An image's pipeline, from its submission "
+            "to its last stage's end", ["pipeline"], buckets=BUCKETS_S, registry=registry)
         self.call_seconds = Histogram("edgecaffe_call_seconds", "Whole inference calls, as "
                                       "the server saw them", buckets=BUCKETS_S,
                                       registry=registry)

@@ -11,12 +11,14 @@ and a builder (path -> `ModelPackage`). The kinds today:
 * `original`: one of the original EdgeCaffe's folders (`description.yaml` + prototxt +
   caffemodel), split into the cache;
 * `caffe`: `NAME.prototxt` with `NAME.caffemodel` beside it, split into the cache;
-* `onnx`: `NAME.onnx` (labels and preprocessing from `NAME.onnx.yaml`), split into the cache.
+* `onnx`: `NAME.onnx` (labels and preprocessing from `NAME.onnx.yaml`), split into the cache;
+* `pipeline`: `NAME.yaml` declaring a pipeline (docs/pipelines.md), or naming a built-in one
+  (`builtin: faces`); its stages' packages are built (split into the cache) at every batch
+  size the stage submits.
 
-Pipeline YAML files (issue 16) are noted and skipped: a `pipeline` kind will be one more entry
-of `KINDS` whose builder returns a pipeline instead of a package. Names are the folder's or the
-file's stem; two entries of one name are an error for the second. A model that fails to build
-is kept with its error (listed, not served); the others go on.
+Names are the folder's or the file's stem; two entries of one name are an error for the
+second. An entry that fails to build is kept with its error (listed, not served, and a note);
+the others go on.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from edgecaffe.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgecaffe.model.package import ModelPackage
+    from edgecaffe.pipeline import Pipeline
 
 log = logging.getLogger("edgecaffe.serve")
 
@@ -41,21 +44,31 @@ _SIDE_SUFFIXES = (".onnx.yaml", ".onnx.yml")
 
 
 @dataclass
+class ServedPipeline:
+    """A pipeline entry once built: the pipeline and its stages' packages by
+    `pipeline.networks.package_key` (`age`, `age@2`, ...)."""
+
+    pipeline: Pipeline
+    packages: dict[str, ModelPackage]
+
+
+@dataclass
 class Entry:
-    """One model of the repository: where it comes from, and once built, its package (or the
-    reason it could not be built)."""
+    """One model or pipeline of the repository: where it comes from, and once built, its
+    package or pipeline (or the reason it could not be built)."""
 
     name: str
     kind: str
     path: Path
     package: ModelPackage | None = None
+    pipeline: ServedPipeline | None = None
     error: str | None = None
     build_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
-        return self.package is not None
+        return self.package is not None or self.pipeline is not None
 
 
 def _cache_folder(kind: str, *files: Path) -> Path:
@@ -100,6 +113,53 @@ def _build_onnx(path: Path) -> ModelPackage:
     return onnx_package(path)
 
 
+def _read_pipeline(path: Path) -> Pipeline:
+    """The pipeline a YAML file declares, or the built-in one it names (`builtin: faces`).
+    Raises PipelineError naming the file."""
+    from edgecaffe.pipeline import PipelineError, get_pipeline, load_pipeline
+    from edgecaffe.pipeline.builtin import BUILTIN
+    from edgecaffe.yamlfile import read_yaml
+
+    data = read_yaml(path, PipelineError)
+    if isinstance(data, dict) and "builtin" in data:
+        name = data["builtin"]
+        if set(data) != {"builtin"} or not isinstance(name, str) or name not in BUILTIN:
+            raise PipelineError(f"{path}: builtin: expected one of {', '.join(BUILTIN)} "
+                                "and no other key, got " + repr(data)[:80])
+        return get_pipeline(name)  # its stages' models are looked up when built
+    return load_pipeline(path)
+
+
+def _build_pipeline(path: Path, progress: Callable[[str], None] | None = None
+                    ) -> ServedPipeline:
+    """The pipeline and every stage's packages, one progress line per package (as
+    `pipeline.networks.pipeline_packages`, which builds them without one)."""
+    from edgecaffe.pipeline import PipelineError
+    from edgecaffe.pipeline.networks import batch_sizes, package_key, stage_package
+
+    pipeline = _read_pipeline(path)
+    packages = {}
+    for stage in pipeline.stages:
+        for batch in batch_sizes(stage):
+            key = package_key(stage, batch)
+            if progress:
+                progress(f"    stage {key}: {stage.network}")
+            try:
+                packages[key] = stage_package(stage, batch)
+            except PipelineError as error:
+                raise PipelineError(f"{path}: {error}") from None
+            except (ValueError, OSError) as error:
+                raise PipelineError(f"{path}: stage {stage.name!r}: network "
+                                    f"{stage.network!r} at batch {batch}: {error}") from None
+    return ServedPipeline(pipeline, packages)
+
+
+def _is_pipeline(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith((".yaml", ".yml")) \
+        and not name.endswith(_SIDE_SUFFIXES)
+
+
 def _is_original(path: Path) -> bool:
     from edgecaffe.model.package.original import is_original_folder
 
@@ -109,11 +169,12 @@ def _is_original(path: Path) -> bool:
 @dataclass(frozen=True)
 class Kind:
     """A kind of repository entry: `match(path)` says whether a path is one (its name is the
-    path's stem), `build(path)` makes the package."""
+    path's stem), `build(path)` makes the package (a pipeline's: `build(path, progress)`
+    makes a `ServedPipeline`)."""
 
     name: str
     match: Callable[[Path], bool]
-    build: Callable[[Path], Any]
+    build: Callable[..., Any]
 
 
 KINDS: list[Kind] = [
@@ -122,6 +183,7 @@ KINDS: list[Kind] = [
     Kind("caffe", lambda p: p.suffix == ".prototxt" and p.with_suffix(".caffemodel").is_file(),
          _build_caffe),
     Kind("onnx", lambda p: p.is_file() and p.suffix.lower() == ".onnx", _build_onnx),
+    Kind("pipeline", _is_pipeline, _build_pipeline),
 ]
 
 
@@ -130,11 +192,9 @@ def _skip_reason(path: Path) -> str | None:
     name = path.name.lower()
     if name.startswith(".") or name.endswith(_SIDE_SUFFIXES) or path.suffix == ".caffemodel":
         return None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        return "pipeline files are not served yet (pipelines: issue 16); skipped"
     if path.suffix == ".prototxt":
         return f"no {path.with_suffix('.caffemodel').name} beside it; skipped"
-    return "not a model package, Caffe pair, original folder or .onnx file; skipped"
+    return "not a model package, Caffe pair, original folder, .onnx or pipeline file; skipped"
 
 
 class Repository:
@@ -151,6 +211,11 @@ class Repository:
         """Name -> package of every model that built."""
         return {name: e.package for name, e in self.entries.items() if e.package is not None}
 
+    @property
+    def pipelines(self) -> dict[str, ServedPipeline]:
+        """Name -> pipeline of every pipeline that built."""
+        return {name: e.pipeline for name, e in self.entries.items() if e.pipeline is not None}
+
     def build(self, progress: Callable[[str], None] | None = None,
               stop: Callable[[], bool] | None = None) -> None:
         """Build every entry once (split into the cache on first use, else open), reporting
@@ -165,11 +230,16 @@ class Repository:
                 progress(f"building {index}/{total}: {entry.name} ({entry.kind}, {entry.path})")
             started = time.perf_counter()
             try:
-                entry.package = next(k for k in KINDS if k.name == entry.kind).build(entry.path)
+                build = next(k for k in KINDS if k.name == entry.kind).build
+                if entry.kind == "pipeline":
+                    entry.pipeline = build(entry.path, progress)
+                else:
+                    entry.package = build(entry.path)
             except Exception as error:  # a bad model: listed with its reason, others go on
                 entry.error = f"{type(error).__name__}: {error}".splitlines()[0]
-                log.error("model %s (%s) failed to build: %s", entry.name, entry.path,
-                          entry.error)
+                self.notes.append(f"{entry.path.name}: not served: {entry.error}")
+                log.error("%s %s (%s) failed to build: %s", entry.kind, entry.name,
+                          entry.path, entry.error)
             entry.build_s = time.perf_counter() - started
             if progress:
                 state = "ready" if entry.ready else f"FAILED: {entry.error}"
@@ -202,6 +272,7 @@ def scan(folder: str | Path) -> Repository:
         log.warning("repository %s: %s", root, note)
     if not entries:
         raise ConfigError(f"{root}: no models found (model package folders, original "
-                          "EdgeCaffe folders, PROTOTXT + CAFFEMODEL pairs, .onnx files)"
+                          "EdgeCaffe folders, PROTOTXT + CAFFEMODEL pairs, .onnx files, "
+                          "pipeline .yaml files)"
                           + (f"; {'; '.join(notes)}" if notes else ""))
     return Repository(root, list(entries.values()), notes)

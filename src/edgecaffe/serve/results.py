@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgecaffe.cli.run_cmd import top_classes
+from edgecaffe.model.classes import top_classes
 
 if TYPE_CHECKING:
     from edgecaffe.engine import NetworkResult, RequestResult
@@ -56,15 +56,20 @@ class OutputFormat:
         return entry
 
 
+def timings_json(network: NetworkResult) -> dict[str, float | None]:
+    """A network's timings (ms on the engine's clock, rounded to the microsecond)."""
+    return {"queued_ms": _round(network.queued_ms), "init_ms": _round(network.init_ms),
+            "load_ms": _round(network.load_ms), "exec_ms": _round(network.exec_ms),
+            "response_ms": _round(network.response_ms)}
+
+
 def network_json(network: NetworkResult, output_format: OutputFormat, top_k: int,
                  raw: bool) -> dict[str, Any]:
     """One network of a request: status, error, timings, forced count, outputs."""
     entry: dict[str, Any] = {
         "network": network.network,
         "status": network.status,
-        "timings": {"queued_ms": _round(network.queued_ms), "init_ms": _round(network.init_ms),
-                    "load_ms": _round(network.load_ms), "exec_ms": _round(network.exec_ms),
-                    "response_ms": _round(network.response_ms)},
+        "timings": timings_json(network),
         "forced": network.forced,
     }
     if network.error:

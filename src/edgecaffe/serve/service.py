@@ -4,6 +4,7 @@
     service.start()          # builds every model in a thread; ready when done
     service.wait_ready()
     future = service.submit(image, ["AgeNet"])   # the engine's future
+    future = service.submit_pipeline(image, "faces")   # a PipelineResult's future
     service.stop()           # cancel what is left, close the engine (ledger back to 0)
 
 States: building -> ready -> draining -> stopped (or failed: no model built). The HTTP layer
@@ -28,6 +29,7 @@ from edgecaffe.sched.budget import parse_bytes
 from edgecaffe.serve.admission import Admission
 from edgecaffe.serve.inputs import CallError, Limits
 from edgecaffe.serve.metrics import Metrics
+from edgecaffe.serve.pipelines import StageRequests, engine_names
 from edgecaffe.serve.repository import Repository, scan
 from edgecaffe.serve.results import OutputFormat
 
@@ -38,9 +40,9 @@ log = logging.getLogger("edgecaffe.serve")
 class ServeConfig:
     """Everything `edgecaffe serve` takes. Engine settings as `Engine`'s; `queue`: requests
     in flight at most (more: 429); `timeout_ms`: the default deadline of a call (None: none);
-    `strict_budget`: refuse requests with a task larger than the whole budget (503) instead of
-    running them over budget by the progress rule; `grace_s`: how long a shutdown lets calls
-    in flight finish before cancelling them."""
+    `allow_overcommit`: run requests with a task larger than the whole budget over budget (the
+    progress rule) instead of refusing them at once (503, the default); `grace_s`: how long a
+    shutdown lets calls in flight finish before cancelling them."""
 
     repository: str | Path
     budget: str | int = "512M"
@@ -56,7 +58,7 @@ class ServeConfig:
     max_inputs: int = 64
     timeout_ms: float | None = None
     top_k: int = 5
-    strict_budget: bool = False
+    allow_overcommit: bool = False
     grace_s: float = 10.0
 
     def limits(self) -> Limits:
@@ -91,6 +93,9 @@ class Service:
         self.engine_options = dict(engine_options or {})
         self.engine: Any = None
         self.formats: dict[str, OutputFormat] = {}
+        #: Pipeline name -> its runner on the engine; what they submit goes through `stages`.
+        self.runners: dict[str, Any] = {}
+        self.stages: Any = None
         self.state = "building"
         self.error: str | None = None
         self.admission = Admission(config.queue)
@@ -126,23 +131,28 @@ class Service:
 
         try:
             self.repository.build(self.progress, stop=lambda: self._stopping)
-            packages = self.repository.packages
-            failed = len(self.repository.entries) - len(packages)
-            self.metrics.models.labels("ready").set(len(packages))
+            packages, pipelines = self.repository.packages, self.repository.pipelines
+            ready = len(packages) + len(pipelines)
+            failed = len(self.repository.entries) - ready
+            self.metrics.models.labels("ready").set(ready)
             self.metrics.models.labels("failed").set(failed)
-            if not packages:
+            if not ready:
                 raise ConfigError("no model could be built: "
                                   + "; ".join(f"{e.name}: {e.error}"
                                               for e in self.repository.entries.values()))
             config = self.config
-            self.engine = Engine(packages, mode=config.mode, policy=config.policy,
+            networks = dict(packages)
+            for name, served in pipelines.items():
+                networks.update(engine_names(name, served))
+            self.engine = Engine(networks, mode=config.mode, policy=config.policy,
                                  budget=config.budget, granularity=config.granularity,
                                  workers=config.workers, blas_threads=config.blas_threads,
-                                 allow_overcommit=not config.strict_budget,
+                                 allow_overcommit=config.allow_overcommit,
                                  backend=config.backend, **self.engine_options)
             self.formats = {name: OutputFormat(p) for name, p in packages.items()}
             for name in packages:
-                self.repository.entries[name].extra["fits_budget"] = self._fits(name)
+                self.repository.entries[name].extra["fits_budget"] = self._fits([name]) is None
+            self._start_pipelines(pipelines)
             with self._lock:  # a shutdown that began meanwhile wins
                 if not self._stopping:
                     self.state = "ready"
@@ -150,7 +160,7 @@ class Service:
                 self.engine.close(cancel=True)
                 return
             if self.progress:
-                self.progress(f"ready: {len(packages)} model(s)"
+                self.progress(f"ready: {len(packages)} model(s), {len(pipelines)} pipeline(s)"
                               + (f", {failed} failed" if failed else ""))
         except Exception as error:
             self.state, self.error = "failed", f"{type(error).__name__}: {error}"
@@ -160,15 +170,31 @@ class Service:
         finally:
             self._ready.set()
 
-    def _fits(self, name: str) -> bool:
-        """Whether every task of one request for `name` fits in the whole budget."""
+    def _fits(self, networks: list[str]) -> str | None:
+        """None if every task of one request for each of `networks` fits in the whole budget,
+        else why not (the first that does not)."""
         from edgecaffe.sched import BudgetError
 
-        try:
-            self.engine.core.check_fits([name])
-        except BudgetError:
-            return False
-        return True
+        for network in networks:
+            try:
+                self.engine.core.check_fits([network])
+            except BudgetError as error:
+                return f"{network}: {error}"
+        return None
+
+    def _start_pipelines(self, pipelines: dict[str, Any]) -> None:
+        """A runner per pipeline on the engine; whether each stage can ever fit."""
+        from edgecaffe.pipeline import PipelineRunner
+
+        self.stages = StageRequests(self.engine)
+        for name, served in pipelines.items():
+            self.runners[name] = PipelineRunner(served.pipeline, engine=self.stages,
+                                                packages=served.packages, prefix=f"{name}/")
+            reason = self._fits(list(engine_names(name, served)))
+            entry = self.repository.entries[name]
+            entry.extra["fits_budget"] = reason is None
+            if reason is not None:
+                entry.extra["budget_error"] = reason
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         """Wait for the build to end; True if the service is ready."""
@@ -229,13 +255,29 @@ class Service:
                          {"Retry-After": "1"} if self.state == "building" else None)
 
     def submit(self, x: Any, networks: Sequence[str]) -> Future:
-        """One engine request; `CallError(503)` if it can never fit (strict budget) or the
-        engine is closing."""
+        """One engine request; `CallError(503)` if it can never fit the budget (unless
+        `allow_overcommit`) or the engine is closing."""
+        return self._track(lambda: self.engine.submit(x, networks))
+
+    def submit_pipeline(self, x: Any, name: str) -> Future:
+        """One image through a pipeline: a future of its `PipelineResult`; cancelling it
+        cancels its stages' requests in flight and submits no later stage. `CallError(503)` if
+        a stage can never fit the budget (unless `allow_overcommit`) or the engine is
+        closing."""
+        entry = self.repository.entries[name]
+        if not self.config.allow_overcommit and entry.extra.get("fits_budget") is False:
+            raise CallError(503, f"can never fit the budget: pipeline {name}: "
+                            f"{entry.extra['budget_error']}")
+        return self._track(lambda: self.runners[name].submit(x))
+
+    def _track(self, start: Callable[[], Future]) -> Future:
+        """Start a request, keeping its future until it is done (a shutdown past its grace
+        period cancels it); the engine's refusals as `CallError(503)`."""
         from edgecaffe.engine import EngineClosedError
         from edgecaffe.sched import BudgetError
 
         try:
-            future = self.engine.submit(x, networks)
+            future = start()
         except BudgetError as error:
             raise CallError(503, f"can never fit the budget: {error}") from None
         except EngineClosedError:
@@ -248,6 +290,16 @@ class Service:
     def _forget(self, future: Future) -> None:
         with self._lock:
             self._in_flight.discard(future)
+
+    @property
+    def network_names(self) -> list[str]:
+        """The networks calls may name (those built)."""
+        return list(self.formats)
+
+    @property
+    def pipeline_names(self) -> list[str]:
+        """The pipelines calls may name (those built)."""
+        return list(self.runners)
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -266,8 +318,10 @@ class Service:
         self.samples.append((now, rss_bytes(), self.ledger_bytes(), self.admission.in_flight))
 
     def after_call(self) -> None:
-        """Bookkeeping after each call: a sample, and the engine's trace kept bounded."""
-        self.sample()
+        """Bookkeeping after each call: a sample (at most every half second: reading RSS
+        costs ~0.1 ms, and the page samples as it refreshes), and the engine's trace kept
+        bounded."""
+        self.sample(min_gap_s=0.5)
         trace = self.engine.trace if self.engine is not None else None
         tasks, ledger, requests = self.trace_keep
         # Trimmed in steps (at twice the size kept), not after every call.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecaffe.serve.pipelines import stage_json
 from edgecaffe.serve.repository import Entry
 from edgecaffe.serve.service import Service
 
@@ -27,6 +28,8 @@ def model_json(service: Service, entry: Entry) -> dict[str, Any]:
         out["error"] = entry.error
     if entry.build_s is not None:
         out["build_s"] = round(entry.build_s, 3)
+    if entry.pipeline is not None:
+        return {**out, **_pipeline_json(service, entry)}
     package = entry.package
     if package is None:
         return out
@@ -56,6 +59,28 @@ def model_json(service: Service, entry: Entry) -> dict[str, Any]:
     return out
 
 
+def _pipeline_json(service: Service, entry: Entry) -> dict[str, Any]:
+    """A built pipeline: its name, description, stages (network, input, condition, the
+    engine's networks per batch size with their input shapes, labels) and whether every
+    stage fits the budget."""
+    served = entry.pipeline
+    assert served is not None
+    out: dict[str, Any] = {"pipeline": served.pipeline.name,
+                           "description": served.pipeline.description,
+                           "stages": stage_json(entry.name, served)}
+    engine = service.engine
+    if engine is not None:
+        # Each stage's weights once (its packages at other batch sizes hold the same ones).
+        names = [next(iter(stage["engine_networks"])) for stage in out["stages"]]
+        out["memory"] = {
+            "weight_bytes": sum(int(engine.infos[name].weight_bytes) for name in names),
+            "fits_budget": entry.extra.get("fits_budget"),
+        }
+        if "budget_error" in entry.extra:
+            out["memory"]["budget_error"] = entry.extra["budget_error"]
+    return out
+
+
 def _ledger_points(events: list, since_s: float, used_now: int) -> list[list[float]]:
     """(time, bytes in use) after each change since `since_s`, thinned to at most
     `MAX_LEDGER_POINTS` (every k-th change; the last one always kept)."""
@@ -67,10 +92,26 @@ def _ledger_points(events: list, since_s: float, used_now: int) -> list[list[flo
     return points or [[round(since_s, 4), used_now]]
 
 
+def _tasks(recorded: list, live: list, since_s: float, now_s: float) -> list[list]:
+    """[worker, network, kind, start, end, forced, running] of the tasks that ended after
+    `since_s` (the trace's records, and those of networks still in flight) and of those running
+    now (end: `now_s`, running: true), the latest `MAX_TASKS` in start order."""
+    out = {t.task_id: [t.worker, t.network, t.kind, round(t.start_s, 4), round(t.end_s, 4),
+                       t.forced, False]
+           for t in recorded if t.start_s is not None and t.end_s is not None
+           and t.end_s >= since_s and t.worker is not None}
+    for task_id, worker, network, kind, start, end, forced in live:
+        if task_id not in out and (end is None or end >= since_s):
+            out[task_id] = [worker, network, kind, round(start, 4),
+                            round(now_s if end is None else end, 4), forced, end is None]
+    return sorted(out.values(), key=lambda t: t[3])[-MAX_TASKS:]
+
+
 def status_json(service: Service) -> dict[str, Any]:
     """The live page's figures: state, budget, ledger, RSS, queue, counts, and over the last
-    `WINDOW_S` seconds the tasks (worker, network, kind, start, end, forced), the ledger's
-    changes and the samples (time, RSS, ledger, queue depth)."""
+    `WINDOW_S` seconds the tasks (worker, network, kind, start, end, forced, running; a task
+    running now ends now), the ledger's changes and the samples (time, RSS, ledger, queue
+    depth)."""
     samples = list(service.samples)
     out: dict[str, Any] = {
         "state": service.state,
@@ -83,18 +124,18 @@ def status_json(service: Service) -> dict[str, Any]:
     engine = service.engine
     if engine is None:
         return out
-    now = engine.now()
-    since = now - WINDOW_S
+    live = engine.open_tasks()  # first: a task ending meanwhile is then in the trace
     tasks = engine.trace.tasks[-MAX_TASKS:]  # a slice: a copy taken at once
+    now = engine.now()  # after both: no task starts after it
+    since = now - WINDOW_S
     out.update(
+        models=list(engine.packages),  # pipelines' stages too (PIPELINE/STAGE)
         now_s=round(now, 4),
         mode=engine.mode.name,
         policy=engine.policy.name,
         workers=engine.workers,
         budget_bytes=engine.budget.capacity_bytes,
-        tasks=[[t.worker, t.network, t.kind, round(t.start_s, 4), round(t.end_s, 4), t.forced]
-               for t in tasks if t.start_s is not None and t.end_s is not None
-               and t.end_s >= since and t.worker is not None],
+        tasks=_tasks(tasks, live, since, now),
         ledger=_ledger_points(engine.trace.ledger[-20000:], since, service.ledger_bytes()),
         samples=[[round(t, 4), rss, ledger, depth] for t, rss, ledger, depth in samples
                  if t >= since],
