@@ -46,13 +46,29 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
 _BAND_FLOATS = 4 * 1024 * 1024
 _MIN_BAND_PIXELS = 4096
 _MAX_BAND_FLOATS = 8 * 1024 * 1024
+#: The cap in force (`set_max_band_bytes`): lower under a small memory budget.
+_max_band_floats = _MAX_BAND_FLOATS
+
+
+def set_max_band_bytes(max_bytes: int | None) -> int:
+    """Cap every convolution's column buffer at `max_bytes` (None: the default, 32 MB) for
+    the whole process; returns the previous cap in bytes. An engine under a small memory
+    limit lowers it (its kernels' workspace follows the budget) and restores it at close.
+    Outputs do not depend on the band size (each output pixel's dot products are the same
+    whichever band holds its column: tests/test_blocks.py)."""
+    global _max_band_floats
+    previous = 4 * _max_band_floats
+    _max_band_floats = _MAX_BAND_FLOATS if max_bytes is None else \
+        max(1, min(_MAX_BAND_FLOATS, int(max_bytes) // 4))
+    return previous
 
 
 def band_rows(out_height: int, out_width: int, floats_per_row: int) -> int:
-    """Output rows per band: enough for an efficient GEMM, bounded in memory, and split into
-    equal bands (no small last band)."""
-    rows = max(_BAND_FLOATS // floats_per_row, -(-_MIN_BAND_PIXELS // out_width))
-    rows = max(1, min(rows, _MAX_BAND_FLOATS // floats_per_row, out_height))
+    """Output rows per band: enough for an efficient GEMM, bounded in memory (by the cap in
+    force, `set_max_band_bytes`), and split into equal bands (no small last band)."""
+    cap = min(_max_band_floats, _MAX_BAND_FLOATS)
+    rows = max(min(_BAND_FLOATS, cap) // floats_per_row, -(-_MIN_BAND_PIXELS // out_width))
+    rows = max(1, min(rows, cap // floats_per_row, out_height))
     bands = -(-out_height // rows)
     return -(-out_height // bands)
 
@@ -184,8 +200,9 @@ class Conv(Op):
 
     def workspace_bytes(self, inputs, outputs, attrs):
         """What `conv2d` allocates besides the output: the padded image (two for a batch:
-        the next is made before the last goes) and the band's column buffer; none for a
-        pointwise layer. Checked against tracemalloc (tests/test_memory_truth.py)."""
+        the next is made before the last goes), the band's column buffer and, with several
+        bands, the band's product; none for a pointwise layer. Checked against tracemalloc
+        (tests/test_memory_truth.py)."""
         n, c, h, w = inputs[0]
         (kh, kw), stride, pad = attrs["kernel"], tuple(attrs["stride"]), tuple(attrs["pad"])
         dilation = tuple(attrs["dilation"])
@@ -198,7 +215,10 @@ class Conv(Op):
                  zip((oh, ow), stride, dilation, (kh, kw), (h, w), pad, strict=True)]
         padded = c * (h + 2 * pad[0] + extra[0]) * (w + 2 * pad[1] + extra[1]) \
             if any(pad) or any(extra) else 0
-        return 4 * (band * per_row + padded * min(n, 2))
+        # Several bands: each band's output is a strided slice, which BLAS's product fills
+        # through a temporary of the band's output size.
+        product = outputs[0][1] * band * ow if band < oh else 0
+        return 4 * (band * per_row + padded * min(n, 2) + product)
 
     def flops(self, inputs, outputs, attrs):
         macs_per_output = inputs[0][1] // attrs["group"] * prod(attrs["kernel"])
