@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -63,3 +64,37 @@ def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
     return bool(mallopt(m_mmap_threshold, threshold_bytes)) and \
         bool(mallopt(m_trim_threshold, threshold_bytes))
+
+
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def own_cgroup_usage_bytes() -> int | None:
+    """What this process's memory cgroup is charged now (v1 `memory.usage_in_bytes`, v2
+    `memory.current`), when the process is alone in a cgroup of its own (not the root);
+    else None. Memory another cgroup was charged for first (shared libraries already in the
+    page cache) is in this process's RSS but not in its cgroup's usage: under a cgroup's
+    limit the usage is what counts."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":  # v1
+            folder, usage = _CGROUP_ROOT / "memory" / path.lstrip("/"), "memory.usage_in_bytes"
+            break
+        if controllers == "" and (_CGROUP_ROOT / "cgroup.controllers").exists():  # v2
+            folder, usage = _CGROUP_ROOT / path.lstrip("/"), "memory.current"
+            break
+    else:
+        return None
+    if path in ("", "/"):
+        return None
+    try:
+        processes = (folder / "cgroup.procs").read_text().split()
+        if processes != [str(os.getpid())]:
+            return None  # others share it: their memory is in its usage too
+        return int((folder / usage).read_text())
+    except (OSError, ValueError):
+        return None

@@ -34,6 +34,7 @@ from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
+from edgecaffe.ops.conv import set_max_band_bytes
 from edgecaffe.sched import (
     MODES,
     BudgetError,
@@ -97,11 +98,14 @@ def _package(value: Any) -> ModelPackage:
 
 
 def _schedulable(budget: str | int) -> tuple[int, int]:
-    """(ledger capacity, runtime bytes) for a process limited to `budget`: the resident
-    memory measured now, after BLAS has set up its buffers, is not schedulable."""
+    """(ledger capacity, runtime bytes) for a process limited to `budget`: the memory it
+    holds now, after BLAS has set up its buffers, is not schedulable. That is what its own
+    memory cgroup is charged when it is alone in one (`measure.own_cgroup_usage_bytes`:
+    shared libraries another cgroup brought into the page cache are in the RSS but not
+    charged here, 14 MiB of 34 measured), else its resident memory."""
     import numpy as np
 
-    from edgecaffe.measure import return_freed_memory, rss_bytes
+    from edgecaffe.measure import own_cgroup_usage_bytes, return_freed_memory, rss_bytes
     from edgecaffe.sched import parse_bytes
 
     limit = parse_bytes(budget)
@@ -109,7 +113,8 @@ def _schedulable(budget: str | int) -> tuple[int, int]:
     warm = np.ones((256, 256), dtype=np.float32)
     float((warm @ warm).sum())  # BLAS allocates its per-thread buffers on first use
     del warm
-    runtime = rss_bytes()
+    charged = own_cgroup_usage_bytes()
+    runtime = rss_bytes() if charged is None else charged
     if runtime >= limit:
         raise BudgetError(f"the runtime alone holds {runtime / 2**20:.0f} MiB, the memory limit "
                           f"is {limit / 2**20:.0f} MiB: nothing is left to schedule")
@@ -119,8 +124,9 @@ def _schedulable(budget: str | int) -> tuple[int, int]:
 def blocked_packages(packages: Mapping[str, ModelPackage], budget: str | int,
                      max_block: str | int = "auto") -> dict[str, ModelPackage]:
     """`packages`, those with Dense/Conv layers over the block size replaced by blocked copies
-    (derived into the cache once). "auto": a package with a layer over half of `budget` (it
-    could share memory with nothing else) is blocked at a quarter of `budget`."""
+    (derived into the cache once). "auto": a package with a layer over half of `budget` (the
+    ledger's capacity: such a layer could share memory with nothing else) is blocked at
+    `auto_block_bytes(budget)`."""
     from edgecaffe.model.package.blocks import block_package
     from edgecaffe.sched import parse_bytes
 
@@ -129,11 +135,34 @@ def blocked_packages(packages: Mapping[str, ModelPackage], budget: str | int,
     for name, package in packages.items():
         largest = max((layer.weight_bytes for layer in package.network.layers), default=0)
         if max_block == "auto":
-            size = capacity // 4 if largest > capacity // 2 else None
+            size = auto_block_bytes(capacity) if largest > capacity // 2 else None
         else:
             size = parse_bytes(max_block)
         out[name] = package if size is None else block_package(package, size)
     return out
+
+
+#: What a process limited to a memory cgroup is expected to hold before it schedules anything
+#: (measured 39-44 MiB: interpreter, numpy, BLAS buffers): a parent that derives blocked
+#: copies before the limit starts (`experiment --enforce-memory`) estimates the child's ledger
+#: capacity with it, so that the child's engine (`auto_block_bytes` of its measured
+#: capacity) finds the same copies in the cache.
+RUNTIME_ESTIMATE_BYTES = 48 << 20
+
+
+def auto_block_bytes(capacity_bytes: int) -> int:
+    """The automatic block size for a ledger capacity: a quarter of it, rounded down to a
+    power of two MiB (so that close capacities, e.g. a runtime measured a little larger in a
+    child process, choose the same blocked copy), at least 1 MiB."""
+    quarter = max(1, capacity_bytes // 4 >> 20)
+    return 1 << (quarter.bit_length() - 1) << 20
+
+
+def max_band_bytes(capacity_bytes: int, workers: int) -> int:
+    """A convolution band's cap under a real limit: an eighth of the ledger's capacity per
+    worker (every worker may run an exec with its workspace at once), at least 1 MiB; the
+    kernels' default (32 MB) when that is more."""
+    return max(1 << 20, capacity_bytes // (8 * max(1, workers)))
 
 
 class Engine:
@@ -155,15 +184,17 @@ class Engine:
     condition holds; "oblivious", speculatively with their request (sched/requests.py).
 
     `account_runtime`: `budget` is the process's whole memory limit (a cgroup's): the
-    runtime's own footprint, measured now, and the workers' exec workspaces (`workers` x the
-    largest im2col buffer) are not schedulable, so the ledger's capacity is `budget` less
-    them (`runtime_bytes`, `workspace_bytes`; raises `BudgetError` when nothing is left); freed
-    arrays are returned to the system (`measure.return_freed_memory`). `load_method`: how
-    loads bring weights in ("mmap" or "read", see `model.package.package`). `max_block`:
-    packages with Dense/Conv layers over this size run from a blocked copy
-    (`model.package.blocks.block_package`, derived into the cache once); "auto" (the
-    default) does so only for a package with a layer larger than half of `budget`, in
-    blocks of a quarter of it (`blocked_packages`); None never."""
+    runtime's own footprint, measured now, is not schedulable, so the ledger's capacity is
+    `budget` less it (`runtime_bytes`; raises `BudgetError` when nothing is left); each exec
+    reserves its kernel's workspace in the ledger while it runs (`Core(workspaces=True)`),
+    and convolution bands are capped to follow the capacity (`max_band_bytes`, restored at
+    `close`); freed arrays are returned to the system (`measure.return_freed_memory`).
+    `load_method`: how loads bring weights in ("mmap" or "read", see
+    `model.package.package`). `max_block`: packages with Dense/Conv layers over this size
+    run from a blocked copy (`model.package.blocks.block_package`, derived into the cache
+    once); "auto" (the default) does so only for a package with a layer larger than half of
+    the ledger's capacity, in blocks of `auto_block_bytes` (`blocked_packages`); None
+    never."""
 
     def __init__(
         self,
@@ -185,39 +216,37 @@ class Engine:
         max_block: str | int | None = "auto",
     ) -> None:
         self.packages = resolve_packages(packages)
-        runtime = workspace = None
-        if max_block is not None:
-            self.packages = blocked_packages(self.packages, budget, max_block)
+        runtime = None
+        self._band = None
         if account_runtime:
             budget, runtime = _schedulable(budget)
+            # The kernels' workspaces follow the budget: smaller convolution bands when it is
+            # small (set before the infos, which read each layer's workspace from them).
+            count = getattr(MODES.get(mode), "workers", None) or workers
+            self._band = set_max_band_bytes(max_band_bytes(budget, count))
+        if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
+            self.packages = blocked_packages(self.packages, budget, max_block)
         if load_method is not None:
             for package in self.packages.values():
                 package.load_method = load_method
         infos = {name: package_info(p) for name, p in self.packages.items()}
-        if account_runtime:
-            # One exec per worker at a time, each with at most the largest workspace.
-            count = getattr(MODES.get(mode), "workers", None) or workers
-            workspace = count * max((i.max_workspace_bytes for i in infos.values()), default=0)
-            if workspace >= budget:
-                raise BudgetError(f"the kernels' workspaces ({workspace / 2**20:.0f} MiB for "
-                                  f"{count} workers) leave nothing of the "
-                                  f"{budget / 2**20:.0f} MiB left after the runtime")
-            budget -= workspace
         self._guard = PolicyGuard.wrap(policy)
+        # Under a real limit each exec reserves its kernel's workspace while it runs.
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
-                                allow_overcommit, context=context)
+                                allow_overcommit, context=context,
+                                workspaces=account_runtime)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
         #: What the process held at start (interpreter, libraries, BLAS buffers) when
         #: `account_runtime`: not schedulable, so the ledger's capacity is the budget less it.
         self.runtime_bytes = runtime
-        #: ... and the workers' exec workspaces (im2col buffers), set aside the same way.
-        self.workspace_bytes = workspace
+        #: Bytes set aside for exec workspaces: none, each exec reserves its own in the
+        #: ledger while it runs (`account_runtime`); None without `account_runtime`.
+        self.workspace_bytes = None if runtime is None else 0
         if runtime is not None:
-            core.trace.info.update(runtime_bytes=runtime, workspace_bytes=workspace,
-                                   limit_bytes=runtime + workspace
-                                   + self.budget.capacity_bytes)
+            core.trace.info.update(runtime_bytes=runtime, workspace_bytes=0,
+                                   limit_bytes=runtime + self.budget.capacity_bytes)
         self.blas_threads = check_blas_threads(blas_threads)
         self.cores = cores or available_cores()
         core.trace.info["blas_threads"] = self.blas_threads
@@ -499,6 +528,9 @@ class Engine:
             return
         for thread in self._threads:
             thread.join()
+        if self._band is not None:  # the kernels' band cap as it was before this engine
+            set_max_band_bytes(self._band)
+            self._band = None
         if self._broken is not None:
             raise EngineError(f"the engine stopped on an internal error: {self._broken}")
 
