@@ -88,6 +88,7 @@ def child(spec: dict) -> dict:
     done = threading.Event()
 
     scheduler = engine.scheduler
+    detail = bool(os.environ.get("EDGECAFFE_MEMORY_SAMPLES"))
 
     def sample() -> None:
         while not done.is_set():
@@ -100,6 +101,8 @@ def child(spec: dict) -> dict:
                 usage = int(usage_file.read_text())
                 running = sorted(f"{t.label} of {t.instance.name}" for t in
                                  list(scheduler.running))
+                if detail:  # the cgroup's anonymous and page-cache parts, the ledger's
+                    running.append(_detail(usage_file, scheduler))
                 samples.append((accounted, usage, engine.now(), running))
             done.wait(0.02)
 
@@ -118,6 +121,10 @@ def child(spec: dict) -> dict:
         sampler.join()
     if spec.get("outputs_file"):
         np.savez(spec["outputs_file"], **outputs)
+    if os.environ.get("EDGECAFFE_MEMORY_SAMPLES"):  # every sample, for a closer look
+        with open(os.environ["EDGECAFFE_MEMORY_SAMPLES"], "a") as out:
+            out.write(json.dumps({"mode": spec["mode"], "limit": spec["limit_bytes"],
+                                  "samples": samples}) + "\n")
     gaps = [usage - accounted for accounted, usage, _, _ in samples]
     worst = sorted(samples, key=lambda s: s[0] - s[1])[-3:]
     return {"responses_ms": responses, "runtime_bytes": engine.runtime_bytes,
@@ -127,6 +134,23 @@ def child(spec: dict) -> dict:
             "peak_ledger_bytes": engine.budget.peak_bytes,
             "forced": len(engine.trace.forced_events), "samples": len(samples),
             "gap_over_bytes": max(gaps, default=0), "gap_under_bytes": min(gaps, default=0)}
+
+
+def _detail(usage_file: Path, scheduler) -> str:
+    """The cgroup's (v1) anonymous and page-cache bytes and the ledger's weights and
+    activations, in MiB: where a gap comes from."""
+    stat = dict(line.split() for line in
+                (usage_file.parent / "memory.stat").read_text().splitlines())
+    held: dict[str, int] = {}
+    try:
+        for instance in list(scheduler.instances):
+            for key, nbytes in list(instance.held.items()):
+                held[key[0]] = held.get(key[0], 0) + nbytes
+    except RuntimeError:
+        pass
+    return (f"rss {int(stat['rss']) >> 20} cache {int(stat['cache']) >> 20} mapped "
+            f"{int(stat['mapped_file']) >> 20} | ledger w {held.get('w', 0) >> 20} "
+            f"a {held.get('a', 0) >> 20} x {held.get('x', 0) >> 20}")
 
 
 # -- the parent ----------------------------------------------------------------------------
