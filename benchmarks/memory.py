@@ -1,6 +1,7 @@
 """Memory truth: does the budget hold in real memory? (issue 13)
 
     sudo python benchmarks/memory.py [--batches 3] [--modes masa,bulk,linear] [--skip-vgg]
+                                     [--swap 4G]
 
 On the large-3 set (ObjectNet = VGG-19, EmotionNet, MemNet at batch 10; zoo networks, seeded
 synthetic weights), closed-loop batch arrivals, 2 workers, cold loads (each weight file's
@@ -8,19 +9,27 @@ pages dropped before it is read), per mode:
 * inside a 512 MiB memory cgroup with no swap (memsw limit = the limit) and inside an
   unlimited one (to measure its usage), same packages, same arrivals: completed?, mean
   response ratio limited / unlimited, the cgroup's peak usage against the limit, OOM kills,
-  system swap-ins during the run;
-* what the run accounts for (the ledger, plus the runtime measured at engine start and one
-  largest exec workspace per worker, both set aside from the capacity) against the cgroup's
-  usage, sampled every 20 ms: the largest gap each way (usage above the accounted figure:
-  under-counting; below: memory accounted and not in use) and the larger as a share of the
-  limit;
-then VGG-19 at batch 1 inside a 128 MiB cgroup with no swap, its large layers in blocks:
-completed?, output bit-exact against the unsplit package forward (run outside the limit)?
+  system swap-ins during the run, reservations forced over the ledger's capacity;
+* what the run accounts for (what the ledger holds: weights, activations and the workspaces
+  of the execs running, each reserved by its exec while it runs; plus the runtime measured
+  at engine start with its growth allowance) against the cgroup's usage, sampled every 20
+  ms, the ledger read just before and just after the usage: the largest gap each way (usage
+  above the accounted figure: under-counting; below: memory accounted and not in use, e.g.
+  a load's bytes reserved as it starts and read in while it runs) and the larger as a share
+  of the limit, with what ran at the worst over-counted sample;
+* a mode that cannot keep to the limit (the simulator, the same scheduler core and
+  accounting, forces reservations over the ledger's capacity: bulk holds a whole model's
+  weights) is reported as needing swap and run only with `--swap SIZE` (a swap file and the
+  cgroup's memsw limit raised by that much);
+then VGG-19 at batch 1 inside a 128 MiB cgroup with no swap: completed?, forced?, output
+bit-exact against the unsplit package forward (run outside the limit)?
 
-Packages over the budget are split into blocks first (`block_package`, 32 MiB blocks at 512
-MiB, 12 MiB at 128 MiB), outside the limit. Also measures load methods (mmap vs read, cold and
-warm) over ObjectNet's weight files. Prints the load average: the machine may be shared.
-Needs root for the cgroups; without it only the load-method figures are printed.
+Packages are blocked by the engine's automatic rule for the ledger's capacity
+(`engine.blocked_packages`, estimated with `RUNTIME_ESTIMATE_BYTES`), derived here outside the
+limit. Also measures load methods (mmap vs read, cold and warm) over ObjectNet's weight files.
+Prints the load average: the machine may be shared. Needs root for the cgroups; without it
+only the load-method figures are printed. `EDGECAFFE_MEMORY_SAMPLES=FILE` appends every
+sample (with the cgroup's anonymous and page-cache parts and the ledger's) to FILE.
 """
 
 from __future__ import annotations
@@ -95,10 +104,15 @@ def child(spec: dict) -> dict:
             if usage_file is not None:
                 # What the run accounts for at this moment: what the ledger holds (weights,
                 # activations, and the workspaces of the execs running now, each reserved
-                # by its exec while it runs) and the runtime measured at engine start.
-                # Ledger first, usage second: a task starting in between counts against us.
-                accounted = engine.budget.used_bytes + engine.runtime_bytes
+                # by its exec while it runs) and the runtime measured at engine start. The
+                # ledger is read before and after the usage (on a loaded machine this thread
+                # may wait between reads): usage above both is under-accounting, below both
+                # over-accounting.
+                before = engine.budget.used_bytes
                 usage = int(usage_file.read_text())
+                after = engine.budget.used_bytes
+                accounted = (min(before, after) + engine.runtime_bytes,
+                             max(before, after) + engine.runtime_bytes)
                 running = sorted(f"{t.label} of {t.instance.name}" for t in
                                  list(scheduler.running))
                 if detail:  # the cgroup's anonymous and page-cache parts, the ledger's
@@ -125,15 +139,16 @@ def child(spec: dict) -> dict:
         with open(os.environ["EDGECAFFE_MEMORY_SAMPLES"], "a") as out:
             out.write(json.dumps({"mode": spec["mode"], "limit": spec["limit_bytes"],
                                   "samples": samples}) + "\n")
-    gaps = [usage - accounted for accounted, usage, _, _ in samples]
-    worst = sorted(samples, key=lambda s: s[0] - s[1])[-3:]
+    over = [usage - high for (_, high), usage, _, _ in samples]
+    under = [usage - low for (low, _), usage, _, _ in samples]
+    worst = sorted(samples, key=lambda s: s[0][0] - s[1])[-3:]
     return {"responses_ms": responses, "runtime_bytes": engine.runtime_bytes,
             "workspace_bytes": engine.workspace_bytes,
-            "worst_samples": [(a, u, round(t, 3), r) for a, u, t, r in worst],
+            "worst_samples": [(a[0], u, round(t, 3), r) for a, u, t, r in worst],
             "capacity_bytes": engine.budget.capacity_bytes,
             "peak_ledger_bytes": engine.budget.peak_bytes,
             "forced": len(engine.trace.forced_events), "samples": len(samples),
-            "gap_over_bytes": max(gaps, default=0), "gap_under_bytes": min(gaps, default=0)}
+            "gap_over_bytes": max(over, default=0), "gap_under_bytes": min(under, default=0)}
 
 
 def _detail(usage_file: Path, scheduler) -> str:
