@@ -9,13 +9,15 @@ each, registered in `GRANULARITIES`:
 * `network` (faithful, the original's Masa, §3.3): an init reserves the network's peak figure;
   everything is returned when the network finishes. Loads and execs reserve nothing. An init
   also fits whenever no network is active, as the original admitted it.
-* `layer` (the paper's intent): an init reserves the input; a load reserves the layer's weights
-  and its output; an exec of a weight-free layer reserves its output; after an exec the layer's
-  weights are returned (per-layer modes) and every buffer whose last reader ran. Whole-model
-  tasks (bulk) reserve all weights, then the forward pass's peak activations. Exec
-  workspaces (im2col buffers) are not per-task reservations: at most one per worker exists at
-  a time, so a driver that accounts real memory sets aside `workers` x the largest
-  (`NetworkInfo.max_workspace_bytes`) from the capacity (the engine's `account_runtime`).
+* `layer` (the paper's intent): an init reserves the input; a load reserves the layer's
+  weights; an exec reserves the layer's outputs as it starts (not its load: loads run ahead
+  of execs, and outputs reserved with them were held long before they existed); after an
+  exec the layer's weights are returned (per-layer modes) and every buffer whose last reader
+  ran. Whole-model tasks (bulk) reserve all weights, then the forward pass's peak
+  activations. With `workspaces` (the engine under a real limit, `account_runtime`; a
+  simulator told to) an exec also reserves its kernel's workspace (`LayerInfo.
+  workspace_bytes`: im2col bands, padded images), returned when it ends ("x:<layer>"), so
+  workspaces are counted exactly while their execs run.
 
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
@@ -70,7 +72,7 @@ at once. Frontiers are brought up to date, the bound with them, and the units so
 when that does not decide (the simulator's scale benchmark: ~1.1x main's CPU time).
 
 Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
-"network", "w:*", "a:*") in `instance.held`, so that they go back piece by piece. Without a ledger
+"x:<layer>" for an exec's workspace, "network", "w:*", "a:*", "x:*") in `instance.held`, so that they go back piece by piece. Without a ledger
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
 what each task's end returns is then known in advance (`Plan.freed`, see `known_releases`), and
 the manager only adds and subtracts numbers.
