@@ -176,10 +176,11 @@ def auto_block_bytes(capacity_bytes: int) -> int:
 
 
 def max_band_bytes(capacity_bytes: int, workers: int) -> int:
-    """A convolution band's cap under a real limit: an eighth of the ledger's capacity per
-    worker (every worker may run an exec with its workspace at once), at least 1 MiB; the
+    """A convolution band's cap under a real limit: a sixteenth of the ledger's capacity per
+    worker (every worker may run an exec with its workspace at once, and an exec's
+    reservation is in the ledger before its pages are touched), at least 1 MiB; the
     kernels' default (32 MB) when that is more."""
-    return max(1 << 20, capacity_bytes // (8 * max(1, workers)))
+    return max(1 << 20, capacity_bytes // (16 * max(1, workers)))
 
 
 class Engine:

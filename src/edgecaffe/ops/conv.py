@@ -86,6 +86,27 @@ def pad_image(image: np.ndarray, pad: tuple[int, int],
     return padded
 
 
+def _slab_rows(band: int, stride: int, dilation: int, kernel: int) -> int:
+    """Padded input rows that `band` output rows read."""
+    return (band - 1) * stride + dilation * (kernel - 1) + 1
+
+
+def _padded_slab(image: np.ndarray, slab: np.ndarray, rows: range, stride: int,
+                 dilation: int, kernel: int, pad: tuple[int, int]) -> np.ndarray:
+    """The padded rows output rows `rows` read, written into `slab` (zeros where the padding
+    is): the same values as those rows of `pad_image`'s whole padded image."""
+    _, h, w = image.shape
+    top = rows.start * stride  # in padded coordinates
+    height = _slab_rows(len(rows), stride, dilation, kernel)
+    part = slab[:, :height]
+    part.fill(0.0)
+    first, last = max(top, pad[0]), min(top + height, pad[0] + h)  # rows of the image
+    if first < last:
+        part[:, first - top : last - top, pad[1] : pad[1] + w] = image[:, first - pad[0]:
+                                                                      last - pad[0]]
+    return part
+
+
 def im2col_rows(
     padded: np.ndarray,
     kernel: tuple[int, int],
@@ -148,14 +169,23 @@ def conv2d(
     # Zeros for a last window that overhangs the padded input (see conv_output_size).
     extra = (max(0, (oh - 1) * stride[0] + dilation[0] * (kh - 1) + 1 - h - 2 * pad[0]),
              max(0, (ow - 1) * stride[1] + dilation[1] * (kw - 1) + 1 - w - 2 * pad[1]))
+    padding = pad != (0, 0) or extra != (0, 0)
+    # A padded slab of the input rows one band reads (not a padded copy of the whole image:
+    # 12.5 MiB for VGG's conv1_2), reused band after band.
+    slab = None if pointwise or not padding else np.empty(
+        (c, _slab_rows(band, stride[0], dilation[0], kh), w + 2 * pad[1] + extra[1]),
+        dtype=np.float32)
     for i in range(n):
-        padded = None if pointwise else pad_image(x[i], pad, extra)
         for r0 in range(0, oh, band):
             rows = range(r0, min(oh, r0 + band))
             if pointwise:
                 cols = x[i].reshape(c, h * w)
+            elif slab is None:
+                cols = im2col_rows(x[i], (kh, kw), stride, dilation, ow, rows, buffer)
             else:
-                cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
+                part = _padded_slab(x[i], slab, rows, stride[0], dilation[0], kh, pad)
+                cols = im2col_rows(part, (kh, kw), stride, dilation, ow,
+                                   range(0, len(rows)), buffer)
             target = out[i, :, rows.start * ow : rows.stop * ow]
             if group == 1:
                 if chunk:  # fixed chunks: bit-exact against a blocked copy of the layer
@@ -199,11 +229,11 @@ class Conv(Op):
         return [(n, attrs["out_channels"], *size)]
 
     def workspace_bytes(self, inputs, outputs, attrs):
-        """What `conv2d` allocates besides the output: the padded image (two for a batch:
-        the next is made before the last goes), the band's column buffer and, with several
-        bands, the band's product; none for a pointwise layer. Checked against tracemalloc
+        """What `conv2d` allocates besides the output: the padded slab of input rows a band
+        reads (when padded), the band's column buffer and, with several bands, the band's
+        product; none for a pointwise layer. Checked against tracemalloc
         (tests/test_memory_truth.py)."""
-        n, c, h, w = inputs[0]
+        _, c, h, w = inputs[0]
         (kh, kw), stride, pad = attrs["kernel"], tuple(attrs["stride"]), tuple(attrs["pad"])
         dilation = tuple(attrs["dilation"])
         if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
@@ -213,12 +243,12 @@ class Conv(Op):
         band = band_rows(oh, ow, per_row)
         extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
                  zip((oh, ow), stride, dilation, (kh, kw), (h, w), pad, strict=True)]
-        padded = c * (h + 2 * pad[0] + extra[0]) * (w + 2 * pad[1] + extra[1]) \
+        padded = c * _slab_rows(band, stride[0], dilation[0], kh) * (w + 2 * pad[1] + extra[1]) \
             if any(pad) or any(extra) else 0
         # Several bands: each band's output is a strided slice, which BLAS's product fills
         # through a temporary of the band's output size.
         product = outputs[0][1] * band * ow if band < oh else 0
-        return 4 * (band * per_row + padded * min(n, 2) + product)
+        return 4 * (band * per_row + padded + product)
 
     def flops(self, inputs, outputs, attrs):
         macs_per_output = inputs[0][1] // attrs["group"] * prod(attrs["kernel"])

@@ -72,7 +72,8 @@ at once. Frontiers are brought up to date, the bound with them, and the units so
 when that does not decide (the simulator's scale benchmark: ~1.1x main's CPU time).
 
 Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
-"x:<layer>" for an exec's workspace, "network", "w:*", "a:*", "x:*") in `instance.held`, so that they go back piece by piece. Without a ledger
+"x:<layer>" for an exec's workspace, "network", "w:*", "a:*", "x:*") in `instance.held`,
+so that they go back piece by piece. Without a ledger
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
 what each task's end returns is then known in advance (`Plan.freed`, see `known_releases`), and
 the manager only adds and subtracts numbers.
