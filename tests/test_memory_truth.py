@@ -256,3 +256,39 @@ def test_freeing_a_layer_returns_its_memory_to_the_cgroup(zoo_packages, method):
     layer = 38_537_216 - 2048 * 4  # fc6's weight file, roughly
     assert layer * 0.9 <= loaded - before <= layer * 1.3
     assert after - before <= 6 << 20
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_runtime_is_what_its_own_cgroup_is_charged(tmp_path, version):
+    """On a fake cgroupfs: the usage of a cgroup the process is alone in; None in the root
+    cgroup or in one shared with another process (whose memory its usage holds too)."""
+    from edgecaffe.measure import own_cgroup_usage_bytes
+
+    root = tmp_path / "fs"
+    if version == 1:
+        folder, usage, line = root / "memory" / "run", "memory.usage_in_bytes", "5:memory:/run"
+    else:
+        (root).mkdir()
+        (root / "cgroup.controllers").write_text("cpu memory\n")
+        folder, usage, line = root / "run", "memory.current", "0::/run"
+    folder.mkdir(parents=True)
+    (folder / usage).write_text("23068672\n")
+    (folder / "cgroup.procs").write_text("4242\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"9:pids:/run\n{line}\n")
+    assert own_cgroup_usage_bytes(proc, root, pid=4242) == 22 << 20
+    (folder / "cgroup.procs").write_text("4242\n4243\n")
+    assert own_cgroup_usage_bytes(proc, root, pid=4242) is None  # shared
+    proc.write_text(line.replace("/run", "/") + "\n")
+    assert own_cgroup_usage_bytes(proc, root, pid=4242) is None  # the root cgroup
+
+
+def test_automatic_blocks_follow_the_capacity():
+    """A sixteenth of the capacity, a power of two MiB (close capacities agree), >= 1 MiB."""
+    from edgecaffe.engine.engine import RUNTIME_ESTIMATE_BYTES, auto_block_bytes
+
+    assert auto_block_bytes(469 << 20) == auto_block_bytes((512 << 20) - RUNTIME_ESTIMATE_BYTES) \
+        == 16 << 20
+    assert auto_block_bytes(92 << 20) == auto_block_bytes((128 << 20) - RUNTIME_ESTIMATE_BYTES) \
+        == 4 << 20
+    assert auto_block_bytes(1 << 20) == 1 << 20

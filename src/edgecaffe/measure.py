@@ -71,23 +71,24 @@ def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def own_cgroup_usage_bytes() -> int | None:
+def own_cgroup_usage_bytes(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                           root: Path = _CGROUP_ROOT, pid: int | None = None) -> int | None:
     """What this process's memory cgroup is charged now (v1 `memory.usage_in_bytes`, v2
     `memory.current`), when the process is alone in a cgroup of its own (not the root);
     else None. Memory another cgroup was charged for first (shared libraries already in the
     page cache) is in this process's RSS but not in its cgroup's usage: under a cgroup's
-    limit the usage is what counts."""
+    limit the usage is what counts. (`proc_cgroup`, `root`, `pid`: for tests.)"""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return None
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "memory":  # v1
-            folder, usage = _CGROUP_ROOT / "memory" / path.lstrip("/"), "memory.usage_in_bytes"
+            folder, usage = root / "memory" / path.lstrip("/"), "memory.usage_in_bytes"
             break
-        if controllers == "" and (_CGROUP_ROOT / "cgroup.controllers").exists():  # v2
-            folder, usage = _CGROUP_ROOT / path.lstrip("/"), "memory.current"
+        if controllers == "" and (root / "cgroup.controllers").exists():  # v2
+            folder, usage = root / path.lstrip("/"), "memory.current"
             break
     else:
         return None
@@ -95,7 +96,7 @@ def own_cgroup_usage_bytes() -> int | None:
         return None
     try:
         processes = (folder / "cgroup.procs").read_text().split()
-        if processes != [str(os.getpid())]:
+        if processes != [str(os.getpid() if pid is None else pid)]:
             return None  # others share it: their memory is in its usage too
         return int((folder / usage).read_text())
     except (OSError, ValueError):
