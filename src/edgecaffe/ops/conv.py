@@ -150,9 +150,11 @@ def conv2d(
     `ops.base.output_chunk`). `out`: where to write the (N, C_out, OH*OW) result (a block's
     slice of the whole layer's output), else a fresh array.
 
-    Banding keeps the column buffer at ~4 MB however large the image (a whole-image buffer is
-    9x the input for 3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is
-    reused, so it stays cache-warm and is not page-faulted in afresh for every layer.
+    Banding keeps the column buffer at 16-32 MB (less under a small memory limit:
+    `set_max_band_bytes`) however large the image (a whole-image buffer is 9x the input for
+    3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is reused, so it
+    stays cache-warm and is not page-faulted in afresh for every layer. Padding is applied to
+    the input rows one band reads (a reused slab), not to a copy of the whole image.
     """
     n, c, h, w = x.shape
     out_channels, _, kh, kw = weight.shape
