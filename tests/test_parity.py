@@ -100,7 +100,13 @@ def real_arrivals(real: Trace, arrivals=ARRIVALS) -> list[Arrival]:
 def replayed_trace(real: Trace, infos, arrivals=ARRIVALS, **settings) -> Trace:
     """The simulator on the engine's own durations and arrival times."""
     durations = measured_ms(real)
-    simulator = Simulator(infos, task_ms=lambda task: durations[task.id], **settings)
+
+    def task_ms(task: Task) -> float:
+        if task.id not in durations:  # a disagreement, as any other (tried again)
+            raise AssertionError(f"the simulator started {task!r}, which the engine never ran")
+        return durations[task.id]
+
+    simulator = Simulator(infos, task_ms=task_ms, **settings)
     return simulator.run(real_arrivals(real, arrivals), closed_loop=False)
 
 
