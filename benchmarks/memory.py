@@ -53,7 +53,7 @@ def _packages(names, limit_bytes, batches=None):
     (MemNet at 10, as the original's large-3 set), blocked as the engine's automatic rule
     does for the ledger capacity under `limit_bytes` (derived here, outside the limit; the
     child's engine finds the same copies)."""
-    from edgecaffe.engine.engine import RUNTIME_ESTIMATE_BYTES, blocked_packages
+    from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES, blocked_packages
     from edgecaffe.model.zoo import zoo_package
 
     whole = {name: zoo_package(name, batch=(batches or {}).get(name, 1), profile_runs=3)
@@ -65,7 +65,7 @@ def needs_more(packages, mode: str, limit_bytes: int, batches: int) -> int:
     """Reservations the progress rule would force over the ledger's capacity (estimated:
     the limit less `RUNTIME_ESTIMATE_BYTES`) for this workload, by the simulator (the same
     scheduler core and accounting as the engine, exec workspaces included)."""
-    from edgecaffe.engine.engine import RUNTIME_ESTIMATE_BYTES
+    from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES
     from edgecaffe.model.info import package_info
     from edgecaffe.sim import Simulator, load_device
     from edgecaffe.workload import batches as batch_arrivals

@@ -87,7 +87,7 @@ def test_a_small_limit_makes_the_convolution_bands_small(zoo_packages):
     column buffer (`max_band_bytes`), the infos' workspaces with it, and restores the cap
     at close."""
     from edgecaffe.engine import Engine
-    from edgecaffe.engine.engine import max_band_bytes
+    from edgecaffe.engine.limit import max_band_bytes
     from edgecaffe.ops import conv
 
     folder = zoo_packages(["TinyAlex"])
@@ -285,7 +285,7 @@ def test_the_runtime_is_what_its_own_cgroup_is_charged(tmp_path, version):
 
 def test_automatic_blocks_follow_the_capacity():
     """A sixteenth of the capacity, a power of two MiB (close capacities agree), >= 1 MiB."""
-    from edgecaffe.engine.engine import RUNTIME_ESTIMATE_BYTES, auto_block_bytes
+    from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES, auto_block_bytes
 
     assert auto_block_bytes(469 << 20) == auto_block_bytes((512 << 20) - RUNTIME_ESTIMATE_BYTES) \
         == 16 << 20
