@@ -1,6 +1,7 @@
 """Memory truth: does the budget hold in real memory? (issue 13)
 
     sudo python benchmarks/memory.py [--batches 3] [--modes masa,bulk,linear] [--skip-vgg]
+                                     [--swap 4G]
 
 On the large-3 set (ObjectNet = VGG-19, EmotionNet, MemNet at batch 10; zoo networks, seeded
 synthetic weights), closed-loop batch arrivals, 2 workers, cold loads (each weight file's
@@ -8,19 +9,27 @@ pages dropped before it is read), per mode:
 * inside a 512 MiB memory cgroup with no swap (memsw limit = the limit) and inside an
   unlimited one (to measure its usage), same packages, same arrivals: completed?, mean
   response ratio limited / unlimited, the cgroup's peak usage against the limit, OOM kills,
-  system swap-ins during the run;
-* what the run accounts for (the ledger, plus the runtime measured at engine start and one
-  largest exec workspace per worker, both set aside from the capacity) against the cgroup's
-  usage, sampled every 20 ms: the largest gap each way (usage above the accounted figure:
-  under-counting; below: memory accounted and not in use) and the larger as a share of the
-  limit;
-then VGG-19 at batch 1 inside a 128 MiB cgroup with no swap, its large layers in blocks:
-completed?, output bit-exact against the unsplit package forward (run outside the limit)?
+  system swap-ins during the run, reservations forced over the ledger's capacity;
+* what the run accounts for (what the ledger holds: weights, activations and the workspaces
+  of the execs running, each reserved by its exec while it runs; plus the runtime measured
+  at engine start with its growth allowance) against the cgroup's usage, sampled every 20
+  ms, the ledger read just before and just after the usage: the largest gap each way (usage
+  above the accounted figure: under-counting; below: memory accounted and not in use, e.g.
+  a load's bytes reserved as it starts and read in while it runs) and the larger as a share
+  of the limit, with what ran at the worst over-counted sample;
+* a mode that cannot keep to the limit (the simulator, the same scheduler core and
+  accounting, forces reservations over the ledger's capacity: bulk holds a whole model's
+  weights) is reported as needing swap and run only with `--swap SIZE` (a swap file and the
+  cgroup's memsw limit raised by that much);
+then VGG-19 at batch 1 inside a 128 MiB cgroup with no swap: completed?, forced?, output
+bit-exact against the unsplit package forward (run outside the limit)?
 
-Packages over the budget are split into blocks first (`block_package`, 32 MiB blocks at 512
-MiB, 12 MiB at 128 MiB), outside the limit. Also measures load methods (mmap vs read, cold and
-warm) over ObjectNet's weight files. Prints the load average: the machine may be shared.
-Needs root for the cgroups; without it only the load-method figures are printed.
+Packages are blocked by the engine's automatic rule for the ledger's capacity
+(`engine.blocked_packages`, estimated with `RUNTIME_ESTIMATE_BYTES`), derived here outside the
+limit. Also measures load methods (mmap vs read, cold and warm) over ObjectNet's weight files.
+Prints the load average: the machine may be shared. Needs root for the cgroups; without it
+only the load-method figures are printed. `EDGECAFFE_MEMORY_SAMPLES=FILE` appends every
+sample (with the cgroup's anonymous and page-cache parts and the ledger's) to FILE.
 """
 
 from __future__ import annotations
@@ -37,19 +46,37 @@ import time
 from pathlib import Path
 
 SET = ("ObjectNet", "EmotionNet", "MemNet")
-BLOCK_512 = 32 << 20
-BLOCK_128 = 12 << 20
 
 
-def _packages(names, max_block, batches=None):
+def _packages(names, limit_bytes, batches=None):
     """Zoo packages (profiled: masa orders by profiled times), `batches`: name -> input batch
-    (MemNet at 10, as the original's large-3 set), blocked over `max_block`."""
-    from edgecaffe.model.package.blocks import block_package
+    (MemNet at 10, as the original's large-3 set), blocked as the engine's automatic rule
+    does for the ledger capacity under `limit_bytes` (derived here, outside the limit; the
+    child's engine finds the same copies)."""
+    from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES, blocked_packages
     from edgecaffe.model.zoo import zoo_package
 
-    return {name: block_package(zoo_package(name, batch=(batches or {}).get(name, 1),
-                                            profile_runs=3), max_block)
-            for name in names}
+    whole = {name: zoo_package(name, batch=(batches or {}).get(name, 1), profile_runs=3)
+             for name in names}
+    return blocked_packages(whole, limit_bytes - RUNTIME_ESTIMATE_BYTES)
+
+
+def needs_more(packages, mode: str, limit_bytes: int, batches: int) -> int:
+    """Reservations the progress rule would force over the ledger's capacity (estimated:
+    the limit less `RUNTIME_ESTIMATE_BYTES`) for this workload, by the simulator (the same
+    scheduler core and accounting as the engine, exec workspaces included)."""
+    from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES
+    from edgecaffe.model.info import package_info
+    from edgecaffe.sim import Simulator, load_device
+    from edgecaffe.workload import batches as batch_arrivals
+
+    infos = {name: package_info(p) for name, p in packages.items()}
+    # Durations from a device profile (blocked copies have no profiled times of their own):
+    # what is forced depends on memory, not on the clock.
+    simulator = Simulator(infos, mode, budget=limit_bytes - RUNTIME_ESTIMATE_BYTES, workers=2,
+                          device=load_device("rpi4-sd"), workspaces=True)
+    trace = simulator.run(batch_arrivals(list(packages), batches), closed_loop=True)
+    return len(trace.forced_events)
 
 
 # -- the child: one run inside a cgroup ------------------------------------------------------
@@ -64,17 +91,33 @@ def child(spec: dict) -> dict:
     packages = {name: open_package(path) for name, path in spec["packages"].items()}
     usage_file = Path(spec["usage_file"]) if spec.get("usage_file") else None
     engine = Engine(packages, mode=spec["mode"], budget=spec["limit_bytes"], workers=2,
-                    cold_loads=True, account_runtime=True)
+                    cold_loads=True, account_runtime=True,
+                    allow_overcommit=spec.get("allow_overcommit", True))
     samples: list[tuple[int, int]] = []
     done = threading.Event()
+
+    scheduler = engine.scheduler
+    detail = bool(os.environ.get("EDGECAFFE_MEMORY_SAMPLES"))
 
     def sample() -> None:
         while not done.is_set():
             if usage_file is not None:
+                # What the run accounts for at this moment: what the ledger holds (weights,
+                # activations, and the workspaces of the execs running now, each reserved
+                # by its exec while it runs) and the runtime measured at engine start. The
+                # ledger is read before and after the usage (on a loaded machine this thread
+                # may wait between reads): usage above both is under-accounting, below both
+                # over-accounting.
+                before = engine.budget.used_bytes
                 usage = int(usage_file.read_text())
-                # What the run accounts for: the ledger, the runtime, the workers' workspaces.
-                samples.append((engine.budget.used_bytes + engine.runtime_bytes
-                                + engine.workspace_bytes, usage))
+                after = engine.budget.used_bytes
+                accounted = (min(before, after) + engine.runtime_bytes,
+                             max(before, after) + engine.runtime_bytes)
+                running = sorted(f"{t.label} of {t.instance.name}" for t in
+                                 list(scheduler.running))
+                if detail:  # the cgroup's anonymous and page-cache parts, the ledger's
+                    running.append(_detail(usage_file, scheduler))
+                samples.append((accounted, usage, engine.now(), running))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -92,22 +135,53 @@ def child(spec: dict) -> dict:
         sampler.join()
     if spec.get("outputs_file"):
         np.savez(spec["outputs_file"], **outputs)
-    gaps = [usage - ledger for ledger, usage in samples]
+    if os.environ.get("EDGECAFFE_MEMORY_SAMPLES"):  # every sample, for a closer look
+        with open(os.environ["EDGECAFFE_MEMORY_SAMPLES"], "a") as out:
+            out.write(json.dumps({"mode": spec["mode"], "limit": spec["limit_bytes"],
+                                  "samples": samples}) + "\n")
+    over = [usage - high for (_, high), usage, _, _ in samples]
+    under = [usage - low for (low, _), usage, _, _ in samples]
+    worst = sorted(samples, key=lambda s: s[0][0] - s[1])[-3:]
     return {"responses_ms": responses, "runtime_bytes": engine.runtime_bytes,
             "workspace_bytes": engine.workspace_bytes,
+            "worst_samples": [(a[0], u, round(t, 3), r) for a, u, t, r in worst],
             "capacity_bytes": engine.budget.capacity_bytes,
             "peak_ledger_bytes": engine.budget.peak_bytes,
             "forced": len(engine.trace.forced_events), "samples": len(samples),
-            "gap_over_bytes": max(gaps, default=0), "gap_under_bytes": min(gaps, default=0)}
+            "gap_over_bytes": max(over, default=0), "gap_under_bytes": min(under, default=0)}
+
+
+def _detail(usage_file: Path, scheduler) -> str:
+    """The cgroup's (v1) anonymous and page-cache bytes and the ledger's weights and
+    activations, in MiB: where a gap comes from."""
+    stat = dict(line.split() for line in
+                (usage_file.parent / "memory.stat").read_text().splitlines())
+    held: dict[str, int] = {}
+    try:
+        for instance in list(scheduler.instances):
+            for key, nbytes in list(instance.held.items()):
+                held[key[0]] = held.get(key[0], 0) + nbytes
+    except RuntimeError:
+        pass
+    return (f"rss {int(stat['rss']) >> 20} cache {int(stat['cache']) >> 20} mapped "
+            f"{int(stat['mapped_file']) >> 20} | ledger w {held.get('w', 0) >> 20} "
+            f"a {held.get('a', 0) >> 20} x {held.get('x', 0) >> 20}")
 
 
 # -- the parent ----------------------------------------------------------------------------
 
-def run_limited(networks, packages, mode, limit_bytes, batches, outputs_file=None) -> dict:
-    """One run in a child process inside a fresh memory cgroup of `limit_bytes`, no swap."""
-    from edgecaffe.experiment.limits import MemoryCgroup
+def run_limited(networks, packages, mode, limit_bytes, batches, outputs_file=None,
+                swap_bytes: int = 0) -> dict:
+    """One run in a child process inside a fresh memory cgroup of `limit_bytes` with
+    `swap_bytes` of swap on top (a swap file of that size enabled meanwhile; 0: none)."""
+    import contextlib
 
-    with MemoryCgroup(limit_bytes, 0) as cgroup, tempfile.TemporaryDirectory() as folder:
+    from edgecaffe.experiment.limits import MemoryCgroup, SwapFile
+
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as folder:
+        if swap_bytes:
+            stack.enter_context(SwapFile(swap_bytes))
+        cgroup = stack.enter_context(MemoryCgroup(limit_bytes, swap_bytes))
         spec = {"packages": {n: str(p.directory) for n, p in packages.items()},
                 "networks": list(networks), "mode": mode, "batches": batches,
                 "limit_bytes": limit_bytes, "usage_file": str(cgroup.usage_path),
@@ -138,13 +212,15 @@ def _line(label: str, limited: dict, free: dict, limit_bytes: int) -> str:
     return (f"{label:<8} completed  mean {mean:8.0f} ms  vs no limit "
             f"{f'{ratio:.2f}x' if ratio else '   n/a'}  peak {peak / 2**20:5.0f} MiB "
             f"(limit {limit_bytes / 2**20:.0f}; with swap {memsw})  runtime "
-            f"{limited['runtime_bytes'] / 2**20:.0f} MiB  workspaces "
-            f"{limited['workspace_bytes'] / 2**20:.0f} MiB  ledger cap "
+            f"{limited['runtime_bytes'] / 2**20:.0f} MiB  ledger cap "
             f"{limited['capacity_bytes'] / 2**20:.0f} MiB  forced "
             f"{limited['forced']}  swap-in (system-wide) "
             f"{limited['stats']['swap_in_pages']} pages  gap "
             f"usage-accounted {limited['gap_over_bytes'] / 2**20:+.0f}/"
-            f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit")
+            f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit"
+            + "".join(f"\n{'':<8} at {t:.2f} s accounted {a / 2**20:.0f} MiB, usage "
+                      f"{u / 2**20:.0f} MiB, running: {', '.join(r) or 'nothing'}"
+                      for a, u, t, r in limited.get("worst_samples", [])[-1:]))
 
 
 def loads(package) -> None:
@@ -188,6 +264,9 @@ def main() -> None:
     parser.add_argument("--memnet-batch", type=int, default=10,
                         help="MemNet's input batch (the original's large-3 runs it at 10)")
     parser.add_argument("--skip-loads", action="store_true")
+    parser.add_argument("--swap", default="0",
+                        help="swap for a mode that cannot run within the limit (e.g. 4G): "
+                             "without it such a mode is reported, not run")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -206,13 +285,25 @@ def main() -> None:
         print("not root: the cgroup runs are skipped")
         return
     limit = parse_bytes(args.limit)
-    packages = _packages(SET, BLOCK_512, {"MemNet": args.memnet_batch})
+    swap = parse_bytes(args.swap) if args.swap != "0" else 0
+    packages = _packages(SET, limit, {"MemNet": args.memnet_batch})
     print(f"\nlarge-3 (ObjectNet, EmotionNet, MemNet at batch {args.memnet_batch}), "
           f"{args.batches} batch arrivals, 2 workers, cold loads; "
           f"cgroup {limit / 2**20:.0f} MiB, no swap, vs the same in an unlimited cgroup")
-    for mode in args.modes.split(","):
+    for mode in [m for m in args.modes.split(",") if m not in ("", "none")]:
+        forced = needs_more(packages, mode, limit, args.batches)
+        if forced and not swap:
+            print(f"{mode:<8} needs swap: within {limit / 2**20:.0f} MiB the simulator forces "
+                  f"{forced} reservations over the ledger's capacity (a network's whole "
+                  "model does not fit): not run; give --swap SIZE to run it with swap",
+                  flush=True)
+            continue
         free = run_limited(SET, packages, mode, 64 << 30, args.batches)
-        limited = run_limited(SET, packages, mode, limit, args.batches)
+        limited = run_limited(SET, packages, mode, limit, args.batches,
+                              swap_bytes=swap if forced else 0)
+        if forced:
+            print(f"{mode:<8} needs swap ({forced} reservations forced over the ledger's "
+                  f"capacity, simulated): run with {swap / 2**30:.1f} GiB of swap", flush=True)
         print(_line(mode, limited, free, limit), flush=True)
         print(f"{'':<8} unlimited: mean {statistics.mean(free['responses_ms'] or [0]):.0f} ms, "
               f"peak {free['stats']['peak_bytes'] / 2**20:.0f} MiB", flush=True)
@@ -229,7 +320,8 @@ def _vgg(batches: int) -> None:
     from edgecaffe.model.zoo import zoo_package
 
     whole = zoo_package("ObjectNet")
-    blocked = _packages(["ObjectNet"], BLOCK_128)["ObjectNet"]
+    blocked = _packages(["ObjectNet"], 128 << 20)["ObjectNet"]
+    block = blocked.manifest.get("source", {}).get("max_block_bytes", 0)
     image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     expected = whole.forward(network_input(image, whole))
     with tempfile.TemporaryDirectory() as folder:
@@ -243,7 +335,8 @@ def _vgg(batches: int) -> None:
                 exact = all(np.array_equal(got[f"ObjectNet/{b}"], a) for b, a in expected.items())
     print(f"\nVGG-19 (ObjectNet) batch 1, {whole.weight_bytes / 2**20:.0f} MiB of weights "
           f"(largest layer {max(l.weight_bytes for l in whole.network.layers) / 2**20:.0f} MiB, "
-          f"in blocks of <= {BLOCK_128 / 2**20:.0f} MiB), 128 MiB cgroup, no swap:")
+          f"in blocks of <= {block / 2**20:.0f} MiB, chosen by the engine's automatic rule), "
+          "128 MiB cgroup, no swap:")
     print(_line("masa", result, free, 128 << 20) + f"  bit-exact: {exact}")
     print(f"{'':<8} unlimited: mean {statistics.mean(free['responses_ms'] or [0]):.0f} ms, "
           f"peak {free['stats']['peak_bytes'] / 2**20:.0f} MiB")

@@ -173,7 +173,8 @@ def test_engine_runs_a_network_under_a_budget_below_its_largest_layer(agenet, tm
     with Engine({"AgeNet": agenet}, mode="masa", budget=budget, workers=2,
                 allow_overcommit=False) as engine:
         derived = engine.packages["AgeNet"]
-        assert derived.manifest["source"]["max_block_bytes"] == budget // 4
+        # A sixteenth of the capacity, rounded down to a power of two MiB.
+        assert derived.manifest["source"]["max_block_bytes"] == 1 << 20
         result = engine.submit(image, ["AgeNet"]).result(timeout=120)
         expected = agenet.forward(network_input(image, agenet))
     for blob, array in expected.items():

@@ -117,11 +117,12 @@ def test_the_path_figures_of_a_small_chain():
     labels = [instance.tasks[position].label for position in path.order]
     assert labels == ["init", "load c0", "exec c0", "load c1", "exec c1"]
     w0, o0, w1, o1, x = (3 * 2 + 3) * 4, 3 * 4 * 4, (2 * 3 + 2) * 4, 2 * 4 * 4, 32
-    # init holds x; load c0 adds w0 + o0; exec c0 returns w0 and x; load c1 adds w1 + o1;
-    # exec c1 returns w1 and o0 (c1's output is the network's: kept to the end).
-    assert path.held == [0, x, x + w0 + o0, o0, o0 + w1 + o1, o1]
-    assert path.need == [max(x + w0 + o0, o0 + w1 + o1), max(w0 + o0, o0 + w1 + o1 - x),
-                         w1 + o1 - w0 - x if w1 + o1 > w0 + x else 0, w1 + o1, 0, 0]
+    # init holds x; load c0 adds w0; exec c0 adds o0 as it starts and returns w0 and x as it
+    # ends; load c1 adds w1; exec c1 adds o1 and returns w1 and o0 (c1's output is the
+    # network's: kept to the end). Outputs are reserved by their execs, not their loads.
+    assert path.held == [0, x, x + w0, o0, o0 + w1, o1]
+    exec0 = max(o0, o0 - w0 - x + w1 + o1)  # exec c0's own output, or what follows it
+    assert path.need == [x + w0 + exec0, w0 + exec0, exec0, w1 + o1, o1, 0]
     assert path.need[0] == solo_peak_bytes(info, "masa")
 
 
@@ -168,8 +169,9 @@ def test_a_prefetched_load_is_held_not_needed_again():
     assert labels == ["init", "load c0", "exec c0", "load c1", "exec c1"]
     init, load1 = instance.tasks[path.order[0]], instance.tasks[path.order[3]]
     w0, o0, w1, o1, x = (2 * 2 + 2) * 4, 2 * 4 * 4, (8 * 2 + 8) * 4, 8 * 4 * 4, 32
-    assert path.need[1] == max(w0 + o0, o0 + w1 + o1 - x)  # load c1 dominates
+    assert path.need[1] == w0 + max(o0, o0 - w0 - x + w1 + o1)  # load c1 dominates
     init.state = load1.state = State.DONE  # init ran; load c1 ran ahead of load c0
-    assert exact_need(instance, path, 1, init) == (w0 + o0, w1 + o1)
+    # Without load c1 (held already): exec c1's output after exec c0's end dominates.
+    assert exact_need(instance, path, 1, init) == (max(w0 + o0, o0 - x + o1), w1)
     load1.state = State.SKIPPED  # skipped (its instance failed): neither held nor to run
-    assert exact_need(instance, path, 1, init) == (w0 + o0, 0)
+    assert exact_need(instance, path, 1, init) == (max(w0 + o0, o0 - x + o1), 0)

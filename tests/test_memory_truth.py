@@ -51,24 +51,125 @@ def test_conv_workspace_is_what_the_kernel_allocates(case):
 
 
 def test_engine_accounts_its_runtime_and_workspaces(zoo_packages):
-    """Under a real limit the ledger's capacity is the limit less the runtime (measured) and
-    one largest exec workspace per worker (at most one exec per worker runs at a time)."""
+    """Under a real limit the ledger's capacity is the limit less the runtime (measured); no
+    workspace is set aside: each exec reserves its own while it runs and returns it at its
+    end, so the ledger's workspace share follows the execs running."""
     from edgecaffe.engine import Engine
     from edgecaffe.sched import BudgetError
 
     folder = zoo_packages(["TinyAlex"])
     with Engine(folder, budget="2G", workers=2, account_runtime=True) as engine:
-        runtime, workspace = engine.runtime_bytes, engine.workspace_bytes
-        largest = engine.infos["TinyAlex"].max_workspace_bytes
-        assert largest > 0 and workspace == 2 * largest
-        assert 0 < runtime <= rss_bytes() * 1.5
-        assert engine.budget.capacity_bytes == 2 * 2**30 - runtime - workspace
+        runtime = engine.runtime_bytes
+        assert 0 < runtime <= rss_bytes() * 1.5 and engine.workspace_bytes == 0
+        assert engine.budget.capacity_bytes == 2 * 2**30 - runtime
         assert engine.trace.info["runtime_bytes"] == runtime
         assert engine.trace.info["limit_bytes"] == 2 * 2**30
+        engine.submit(np.zeros((64, 64, 3), np.uint8), ["TinyAlex"]).result(timeout=60)
+        info = engine.infos["TinyAlex"]
+        events = engine.trace.ledger
+    assert engine.budget.used_bytes == 0
+    convs = [layer for layer in info.layers if layer.workspace_bytes]
+    assert convs
+    for layer in convs:  # reserved with the exec (outputs and workspace), returned at its end
+        [start] = [e for e in events if e.reason == f"exec {layer.name} of TinyAlex"]
+        [end] = [e for e in events if e.reason == f"end workspace of {layer.name}"]
+        assert start.delta_bytes == layer.output_bytes + layer.workspace_bytes
+        assert end.delta_bytes == -layer.workspace_bytes and end.time >= start.time
     with pytest.raises(BudgetError, match="nothing is left"):
         Engine(folder, budget="1M", account_runtime=True)
     with Engine(folder, budget="2G") as engine:
         assert engine.runtime_bytes is None and engine.budget.capacity_bytes == 2 * 2**30
+        assert all(not e.reason.startswith("end workspace") for e in engine.trace.ledger)
+
+
+def test_a_small_limit_makes_the_convolution_bands_small(zoo_packages):
+    """The kernels' workspace follows the budget: under a small limit the engine caps the
+    column buffer (`max_band_bytes`), the infos' workspaces with it, and restores the cap
+    at close."""
+    from edgecaffe.engine import Engine
+    from edgecaffe.engine.limit import max_band_bytes
+    from edgecaffe.ops import conv
+
+    folder = zoo_packages(["TinyAlex"])
+    before = conv.set_max_band_bytes(None)
+    assert before == 32 << 20
+    with Engine(folder, budget="2G", account_runtime=True) as large:
+        wide = {layer.name: layer.workspace_bytes for layer in large.infos["TinyAlex"].layers}
+    limit = rss_bytes() + (12 << 20)
+    with Engine(folder, budget=limit, workers=2, account_runtime=True) as small:
+        cap = max_band_bytes(small.budget.capacity_bytes, 2)
+        assert cap < 2 << 20
+        assert conv.set_max_band_bytes(cap) == cap  # in force while the engine runs
+        narrow = {layer.name: layer.workspace_bytes for layer in small.infos["TinyAlex"].layers}
+    assert conv.set_max_band_bytes(None) == 32 << 20  # restored at close
+    assert all(narrow[name] <= wide[name] for name in wide)
+
+
+def test_a_smaller_band_cap_shrinks_the_workspace_not_the_result():
+    """VGG's conv1_2 (64 channels at 224 px): with the band capped at 2 MiB its declared
+    workspace falls by the band's share, tracemalloc sees no more than it declares, and the
+    output is bit-for-bit the default band's."""
+    from edgecaffe.ops import conv
+
+    op, attrs, outputs = _conv((1, 64, 224, 224), 64, 3, 1, 1)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 64, 224, 224)).astype(np.float32)
+    weights = {"weight": rng.standard_normal((64, 64, 3, 3)).astype(np.float32),
+               "bias": rng.standard_normal(64).astype(np.float32)}
+    wide = op.workspace_bytes([x.shape], outputs, attrs)
+    expected = op.run([x], weights, attrs)[0]
+    previous = conv.set_max_band_bytes(2 << 20)
+    try:
+        narrow = op.workspace_bytes([x.shape], outputs, attrs)
+        # The columns within the cap; the band's padded slab (64 x 6 rows x 226) and
+        # product (64 x 4 rows x 224) besides.
+        assert narrow <= (2 << 20) + 4 * 64 * 6 * 226 + 4 * 64 * 4 * 224 < wide
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        got = op.run([x], weights, attrs)[0]
+        allocated = tracemalloc.get_traced_memory()[1] - base - got.nbytes
+        tracemalloc.stop()
+    finally:
+        conv.set_max_band_bytes(previous)
+    assert allocated <= narrow + (64 << 10)
+    assert np.array_equal(got, expected)
+
+
+def test_an_exec_reserves_at_least_what_its_kernel_allocates(zoo_packages):
+    """Outputs are reserved when an exec starts: what each exec's kernel allocates (numpy's
+    buffers, seen by tracemalloc: its outputs and its workspace) never exceeds what the exec
+    reserved in the ledger, and its load reserves its weights only."""
+    from edgecaffe.engine import Engine
+    from edgecaffe.engine.tasks import run_task
+    from edgecaffe.sched import Kind
+
+    folder = zoo_packages(["TinyAlex"])
+    allocated: dict[str, int] = {}
+
+    def measured(task, package):
+        if task.kind != Kind.EXEC:
+            return run_task(task, package, per_layer=True)
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            run_task(task, package, per_layer=True)
+            allocated[task.layers[0]] = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+
+    with Engine(folder, budget="2G", workers=1, account_runtime=True,
+                task_runner=measured) as engine:
+        engine.submit(np.zeros((64, 64, 3), np.uint8), ["TinyAlex"]).result(timeout=60)
+        info = engine.infos["TinyAlex"]
+        reserved = {(r.kind, r.layers): r.reserve_bytes for r in engine.trace.tasks}
+    assert allocated and max(allocated.values()) > 0
+    for layer in info.layers:
+        if layer.weighted:
+            assert reserved["load", layer.name] == layer.weight_bytes
+        need = reserved["exec", layer.name]
+        assert need == layer.output_bytes + layer.workspace_bytes
+        # Slack for Python's own objects (lists, views' headers): a few KiB, not a buffer.
+        assert allocated[layer.name] <= need + (16 << 10), (layer.name, allocated, need)
 
 
 def test_network_info_knows_each_exec_workspace():
@@ -155,3 +256,39 @@ def test_freeing_a_layer_returns_its_memory_to_the_cgroup(zoo_packages, method):
     layer = 38_537_216 - 2048 * 4  # fc6's weight file, roughly
     assert layer * 0.9 <= loaded - before <= layer * 1.3
     assert after - before <= 6 << 20
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_the_runtime_is_what_its_own_cgroup_is_charged(tmp_path, version):
+    """On a fake cgroupfs: the usage of a cgroup the process is alone in; None in the root
+    cgroup or in one shared with another process (whose memory its usage holds too)."""
+    from edgecaffe.measure import own_cgroup_usage_bytes
+
+    root = tmp_path / "fs"
+    if version == 1:
+        folder, usage, line = root / "memory" / "run", "memory.usage_in_bytes", "5:memory:/run"
+    else:
+        (root).mkdir()
+        (root / "cgroup.controllers").write_text("cpu memory\n")
+        folder, usage, line = root / "run", "memory.current", "0::/run"
+    folder.mkdir(parents=True)
+    (folder / usage).write_text("23068672\n")
+    (folder / "cgroup.procs").write_text("4242\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"9:pids:/run\n{line}\n")
+    assert own_cgroup_usage_bytes(proc, root, pid=4242) == 22 << 20
+    (folder / "cgroup.procs").write_text("4242\n4243\n")
+    assert own_cgroup_usage_bytes(proc, root, pid=4242) is None  # shared
+    proc.write_text(line.replace("/run", "/") + "\n")
+    assert own_cgroup_usage_bytes(proc, root, pid=4242) is None  # the root cgroup
+
+
+def test_automatic_blocks_follow_the_capacity():
+    """A sixteenth of the capacity, a power of two MiB (close capacities agree), >= 1 MiB."""
+    from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES, auto_block_bytes
+
+    assert auto_block_bytes(469 << 20) == auto_block_bytes((512 << 20) - RUNTIME_ESTIMATE_BYTES) \
+        == 16 << 20
+    assert auto_block_bytes(92 << 20) == auto_block_bytes((128 << 20) - RUNTIME_ESTIMATE_BYTES) \
+        == 4 << 20
+    assert auto_block_bytes(1 << 20) == 1 << 20

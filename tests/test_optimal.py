@@ -456,7 +456,7 @@ def test_zero_length_tasks_hold_memory_at_their_instant():
     assert check_schedule(requests, 700, 2, instance.durations, table) == []
     both_at_0 = {**table, (1, "load", "l0"): (0, 5, 0), (1, "exec", "l0"): (5, 10, 0)}
     one_problem(check_schedule(requests, 700, 2, instance.durations, both_at_0),
-                "memory over budget at t=0", "1130 bytes")
+                "memory over budget at t=0", "1120 bytes")
 
 
 # -- 5. clear errors ---------------------------------------------------------------------------

@@ -100,7 +100,13 @@ def real_arrivals(real: Trace, arrivals=ARRIVALS) -> list[Arrival]:
 def replayed_trace(real: Trace, infos, arrivals=ARRIVALS, **settings) -> Trace:
     """The simulator on the engine's own durations and arrival times."""
     durations = measured_ms(real)
-    simulator = Simulator(infos, task_ms=lambda task: durations[task.id], **settings)
+
+    def task_ms(task: Task) -> float:
+        if task.id not in durations:  # a disagreement, as any other (tried again)
+            raise AssertionError(f"the simulator started {task!r}, which the engine never ran")
+        return durations[task.id]
+
+    simulator = Simulator(infos, task_ms=task_ms, **settings)
     return simulator.run(real_arrivals(real, arrivals), closed_loop=False)
 
 
@@ -282,3 +288,32 @@ def test_adaptive_threads_give_the_same_schedule_on_both_clocks(packages):
                           **settings).run(real_arrivals(real))
         with pytest.raises(AssertionError):
             assert_same_schedule(real, other)
+
+
+def test_exec_workspaces_are_accounted_alike_on_both_clocks(packages):
+    """Under a real limit (`account_runtime`) each exec reserves its outputs and its kernel's
+    workspace as it starts and returns the workspace as it ends; the simulator told the same
+    (`workspaces=True`, the engine's capacity) reserves the same bytes for every task and
+    gives the same schedule."""
+    from edgecaffe.measure import rss_bytes
+
+    settings = dict(mode="masa", workers=2, account_runtime=True,
+                    budget=rss_bytes() + (64 << 20))
+    failures = []
+    for _ in range(3):
+        real = engine_trace(packages, **settings)
+        engine = Engine(packages, task_runner=sleeping_kernel, mode="masa", workers=2)
+        engine.close()
+        simulated = replayed_trace(real, engine.infos, mode="masa", workers=2,
+                                   budget=real.capacity_bytes, workspaces=True)
+        reserved = {t.task_id: t.reserve_bytes for t in real.tasks}
+        assert reserved == {t.task_id: t.reserve_bytes for t in simulated.tasks}
+        workspaces = [e for e in real.ledger if e.reason.startswith("end workspace of")]
+        assert workspaces and sorted(e.delta_bytes for e in workspaces) == sorted(
+            e.delta_bytes for e in simulated.ledger if e.reason.startswith("end workspace"))
+        try:
+            assert_same_schedule(real, simulated)
+            return
+        except AssertionError as error:
+            failures.append(str(error).splitlines()[0])
+    pytest.fail("the engine and the simulator disagreed in 3 tries: " + "; ".join(failures))

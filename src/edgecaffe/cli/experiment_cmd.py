@@ -370,9 +370,9 @@ def _run_limited(args: argparse.Namespace, plans, record, parent: int) -> int:
             limit = parse_bytes(config.mem_limit)
             # Blocked copies of layers too large for the limit are written here, outside it
             # (the run's engine finds them in the cache).
-            from edgecaffe.engine.engine import blocked_packages
+            from edgecaffe.engine.limit import RUNTIME_ESTIMATE_BYTES, blocked_packages
 
-            blocked_packages(networks, limit)
+            blocked_packages(networks, max(1, limit - RUNTIME_ESTIMATE_BYTES))
             with MemoryCgroup(limit, swap) as cgroup:
                 record.cgroups.append(str(cgroup.path))
                 record.save()

@@ -28,12 +28,14 @@ from typing import Any
 
 from edgecaffe.blas import BlasHold, available_cores, check_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
+from edgecaffe.engine.limit import blocked_packages, max_band_bytes, schedulable
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
+from edgecaffe.ops.conv import set_max_band_bytes
 from edgecaffe.sched import (
     MODES,
     BudgetError,
@@ -96,46 +98,6 @@ def _package(value: Any) -> ModelPackage:
     return open_package(value)
 
 
-def _schedulable(budget: str | int) -> tuple[int, int]:
-    """(ledger capacity, runtime bytes) for a process limited to `budget`: the resident
-    memory measured now, after BLAS has set up its buffers, is not schedulable."""
-    import numpy as np
-
-    from edgecaffe.measure import return_freed_memory, rss_bytes
-    from edgecaffe.sched import parse_bytes
-
-    limit = parse_bytes(budget)
-    return_freed_memory()
-    warm = np.ones((256, 256), dtype=np.float32)
-    float((warm @ warm).sum())  # BLAS allocates its per-thread buffers on first use
-    del warm
-    runtime = rss_bytes()
-    if runtime >= limit:
-        raise BudgetError(f"the runtime alone holds {runtime / 2**20:.0f} MiB, the memory limit "
-                          f"is {limit / 2**20:.0f} MiB: nothing is left to schedule")
-    return limit - runtime, runtime
-
-
-def blocked_packages(packages: Mapping[str, ModelPackage], budget: str | int,
-                     max_block: str | int = "auto") -> dict[str, ModelPackage]:
-    """`packages`, those with Dense/Conv layers over the block size replaced by blocked copies
-    (derived into the cache once). "auto": a package with a layer over half of `budget` (it
-    could share memory with nothing else) is blocked at a quarter of `budget`."""
-    from edgecaffe.model.package.blocks import block_package
-    from edgecaffe.sched import parse_bytes
-
-    capacity = parse_bytes(budget)
-    out = {}
-    for name, package in packages.items():
-        largest = max((layer.weight_bytes for layer in package.network.layers), default=0)
-        if max_block == "auto":
-            size = capacity // 4 if largest > capacity // 2 else None
-        else:
-            size = parse_bytes(max_block)
-        out[name] = package if size is None else block_package(package, size)
-    return out
-
-
 class Engine:
     """Runs requests for several networks under a memory budget, with N worker threads.
 
@@ -155,15 +117,16 @@ class Engine:
     condition holds; "oblivious", speculatively with their request (sched/requests.py).
 
     `account_runtime`: `budget` is the process's whole memory limit (a cgroup's): the
-    runtime's own footprint, measured now, and the workers' exec workspaces (`workers` x the
-    largest im2col buffer) are not schedulable, so the ledger's capacity is `budget` less
-    them (`runtime_bytes`, `workspace_bytes`; raises `BudgetError` when nothing is left); freed
-    arrays are returned to the system (`measure.return_freed_memory`). `load_method`: how
-    loads bring weights in ("mmap" or "read", see `model.package.package`). `max_block`:
-    packages with Dense/Conv layers over this size run from a blocked copy
-    (`model.package.blocks.block_package`, derived into the cache once); "auto" (the
-    default) does so only for a package with a layer larger than half of `budget`, in
-    blocks of a quarter of it (`blocked_packages`); None never."""
+    runtime's own footprint, measured now, is not schedulable, so the ledger's capacity is
+    `budget` less it (`runtime_bytes`; raises `BudgetError` when nothing is left); each exec
+    reserves its kernel's workspace in the ledger while it runs (`Core(workspaces=True)`),
+    and convolution bands are capped to follow the capacity (`max_band_bytes`, restored at
+    `close`); freed arrays are returned to the system (`measure.return_freed_memory`).
+    `load_method`: how loads bring weights in ("mmap" or "read", see
+    `model.package.package`). `max_block`: packages with Dense/Conv layers over this size
+    run from a blocked copy (`model.package.blocks.block_package`, derived into the cache
+    once); "auto" (the default) blocks a package with a layer over a quarter of the ledger's
+    capacity, at `auto_block_bytes` of it (`blocked_packages`); None never."""
 
     def __init__(
         self,
@@ -185,39 +148,37 @@ class Engine:
         max_block: str | int | None = "auto",
     ) -> None:
         self.packages = resolve_packages(packages)
-        runtime = workspace = None
-        if max_block is not None:
-            self.packages = blocked_packages(self.packages, budget, max_block)
+        runtime = None
+        self._band = None
         if account_runtime:
-            budget, runtime = _schedulable(budget)
+            budget, runtime = schedulable(budget)
+            # The kernels' workspaces follow the budget: smaller convolution bands when it is
+            # small (set before the infos, which read each layer's workspace from them).
+            count = getattr(MODES.get(mode), "workers", None) or workers
+            self._band = set_max_band_bytes(max_band_bytes(budget, count))
+        if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
+            self.packages = blocked_packages(self.packages, budget, max_block)
         if load_method is not None:
             for package in self.packages.values():
                 package.load_method = load_method
         infos = {name: package_info(p) for name, p in self.packages.items()}
-        if account_runtime:
-            # One exec per worker at a time, each with at most the largest workspace.
-            count = getattr(MODES.get(mode), "workers", None) or workers
-            workspace = count * max((i.max_workspace_bytes for i in infos.values()), default=0)
-            if workspace >= budget:
-                raise BudgetError(f"the kernels' workspaces ({workspace / 2**20:.0f} MiB for "
-                                  f"{count} workers) leave nothing of the "
-                                  f"{budget / 2**20:.0f} MiB left after the runtime")
-            budget -= workspace
         self._guard = PolicyGuard.wrap(policy)
+        # Under a real limit each exec reserves its kernel's workspace while it runs.
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
-                                allow_overcommit, context=context)
+                                allow_overcommit, context=context,
+                                workspaces=account_runtime)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
         #: What the process held at start (interpreter, libraries, BLAS buffers) when
         #: `account_runtime`: not schedulable, so the ledger's capacity is the budget less it.
         self.runtime_bytes = runtime
-        #: ... and the workers' exec workspaces (im2col buffers), set aside the same way.
-        self.workspace_bytes = workspace
+        #: Bytes set aside for exec workspaces: none, each exec reserves its own in the
+        #: ledger while it runs (`account_runtime`); None without `account_runtime`.
+        self.workspace_bytes = None if runtime is None else 0
         if runtime is not None:
-            core.trace.info.update(runtime_bytes=runtime, workspace_bytes=workspace,
-                                   limit_bytes=runtime + workspace
-                                   + self.budget.capacity_bytes)
+            core.trace.info.update(runtime_bytes=runtime, workspace_bytes=0,
+                                   limit_bytes=runtime + self.budget.capacity_bytes)
         self.blas_threads = check_blas_threads(blas_threads)
         self.cores = cores or available_cores()
         core.trace.info["blas_threads"] = self.blas_threads
@@ -499,6 +460,9 @@ class Engine:
             return
         for thread in self._threads:
             thread.join()
+        if self._band is not None:  # the kernels' band cap as it was before this engine
+            set_max_band_bytes(self._band)
+            self._band = None
         if self._broken is not None:
             raise EngineError(f"the engine stopped on an internal error: {self._broken}")
 

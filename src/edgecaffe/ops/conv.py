@@ -46,13 +46,29 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
 _BAND_FLOATS = 4 * 1024 * 1024
 _MIN_BAND_PIXELS = 4096
 _MAX_BAND_FLOATS = 8 * 1024 * 1024
+#: The cap in force (`set_max_band_bytes`): lower under a small memory budget.
+_max_band_floats = _MAX_BAND_FLOATS
+
+
+def set_max_band_bytes(max_bytes: int | None) -> int:
+    """Cap every convolution's column buffer at `max_bytes` (None: the default, 32 MB) for
+    the whole process; returns the previous cap in bytes. An engine under a small memory
+    limit lowers it (its kernels' workspace follows the budget) and restores it at close.
+    Outputs do not depend on the band size (each output pixel's dot products are the same
+    whichever band holds its column: tests/test_blocks.py)."""
+    global _max_band_floats
+    previous = 4 * _max_band_floats
+    _max_band_floats = _MAX_BAND_FLOATS if max_bytes is None else \
+        max(1, min(_MAX_BAND_FLOATS, int(max_bytes) // 4))
+    return previous
 
 
 def band_rows(out_height: int, out_width: int, floats_per_row: int) -> int:
-    """Output rows per band: enough for an efficient GEMM, bounded in memory, and split into
-    equal bands (no small last band)."""
-    rows = max(_BAND_FLOATS // floats_per_row, -(-_MIN_BAND_PIXELS // out_width))
-    rows = max(1, min(rows, _MAX_BAND_FLOATS // floats_per_row, out_height))
+    """Output rows per band: enough for an efficient GEMM, bounded in memory (by the cap in
+    force, `set_max_band_bytes`), and split into equal bands (no small last band)."""
+    cap = min(_max_band_floats, _MAX_BAND_FLOATS)
+    rows = max(min(_BAND_FLOATS, cap) // floats_per_row, -(-_MIN_BAND_PIXELS // out_width))
+    rows = max(1, min(rows, cap // floats_per_row, out_height))
     bands = -(-out_height // rows)
     return -(-out_height // bands)
 
@@ -68,6 +84,27 @@ def pad_image(image: np.ndarray, pad: tuple[int, int],
     padded = np.zeros((c, h + 2 * ph + extra[0], w + 2 * pw + extra[1]), dtype=image.dtype)
     padded[:, ph : ph + h, pw : pw + w] = image
     return padded
+
+
+def _slab_rows(band: int, stride: int, dilation: int, kernel: int) -> int:
+    """Padded input rows that `band` output rows read."""
+    return (band - 1) * stride + dilation * (kernel - 1) + 1
+
+
+def _padded_slab(image: np.ndarray, slab: np.ndarray, rows: range, stride: int,
+                 dilation: int, kernel: int, pad: tuple[int, int]) -> np.ndarray:
+    """The padded rows output rows `rows` read, written into `slab` (zeros where the padding
+    is): the same values as those rows of `pad_image`'s whole padded image."""
+    _, h, w = image.shape
+    top = rows.start * stride  # in padded coordinates
+    height = _slab_rows(len(rows), stride, dilation, kernel)
+    part = slab[:, :height]
+    part.fill(0.0)
+    first, last = max(top, pad[0]), min(top + height, pad[0] + h)  # rows of the image
+    if first < last:
+        part[:, first - top : last - top, pad[1] : pad[1] + w] = image[:, first - pad[0]:
+                                                                      last - pad[0]]
+    return part
 
 
 def im2col_rows(
@@ -113,9 +150,11 @@ def conv2d(
     `ops.base.output_chunk`). `out`: where to write the (N, C_out, OH*OW) result (a block's
     slice of the whole layer's output), else a fresh array.
 
-    Banding keeps the column buffer at ~4 MB however large the image (a whole-image buffer is
-    9x the input for 3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is
-    reused, so it stays cache-warm and is not page-faulted in afresh for every layer.
+    Banding keeps the column buffer at 16-32 MB (less under a small memory limit:
+    `set_max_band_bytes`) however large the image (a whole-image buffer is 9x the input for
+    3x3 kernels: 115 MB for a 64-channel 224x224 layer), and that one buffer is reused, so it
+    stays cache-warm and is not page-faulted in afresh for every layer. Padding is applied to
+    the input rows one band reads (a reused slab), not to a copy of the whole image.
     """
     n, c, h, w = x.shape
     out_channels, _, kh, kw = weight.shape
@@ -132,14 +171,23 @@ def conv2d(
     # Zeros for a last window that overhangs the padded input (see conv_output_size).
     extra = (max(0, (oh - 1) * stride[0] + dilation[0] * (kh - 1) + 1 - h - 2 * pad[0]),
              max(0, (ow - 1) * stride[1] + dilation[1] * (kw - 1) + 1 - w - 2 * pad[1]))
+    padding = pad != (0, 0) or extra != (0, 0)
+    # A padded slab of the input rows one band reads (not a padded copy of the whole image:
+    # 12.5 MiB for VGG's conv1_2), reused band after band.
+    slab = None if pointwise or not padding else np.empty(
+        (c, _slab_rows(band, stride[0], dilation[0], kh), w + 2 * pad[1] + extra[1]),
+        dtype=np.float32)
     for i in range(n):
-        padded = None if pointwise else pad_image(x[i], pad, extra)
         for r0 in range(0, oh, band):
             rows = range(r0, min(oh, r0 + band))
             if pointwise:
                 cols = x[i].reshape(c, h * w)
+            elif slab is None:
+                cols = im2col_rows(x[i], (kh, kw), stride, dilation, ow, rows, buffer)
             else:
-                cols = im2col_rows(padded, (kh, kw), stride, dilation, ow, rows, buffer)
+                part = _padded_slab(x[i], slab, rows, stride[0], dilation[0], kh, pad)
+                cols = im2col_rows(part, (kh, kw), stride, dilation, ow,
+                                   range(0, len(rows)), buffer)
             target = out[i, :, rows.start * ow : rows.stop * ow]
             if group == 1:
                 if chunk:  # fixed chunks: bit-exact against a blocked copy of the layer
@@ -184,10 +232,11 @@ class Conv(Op):
         return [(n, attrs["out_channels"], *size)]
 
     def workspace_bytes(self, inputs, outputs, attrs):
-        """What `conv2d` allocates besides the output: the padded image (two for a batch:
-        the next is made before the last goes) and the band's column buffer; none for a
-        pointwise layer. Checked against tracemalloc (tests/test_memory_truth.py)."""
-        n, c, h, w = inputs[0]
+        """What `conv2d` allocates besides the output: the padded slab of input rows a band
+        reads (when padded), the band's column buffer and, with several bands, the band's
+        product; none for a pointwise layer. Checked against tracemalloc
+        (tests/test_memory_truth.py)."""
+        _, c, h, w = inputs[0]
         (kh, kw), stride, pad = attrs["kernel"], tuple(attrs["stride"]), tuple(attrs["pad"])
         dilation = tuple(attrs["dilation"])
         if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
@@ -197,9 +246,12 @@ class Conv(Op):
         band = band_rows(oh, ow, per_row)
         extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
                  zip((oh, ow), stride, dilation, (kh, kw), (h, w), pad, strict=True)]
-        padded = c * (h + 2 * pad[0] + extra[0]) * (w + 2 * pad[1] + extra[1]) \
+        padded = c * _slab_rows(band, stride[0], dilation[0], kh) * (w + 2 * pad[1] + extra[1]) \
             if any(pad) or any(extra) else 0
-        return 4 * (band * per_row + padded * min(n, 2))
+        # Several bands: each band's output is a strided slice, which BLAS's product fills
+        # through a temporary of the band's output size.
+        product = outputs[0][1] * band * ow if band < oh else 0
+        return 4 * (band * per_row + padded + product)
 
     def flops(self, inputs, outputs, attrs):
         macs_per_output = inputs[0][1] // attrs["group"] * prod(attrs["kernel"])

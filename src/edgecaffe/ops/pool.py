@@ -111,6 +111,19 @@ class Pool(Op):
         kernel, _, _, _ = _geometry(inputs[0], attrs)
         return prod(outputs[0]) * prod(kernel)
 
+    def workspace_bytes(self, inputs, outputs, attrs):
+        """What `run` allocates besides the output: the padded input (when padded) and the
+        rows reduced over the window's height (tests/test_memory_truth.py)."""
+        if attrs["global"]:
+            return 0
+        n, c, h, w = inputs[0]
+        (kh, kw), (sh, sw), (ph, pw), (oh, ow) = _geometry(inputs[0], attrs)
+        bottom = max(0, (oh - 1) * sh + kh - h - ph)
+        right = max(0, (ow - 1) * sw + kw - w - pw)
+        width = w + pw + right
+        padded = n * c * (h + ph + bottom) * width if ph or pw or bottom or right else 0
+        return 4 * (padded + n * c * oh * width)
+
     def run(self, inputs, weights, attrs, inplace=False):
         x = inputs[0]
         n, c, h, w = x.shape

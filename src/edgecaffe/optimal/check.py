@@ -130,7 +130,7 @@ def _replay(index: int, info: NetworkInfo, last: Key,
                 continue
             if kind == "load":
                 hold(f"w:{layer.name}", layer.weight_bytes, now, f"{name} weights of {layer.name}")
-            if kind == "load" or not layer.weighted:
+            if kind == "exec":  # outputs are reserved by the exec that writes them
                 for owner in layer.writes:
                     hold(f"a:{owner}", info.buffer_bytes.get(owner, 0), now,
                          f"{name} buffer {owner}")

@@ -156,8 +156,8 @@ def _add_network(instance: Instance, index: int, info: NetworkInfo, release: int
         previous = task("exec", layer.name, [previous] if load is None else [previous, load])
         if load is not None:
             weights.append((layer.name, load))
-        for owner in layer.writes:
-            reserved_by[owner] = load or previous
+        for owner in layer.writes:  # reserved by the exec that writes it (as the ledger)
+            reserved_by[owner] = previous
         for owner in layer.reads:
             last_reader[owner] = layer.name
     instance.networks.append(OptNetwork(info.name, release, previous))

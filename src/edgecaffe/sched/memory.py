@@ -9,13 +9,15 @@ each, registered in `GRANULARITIES`:
 * `network` (faithful, the original's Masa, §3.3): an init reserves the network's peak figure;
   everything is returned when the network finishes. Loads and execs reserve nothing. An init
   also fits whenever no network is active, as the original admitted it.
-* `layer` (the paper's intent): an init reserves the input; a load reserves the layer's weights
-  and its output; an exec of a weight-free layer reserves its output; after an exec the layer's
-  weights are returned (per-layer modes) and every buffer whose last reader ran. Whole-model
-  tasks (bulk) reserve all weights, then the forward pass's peak activations. Exec
-  workspaces (im2col buffers) are not per-task reservations: at most one per worker exists at
-  a time, so a driver that accounts real memory sets aside `workers` x the largest
-  (`NetworkInfo.max_workspace_bytes`) from the capacity (the engine's `account_runtime`).
+* `layer` (the paper's intent): an init reserves the input; a load reserves the layer's
+  weights; an exec reserves the layer's outputs as it starts (not its load: loads run ahead
+  of execs, and outputs reserved with them were held long before they existed); after an
+  exec the layer's weights are returned (per-layer modes) and every buffer whose last reader
+  ran. Whole-model tasks (bulk) reserve all weights, then the forward pass's peak
+  activations. With `workspaces` (the engine under a real limit, `account_runtime`; a
+  simulator told to) an exec also reserves its kernel's workspace (`LayerInfo.
+  workspace_bytes`: im2col bands, padded images), returned when it ends ("x:<layer>"), so
+  workspaces are counted exactly while their execs run.
 
 A new granularity is a subclass with a `granularity` name and a `figures` method (and, if its
 admission differs, `fit`), added to `GRANULARITIES`.
@@ -70,7 +72,8 @@ at once. Frontiers are brought up to date, the bound with them, and the units so
 when that does not decide (the simulator's scale benchmark: ~1.1x main's CPU time).
 
 Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activations,
-"network", "w:*", "a:*") in `instance.held`, so that they go back piece by piece. Without a ledger
+"x:<layer>" for an exec's workspace, "network", "w:*", "a:*", "x:*") in `instance.held`,
+so that they go back piece by piece. Without a ledger
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
 what each task's end returns is then known in advance (`Plan.freed`, see `known_releases`), and
 the manager only adds and subtracts numbers.
@@ -105,6 +108,8 @@ class Fit(Enum):
 
 
 NOW, LATER, NEVER = Fit.NOW, Fit.LATER, Fit.NEVER
+#: What returning a ledger key's bytes is called in the ledger, by the key's first letter.
+_VERBS = {"w": "free", "a": "drop", "x": "end workspace of"}
 RUNNING = State.RUNNING
 
 
@@ -115,10 +120,14 @@ class MemoryManager:
     #: Admit only tasks that leave the state safe (deadlock avoidance, module docstring).
     guarded: ClassVar[bool] = False
 
-    def __init__(self, budget: MemoryBudget, per_layer: bool = True) -> None:
+    def __init__(self, budget: MemoryBudget, per_layer: bool = True,
+                 workspaces: bool = False) -> None:
         self.budget = budget
         #: Per-layer modes return a layer's weights right after its exec.
         self.per_layer = per_layer
+        #: Execs also reserve their kernel's workspace while they run (`LayerInfo.
+        #: workspace_bytes`; the engine under a real limit, and a simulator told to).
+        self.workspaces = workspaces
         #: Network instances whose init has started and that are not over yet.
         self.active: set[NetworkInstance] = set()
         self._figures: dict[tuple, tuple] = {}
@@ -195,8 +204,7 @@ class MemoryManager:
         for key in plan.releases:
             nbytes = held.pop(key, 0)
             if nbytes:
-                reason = f"{'free' if key[0] == 'w' else 'drop'} {key[2:]}" \
-                    if budget.record else ""
+                reason = f"{_VERBS.get(key[0], 'drop')} {key[2:]}" if budget.record else ""
                 budget.release(nbytes, now, reason, task.id, instance.id)
 
     def held_after_failure(self, instance: NetworkInstance, failing: Task | None) -> None:
@@ -362,25 +370,33 @@ class LayerMemory(MemoryManager):
             if kind == Kind.LOAD:
                 return info.weight_bytes, (("w:*", info.weight_bytes),), ()
             activations = max(0, info.peak_activation_bytes - info.input_bytes)
-            return activations, (("a:*", activations),), ()
+            if not (self.workspaces and info.max_workspace_bytes):
+                return activations, (("a:*", activations),), ()
+            workspace = info.max_workspace_bytes
+            return (activations + workspace, (("a:*", activations), ("x:*", workspace)),
+                    ("x:*",))
         entry = info.layer(layer)
-        outputs = tuple((f"a:{owner}", info.buffer_bytes[owner]) for owner in entry.writes)
         if kind == Kind.LOAD:
-            return (entry.weight_bytes + entry.output_bytes,
-                    ((f"w:{entry.name}", entry.weight_bytes), *outputs), ())
+            return entry.weight_bytes, ((f"w:{entry.name}", entry.weight_bytes),), ()
+        # An exec reserves its outputs as it starts (not at its load: loads run ahead, and
+        # outputs reserved there were held long before they existed) and, when counted, its
+        # kernel's workspace, which is gone when it ends.
+        holds = tuple((f"a:{owner}", info.buffer_bytes[owner]) for owner in entry.writes)
         releases = (f"w:{entry.name}",) if self.per_layer else ()
         releases += tuple(f"a:{owner}" for owner in info.last_reads[entry.name])
-        if entry.weighted:
-            return 0, (), releases  # its load reserved the output
-        return entry.output_bytes, outputs, releases
+        workspace = entry.workspace_bytes if self.workspaces else 0
+        if workspace:
+            holds += ((f"x:{entry.name}", workspace),)
+            releases += (f"x:{entry.name}",)
+        return entry.output_bytes + workspace, holds, releases
 
 
 GRANULARITIES: dict[str, type[MemoryManager]] = {
     cls.granularity: cls for cls in (LayerMemory, NetworkMemory)}
 
 
-def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = True
-                   ) -> MemoryManager:
+def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = True,
+                   workspaces: bool = False) -> MemoryManager:
     """The memory manager of `granularity` over `budget`.
 
     Raises `ConfigError` naming the known granularities."""
@@ -389,7 +405,7 @@ def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = Tru
     except (KeyError, TypeError):
         raise ConfigError(f"granularity {granularity!r}: choose from "
                          f"{', '.join(GRANULARITIES)}") from None
-    return cls(budget, per_layer)
+    return cls(budget, per_layer, workspaces)
 
 
 def _known_releases(template: Template, plans: list[Plan]) -> list[int] | None:

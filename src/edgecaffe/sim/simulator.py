@@ -40,7 +40,8 @@ class Simulator:
     `record_ledger`, keep every task span / ledger change (off for very long simulations);
     `context`, the context policy for gated networks ("aware" or "oblivious", see
     sched/requests.py): an arrival's gated networks run on as many inputs as its drawn
-    `detections` say."""
+    `detections` say; `workspaces`, execs reserve their kernel's workspace while they run (as
+    the engine does under a real limit, `account_runtime`)."""
 
     def __init__(
         self,
@@ -57,12 +58,13 @@ class Simulator:
         record_tasks: bool = True,
         record_ledger: bool = True,
         context: str = "aware",
+        workspaces: bool = False,
     ) -> None:
         self.device = device or DeviceProfile()
         self.core = core = Core(infos, mode, policy, budget, granularity, workers,
                                 allow_overcommit, record_tasks, record_ledger,
                                 info={"simulated": True, "device": self.device.name},
-                                context=context)
+                                context=context, workspaces=workspaces)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
