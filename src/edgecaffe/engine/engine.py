@@ -28,6 +28,7 @@ from typing import Any
 
 from edgecaffe.blas import BlasHold, available_cores, check_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
+from edgecaffe.engine.kept import KeptWeights
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.errors import ConfigError
@@ -163,7 +164,11 @@ class Engine:
     packages with Dense/Conv layers over this size run from a blocked copy
     (`model.package.blocks.block_package`, derived into the cache once); "auto" (the
     default) does so only for a package with a layer larger than half of `budget`, in
-    blocks of a quarter of it (`blocked_packages`); None never."""
+    blocks of a quarter of it (`blocked_packages`); None never.
+    `keep_weights`: freed weights stay in memory while the budget has room, on the ledger as
+    evictable bytes, so that a later load of the same layer reads nothing (sched/cache.py,
+    engine/kept.py; the trace marks such loads `cached`); off (the default), every load
+    reads its layer, as the original did. What is kept is evicted at `close`."""
 
     def __init__(
         self,
@@ -183,6 +188,7 @@ class Engine:
         account_runtime: bool = False,
         load_method: str | None = None,
         max_block: str | int | None = "auto",
+        keep_weights: bool = False,
     ) -> None:
         self.packages = resolve_packages(packages)
         runtime = workspace = None
@@ -205,7 +211,7 @@ class Engine:
             budget -= workspace
         self._guard = PolicyGuard.wrap(policy)
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
-                                allow_overcommit, context=context)
+                                allow_overcommit, context=context, keep_weights=keep_weights)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
@@ -231,7 +237,12 @@ class Engine:
         backend_kernels(backend)  # an unknown or missing backend fails here, not in a task
         self.backend = backend
         self._run_task = task_runner or partial(run_task, per_layer=self.mode.per_layer,
-                                                cold=cold_loads, backend=backend)
+                                                cold=cold_loads, backend=backend,
+                                                keep=keep_weights)
+        #: Kept weights' arrays (engine/kept.py), moved as the core's cache decides.
+        self._kept = KeptWeights(self.packages) if keep_weights else None
+        if self._kept is not None:
+            core.memory.cache.listener = self._kept
         self._condition = threading.Condition()
         self._closing = False
         self._broken: str | None = None
@@ -312,12 +323,18 @@ class Engine:
                 if task is None:
                     return
                 error, interrupted = self._execute(task)
+                spent = None
                 with self._condition:
-                    self._apply(self.scheduler.finish(task, self.now(), error))
+                    step = self.scheduler.finish(task, self.now(), error)
+                    if self._kept is not None:  # what the cache did not keep is dropped
+                        spent = self._kept.take_spent(task)
+                    self._apply(step)
                     self._settle_policy_failures()
                     if interrupted:
                         self._begin_close(cancel=True)
                     self._condition.notify_all()
+                if spent is not None:
+                    self._kept.drop_spent(spent)
                 self._flush()
         except BaseException as exc:  # a bug in the engine itself: fail what is open, stop
             self._stop_on_error(f"worker {worker}: {type(exc).__name__}: {exc}\n"
@@ -338,6 +355,7 @@ class Engine:
             if task is not None:
                 return task
             if self._closing and not self.scheduler.has_work():
+                self._evict_kept()
                 self._condition.notify_all()
                 return None
             self._condition.wait()
@@ -437,6 +455,12 @@ class Engine:
             self._condition.notify_all()
         self._flush()
 
+    def _evict_kept(self) -> None:
+        """Closing: kept weights go (under the lock), the ledger returns to 0."""
+        cache = self.core.memory.cache
+        if cache is not None and cache.entries:
+            cache.clear(self.now())
+
     def _hold_blas(self) -> None:
         if not self._blas_held:
             self._blas.enter()
@@ -464,6 +488,8 @@ class Engine:
                 if request.handle is not None:
                     self._outcomes.append((request, EngineError(reason)))
             self.book.open.clear()
+            with contextlib.suppress(Exception):
+                self._evict_kept()
             self._release_blas_if_idle()
             self._condition.notify_all()
         self._flush()

@@ -43,6 +43,8 @@ class Core:
     for very long simulations). `info`: facts the driver adds to the trace's info.
     `context`: when gated networks are planned, "aware" (once their condition holds) or
     "oblivious" (with their request, loading speculatively; see sched/requests.py).
+    `keep_weights`: freed weights stay in memory while the budget has room, so that a later
+    load of the same layer is a hit (sched/cache.py; off: the original's load/free).
 
     Raises `ConfigError` (a ValueError) for an unknown mode, policy or granularity, a budget
     that is not a size, or fewer than one worker."""
@@ -60,6 +62,7 @@ class Core:
         record_ledger: bool = True,
         info: Mapping[str, Any] | None = None,
         context: str = "aware",
+        keep_weights: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -77,14 +80,16 @@ class Core:
         self.policy = get_policy(policy or self.mode.policy)
         self.workers = self.mode.workers or workers
         self.budget = MemoryBudget(budget, record=record_ledger)
-        self.memory = memory_manager(granularity, self.budget, self.mode.per_layer)
+        self.memory = memory_manager(granularity, self.budget, self.mode.per_layer,
+                                     keep_weights)
         self.scheduler = Scheduler(self.policy, self.memory, allow_overcommit)
         self.planner = Planner(self.mode)
         self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
                            info={"mode": mode, "policy": self.policy.name,
                                  "granularity": granularity, "workers": self.workers,
                                  "budget_bytes": self.budget.capacity_bytes,
-                                 "context": context, **(info or {})})
+                                 "context": context, "keep_weights": keep_weights,
+                                 **(info or {})})
         self.book = RequestBook(self.planner, self.scheduler, self.trace, record_tasks,
                                 context)
         self.context = context

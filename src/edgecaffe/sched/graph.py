@@ -70,8 +70,8 @@ class Task:
     lists of tasks, built on first use from the spec's positions (links across instances, added
     with `after`, are kept in them)."""
 
-    __slots__ = ("_dependents", "_deps", "_instance", "end", "error", "forced", "id", "plan",
-                 "ready", "spec", "start", "state", "worker")
+    __slots__ = ("_dependents", "_deps", "_instance", "cached", "end", "error", "forced", "id",
+                 "plan", "ready", "spec", "start", "state", "worker")
 
     def __init__(self, id: int, spec: TaskSpec, instance: NetworkInstance) -> None:
         self.id = id
@@ -86,6 +86,8 @@ class Task:
         self.worker: int | None = None
         #: Admitted over budget by the progress rule.
         self.forced = False
+        #: A load whose weights were kept in memory (sched/cache.py): nothing to read.
+        self.cached = False
         self.error: str | None = None
         #: The scheduler's plan for it (memory, pool, order), set when the scheduler adds it.
         self.plan: Any = None

@@ -27,8 +27,8 @@ SPAN = 1 << 64
 class Plan:
     """What the scheduler does with one planned task."""
 
-    __slots__ = ("dependents", "freed", "heap", "holds", "init", "key", "last", "nbytes", "path",
-                 "pool", "rank", "releases", "step")
+    __slots__ = ("dependents", "freed", "heap", "hit", "holds", "init", "keep", "key", "last",
+                 "nbytes", "path", "pool", "rank", "releases", "step")
 
     def __init__(self, nbytes: int, holds: tuple, releases: tuple, pool: int, heap: list,
                  init: bool, last: bool, dependents: tuple[int, ...]) -> None:
@@ -52,6 +52,10 @@ class Plan:
         #: Deadlock avoidance: its template's path and its step on it (None: not guarded).
         self.path: Any = None
         self.step = -1
+        #: Kept weights on (sched/cache.py): what a hit of this load takes, what this
+        #: execution's end keeps (`MemoryManager.kept_figures`); None otherwise.
+        self.hit: Any = None
+        self.keep: Any = None
 
 
 class TemplatePlans:
@@ -110,6 +114,8 @@ class PlanBook:
         spec = task.spec
         plan = Plan(*self.memory.figures_of(task), spec.pool, self._ready.setdefault(spec.pool, []),
                     spec.kind == Kind.INIT, last, dependents)
+        if self.memory.cache is not None:
+            plan.hit, plan.keep = self.memory.kept_figures(task)
         if self.ranked:
             plan.rank = self.policy.rank(task)
             key = self.policy.key(task, 0.0)

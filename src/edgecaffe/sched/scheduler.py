@@ -167,7 +167,7 @@ class Scheduler:
                 task.plan = plan
             linked = [task for task in tasks if task.has_own_links] if instance.linked else []
             counts, roots = entry.counts, template.roots
-            instance.lean = entry.lean and not self.budget.record
+            instance.lean = entry.lean and not self.budget.record and self.memory.cache is None
             instance.held_bytes = entry.residual if instance.lean else 0
         else:
             for task in tasks:
@@ -242,7 +242,8 @@ class Scheduler:
             self._unready(task)
         # Start it: reserve its memory (a forced admission if that goes over capacity).
         plan = task.plan
-        if (plan.nbytes > 0 or plan.init) and self.memory.reserve(task, task._instance(), now):
+        if (plan.nbytes > 0 or plan.init or plan.hit is not None) and \
+                self.memory.reserve(task, task._instance(), now):
             task.forced = True
             self.forced_events += 1
         task.state = RUNNING
@@ -359,7 +360,7 @@ class Scheduler:
             if error is not None:
                 task.error = str(error)
                 self._fail(instance, str(error), now, [] if ready is None else ready, task)
-            elif plan.releases:
+            elif plan.releases or plan.keep is not None:
                 self.memory.release_after(task, instance, now)
         if task._dependents is not None:
             self._unblock(task, instance, now, [] if ready is None else ready)
