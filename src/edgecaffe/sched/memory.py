@@ -210,13 +210,13 @@ class MemoryManager:
         reason = f"{task.label} of {instance.name}" if budget.record else ""
         if taken and budget.record:
             reason += " (kept weights: a hit)"
+        if budget.cached_bytes:  # kept weights make room first (the ledger never passes)
+            self.cache.make_room(now, nbytes - taken)
         budget.reserve(nbytes, now, reason, task.id, instance.id, forced, taken)
         if not instance.lean:  # a lean instance's ends return bytes known in advance
             held = instance.held
             for key, part in plan.holds:
                 held[key] = held.get(key, 0) + part
-        if budget.cached_bytes:
-            self.cache.make_room(now)
         return forced
 
     def _take(self, task: Task, instance: NetworkInstance, now: float) -> int:
