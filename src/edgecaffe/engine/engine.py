@@ -262,7 +262,7 @@ class Engine:
     # -- submitting ----------------------------------------------------------------------------
 
     def submit(self, x: Any, networks: Sequence[str], gated: Mapping[str, str] | None = None,
-               condition: Condition | None = None) -> Future:
+               condition: Condition | None = None, order: int | None = None) -> Future:
         """Queue one input (an image path, an H x W x 3 BGR uint8 array, or an NCHW array of
         the network's input shape) for `networks`.
 
@@ -282,7 +282,13 @@ class Engine:
         and AgeNet has no key. It runs on a worker, under the engine's lock: keep it quick
         and do not call the engine from it; if it raises, the request fails with its
         error. Raises ValueError (a `ConfigError`) for a bad `gated` or a missing
-        `condition`."""
+        `condition`.
+
+        `order`: the id (`RequestResult.request_id`) of an earlier request whose place in the
+        queue this one takes: the policies break ties by it (`sched.Task.order`), so a
+        pipeline's later stage for an image that has started runs before the stages of images
+        that arrived after it (default: its own id, i.e. after every earlier request). Raises
+        `ConfigError` for an id not submitted before."""
         networks = list(networks)
         self.core.check_networks(networks)
         self.core.check_gated(networks, gated)
@@ -298,7 +304,7 @@ class Engine:
             self._hold_blas()
             try:
                 request = self.core.submit(networks, self.now(), x, gated,
-                                           _on_outputs(condition), handle=future)
+                                           _on_outputs(condition), handle=future, order=order)
             finally:
                 self._release_blas_if_idle()
                 self._settle_policy_failures()

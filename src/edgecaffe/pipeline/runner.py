@@ -7,6 +7,12 @@ crops, padded to the next batch size the stage has a package for (`networks.batc
 a network's weights are loaded once per image (per chunk), not once per face. A child whose
 condition fails submits nothing: no init, no load, no exec of its network for that image.
 
+A later stage's requests take their image's place in the engine's queue (`order`: the id of
+the image's first request to end): an image that has started finishes before the images that
+arrived after it start theirs, as a sequential peer would; without it, every face's age and
+gender queued behind all detector work submitted meanwhile, and all images finished near the
+end.
+
 Everything this module asks of the engine goes through `submit_stage`.
 """
 
@@ -38,10 +44,12 @@ from edgecaffe.pipeline.result import Detection, PipelineResult
 from edgecaffe.pipeline.spec import Pipeline, Stage
 
 
-def submit_stage(engine: Engine, network: str, x: np.ndarray) -> Future:
+def submit_stage(engine: Engine, network: str, x: np.ndarray, order: int | None = None
+                 ) -> Future:
     """The one place the runner uses the engine: one request running `network` on the NCHW
-    batch `x`; the future's result is the engine's `RequestResult`."""
-    return engine.submit(x, [network])
+    batch `x`, in the queue's place of request `order` (None: its own); the future's result
+    is the engine's `RequestResult`."""
+    return engine.submit(x, [network], order=order)
 
 
 class _Job:
@@ -53,6 +61,8 @@ class _Job:
         self.result = PipelineResult(pipeline.name, (width, height))
         self.future: Future = Future()
         self.open = 0
+        #: Its place in the engine's queue: its first request's id, once that has ended.
+        self.order: int | None = None
         self.lock = threading.Lock()
         self.started = time.perf_counter()
 
@@ -141,7 +151,7 @@ class PipelineRunner:
             with job.lock:
                 job.open += 1
                 job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
-            future = submit_stage(self.engine, key, x)
+            future = submit_stage(self.engine, key, x, job.order)
             end = start + len(chunk)
             owners = None if parents is None else parents[start:end]
             future.add_done_callback(partial(self._finished, job, stage, key,
@@ -156,6 +166,8 @@ class PipelineRunner:
             result = future.result()
             with job.lock:
                 job.result.request_ids.append(result.request_id)
+                if job.order is None:
+                    job.order = result.request_id
             outputs = result[key]
             labels = self._labels[stage.name]
             if stage.output == "detector":

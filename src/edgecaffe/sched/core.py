@@ -141,17 +141,18 @@ class Core:
 
     def submit(self, networks: Sequence[str], now: float, data: Any = None,
                gated: Mapping[str, str] | None = None, condition: Condition | None = None,
-               handle: Any = None) -> Request:
+               handle: Any = None, order: int | None = None) -> Request:
         """Plan one request for `networks` at time `now` and hand its tasks to the scheduler.
 
         `gated`: {child network: parent} for networks that run on what their parent (a result
         key of `networks`) found; `condition(child, parent_instance)` gives a child's inputs
         when its parent ends (an empty sequence: the condition failed). Without a condition,
-        call `resolve` for each gated network once its parent has ended. Raises `ConfigError`
-        for unknown networks or a bad `gated`."""
+        call `resolve` for each gated network once its parent has ended. `order`: the id of
+        an earlier request whose place in the queue this one takes (`Task.order`). Raises
+        `ConfigError` for unknown networks, a bad `gated` or a bad `order`."""
         infos = self.check_networks(networks)
         pairs = self.check_gated(networks, gated)
-        return self.book.submit(networks, infos, now, data, handle, pairs, condition)
+        return self.book.submit(networks, infos, now, data, handle, pairs, condition, order)
 
     def resolve(self, request: Request, child: str, count: int, now: float,
                 data: Sequence[Any] | None = None) -> Step:

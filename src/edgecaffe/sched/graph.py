@@ -161,6 +161,15 @@ class Task:
         return self.instance.created
 
     @property
+    def order(self) -> int:
+        """Creation order as policies break ties: its request's place in the queue
+        (`NetworkInstance.order`), then its id, as one integer (order * 2**64 + id). For
+        requests planned whole when submitted this is the id's order; a gated network planned
+        later, or a request submitted in an earlier one's place (a pipeline's later stage),
+        ranks with that request, not after every task created meanwhile."""
+        return (self.instance.order << 64) + self.id
+
+    @property
     def reserve_bytes(self) -> int:
         """Bytes the ledger reserves when the task is admitted (by the scheduler's granularity;
         0 until a scheduler has it)."""
@@ -197,8 +206,8 @@ class NetworkInstance:
 
     __slots__ = ("__weakref__", "arrival", "created", "dropped", "failed", "frontier", "gated",
                  "group", "held",
-                 "held_bytes", "id", "info", "input", "lean", "linked", "marks", "pending", "ref",
-                 "request_id", "result_key", "tasks", "template", "work")
+                 "held_bytes", "id", "info", "input", "lean", "linked", "marks", "order",
+                 "pending", "ref", "request_id", "result_key", "tasks", "template", "work")
 
     def __init__(self, id: int, request_id: int, info: NetworkInfo,
                  tasks: list[Task] | None = None, marks: dict[str, Task] | None = None) -> None:
@@ -242,6 +251,9 @@ class NetworkInstance:
         #: the group it belongs to when its tasks wait on other instances' (DeepEye).
         self.frontier = 0
         self.group: Any = None
+        #: Its request's place in the queue (`Task.order`): the request id, or an earlier
+        #: request's when submitted in its place (sched/requests.py); 0 when built by hand.
+        self.order = 0
 
     @property
     def name(self) -> str:

@@ -20,8 +20,9 @@ from edgecaffe.sched.memory import MemoryManager
 from edgecaffe.sched.planner import Template
 from edgecaffe.sched.policies import Policy
 
-#: Heap keys: rank code * SPAN + task id (ids between -2**63 and 2**63 keep their order).
-SPAN = 1 << 64
+#: Heap keys: rank code * SPAN + `Task.order` (request order * 2**64 + task id; ids between
+#: -2**63 and 2**63 and orders below 2**63 keep their order).
+SPAN = 1 << 128
 
 
 class Plan:
@@ -119,7 +120,8 @@ class PlanBook:
         if self.ranked:
             plan.rank = self.policy.rank(task)
             key = self.policy.key(task, 0.0)
-            if key != (*plan.rank, task.id):  # the heap orders by rank: it must stand for key
+            # The heap orders by rank, then `Task.order`: it must stand for key.
+            if key != (*plan.rank, task.order) and key != (*plan.rank, task.id):
                 raise ConfigError(
                     f"policy {self.policy.name!r}: rank() must be key() without the task id, "
                     f"got rank {plan.rank!r} and key {key!r} for {task!r}")
@@ -145,7 +147,7 @@ class PlanBook:
             for heap in self._ready.values():
                 heap.clear()
             for task in tasks:
-                key = task.plan.key + task.id
+                key = task.plan.key + task.order
                 self._waiting[key] = task
                 heapq.heappush(task.plan.heap, key)
         return position

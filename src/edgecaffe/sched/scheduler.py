@@ -22,7 +22,7 @@ the ledger over capacity (the engine then fails that network).
 Speed (long simulations run millions of tasks through here): what depends only on a planned
 task's network and position is worked out once, in a `Plan` (sched/plans.py); an added task
 points at its plan. Ready tasks wait in one heap per pool; with a static policy that gives a
-rank (all built-in static ones) the heap holds integers, rank code * 2**64 + task id (compared
+rank (all built-in static ones) the heap holds integers, rank code * 2**128 + `Task.order` (compared
 faster than tuples), and `_waiting` maps them to their tasks. Unfinished dependencies are
 counted per position in the instance (`instance.pending`) and decremented by the positions the
 plan lists, so no dependency lists are built.
@@ -184,7 +184,7 @@ class Scheduler:
     def _make_ready(self, task: Task, now: float) -> None:
         plan = task.plan
         if self._ranked:
-            key = plan.key + task.id
+            key = plan.key + task.order
             heappush(plan.heap, key)
             self._waiting[key] = task
         elif self._static:  # the key first: if the policy raises, the task stays as it was
@@ -323,7 +323,7 @@ class Scheduler:
     def _unready(self, task: Task) -> None:
         heap = task.plan.heap
         if self._ranked:
-            key = task.plan.key + task.id
+            key = task.plan.key + task.order
             del self._waiting[key]
             if heap[0] == key:
                 heappop(heap)
