@@ -69,7 +69,9 @@ class _Job:
 
 class PipelineRunner:
     """Runs a pipeline's images on one engine (built here from the stages' packages, with
-    `engine_options` such as mode, budget, granularity, workers, backend).
+    `engine_options` such as mode, budget, granularity, workers, backend; `keep_weights`
+    defaults to True here: every image runs the same detector, whose weights then stay in
+    memory while the budget has room, see `Engine`).
 
         with PipelineRunner(pipeline, budget="512M") as runner:
             result = runner.run("photo.jpg")          # a PipelineResult
@@ -80,7 +82,7 @@ class PipelineRunner:
     def __init__(self, pipeline: Pipeline, **engine_options: Any) -> None:
         self.pipeline = pipeline
         self.packages = pipeline_packages(pipeline)
-        self.engine = Engine(self.packages, **engine_options)
+        self.engine = Engine(self.packages, **{"keep_weights": True, **engine_options})
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
         #: Futures of the images in flight: `close` lets them finish (their gated stages are

@@ -40,7 +40,8 @@ class ServeConfig:
     in flight at most (more: 429); `timeout_ms`: the default deadline of a call (None: none);
     `strict_budget`: refuse requests with a task larger than the whole budget (503) instead of
     running them over budget by the progress rule; `grace_s`: how long a shutdown lets calls
-    in flight finish before cancelling them."""
+    in flight finish before cancelling them; `keep_weights`: freed weights stay in memory
+    while the budget has room (`Engine`'s option)."""
 
     repository: str | Path
     budget: str | int = "512M"
@@ -58,6 +59,7 @@ class ServeConfig:
     top_k: int = 5
     strict_budget: bool = False
     grace_s: float = 10.0
+    keep_weights: bool = False
 
     def limits(self) -> Limits:
         return Limits(parse_bytes(self.max_upload), self.max_pixels, self.max_inputs)
@@ -139,7 +141,8 @@ class Service:
                                  budget=config.budget, granularity=config.granularity,
                                  workers=config.workers, blas_threads=config.blas_threads,
                                  allow_overcommit=not config.strict_budget,
-                                 backend=config.backend, **self.engine_options)
+                                 backend=config.backend, keep_weights=config.keep_weights,
+                                 **self.engine_options)
             self.formats = {name: OutputFormat(p) for name, p in packages.items()}
             for name in packages:
                 self.repository.entries[name].extra["fits_budget"] = self._fits(name)
