@@ -211,3 +211,29 @@ def test_engine_and_simulator_agree_with_kept_weights(packages, mode, budget, gr
         except AssertionError as error:
             failures.append(str(error).splitlines()[0])
     pytest.fail("the engine and the simulator disagreed in 3 tries: " + "; ".join(failures))
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "masa"])
+def test_a_gated_network_ranks_with_its_request(policy):
+    """Request 0's gated network, planned when its parent ends, runs before request 1's
+    tasks of the same rank (`Task.order`), not after everything created meanwhile."""
+    infos = {name: chain(name, [8, 8, 8], mean_exec_ms=1.0) for name in ("A", "B", "C")}
+    arrivals = [Arrival(0, 0.0, ("A",), None, (("C", "A"),), 1), Arrival(1, 0.0, ("B",))]
+    trace = Simulator(infos, mode="partial", policy=policy, budget="64M", workers=1,
+                      task_ms=lambda task: 1.0).run(arrivals)
+    starts = {name: [t.start_s for t in trace.tasks if t.network == name] for name in infos}
+    assert max(starts["A"]) < min(starts["C"]) and max(starts["C"]) < min(starts["B"])
+    assert trace.requests[0].completion_s < trace.requests[1].completion_s
+
+
+def test_engine_submit_order_must_name_an_earlier_request(packages):
+    from edgecaffe.errors import ConfigError
+
+    with Engine(packages, task_runner=lambda task, package: None) as engine:
+        with pytest.raises(ConfigError, match="earlier request"):
+            engine.submit(None, ["TinyAlex"], order=0)
+        first = engine.submit(None, ["TinyAlex"]).result()
+        for bad in (True, -1, first.request_id + 5, "0"):
+            with pytest.raises(ConfigError, match="earlier request"):
+                engine.submit(None, ["TinyAlex"], order=bad)
+        assert engine.submit(None, ["TinyAlex"], order=first.request_id).result()
