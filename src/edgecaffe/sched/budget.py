@@ -73,6 +73,7 @@ class MemoryBudget:
 
     @property
     def free_bytes(self) -> int:
+        """Capacity less what tasks hold (kept weights are evicted on demand: free)."""
         return self.capacity_bytes - self.used_bytes
 
     def fits(self, nbytes: int) -> bool:

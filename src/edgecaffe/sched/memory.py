@@ -74,6 +74,12 @@ Bytes are held per ledger key ("w:<layer>" for weights, "a:<buffer>" for activat
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
 what each task's end returns is then known in advance (`Plan.freed`, see `known_releases`), and
 the manager only adds and subtracts numbers.
+
+Kept weights (`keep_weights`, sched/cache.py): an execution's end that frees weights keeps them
+as evictable bytes (`_keep`) and a load of kept weights takes them over (`_take`, a hit). The
+ledger's `used_bytes`, which admission and the avoidance check read, excludes kept bytes, so
+every answer above is what it would be without them; they are evicted before held plus kept
+bytes pass the capacity. Instances are then never lean (their holds are tracked by key).
 """
 
 from __future__ import annotations
