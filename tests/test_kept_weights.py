@@ -237,3 +237,30 @@ def test_engine_submit_order_must_name_an_earlier_request(packages):
             with pytest.raises(ConfigError, match="earlier request"):
                 engine.submit(None, ["TinyAlex"], order=bad)
         assert engine.submit(None, ["TinyAlex"], order=first.request_id).result()
+
+
+@pytest.mark.parametrize("simulate", [True, False])
+def test_experiment_keep_weights_flag(packages, tmp_path, simulate):
+    """`experiment --keep-weights`: later requests' loads are hits in tasks.csv, the ledger
+    ends at 0 in ledger.csv; without the flag, none."""
+    import csv
+
+    from edgecaffe.cli import main
+
+    for keep in (True, False):
+        out = tmp_path / f"out-{keep}"
+        args = ["experiment", "--network-path", str(packages), "--networks", "TinyAlex",
+                "--arrival-mode", "batch", "--n-arrivals", "3", "--mem-limit", "64M",
+                "--mode", "masa", "-o", str(out)]
+        args += ["--keep-weights"] if keep else []
+        args += ["--simulate", "--device", "rpi4-sd"] if simulate else []
+        assert main(args) == 0
+        (folder,) = {path.parent for path in out.glob("**/tasks.csv")}
+        with open(folder / "tasks.csv") as file:
+            tasks = list(csv.DictReader(file))
+        hits = {t["request_id"] for t in tasks if t["kind"] == "load" and t["cached"] == "True"}
+        assert hits == ({"1", "2"} if keep else set())
+        with open(folder / "ledger.csv") as file:
+            ledger = list(csv.DictReader(file))
+        assert float(ledger[-1]["used_bytes"]) == 0
+        assert any(float(e["cached_bytes"]) > 0 for e in ledger) == keep
