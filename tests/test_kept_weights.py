@@ -264,3 +264,22 @@ def test_experiment_keep_weights_flag(packages, tmp_path, simulate):
             ledger = list(csv.DictReader(file))
         assert float(ledger[-1]["used_bytes"]) == 0
         assert any(float(e["cached_bytes"]) > 0 for e in ledger) == keep
+
+
+def test_no_hit_without_arrays_to_hand_over(packages):
+    """A task runner that frees weights itself (the default one without `keep`): nothing is
+    kept, so no load is marked a hit that would have to read."""
+    from functools import partial
+
+    from edgecaffe.engine.tasks import run_task
+
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    with Engine(packages, keep_weights=True, budget="512M",
+                task_runner=partial(run_task, per_layer=True)) as engine:
+        before = reads(engine)
+        for _ in range(2):
+            engine.submit(image, ["TinyAlex"]).result()
+    loads = [t for t in engine.trace.tasks if t.kind == "load"]
+    assert loads and not any(t.cached for t in loads)
+    assert reads(engine) - before == len(loads)
+    assert engine.core.memory.cache.hits == 0 and engine.budget.ledger_bytes == 0

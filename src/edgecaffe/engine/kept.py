@@ -29,9 +29,19 @@ class KeptWeights:
         self.packages = packages
         self.arrays: dict[tuple[str, str], Any] = {}
 
-    def kept(self, instance: NetworkInstance, key: str) -> None:
+    def kept(self, instance: NetworkInstance, key: str) -> bool:
+        """Take the freed arrays; False (not kept) when the execution left none, so that a
+        later load is never a hit without arrays to hand over. A task runner without a
+        `NetworkRun` (a test's fake kernel) reads nothing anyway: kept as None."""
         spent = _spent(instance)
-        self.arrays[(instance.name, key)] = None if spent is None else spent.pop(key[2:], None)
+        if spent is None:
+            self.arrays[(instance.name, key)] = None
+            return True
+        arrays = spent.pop(key[2:], None)
+        if arrays is None:
+            return False
+        self.arrays[(instance.name, key)] = arrays
+        return True
 
     def taken(self, instance: NetworkInstance, key: str) -> None:
         arrays = self.arrays.pop((instance.name, key), None)

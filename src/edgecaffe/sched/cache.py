@@ -41,7 +41,7 @@ from edgecaffe.sched.graph import NetworkInstance
 class CacheListener(Protocol):
     """What a driver does with the arrays when the cache decides (see the module)."""
 
-    def kept(self, instance: NetworkInstance, key: str) -> None: ...
+    def kept(self, instance: NetworkInstance, key: str) -> bool: ...
     def taken(self, instance: NetworkInstance, key: str) -> None: ...
     def evicted(self, network: str, key: str) -> None: ...
 
@@ -73,13 +73,13 @@ class WeightCache:
 
     def keep(self, instance: NetworkInstance, key: str, nbytes: int) -> bool:
         """Whether `instance`'s weights under `key` are kept (not if an entry is already kept,
-        or a driver could not hand them over). The caller moves the bytes on the ledger."""
+        or the listener has no arrays for it). The caller moves the bytes on the ledger."""
         entry = (instance.name, key)
         if entry in self.entries or nbytes <= 0:
             return False
+        if self.listener is not None and not self.listener.kept(instance, key):
+            return False
         self.entries[entry] = nbytes
-        if self.listener is not None:
-            self.listener.kept(instance, key)
         return True
 
     def make_room(self, now: float, nbytes: int = 0) -> bool:
