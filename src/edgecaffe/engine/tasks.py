@@ -31,21 +31,26 @@ def network_input(source: Any, package: ModelPackage) -> np.ndarray:
 
 class NetworkRun:
     """What one network instance's tasks keep between them: its blob runner (activations) and
-    the weights loaded and not yet dropped; its outputs once the last task ran."""
+    the weights loaded and not yet dropped; its outputs once the last task ran. With kept
+    weights on, `spent`: weights an execution has freed, layer ("*": a whole model) ->
+    arrays, until the engine keeps or drops them (`engine.kept.KeptWeights`)."""
 
-    __slots__ = ("outputs", "runner", "weights")
+    __slots__ = ("outputs", "runner", "spent", "weights")
 
     def __init__(self, runner: BlobRunner | None) -> None:
         self.runner: BlobRunner | None = runner
         self.weights: dict[str, dict[str, np.ndarray]] = {}
         self.outputs: dict[str, np.ndarray] | None = None
+        self.spent: dict[str, Any] = {}
 
 
 def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = False,
-             backend: str = "numpy") -> None:
+             backend: str = "numpy", keep: bool = False) -> None:
     """Execute one task of a network instance; `instance.work` (a `NetworkRun`) carries its
     activations and weights from task to task. `backend`: the kernels (see `BlobRunner`);
-    an optional backend's thread count follows the engine's BLAS share at every layer."""
+    an optional backend's thread count follows the engine's BLAS share at every layer.
+    `keep`: kept weights on (sched/cache.py): a load that is a hit (`task.cached`) reads
+    nothing (the engine handed it the kept arrays), and freed weights go to `work.spent`."""
     instance = task.instance
     if task.kind == Kind.INIT:
         # A speculative gated instance (context-oblivious) has no input yet: its first
@@ -55,6 +60,8 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
         return
     work: NetworkRun = instance.work
     if task.kind == Kind.LOAD:
+        if task.cached and all(name in work.weights for name in task.layers):
+            return  # handed over by the engine (engine/kept.py)
         for name in task.layers:
             work.weights[name] = package.read(name, cold=cold)
         return
@@ -66,11 +73,16 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
         layer_weights = work.weights.pop(name, {}) if per_layer else work.weights.get(name, {})
         work.runner.run(layers[name], layer_weights)
         if per_layer and layer_weights:
+            if keep:
+                work.spent[name] = layer_weights
+                continue
             del layer_weights
             package.release(name)
     if task is instance.last:
         work.outputs = work.runner.results()
         work.runner = None
+        if keep and not per_layer:  # a bulk network's whole model
+            work.spent["*"], work.weights = work.weights, {}
         held = [name for name in work.weights if work.weights[name]]
         work.weights.clear()
         for name in held:

@@ -58,6 +58,7 @@ KEYS: dict[str, str] = {
     "matrix": "matrix", "allow-large": "allow_large", "allow_large": "allow_large",
     "gated": "gated", "context": "context", "context-share": "context_share",
     "context_share": "context_share", "detections": "detections", "pipeline": "pipeline",
+    "keep-weights": "keep_weights", "keep_weights": "keep_weights",
 }
 #: Canonical key -> the flag that overrides it, for error messages (default: --key-with-dashes).
 FLAG_NAMES = {"workers": "--n-workers", "set_name": "--set", "prefix": "--output-prefix",
@@ -108,6 +109,9 @@ class ExperimentConfig:
     context_share: float = 1.0
     detections: int | dict[int, float] = 1
     pipeline: str | None = None
+    #: Keep freed weights in memory while the budget has room (`Engine(keep_weights=)`; off:
+    #: the paper's load/free).
+    keep_weights: bool = False
     source: str = "<flags>"
 
     def unconditional(self) -> list[str]:

@@ -149,10 +149,10 @@ def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],
     _write_csv(folder / "tasks.csv",
                ["task_id", "request_id", "instance_id", "network", "kind", "layers", "pool",
                 "worker", "created_s", "ready_s", "start_s", "end_s", "state", "reserve_bytes",
-                "forced", "depends_on", "error"],
+                "forced", "depends_on", "error", "cached"],
                [[t.task_id, t.request_id, t.instance_id, t.network, t.kind, t.layers, t.pool,
                  t.worker, t.created_s, t.ready_s, t.start_s, t.end_s, t.state, t.reserve_bytes,
-                 t.forced, " ".join(map(str, t.depends_on)), t.error or ""]
+                 t.forced, " ".join(map(str, t.depends_on)), t.error or "", t.cached]
                 for t in sorted(trace.tasks, key=lambda t: t.task_id)])
     _write_csv(folder / "requests.csv",
                ["request_id", "networks", "arrival_s", "completion_s", "response_ms", "status",
@@ -167,9 +167,9 @@ def write_run(folder: str | Path, trace: Trace, config: dict[str, Any],
                 for r in trace.requests.values() for name, (start, end) in r.network_spans.items()])
     _write_csv(folder / "ledger.csv",
                ["time_s", "delta_bytes", "used_bytes", "task_id", "instance_id", "reason",
-                "forced"],
+                "forced", "cached_bytes"],
                [[e.time, e.delta_bytes, e.used_bytes, e.task_id, e.network_instance, e.reason,
-                 e.forced] for e in trace.ledger])
+                 e.forced, e.cached_bytes] for e in trace.ledger])
     if trace.gates:
         _write_csv(folder / "gates.csv",
                    ["request_id", "network", "parent", "context", "count", "resolved_s",

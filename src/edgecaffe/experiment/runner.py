@@ -49,10 +49,12 @@ def run_once(
     on_done: Callable[[], None] | None = None,
     backend: str = "numpy",
     context: str = "aware",
+    keep_weights: bool = False,
 ) -> tuple[dict[str, Any], Engine]:
     """Run `arrivals` on a fresh engine; write the results folder when `output` is given.
     `backend`: the engine's kernels ("numpy" or "onnxruntime"); `context`: the context policy
-    for the arrivals' gated networks (their drawn detection counts decide the conditions).
+    for the arrivals' gated networks (their drawn detection counts decide the conditions);
+    `keep_weights`: the engine's option (freed weights stay while the budget has room).
     Inside a memory cgroup set up by `--enforce-memory` (the environment says so:
     `ENFORCED_ENV`), the budget is the cgroup's limit and the engine accounts its own runtime
     (`Engine(account_runtime=True)`): the ledger's capacity is the limit less the runtime,
@@ -60,7 +62,7 @@ def run_once(
     enforced = os.environ.get(ENFORCED_ENV) == "1"
     engine = Engine(packages, mode=mode, policy=policy, budget=budget, granularity=granularity,
                     workers=workers, blas_threads=blas_threads, backend=backend,
-                    context=context, account_runtime=enforced)
+                    context=context, account_runtime=enforced, keep_weights=keep_weights)
     if engine.runtime_bytes is not None:
         limit = engine.budget.capacity_bytes + engine.runtime_bytes
         print(f"  ledger capacity {engine.budget.capacity_bytes / 2**20:.0f} MiB = limit "
@@ -175,6 +177,7 @@ def simulate_once(
     on_done: Callable[[], None] | None = None,
     record_tasks: bool = True,
     context: str = "aware",
+    keep_weights: bool = False,
 ) -> tuple[dict[str, Any], Any]:
     """The simulated counterpart of `run_once`: same arguments, same results folder (without
     RSS samples: nothing runs)."""
@@ -183,7 +186,8 @@ def simulate_once(
     simulator = Simulator(infos, mode=mode, policy=policy, budget=budget,
                           granularity=granularity, workers=workers, device=device,
                           blas_threads=blas_threads, record_tasks=record_tasks,
-                          record_ledger=record_tasks, context=context)
+                          record_ledger=record_tasks, context=context,
+                          keep_weights=keep_weights)
     trace = simulator.run(arrivals, closed_loop,
                           on_done=None if on_done is None else lambda _: on_done())
     trace.info["peak_ledger_bytes"] = simulator.budget.peak_bytes
@@ -209,7 +213,8 @@ def run_entry(name: str, config, arrivals: Sequence[Arrival], closed_loop: bool,
     common = dict(mode=config.mode, budget=config.mem_limit, policy=config.policy,
                   granularity=config.granularity, workers=config.workers,
                   blas_threads=config.blas_threads, closed_loop=closed_loop, output=folder,
-                  config=config.to_dict(), on_done=on_done, context=config.context)
+                  config=config.to_dict(), on_done=on_done, context=config.context,
+                  keep_weights=config.keep_weights)
     if simulate:
         summary, _ = simulate_once(networks, arrivals, device=device, **common)
     else:

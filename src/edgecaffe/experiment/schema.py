@@ -115,6 +115,7 @@ def _fields(large: bool) -> list[tuple[str, Any, Any]]:
         ("context_share", Share, 1.0),
         ("detections", Count | dict[Count, Weight], 1),
         ("pipeline", NetworkName | None, None),
+        ("keep_weights", bool, False),
     ]
 
 

@@ -7,6 +7,12 @@ crops, padded to the next batch size the stage has a package for (`networks.batc
 a network's weights are loaded once per image (per chunk), not once per face. A child whose
 condition fails submits nothing: no init, no load, no exec of its network for that image.
 
+A later stage's requests take their image's place in the engine's queue (`order`: the id of
+the image's first request to end): an image that has started finishes before the images that
+arrived after it start theirs, as a sequential peer would; without it, every face's age and
+gender queued behind all detector work submitted meanwhile, and all images finished near the
+end.
+
 Everything this module asks of the engine goes through `submit_stage`.
 """
 
@@ -41,10 +47,12 @@ from edgecaffe.pipeline.result import Detection, PipelineResult
 from edgecaffe.pipeline.spec import Pipeline, Stage
 
 
-def submit_stage(engine: Engine, network: str, x: np.ndarray) -> Future:
+def submit_stage(engine: Engine, network: str, x: np.ndarray, order: int | None = None
+                 ) -> Future:
     """The one place the runner uses the engine: one request running `network` on the NCHW
-    batch `x`; the future's result is the engine's `RequestResult`."""
-    return engine.submit(x, [network])
+    batch `x`, in the queue's place of request `order` (None: its own); the future's result
+    is the engine's `RequestResult`."""
+    return engine.submit(x, [network], order=order)
 
 
 class _Job:
@@ -58,16 +66,20 @@ class _Job:
         #: The engine futures of its stages' requests: cancelled with the job's future.
         self.requests: set[Future] = set()
         self.open = 0
+        #: Its place in the engine's queue: its first request's id, once that has ended.
+        self.order: int | None = None
         self.lock = threading.Lock()
         self.started = time.perf_counter()
 
 
 class PipelineRunner:
     """Runs a pipeline's images on one engine: built here from the stages' packages, with
-    `engine_options` such as mode, budget, granularity, workers, backend; or an `engine`
-    given, shared with other work (the HTTP service's), whose networks include the stages'
-    `packages` (`pipeline_packages`' keys) under the names `prefix + key`. A given engine is
-    the caller's to close.
+    `engine_options` such as mode, budget, granularity, workers, backend (`keep_weights`
+    defaults to True here: every image runs the same detector, whose weights then stay in
+    memory while the budget has room, see `Engine`); or an `engine` given, shared with other
+    work (the HTTP service's), whose networks include the stages' `packages`
+    (`pipeline_packages`' keys) under the names `prefix + key`. A given engine is the
+    caller's to close.
 
         with PipelineRunner(pipeline, budget="512M") as runner:
             result = runner.run("photo.jpg")          # a PipelineResult
@@ -88,7 +100,8 @@ class PipelineRunner:
         self.prefix = prefix
         self._owns_engine = engine is None
         self.engine = engine if engine is not None else Engine(
-            {prefix + key: package for key, package in self.packages.items()}, **engine_options)
+            {prefix + key: package for key, package in self.packages.items()},
+            **{"keep_weights": True, **engine_options})
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
         #: Futures of the images in flight: `close` lets them finish (their gated stages are
@@ -175,7 +188,7 @@ class PipelineRunner:
             with job.lock:
                 job.open += 1
                 job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
-            future = submit_stage(self.engine, self.prefix + key, x)
+            future = submit_stage(self.engine, self.prefix + key, x, job.order)
             with job.lock:
                 job.requests.add(future)
             if job.future.cancelled():  # cancelled meanwhile: `_cancel_requests` missed it
@@ -194,6 +207,8 @@ class PipelineRunner:
             result = future.result()
             with job.lock:
                 job.result.request_ids.append(result.request_id)
+                if job.order is None:
+                    job.order = result.request_id
             outputs = result[self.prefix + key]
             labels = self._labels[stage.name]
             if stage.output == "detector":

@@ -45,6 +45,8 @@ class Core:
     "oblivious" (with their request, loading speculatively; see sched/requests.py).
     `workspaces`: each exec also reserves its kernel's workspace (`LayerInfo.workspace_bytes`)
     while it runs (layer granularity; what the engine does under a real memory limit).
+    `keep_weights`: freed weights stay in memory while the budget has room, so that a later
+    load of the same layer is a hit (sched/cache.py; off: the original's load/free).
 
     Raises `ConfigError` (a ValueError) for an unknown mode, policy or granularity, a budget
     that is not a size, or fewer than one worker."""
@@ -63,6 +65,7 @@ class Core:
         info: Mapping[str, Any] | None = None,
         context: str = "aware",
         workspaces: bool = False,
+        keep_weights: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -80,7 +83,8 @@ class Core:
         self.policy = get_policy(policy or self.mode.policy)
         self.workers = self.mode.workers or workers
         self.budget = MemoryBudget(budget, record=record_ledger)
-        self.memory = memory_manager(granularity, self.budget, self.mode.per_layer, workspaces)
+        self.memory = memory_manager(granularity, self.budget, self.mode.per_layer,
+                                     workspaces, keep_weights)
         self.scheduler = Scheduler(self.policy, self.memory, allow_overcommit)
         self.planner = Planner(self.mode)
         self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
@@ -88,6 +92,7 @@ class Core:
                                  "granularity": granularity, "workers": self.workers,
                                  "budget_bytes": self.budget.capacity_bytes,
                                  "context": context, "workspaces": workspaces,
+                                 "keep_weights": keep_weights,
                                  **(info or {})})
         self.book = RequestBook(self.planner, self.scheduler, self.trace, record_tasks,
                                 context)
@@ -140,17 +145,18 @@ class Core:
 
     def submit(self, networks: Sequence[str], now: float, data: Any = None,
                gated: Mapping[str, str] | None = None, condition: Condition | None = None,
-               handle: Any = None) -> Request:
+               handle: Any = None, order: int | None = None) -> Request:
         """Plan one request for `networks` at time `now` and hand its tasks to the scheduler.
 
         `gated`: {child network: parent} for networks that run on what their parent (a result
         key of `networks`) found; `condition(child, parent_instance)` gives a child's inputs
         when its parent ends (an empty sequence: the condition failed). Without a condition,
-        call `resolve` for each gated network once its parent has ended. Raises `ConfigError`
-        for unknown networks or a bad `gated`."""
+        call `resolve` for each gated network once its parent has ended. `order`: the id of
+        an earlier request whose place in the queue this one takes (`Task.order`). Raises
+        `ConfigError` for unknown networks, a bad `gated` or a bad `order`."""
         infos = self.check_networks(networks)
         pairs = self.check_gated(networks, gated)
-        return self.book.submit(networks, infos, now, data, handle, pairs, condition)
+        return self.book.submit(networks, infos, now, data, handle, pairs, condition, order)
 
     def resolve(self, request: Request, child: str, count: int, now: float,
                 data: Sequence[Any] | None = None) -> Step:

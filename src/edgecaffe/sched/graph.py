@@ -70,8 +70,8 @@ class Task:
     lists of tasks, built on first use from the spec's positions (links across instances, added
     with `after`, are kept in them)."""
 
-    __slots__ = ("_dependents", "_deps", "_instance", "end", "error", "forced", "id", "plan",
-                 "ready", "spec", "start", "state", "worker")
+    __slots__ = ("_dependents", "_deps", "_instance", "cached", "end", "error", "forced", "id",
+                 "plan", "ready", "spec", "start", "state", "worker")
 
     def __init__(self, id: int, spec: TaskSpec, instance: NetworkInstance) -> None:
         self.id = id
@@ -86,6 +86,8 @@ class Task:
         self.worker: int | None = None
         #: Admitted over budget by the progress rule.
         self.forced = False
+        #: A load whose weights were kept in memory (sched/cache.py): nothing to read.
+        self.cached = False
         self.error: str | None = None
         #: The scheduler's plan for it (memory, pool, order), set when the scheduler adds it.
         self.plan: Any = None
@@ -159,6 +161,15 @@ class Task:
         return self.instance.created
 
     @property
+    def order(self) -> int:
+        """Creation order as policies break ties: its request's place in the queue
+        (`NetworkInstance.order`), then its id, as one integer (order * 2**64 + id). For
+        requests planned whole when submitted this is the id's order; a gated network planned
+        later, or a request submitted in an earlier one's place (a pipeline's later stage),
+        ranks with that request, not after every task created meanwhile."""
+        return (self.instance.order << 64) + self.id
+
+    @property
     def reserve_bytes(self) -> int:
         """Bytes the ledger reserves when the task is admitted (by the scheduler's granularity;
         0 until a scheduler has it)."""
@@ -195,8 +206,8 @@ class NetworkInstance:
 
     __slots__ = ("__weakref__", "arrival", "created", "dropped", "failed", "frontier", "gated",
                  "group", "held",
-                 "held_bytes", "id", "info", "input", "lean", "linked", "marks", "pending", "ref",
-                 "request_id", "result_key", "tasks", "template", "work")
+                 "held_bytes", "id", "info", "input", "lean", "linked", "marks", "order",
+                 "pending", "ref", "request_id", "result_key", "tasks", "template", "work")
 
     def __init__(self, id: int, request_id: int, info: NetworkInfo,
                  tasks: list[Task] | None = None, marks: dict[str, Task] | None = None) -> None:
@@ -240,6 +251,9 @@ class NetworkInstance:
         #: the group it belongs to when its tasks wait on other instances' (DeepEye).
         self.frontier = 0
         self.group: Any = None
+        #: Its request's place in the queue (`Task.order`): the request id, or an earlier
+        #: request's when submitted in its place (sched/requests.py); 0 when built by hand.
+        self.order = 0
 
     @property
     def name(self) -> str:

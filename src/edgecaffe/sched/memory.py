@@ -77,6 +77,12 @@ so that they go back piece by piece. Without a ledger
 to write (`MemoryBudget(record=False)`, long simulations) a template's instances may be `lean`:
 what each task's end returns is then known in advance (`Plan.freed`, see `known_releases`), and
 the manager only adds and subtracts numbers.
+
+Kept weights (`keep_weights`, sched/cache.py): an execution's end that frees weights keeps them
+as evictable bytes (`_keep`) and a load of kept weights takes them over (`_take`, a hit). The
+ledger's `used_bytes`, which admission and the avoidance check read, excludes kept bytes, so
+every answer above is what it would be without them; they are evicted before held plus kept
+bytes pass the capacity. Instances are then never lean (their holds are tracked by key).
 """
 
 from __future__ import annotations
@@ -88,6 +94,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgecaffe.errors import ConfigError
 from edgecaffe.sched.avoidance import Path, link_groups, safe_order, template_path
 from edgecaffe.sched.budget import MemoryBudget
+from edgecaffe.sched.cache import WeightCache
 from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 
 if TYPE_CHECKING:
@@ -97,6 +104,9 @@ if TYPE_CHECKING:
 
 #: (bytes reserved at start, ((ledger key, bytes) they are held under), keys returned at end)
 Figures = tuple[int, tuple[tuple[str, int], ...], tuple[str, ...]]
+#: Kept weights (sched/cache.py): (ledger key, bytes, whether the task's network holds them
+#: under that key on the ledger; False at the network granularity).
+Kept = tuple[str, int, bool]
 
 
 class Fit(Enum):
@@ -121,13 +131,15 @@ class MemoryManager:
     guarded: ClassVar[bool] = False
 
     def __init__(self, budget: MemoryBudget, per_layer: bool = True,
-                 workspaces: bool = False) -> None:
+                 workspaces: bool = False, keep_weights: bool = False) -> None:
         self.budget = budget
         #: Per-layer modes return a layer's weights right after its exec.
         self.per_layer = per_layer
         #: Execs also reserve their kernel's workspace while they run (`LayerInfo.
         #: workspace_bytes`; the engine under a real limit, and a simulator told to).
         self.workspaces = workspaces
+        #: Freed weights kept while the budget has room (sched/cache.py), or None.
+        self.cache = WeightCache(budget) if keep_weights else None
         #: Network instances whose init has started and that are not over yet.
         self.active: set[NetworkInstance] = set()
         self._figures: dict[tuple, tuple] = {}
@@ -157,6 +169,27 @@ class MemoryManager:
                 *self.figures(info, spec.kind, layer, spec.whole_model), info)
         return cached[:3]
 
+    def kept_figures(self, task: Task) -> tuple[Kept | None, Kept | None]:
+        """With kept weights on: (what a hit of this load takes, what this execution's end
+        keeps), each None when not a weight-bearing load / an execution that frees weights.
+        The key is the one the granularity holds the weights under at the layer granularity
+        ("w:<layer>", "w:*" for a whole model)."""
+        spec = task.spec
+        info = task.instance.info
+        if spec.kind == Kind.INIT or (not spec.whole_model and len(spec.layers) != 1):
+            return None, None
+        if spec.whole_model:
+            key, nbytes = "w:*", info.weight_bytes
+        else:
+            key, nbytes = f"w:{spec.layers[0]}", info.layer(spec.layers[0]).weight_bytes
+        if nbytes <= 0 or (spec.kind == Kind.EXEC and not spec.whole_model
+                           and not self.per_layer):
+            return None, None
+        layer = spec.layers[0]
+        moved = key in dict(self.figures(info, Kind.LOAD, layer, spec.whole_model)[1])
+        figure = (key, nbytes, moved)
+        return (figure, None) if spec.kind == Kind.LOAD else (None, figure)
+
     def fit(self, plan: Plan) -> Fit:
         """Whether a task with this plan may start now as far as memory goes. By its bytes:
         NOW within what is free, LATER within the capacity, NEVER more than all of it; a
@@ -175,25 +208,49 @@ class MemoryManager:
 
     def reserve(self, task: Task, instance: NetworkInstance, now: float) -> bool:
         """Reserve what `task` needs as it starts; returns whether that put the ledger over
-        capacity (a forced admission, recorded as such)."""
+        capacity (a forced admission, recorded as such). A load of kept weights is a hit
+        (`task.cached`): they change hands rather than being reserved anew."""
         plan = task.plan
         if plan.init:
             self.active.add(instance)
         nbytes = plan.nbytes
+        budget = self.budget
+        taken = 0
+        if plan.hit is not None:
+            taken = self._take(task, instance, now)
         if nbytes <= 0:
             return False
-        budget = self.budget
         forced = nbytes > budget.capacity_bytes - budget.used_bytes
         reason = f"{task.label} of {instance.name}" if budget.record else ""
-        budget.reserve(nbytes, now, reason, task.id, instance.id, forced)
+        if taken and budget.record:
+            reason += " (kept weights: a hit)"
+        if budget.cached_bytes:  # kept weights make room first (the ledger never passes)
+            self.cache.make_room(now, nbytes - taken)
+        budget.reserve(nbytes, now, reason, task.id, instance.id, forced, taken)
         if not instance.lean:  # a lean instance's ends return bytes known in advance
             held = instance.held
             for key, part in plan.holds:
                 held[key] = held.get(key, 0) + part
         return forced
 
+    def _take(self, task: Task, instance: NetworkInstance, now: float) -> int:
+        """A load's hit, if its weights are kept: the bytes its reservation takes over from
+        the cache (0 at the network granularity, where they leave the ledger instead)."""
+        key, _, moved = task.plan.hit
+        nbytes = self.cache.take(instance, key)
+        if nbytes is None:
+            return 0
+        task.cached = True
+        if moved:
+            return nbytes
+        budget = self.budget
+        budget.cache(-nbytes, now, f"{task.label} of {instance.name} (kept weights: a hit)"
+                     if budget.record else "", task.id, instance.id)
+        return 0
+
     def release_after(self, task: Task, instance: NetworkInstance, now: float) -> None:
-        """Return what `task`'s end frees: a layer's weights, buffers whose last reader ran."""
+        """Return what `task`'s end frees: a layer's weights (or, with kept weights on, keep
+        them), buffers whose last reader ran."""
         plan = task.plan
         budget = self.budget
         if instance.lean:
@@ -201,11 +258,28 @@ class MemoryManager:
                 budget.release(plan.freed, now, "", task.id, instance.id)
             return
         held = instance.held
+        if plan.keep is not None:
+            self._keep(task, instance, now)
         for key in plan.releases:
             nbytes = held.pop(key, 0)
             if nbytes:
                 reason = f"{_VERBS.get(key[0], 'drop')} {key[2:]}" if budget.record else ""
                 budget.release(nbytes, now, reason, task.id, instance.id)
+
+    def _keep(self, task: Task, instance: NetworkInstance, now: float) -> None:
+        """An execution freed weights: keep them if no copy is kept already (and, at the
+        network granularity, if they fit once older entries are evicted)."""
+        key, nbytes, moved = task.plan.keep
+        cache, budget = self.cache, self.budget
+        reason = f"keep {key[2:]} of {instance.name}" if budget.record else ""
+        if moved:
+            held = instance.held.get(key, 0)
+            if held and cache.keep(instance, key, held):
+                del instance.held[key]
+                budget.release(held, now, reason, task.id, instance.id, to_cache=True)
+        elif (instance.name, key) not in cache and cache.make_room(now, nbytes) \
+                and cache.keep(instance, key, nbytes):
+            budget.cache(nbytes, now, reason, task.id, instance.id)
 
     def held_after_failure(self, instance: NetworkInstance, failing: Task | None) -> None:
         """A lean instance failed: work out what it holds from its tasks' states (what its
@@ -396,8 +470,9 @@ GRANULARITIES: dict[str, type[MemoryManager]] = {
 
 
 def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = True,
-                   workspaces: bool = False) -> MemoryManager:
-    """The memory manager of `granularity` over `budget`.
+                   workspaces: bool = False, keep_weights: bool = False) -> MemoryManager:
+    """The memory manager of `granularity` over `budget` (`workspaces`: execs reserve their
+    kernels' workspaces; `keep_weights`: sched/cache.py).
 
     Raises `ConfigError` naming the known granularities."""
     try:
@@ -405,7 +480,7 @@ def memory_manager(granularity: str, budget: MemoryBudget, per_layer: bool = Tru
     except (KeyError, TypeError):
         raise ConfigError(f"granularity {granularity!r}: choose from "
                          f"{', '.join(GRANULARITIES)}") from None
-    return cls(budget, per_layer, workspaces)
+    return cls(budget, per_layer, workspaces, keep_weights)
 
 
 def _known_releases(template: Template, plans: list[Plan]) -> list[int] | None:

@@ -20,15 +20,16 @@ from edgecaffe.sched.memory import MemoryManager
 from edgecaffe.sched.planner import Template
 from edgecaffe.sched.policies import Policy
 
-#: Heap keys: rank code * SPAN + task id (ids between -2**63 and 2**63 keep their order).
-SPAN = 1 << 64
+#: Heap keys: rank code * SPAN + `Task.order` (request order * 2**64 + task id; ids between
+#: -2**63 and 2**63 and orders below 2**63 keep their order).
+SPAN = 1 << 128
 
 
 class Plan:
     """What the scheduler does with one planned task."""
 
-    __slots__ = ("dependents", "freed", "heap", "holds", "init", "key", "last", "nbytes", "path",
-                 "pool", "rank", "releases", "step")
+    __slots__ = ("dependents", "freed", "heap", "hit", "holds", "init", "keep", "key", "last",
+                 "nbytes", "path", "pool", "rank", "releases", "step")
 
     def __init__(self, nbytes: int, holds: tuple, releases: tuple, pool: int, heap: list,
                  init: bool, last: bool, dependents: tuple[int, ...]) -> None:
@@ -52,6 +53,10 @@ class Plan:
         #: Deadlock avoidance: its template's path and its step on it (None: not guarded).
         self.path: Any = None
         self.step = -1
+        #: Kept weights on (sched/cache.py): what a hit of this load takes, what this
+        #: execution's end keeps (`MemoryManager.kept_figures`); None otherwise.
+        self.hit: Any = None
+        self.keep: Any = None
 
 
 class TemplatePlans:
@@ -110,10 +115,13 @@ class PlanBook:
         spec = task.spec
         plan = Plan(*self.memory.figures_of(task), spec.pool, self._ready.setdefault(spec.pool, []),
                     spec.kind == Kind.INIT, last, dependents)
+        if self.memory.cache is not None:
+            plan.hit, plan.keep = self.memory.kept_figures(task)
         if self.ranked:
             plan.rank = self.policy.rank(task)
             key = self.policy.key(task, 0.0)
-            if key != (*plan.rank, task.id):  # the heap orders by rank: it must stand for key
+            # The heap orders by rank, then `Task.order`: it must stand for key.
+            if key != (*plan.rank, task.order) and key != (*plan.rank, task.id):
                 raise ConfigError(
                     f"policy {self.policy.name!r}: rank() must be key() without the task id, "
                     f"got rank {plan.rank!r} and key {key!r} for {task!r}")
@@ -139,7 +147,7 @@ class PlanBook:
             for heap in self._ready.values():
                 heap.clear()
             for task in tasks:
-                key = task.plan.key + task.id
+                key = task.plan.key + task.order
                 self._waiting[key] = task
                 heapq.heappush(task.plan.heap, key)
         return position

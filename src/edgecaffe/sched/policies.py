@@ -4,7 +4,11 @@ The scheduler walks ready tasks in key order (lowest first) and starts the first
 budget admits; admission is the scheduler's job, ordering is the policy's. To write your own,
 subclass `Policy`, give it a `name` and a `key`, and pass an instance to the engine.
 
-The built-in static policies also give a `rank`: their key without the final task id, a
+Ties go to creation order, `Task.order`: the task's request's place in the queue, then its
+id (the id's order, except for tasks planned after their request: a gated network's, or a
+request submitted in an earlier one's place, which rank with that request).
+
+The built-in static policies also give a `rank`: their key without the final `task.order`, a
 function of the task's network and kind only. The scheduler then orders tasks by (rank, id),
 the same order as the key's, but works the rank out once per planned task rather than once per
 ready task (see `Scheduler`). A subclass that overrides `key` without `rank` is ordered by its
@@ -28,7 +32,7 @@ class Policy:
         raise NotImplementedError
 
     def rank(self, task: Task) -> Any:
-        """For a static policy whose key is `(*rank, task.id)`: that rank, which may depend on
+        """For a static policy whose key is `(*rank, task.order)`: that rank, which may depend on
         the task's network and kind only. None: not given (the scheduler uses `key`)."""
         return None
 
@@ -43,12 +47,13 @@ class Policy:
 
 
 class FCFS(Policy):
-    """Task creation order (the original's FCFSScheduler: by task id, not by readiness)."""
+    """Task creation order (the original's FCFSScheduler: by task id, not by readiness;
+    `Task.order`)."""
 
     name = "fcfs"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (task.id,)
+        return (task.order,)
 
     def rank(self, task: Task) -> tuple:
         return ()
@@ -60,7 +65,7 @@ class ExecFirst(Policy):
     name = "execprio"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (*self.rank(task), task.id)
+        return (*self.rank(task), task.order)
 
     def rank(self, task: Task) -> tuple:
         return (task.kind != Kind.EXEC,)
@@ -73,7 +78,7 @@ class Masa(Policy):
     name = "masa"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (*self.rank(task), task.id)
+        return (*self.rank(task), task.order)
 
     def rank(self, task: Task) -> tuple:
         return (task.kind != Kind.EXEC, task.instance.info.mean_exec_ms, task.kind)
@@ -85,7 +90,7 @@ class SJF(Policy):
     name = "sjf"
 
     def key(self, task: Task, now: float) -> tuple:
-        return (*self.rank(task), task.id)
+        return (*self.rank(task), task.order)
 
     def rank(self, task: Task) -> tuple:
         return (task.instance.info.mean_exec_ms, task.kind != Kind.EXEC)
@@ -105,7 +110,7 @@ class HRRN(Policy):
         arrival = instance.created if instance.arrival is None else instance.arrival
         waiting_ms = max(0.0, (now - arrival) * 1e3) + 1.0
         ratio = 1.0 + waiting_ms / service_ms if service_ms > 0 else float("inf")
-        return (task.kind != Kind.EXEC, -ratio, task.id)
+        return (task.kind != Kind.EXEC, -ratio, task.order)
 
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (FCFS, ExecFirst, Masa, SJF, HRRN)}

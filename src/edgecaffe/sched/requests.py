@@ -83,6 +83,8 @@ class Request:
     #: The submitted input, and the function that resolves gates when their parent ends.
     data: Any = None
     condition: Condition | None = None
+    #: Its place in the queue (`NetworkInstance.order`): its id, or an earlier request's.
+    order: int = 0
 
     @property
     def errors(self) -> list[str]:
@@ -114,15 +116,24 @@ class RequestBook:
     def submit(self, networks: Sequence[str], infos: Sequence[NetworkInfo], now: float,
                data: Any = None, handle: Any = None,
                gated: Sequence[tuple[NetworkInfo, str]] = (),
-               condition: Condition | None = None) -> Request:
+               condition: Condition | None = None, order: int | None = None) -> Request:
         """Plan one request, register its tasks with the scheduler; returns it (still open).
         `gated`: (child network, parent's result key) pairs, checked by `Core.submit`;
         `condition` resolves them when their parent ends (None: the caller calls `resolve`).
+        `order`: the id of an earlier request whose place in the queue this one takes (its
+        tasks then rank with that request's, `Task.order`; default: its own id). Raises
+        `ConfigError` for an order that is not the id of a request submitted before.
 
         If registering raises (a user policy, an interrupt), the request is withdrawn: its
         networks fail, it leaves the book, its record says "rejected", and the exception goes
         on to the caller."""
         request_id = self._next_id
+        if order is None:
+            order = request_id
+        elif isinstance(order, bool) or not isinstance(order, int) or \
+                not 0 <= order < request_id:
+            raise ConfigError(f"order must be the id of an earlier request (0 to "
+                              f"{request_id - 1}), got {order!r}")
         self._next_id += 1
         speculative = [info for info, _ in gated] if self.context == "oblivious" else []
         # Planned apart: DeepEye links a request's networks, and a parent's executions must
@@ -133,7 +144,9 @@ class RequestBook:
         record = RequestRecord(request_id, tuple(networks), now)
         self.trace.requests[request_id] = record
         request = Request(record, instances, len(instances) + len(gated), handle, data=data,
-                          condition=condition)
+                          condition=condition, order=order)
+        for instance in instances:
+            instance.order = order
         self.open[request_id] = request
         keys = result_keys(networks)
         for key, instance in zip(keys, instances, strict=False):
@@ -198,6 +211,7 @@ class RequestBook:
         first = len(record.instances)
         instances = self.planner.plan(request.record.request_id, [gate.info] * len(inputs))
         for number, (instance, x) in enumerate(zip(instances, inputs, strict=True)):
+            instance.order = request.order  # ranks with its request (`Task.order`)
             instance.input = x
             instance.arrival = request.record.arrival_s
             instance.result_key = f"{child}[{first + number}]"

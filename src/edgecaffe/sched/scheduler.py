@@ -22,7 +22,7 @@ the ledger over capacity (the engine then fails that network).
 Speed (long simulations run millions of tasks through here): what depends only on a planned
 task's network and position is worked out once, in a `Plan` (sched/plans.py); an added task
 points at its plan. Ready tasks wait in one heap per pool; with a static policy that gives a
-rank (all built-in static ones) the heap holds integers, rank code * 2**64 + task id (compared
+rank (all built-in static ones) the heap holds integers, rank code * 2**128 + `Task.order` (compared
 faster than tuples), and `_waiting` maps them to their tasks. Unfinished dependencies are
 counted per position in the instance (`instance.pending`) and decremented by the positions the
 plan lists, so no dependency lists are built.
@@ -167,7 +167,7 @@ class Scheduler:
                 task.plan = plan
             linked = [task for task in tasks if task.has_own_links] if instance.linked else []
             counts, roots = entry.counts, template.roots
-            instance.lean = entry.lean and not self.budget.record
+            instance.lean = entry.lean and not self.budget.record and self.memory.cache is None
             instance.held_bytes = entry.residual if instance.lean else 0
         else:
             for task in tasks:
@@ -184,7 +184,7 @@ class Scheduler:
     def _make_ready(self, task: Task, now: float) -> None:
         plan = task.plan
         if self._ranked:
-            key = plan.key + task.id
+            key = plan.key + task.order
             heappush(plan.heap, key)
             self._waiting[key] = task
         elif self._static:  # the key first: if the policy raises, the task stays as it was
@@ -242,7 +242,8 @@ class Scheduler:
             self._unready(task)
         # Start it: reserve its memory (a forced admission if that goes over capacity).
         plan = task.plan
-        if (plan.nbytes > 0 or plan.init) and self.memory.reserve(task, task._instance(), now):
+        if (plan.nbytes > 0 or plan.init or plan.hit is not None) and \
+                self.memory.reserve(task, task._instance(), now):
             task.forced = True
             self.forced_events += 1
         task.state = RUNNING
@@ -322,7 +323,7 @@ class Scheduler:
     def _unready(self, task: Task) -> None:
         heap = task.plan.heap
         if self._ranked:
-            key = task.plan.key + task.id
+            key = task.plan.key + task.order
             del self._waiting[key]
             if heap[0] == key:
                 heappop(heap)
@@ -359,7 +360,7 @@ class Scheduler:
             if error is not None:
                 task.error = str(error)
                 self._fail(instance, str(error), now, [] if ready is None else ready, task)
-            elif plan.releases:
+            elif plan.releases or plan.keep is not None:
                 self.memory.release_after(task, instance, now)
         if task._dependents is not None:
             self._unblock(task, instance, now, [] if ready is None else ready)

@@ -30,6 +30,8 @@ class TaskRecord:
     forced: bool
     depends_on: tuple[int, ...]
     error: str | None = None
+    #: A load of kept weights (a hit: nothing read; sched/cache.py).
+    cached: bool = False
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Trace:
                 "*" if task.whole_model else ",".join(task.layers), task.pool, task.worker,
                 task.created, task.ready, task.start, task.end, State(task.state).name.lower(),
                 task.reserve_bytes, task.forced, tuple(dep.id for dep in task.deps), task.error,
+                task.cached,
             ))
         self.record_span(instance)
 

@@ -42,7 +42,8 @@ class ServeConfig:
     in flight at most (more: 429); `timeout_ms`: the default deadline of a call (None: none);
     `allow_overcommit`: run requests with a task larger than the whole budget over budget (the
     progress rule) instead of refusing them at once (503, the default); `grace_s`: how long a
-    shutdown lets calls in flight finish before cancelling them."""
+    shutdown lets calls in flight finish before cancelling them; `keep_weights`: freed weights
+    stay in memory while the budget has room (`Engine`'s option)."""
 
     repository: str | Path
     budget: str | int = "512M"
@@ -60,6 +61,7 @@ class ServeConfig:
     top_k: int = 5
     allow_overcommit: bool = False
     grace_s: float = 10.0
+    keep_weights: bool = False
 
     def limits(self) -> Limits:
         return Limits(parse_bytes(self.max_upload), self.max_pixels, self.max_inputs)
@@ -148,7 +150,8 @@ class Service:
                                  budget=config.budget, granularity=config.granularity,
                                  workers=config.workers, blas_threads=config.blas_threads,
                                  allow_overcommit=config.allow_overcommit,
-                                 backend=config.backend, **self.engine_options)
+                                 backend=config.backend, keep_weights=config.keep_weights,
+                                 **self.engine_options)
             self.formats = {name: OutputFormat(p) for name, p in packages.items()}
             for name in packages:
                 self.repository.entries[name].extra["fits_budget"] = self._fits([name]) is None

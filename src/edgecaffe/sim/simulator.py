@@ -41,7 +41,9 @@ class Simulator:
     `context`, the context policy for gated networks ("aware" or "oblivious", see
     sched/requests.py): an arrival's gated networks run on as many inputs as its drawn
     `detections` say; `workspaces`, execs reserve their kernel's workspace while they run (as
-    the engine does under a real limit, `account_runtime`)."""
+    the engine does under a real limit, `account_runtime`); `keep_weights`, freed weights stay
+    on the ledger while the budget has room (sched/cache.py): a load of kept weights (a hit)
+    takes no time, and `run` evicts what is kept when it ends, so the ledger returns to 0."""
 
     def __init__(
         self,
@@ -59,12 +61,14 @@ class Simulator:
         record_ledger: bool = True,
         context: str = "aware",
         workspaces: bool = False,
+        keep_weights: bool = False,
     ) -> None:
         self.device = device or DeviceProfile()
         self.core = core = Core(infos, mode, policy, budget, granularity, workers,
                                 allow_overcommit, record_tasks, record_ledger,
                                 info={"simulated": True, "device": self.device.name},
-                                context=context, workspaces=workspaces)
+                                context=context, workspaces=workspaces,
+                                keep_weights=keep_weights)
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
@@ -101,6 +105,8 @@ class Simulator:
             raise ValueError(f"arrivals {undrawn[:5]} have gated networks but no drawn "
                              "detection count (workload.with_detections)")
         self._events(ArrivalSchedule(arrivals, closed_loop, self.now), on_done)
+        if self.core.memory.cache is not None:
+            self.core.memory.cache.clear(self.now)
         if self.book.open:  # only if the scheduler stalled: say so rather than return a short trace
             raise RuntimeError(f"simulation stalled with {len(self.book.open)} request(s) open")
         return self.trace
@@ -167,7 +173,9 @@ class Simulator:
                     still_idle.append(worker)
                     continue
                 sequence += 1
-                if adaptive and task.kind == Kind.EXEC:  # on the cores free now
+                if task.cached:  # a hit: its weights were kept in memory, nothing to read
+                    duration_s = 0.0
+                elif adaptive and task.kind == Kind.EXEC:  # on the cores free now
                     threads_of[sequence] = threads = shared_threads(cores, len(threads_of) + 1)
                     duration_s = self._exec_s(task, threads)
                 elif memo is None:  # `task_ms` given: any function of the task
