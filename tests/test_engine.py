@@ -13,6 +13,7 @@ import pytest
 import edgecaffe
 from edgecaffe.engine import Engine, EngineClosedError, RequestError
 from edgecaffe.engine.tasks import network_input
+from edgecaffe.errors import ConfigError
 from edgecaffe.sched import GRANULARITIES, MODES, POLICIES, BudgetError
 
 NETS = ["TinyAlex", "TinyResidual", "TinyInception"]
@@ -214,3 +215,21 @@ def test_a_rejected_request_does_not_break_chained_modes(packages):
             engine.submit(image(), ["TinyInception", "TinyAlex"])
         result = engine.submit(image(), ["TinyInception"]).result(timeout=30)
     assert "prob" in result["TinyInception"]
+
+
+def test_the_never_fits_check_is_remembered_per_request_shape(packages, monkeypatch):
+    """A server checks every call: the plan behind the answer is made once per set of
+    networks, and a request that can never fit is still refused every time."""
+    from edgecaffe.sched.core import Core
+    planned = []
+    real = Core._never_fits
+    monkeypatch.setattr(Core, "_never_fits",
+                        lambda self, *args: planned.append(args[0]) or real(self, *args))
+    with Engine(packages, mode="bulk", budget=25000, allow_overcommit=False) as engine:
+        for _ in range(3):
+            with pytest.raises(BudgetError, match="TinyAlex"):
+                engine.submit(image(), ["TinyAlex"])
+            engine.submit(image(), ["TinyInception"]).result(timeout=30)
+        with pytest.raises(ConfigError, match="unknown network"):
+            engine.submit(image(), ["NoSuchNet"])
+    assert planned == [["TinyAlex"], ["TinyInception"]]

@@ -94,6 +94,8 @@ class Core:
                                  "context": context, "workspaces": workspaces,
                                  "keep_weights": keep_weights,
                                  **(info or {})})
+        #: check_fits' answers by request shape (None: it fits).
+        self._fits: dict[tuple, str | None] = {}
         self.book = RequestBook(self.planner, self.scheduler, self.trace, record_tasks,
                                 context)
         self.context = context
@@ -132,16 +134,33 @@ class Core:
         more than the whole budget.
 
         Planned on a scratch planner: the real one links networks across requests and must
-        only see accepted ones."""
+        only see accepted ones. The answer depends only on the networks (the budget and the
+        mode are fixed), so it is remembered per request shape: a server checks every call."""
+        key = _request_shape(networks, gated)
+        if key is not None and key in self._fits:
+            why = self._fits[key]
+        else:
+            why = self._never_fits(networks, gated)
+            if key is not None:
+                if len(self._fits) >= 4096:  # bounded: callers may vary the set without end
+                    self._fits.clear()
+                self._fits[key] = why
+        if why is not None:
+            raise BudgetError(why)
+
+    def _never_fits(self, networks: Sequence[str], gated: Mapping[str, str] | None
+                    ) -> str | None:
+        """Why a task of this request can never fit, or None. Raises `ConfigError` for
+        unknown networks or a bad `gated` (not remembered)."""
         infos = self.check_networks(networks) + [i for i, _ in self.check_gated(networks, gated)]
         for instance in Planner(self.mode).plan(-1, infos):
             for task in instance.tasks:
                 need = self.scheduler.reservation(task)
                 if self.memory.fit_bytes(need) is NEVER:
-                    raise BudgetError(
-                        f"request for {list(networks)}: {task.label} of {instance.name} needs "
-                        f"{need} bytes, more than the whole budget of "
-                        f"{self.budget.capacity_bytes}")
+                    return (f"request for {list(networks)}: {task.label} of {instance.name} "
+                            f"needs {need} bytes, more than the whole budget of "
+                            f"{self.budget.capacity_bytes}")
+        return None
 
     def submit(self, networks: Sequence[str], now: float, data: Any = None,
                gated: Mapping[str, str] | None = None, condition: Condition | None = None,
@@ -174,3 +193,14 @@ class Core:
             raise ConfigError(f"gated network {child!r}: {len(inputs)} inputs for a count "
                               f"of {count}")
         return self.book.resolve(request, child, inputs, now)
+
+
+def _request_shape(networks: Sequence[str], gated: Mapping[str, str] | None) -> tuple | None:
+    """A hashable key for a request's networks and gates; None for input that is not plain
+    (then checked each time, never remembered)."""
+    try:
+        key = (tuple(networks), tuple(sorted(gated.items())) if gated else ())
+        hash(key)
+    except (AttributeError, TypeError):
+        return None
+    return key
