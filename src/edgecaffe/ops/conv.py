@@ -22,7 +22,8 @@ from math import prod
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from edgecaffe.ops import gemm
+from edgecaffe.blas import available_cores
+from edgecaffe.ops import gemm, winograd
 from edgecaffe.ops.base import Op, OpError, output_chunk, register
 
 
@@ -121,10 +122,13 @@ def conv2d(
     out_channels, _, kh, kw = weight.shape
     oh = conv_output_size(h, kh, stride[0], pad[0], dilation[0])
     ow = conv_output_size(w, kw, stride[1], pad[1], dilation[1])
-    pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
-    weight_groups = weight.reshape(group, out_channels // group, -1)
     if out is None:
         out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
+    if winograd.applies(c, (kh, kw), stride, dilation, group, (oh, ow)):
+        winograd.conv3x3(x, weight, bias, pad, out, chunk)
+        return out.reshape(n, out_channels, oh, ow)
+    pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
+    weight_groups = weight.reshape(group, out_channels // group, -1)
     per_row = c * kh * kw * ow
     # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
     band = oh if pointwise else band_rows(oh, ow, per_row)
@@ -192,6 +196,11 @@ class Conv(Op):
         if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
             return 0
         oh, ow = outputs[0][2:]
+        if winograd.applies(c, (kh, kw), stride, dilation, attrs["group"], (oh, ow)):
+            chunk = output_chunk(4 * attrs["out_channels"] * c * kh * kw)
+            threads = available_cores() if chunk else 1
+            return 4 * winograd.workspace_floats(c, attrs["out_channels"], (oh, ow), chunk,
+                                                 threads)
         per_row = c * kh * kw * ow
         band = band_rows(oh, ow, per_row)
         extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
