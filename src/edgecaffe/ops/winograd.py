@@ -30,6 +30,8 @@ call of the same shape whether the whole layer or a block of it runs: bit-exact 
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -166,9 +168,8 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, pad: tup
             v = d.reshape(POSITIONS, c, tiles)
             target = result[i, :, OUT_TILE * t0 : min(oh, OUT_TILE * (t0 + rows))]
             if chunk:
-                blocks = [lambda lo=lo: _outputs(weight[lo : lo + chunk], None, v, tw,
-                                                 target[lo : lo + chunk], 1)
-                          for lo in range(0, o, chunk)]
+                blocks = [partial(_outputs, weight[lo : lo + chunk], None, v, tw,
+                                  target[lo : lo + chunk], 1) for lo in range(0, o, chunk)]
                 run_blocks(blocks, threads) if threads > 1 else [b() for b in blocks]
             else:
                 _outputs(weight, filters, v, tw, target, None)
