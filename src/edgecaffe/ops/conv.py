@@ -11,8 +11,10 @@ batched GEMM (numpy has no fused multiply-add: each tap is two passes over the o
 space-to-depth layout for 11x11/4 (a 3x3 stride-1 convolution over 48 channels) copied as much
 as im2col and adds 19% to the GEMM.
 
-Winograd F(2x2, 3x3) was written and measured against this (commit 192fcd1, ops/winograd.py) and
-removed: in numpy its tile transforms cost about what it saves in GEMM time.
+3x3 stride-1 layers on maps of at least 24x24 pixels with 16 or more input channels run as
+Winograd F(4x4, 3x3) instead (`ops/winograd.py`: 4x fewer multiplies; its transforms are
+thin BLAS products). An earlier F(2x2, 3x3) whose transforms were elementwise numpy passes
+(commit 192fcd1) saved about what its transforms cost and was removed.
 """
 
 from __future__ import annotations
