@@ -19,7 +19,8 @@ The whole-model onnxruntime peer needs `edgecaffe export`'s exporter
 At the end: RSS after `import edgecaffe`, after choosing the onnxruntime backend, and the cost
 of creating one single-operator session.
 
-    python benchmarks/forward.py [--threads 2] [--repeat 7] [NET ...]
+    python benchmarks/forward.py [--threads 2] [--repeat 7] [--contenders numpy,opencv,...]
+                                 [--cpu] [NET ...]
 """
 
 from __future__ import annotations
@@ -168,9 +169,9 @@ def bench_network(spec: str, args, folder: Path) -> dict[str, float]:
     rounds = args.repeat if size is None else max(3, args.repeat // 2)
     for _ in range(1 + rounds):  # the first round warms up (allocators, OpenCV's setup)
         for key, run in runs.items():
-            started = time.perf_counter()
+            started = args.clock()
             run(x)
-            times[key].append((time.perf_counter() - started) * 1e3)
+            times[key].append((args.clock() - started) * 1e3)
     load.append(os.getloadavg()[0])
     med = {key: statistics.median(values[1:]) for key, values in times.items()}
     cells = [f"{med[k]:>10.1f}" if k in med else f"{'n/a':>10}" for k in args.contenders]
@@ -194,7 +195,12 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated, from {', '.join(CONTENDERS + EXTRA)} "
                         "(default: %(default)s)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="time in process CPU seconds, not wall clock: with --threads 1 on "
+                        "a shared machine it measures the work itself (threads that spin while "
+                        "waiting count as work, so not with more threads)")
     args = parser.parse_args()
+    args.clock = time.process_time if args.cpu else time.perf_counter
     args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(args.contenders) - set(CONTENDERS + EXTRA)
     if unknown or "numpy" not in args.contenders or "opencv" not in args.contenders:
@@ -214,7 +220,8 @@ def main() -> None:
     blas = sorted({(i["internal_api"], i.get("architecture"), i["num_threads"])
                    for i in threadpool_info()})
     names = args.nets or [*(n for n, m in ZOO.items() if not m.tiny), "FaceNet@1340"]
-    print(f"threads {args.threads}, batch {args.batch}, {args.repeat} rounds; OpenCV "
+    print(f"threads {args.threads}, batch {args.batch}, {args.repeat} rounds, "
+          f"{'CPU' if args.cpu else 'wall'} time; OpenCV "
           f"{cv2.__version__}; onnxruntime {ort.__version__}; numpy {np.__version__} BLAS {blas}")
     print("load average: 1-minute, before-after each network's rounds (the machine may be "
           "shared: figures are noisy)")
