@@ -162,25 +162,38 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, pad: tup
             sc, sy, sx = padded.strides
             window = as_strided(padded[:, OUT_TILE * t0 :], (TILE, TILE, c, rows, tw),
                                 (sy, sx, sc, OUT_TILE * sy, OUT_TILE * sx), writeable=False)
-            np.copyto(d.reshape(TILE, TILE, c, rows, tw), window)
+            d5 = d.reshape(TILE, TILE, c, rows, tw)
+            _sliced(lambda s, d5=d5, window=window: np.copyto(d5[:, :, s], window[:, :, s]),
+                    c, threads)
             # B^T d B (via `spectra`) back into the patches' buffer: d is not needed after.
             _transform(BT, d, d, spectra, chunk is not None)
             v = d.reshape(POSITIONS, c, tiles)
             target = result[i, :, OUT_TILE * t0 : min(oh, OUT_TILE * (t0 + rows))]
             if chunk:
                 blocks = [partial(_outputs, weight[lo : lo + chunk], None, v, tw,
-                                  target[lo : lo + chunk], 1) for lo in range(0, o, chunk)]
+                                  target[lo : lo + chunk],
+                                  None if bias is None else bias[lo : lo + chunk], 1)
+                          for lo in range(0, o, chunk)]
                 run_blocks(blocks, threads) if threads > 1 else [b() for b in blocks]
             else:
-                _outputs(weight, filters, v, tw, target, None)
-            if bias is not None:
-                target += bias[:, None, None]
+                _outputs(weight, filters, v, tw, target, bias, threads)
+
+
+def _sliced(work, size: int, threads: int) -> None:
+    """work(slice) over `threads` equal slices of range(size), on our threads (the copies
+    and bias passes around the products, which numpy runs on one thread each)."""
+    if threads <= 1 or size < 2 * threads:
+        work(slice(0, size))
+        return
+    step = -(-size // threads)
+    run_blocks([partial(work, slice(lo, lo + step)) for lo in range(0, size, step)], threads)
 
 
 def _outputs(weight: np.ndarray, filters: np.ndarray | None, v: np.ndarray, tw: int,
-             target: np.ndarray, threads: int | None) -> None:
-    """target (O, band rows, ow) = A^T [filters (36, O, C) @ v (36, C, tiles)] A, computing
-    the filter transform first when `filters` is None."""
+             target: np.ndarray, bias: np.ndarray | None, threads: int) -> None:
+    """target (O, band rows, ow) = A^T [filters (36, O, C) @ v (36, C, tiles)] A + bias,
+    computing the filter transform first when `filters` is None. `threads` 1: every product
+    one call on this thread (a chunk, bit-exact); else split across that many."""
     o, c = weight.shape[:2]
     tiles = v.shape[2]
     if filters is None:
@@ -191,14 +204,22 @@ def _outputs(weight: np.ndarray, filters: np.ndarray | None, v: np.ndarray, tw: 
     tile_rows = tiles // tw
     half = np.empty((OUT_TILE, TILE * o * tiles), np.float32)
     # A^T m A back into the products' buffer (they are not read after the first pass).
-    _transform(AT, products.reshape(POSITIONS, -1), products, half, threads == 1, threads)
+    _transform(AT, products.reshape(POSITIONS, -1), products, half, False, threads)
     spatial = products.reshape(-1)[: 16 * o * tiles]
     # (4, 4, o, tile row, tile column) -> (o, tile row, 4, tile column, 4)
     source = spatial.reshape(OUT_TILE, OUT_TILE, o, tile_rows, tw).transpose(2, 3, 0, 4, 1)
     oh, ow = target.shape[1:]
-    if oh == OUT_TILE * tile_rows and ow == OUT_TILE * tw:
-        np.copyto(target.reshape(o, tile_rows, OUT_TILE, tw, OUT_TILE), source)
-    else:  # ragged edge: stage whole tiles, keep what lies inside the output
-        staged = np.empty((o, tile_rows, OUT_TILE, tw, OUT_TILE), np.float32)
-        np.copyto(staged, source)
-        np.copyto(target, staged.reshape(o, OUT_TILE * tile_rows, OUT_TILE * tw)[:, :oh, :ow])
+    whole = oh == OUT_TILE * tile_rows and ow == OUT_TILE * tw
+    # Ragged edge: whole tiles staged, then what lies inside the output kept.
+    staged = None if whole else np.empty((o, tile_rows, OUT_TILE, tw, OUT_TILE), np.float32)
+
+    def scatter(s: slice) -> None:
+        if whole:
+            np.copyto(target[s].reshape(-1, tile_rows, OUT_TILE, tw, OUT_TILE), source[s])
+        else:
+            np.copyto(staged[s], source[s])
+            np.copyto(target[s], staged[s].reshape(-1, OUT_TILE * tile_rows,
+                                                   OUT_TILE * tw)[:, :oh, :ow])
+        if bias is not None:  # while the slice is in cache
+            target[s] += bias[s, None, None]
+    _sliced(scatter, o, threads)
