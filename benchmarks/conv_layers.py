@@ -51,6 +51,7 @@ def main() -> None:
     from edgecaffe.model.network import BlobRunner
     from edgecaffe.model.zoo import zoo_files
     from edgecaffe.ops import backend_kernels, gemm, get_op, winograd
+    from edgecaffe.ops.base import output_chunk
 
     kernel = backend_kernels(args.backend).get("Conv")
 
@@ -100,7 +101,9 @@ def main() -> None:
         pointwise = tuple(a["kernel"]) == (1, 1) and tuple(a["stride"]) == (1, 1) \
             and not any(a["pad"])
         path = "1x1" if pointwise else "im2col"
-        if winograd.applies(xin.shape[1], a["kernel"], a["stride"], a["dilation"], g, (oh, ow)):
+        chunked = g == 1 and output_chunk(weights["weight"].nbytes) is not None
+        if winograd.applies(xin.shape[1], a["kernel"], a["stride"], a["dilation"], g, (oh, ow),
+                            a["out_channels"], chunked):
             path = "wino"
         for _ in range(args.repeat):
             t = clock()

@@ -24,7 +24,7 @@ CASES = [
     # (N, C, H, W), O, pad: output multiples of 4 and ragged ones, pads 0-2, batches
     pytest.param((1, 16, 24, 24), 16, 1, id="24px-whole-tiles"),
     pytest.param((1, 32, 30, 27), 24, 1, id="ragged-30x27"),
-    pytest.param((2, 16, 26, 26), 8, 0, id="pad0-batch2"),
+    pytest.param((2, 16, 26, 26), 16, 0, id="pad0-batch2"),
     pytest.param((1, 24, 23, 25), 16, 2, id="pad2-ragged"),
     pytest.param((1, 64, 56, 56), 64, 1, id="vgg-like-56px"),
 ]
@@ -39,7 +39,7 @@ def _direct_reference(x, weight, b, pad):
 def test_winograd_matches_float64_and_opencv(tmp_path, rng, shape, out_channels, pad, bias):
     x, weight, b = make_case(rng, shape, out_channels, 50.0, bias)
     oh, ow = shape[2] + 2 * pad - 2, shape[3] + 2 * pad - 2
-    assert winograd.applies(shape[1], (3, 3), (1, 1), (1, 1), 1, (oh, ow))
+    assert winograd.applies(shape[1], (3, 3), (1, 1), (1, 1), 1, (oh, ow), out_channels)
     ours = conv2d(x, weight, b, (1, 1), (pad, pad), (1, 1), 1)
     out = np.empty((shape[0], out_channels, oh * ow), np.float32)
     winograd.conv3x3(x, weight, b, (pad, pad), out)
@@ -63,13 +63,16 @@ def test_winograd_in_several_bands_and_threads(rng, monkeypatch):
 
 
 def test_only_3x3_stride1_ungrouped_large_enough_layers_take_it():
-    assert winograd.applies(64, (3, 3), (1, 1), (1, 1), 1, (28, 28))
-    assert not winograd.applies(64, (3, 3), (2, 2), (1, 1), 1, (28, 28))
-    assert not winograd.applies(64, (3, 3), (1, 1), (2, 2), 1, (28, 28))
-    assert not winograd.applies(64, (3, 3), (1, 1), (1, 1), 2, (28, 28))
-    assert not winograd.applies(64, (5, 5), (1, 1), (1, 1), 1, (28, 28))
-    assert not winograd.applies(3, (3, 3), (1, 1), (1, 1), 1, (224, 224))  # RGB input
-    assert not winograd.applies(512, (3, 3), (1, 1), (1, 1), 1, (14, 14))  # small map
+    assert winograd.applies(64, (3, 3), (1, 1), (1, 1), 1, (28, 28), 64)
+    assert not winograd.applies(64, (3, 3), (2, 2), (1, 1), 1, (28, 28), 64)
+    assert not winograd.applies(64, (3, 3), (1, 1), (2, 2), 1, (28, 28), 64)
+    assert not winograd.applies(64, (3, 3), (1, 1), (1, 1), 2, (28, 28), 64)
+    assert not winograd.applies(64, (5, 5), (1, 1), (1, 1), 1, (28, 28), 64)
+    assert not winograd.applies(3, (3, 3), (1, 1), (1, 1), 1, (224, 224), 64)  # RGB input
+    assert not winograd.applies(512, (3, 3), (1, 1), (1, 1), 1, (14, 14), 512)  # small map
+    assert not winograd.applies(128, (3, 3), (1, 1), (1, 1), 1, (38, 38), 8)  # an SSD head
+    # A block of a chunked layer may hold few outputs: it follows the whole layer.
+    assert winograd.applies(512, (3, 3), (1, 1), (1, 1), 1, (28, 28), 8, chunked=True)
 
 
 def _chunked_network() -> Network:

@@ -126,7 +126,8 @@ def conv2d(
     ow = conv_output_size(w, kw, stride[1], pad[1], dilation[1])
     if out is None:
         out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
-    if winograd.applies(c, (kh, kw), stride, dilation, group, (oh, ow)):
+    if winograd.applies(c, (kh, kw), stride, dilation, group, (oh, ow), out_channels,
+                        chunk is not None):
         winograd.conv3x3(x, weight, bias, pad, out, chunk)
         return out.reshape(n, out_channels, oh, ow)
     pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
@@ -198,8 +199,9 @@ class Conv(Op):
         if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
             return 0
         oh, ow = outputs[0][2:]
-        if winograd.applies(c, (kh, kw), stride, dilation, attrs["group"], (oh, ow)):
-            chunk = output_chunk(4 * attrs["out_channels"] * c * kh * kw)
+        chunk = output_chunk(4 * attrs["out_channels"] * c * kh * kw)
+        if winograd.applies(c, (kh, kw), stride, dilation, attrs["group"], (oh, ow),
+                            attrs["out_channels"], chunk is not None):
             threads = available_cores() if chunk else 1
             return 4 * winograd.workspace_floats(c, attrs["out_channels"], (oh, ow), chunk,
                                                  threads)

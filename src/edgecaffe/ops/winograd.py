@@ -14,9 +14,11 @@ too, with the Kronecker product of the 1-d matrices: vec(B^T d B) = (B^T kron B^
 Where it pays (measured, benchmarks/conv_layers.py): the transforms are memory-bound passes, the
 filter transform a (36, 9) @ (9, O * C) product every execution (weights are loaded and dropped
 per layer, so nothing is kept between runs), so it wins on maps of at least ~24x24 pixels with
-16 or more input channels (`applies`); small maps (VGG's conv5 at 14x14) and RGB inputs stay on
-im2col. Accuracy: within ~2e-5 of im2col relative to the output's scale (tested against float64
-direct convolutions, pycaffe and OpenCV fixtures).
+16 or more input and output channels (`applies`): 0.6-0.8x im2col's time on VGG-19's layers
+(CPU time, one thread). Small maps (VGG's conv5 at 14x14: 1.4x; 13x13 with 1024 channels:
+2x), RGB inputs and few outputs (an SSD head's 8) stay on im2col. Accuracy: 3e-6 - 1.4e-5 of
+the output's scale against a float64 direct convolution (tests/test_winograd.py; also pycaffe
+and OpenCV on the zoo networks).
 
 Layout: the padded image is cut into 6x6 patches at stride 4 (a strided view copied once per
 band of tile rows: 2.25 floats per output pixel and channel against im2col's 9), transformed,
@@ -50,7 +52,8 @@ KRON_G = np.kron(_G, _G).astype(np.float32)  # (36, 9): filter -> positions
 
 TILE, OUT_TILE, POSITIONS = 6, 4, 36
 
-#: Smallest input channels and output pixels (oh * ow) for which Winograd beats im2col here
+#: Smallest input and output channels and output pixels (oh * ow) for which Winograd beats
+#: im2col here
 #: (measured on the 2-core test machine, 1 and 2 threads; see the module docstring).
 MIN_CHANNELS = 16
 MIN_PIXELS = 576
@@ -62,13 +65,17 @@ BAND_FLOATS = 512 * 1024
 CHUNKED_BAND_FLOATS = 4 * 1024 * 1024
 
 
-def applies(channels: int, kernel, stride, dilation, group: int,
-            out_size: tuple[int, int]) -> bool:
+def applies(channels: int, kernel, stride, dilation, group: int, out_size: tuple[int, int],
+            out_channels: int, chunked: bool = False) -> bool:
     """Whether `conv.conv2d` runs a layer as F(4x4, 3x3): 3x3, stride 1, dilation 1, group 1,
-    at least MIN_CHANNELS inputs and MIN_PIXELS output pixels. Not the output channels: a
-    block of a layer (`ops/block.py`) must take the whole layer's path."""
+    at least MIN_CHANNELS inputs and outputs and MIN_PIXELS output pixels. A chunked layer
+    (`chunked`: over `ops.base.CHUNK_MIN_BYTES`, so far more outputs) takes it whatever
+    `out_channels`: a block of it (`ops/block.py`, a slice of the outputs) must take the
+    whole layer's path to stay bit-exact. (128 -> 8 channels on 38x38, an SSD head, ran 4.7x
+    slower than im2col: too few outputs to pay for the input transform.)"""
     return (tuple(kernel) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and group == 1 and channels >= MIN_CHANNELS
+            and (out_channels >= MIN_CHANNELS or chunked)
             and out_size[0] * out_size[1] >= MIN_PIXELS)
 
 
