@@ -10,7 +10,9 @@ Winograd work). Choose with `--contenders`.
 
 Networks: the ten zoo networks at batch 1 and FaceNet at 1340 x 1340 (`FaceNet@1340`; any zoo
 name takes `@SIZE`). Each round times every contender once, in turn, so machine noise hits all
-alike; medians over the rounds after a warm-up round. Printed per network: medians (ms), the
+alike (in a new random order each round, after a pause: OpenBLAS's, OpenCV's and onnxruntime's
+threads spin for a while after a run and slow whoever comes next); medians over the rounds
+after a warm-up round. Printed per network: medians (ms), the
 ratios numpy / OpenCV (issue 14's goal: <= 0.5) and fast / onnxruntime-whole (goal: <= 1.2),
 and the load average over the network's rounds: on a shared machine the figures are noisy.
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -167,10 +170,18 @@ def bench_network(spec: str, args, folder: Path) -> dict[str, float]:
     times: dict[str, list[float]] = {key: [] for key in runs}
     load = [os.getloadavg()[0]]
     rounds = args.repeat if size is None else max(3, args.repeat // 2)
+    shuffle = random.Random(0).shuffle
     for _ in range(1 + rounds):  # the first round warms up (allocators, OpenCV's setup)
-        for key, run in runs.items():
+        # A new order every round, after a pause: OpenBLAS's, OpenCV's and onnxruntime's
+        # threads spin for a while after a run, which slows whoever comes next (measured: in a
+        # fixed order, the numpy kernels after OpenBLAS's and OpenCV's runs took 1.6x the time
+        # of the same kernels elsewhere in the round).
+        order = list(runs)
+        shuffle(order)
+        for key in order:
+            time.sleep(args.pause_ms / 1e3)
             started = args.clock()
-            run(x)
+            runs[key](x)
             times[key].append((args.clock() - started) * 1e3)
     load.append(os.getloadavg()[0])
     med = {key: statistics.median(values[1:]) for key, values in times.items()}
@@ -195,6 +206,8 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help=f"comma-separated, from {', '.join(CONTENDERS + EXTRA)} "
                         "(default: %(default)s)")
+    parser.add_argument("--pause-ms", type=float, default=100.0,
+                        help="idle time before each timed run (other runtimes' threads settle)")
     parser.add_argument("--cpu", action="store_true",
                         help="time in process CPU seconds, not wall clock: with --threads 1 on "
                         "a shared machine it measures the work itself (threads that spin while "
