@@ -1,9 +1,18 @@
 """Forward speed per network: our numpy kernels, our onnxruntime backend, OpenCV DNN 4.x and
 onnxruntime running the whole model, interleaved, on the same thread count.
 
+Our kernels run as an engine runs them (`numpy`, `fast`): OpenBLAS on one thread, each product
+split across `--threads` of our own threads (`blas.BlasHold`, `ops/gemm.py`). Optional
+contenders for before/after tables in the same run: `im2col` (numpy with the Winograd path
+off: every convolution as im2col + GEMM) and `numpy_ob` (what `Network.forward` does outside
+an engine: OpenBLAS's own `--threads` threads, Winograd off: the kernels before issue 14's
+Winograd work). Choose with `--contenders`.
+
 Networks: the ten zoo networks at batch 1 and FaceNet at 1340 x 1340 (`FaceNet@1340`; any zoo
 name takes `@SIZE`). Each round times every contender once, in turn, so machine noise hits all
-alike; medians over the rounds after a warm-up round. Printed per network: medians (ms), the
+alike (in a new random order each round, after a pause: OpenBLAS's, OpenCV's and onnxruntime's
+threads spin for a while after a run and slow whoever comes next); medians over the rounds
+after a warm-up round. Printed per network: medians (ms), the
 ratios numpy / OpenCV (issue 14's goal: <= 0.5) and fast / onnxruntime-whole (goal: <= 1.2),
 and the load average over the network's rounds: on a shared machine the figures are noisy.
 
@@ -12,7 +21,8 @@ The whole-model onnxruntime peer needs `edgecaffe export`'s exporter
 At the end: RSS after `import edgecaffe`, after choosing the onnxruntime backend, and the cost
 of creating one single-operator session.
 
-    python benchmarks/forward.py [--threads 2] [--repeat 7] [NET ...]
+    python benchmarks/forward.py [--threads 2] [--repeat 7] [--contenders numpy,opencv,...]
+                                 [--cpu] [NET ...]
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -28,6 +39,12 @@ import time
 from pathlib import Path
 
 CONTENDERS = ("numpy", "fast", "opencv", "ort_whole")
+EXTRA = ("im2col", "numpy_ob")
+#: Ratios printed per network (nan where a contender did not run).
+RATIOS = (("numpy", "opencv"), ("fast", "ort_whole"), ("fast", "numpy"), ("im2col", "opencv"),
+          ("numpy_ob", "opencv"))
+SHORT = {"numpy": "np", "opencv": "cv", "fast": "fast", "ort_whole": "ort", "im2col": "i2c",
+         "numpy_ob": "ob"}
 
 
 def rss_mb(code: str) -> float:
@@ -74,9 +91,39 @@ def whole_model_session(net, folder: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]), ""
 
 
-def contenders(net, prototxt: Path, caffemodel: Path, folder: Path, threads: int):
-    """name -> callable(x) for every contender that can run, and the reasons for those that
-    cannot."""
+def as_engine(run, threads: int):
+    """`run` as an engine's execution running alone: BLAS held (OpenBLAS on one thread, our
+    products split across `threads`), one execution begun."""
+    from edgecaffe.blas import BlasHold
+
+    def held(x):
+        hold = BlasHold(threads, threads)
+        hold.enter()
+        BlasHold.exec_begin()
+        try:
+            return run(x)
+        finally:
+            BlasHold.exec_end()
+            hold.leave()
+    return held
+
+
+def without_winograd(run):
+    """`run` with every convolution on im2col + GEMM (the kernel before Winograd)."""
+    from unittest import mock
+
+    from edgecaffe.ops import winograd
+
+    def im2col(x):
+        with mock.patch.object(winograd, "applies", lambda *args: False):
+            return run(x)
+    return im2col
+
+
+def contenders(net, prototxt: Path, caffemodel: Path, folder: Path, threads: int,
+               chosen: list[str]):
+    """name -> callable(x) for every chosen contender that can run, and the reasons for
+    those that cannot."""
     import cv2
 
     reference = cv2.dnn.readNetFromCaffe(str(prototxt), str(caffemodel))
@@ -86,14 +133,21 @@ def contenders(net, prototxt: Path, caffemodel: Path, folder: Path, threads: int
         reference.setInput(x)
         return reference.forward()
 
-    runs = {"numpy": lambda x: net.forward(x),
-            "fast": lambda x: net.forward(x, backend="onnxruntime"),
-            "opencv": opencv}
-    session, why = whole_model_session(net, folder, threads)
-    if session is not None:
-        name = session.get_inputs()[0].name
-        runs["ort_whole"] = lambda x: session.run(None, {name: x})
-    return runs, {"ort_whole": why} if why else {}
+    runs = {"numpy": as_engine(lambda x: net.forward(x), threads),
+            "fast": as_engine(lambda x: net.forward(x, backend="onnxruntime"), threads),
+            "opencv": opencv,
+            "im2col": as_engine(without_winograd(lambda x: net.forward(x)), threads),
+            "numpy_ob": without_winograd(lambda x: net.forward(x))}
+    runs = {key: run for key, run in runs.items() if key in chosen}
+    missing = {}
+    if "ort_whole" in chosen:
+        session, why = whole_model_session(net, folder, threads)
+        if session is not None:
+            name = session.get_inputs()[0].name
+            runs["ort_whole"] = lambda x: session.run(None, {name: x})
+        else:
+            missing["ort_whole"] = why
+    return runs, missing
 
 
 def parse_name(spec: str) -> tuple[str, int | None]:
@@ -112,25 +166,33 @@ def bench_network(spec: str, args, folder: Path) -> dict[str, float]:
     options = {"input_shape": (args.batch, 3, size, size)} if size else {}
     net = edgecaffe.load_caffe(prototxt, caffemodel, **options)
     x = np.random.default_rng(0).uniform(-100, 100, net.input_shape).astype(np.float32)
-    runs, missing = contenders(net, prototxt, caffemodel, folder, args.threads)
+    runs, missing = contenders(net, prototxt, caffemodel, folder, args.threads, args.contenders)
     times: dict[str, list[float]] = {key: [] for key in runs}
     load = [os.getloadavg()[0]]
     rounds = args.repeat if size is None else max(3, args.repeat // 2)
+    shuffle = random.Random(0).shuffle
     for _ in range(1 + rounds):  # the first round warms up (allocators, OpenCV's setup)
-        for key, run in runs.items():
-            started = time.perf_counter()
-            run(x)
-            times[key].append((time.perf_counter() - started) * 1e3)
+        # A new order every round, after a pause: OpenBLAS's, OpenCV's and onnxruntime's
+        # threads spin for a while after a run, which slows whoever comes next (measured: in a
+        # fixed order, the numpy kernels after OpenBLAS's and OpenCV's runs took 1.6x the time
+        # of the same kernels elsewhere in the round).
+        order = list(runs)
+        shuffle(order)
+        for key in order:
+            time.sleep(args.pause_ms / 1e3)
+            started = args.clock()
+            runs[key](x)
+            times[key].append((args.clock() - started) * 1e3)
     load.append(os.getloadavg()[0])
     med = {key: statistics.median(values[1:]) for key, values in times.items()}
-    cells = [f"{med[k]:>10.1f}" if k in med else f"{'n/a':>10}" for k in CONTENDERS]
-    ratio_cv = med["numpy"] / med["opencv"]
-    ratio_fast = med["fast"] / med["ort_whole"] if "ort_whole" in med else math.nan
-    print(f"{spec:<15}" + "".join(cells) + f"{ratio_cv:>9.2f}{ratio_fast:>9.2f}"
-          f"{med['fast'] / med['numpy']:>9.2f}   {load[0]:.1f}-{load[1]:.1f}", flush=True)
+    cells = [f"{med[k]:>10.1f}" if k in med else f"{'n/a':>10}" for k in args.contenders]
+    ratios = {f"{a}/{b}": med[a] / med[b] if a in med and b in med else math.nan
+              for a, b in RATIOS}
+    print(f"{spec:<15}" + "".join(cells) + "".join(f"{r:>9.2f}" for r in ratios.values())
+          + f"   {load[0]:.1f}-{load[1]:.1f}", flush=True)
     for key, why in missing.items():
         print(f"{'':<15}{key}: {why}", flush=True)
-    return {"numpy/opencv": ratio_cv, "fast/ort_whole": ratio_fast}
+    return ratios
 
 
 def main() -> None:
@@ -141,7 +203,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=7, help="timed rounds (halved for @SIZE)")
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help=f"comma-separated, from {', '.join(CONTENDERS + EXTRA)} "
+                        "(default: %(default)s)")
+    parser.add_argument("--pause-ms", type=float, default=100.0,
+                        help="idle time before each timed run (other runtimes' threads settle)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="time in process CPU seconds, not wall clock: with --threads 1 on "
+                        "a shared machine it measures the work itself (threads that spin while "
+                        "waiting count as work, so not with more threads)")
     args = parser.parse_args()
+    args.clock = time.process_time if args.cpu else time.perf_counter
+    args.contenders = [c.strip() for c in args.contenders.split(",") if c.strip()]
+    unknown = set(args.contenders) - set(CONTENDERS + EXTRA)
+    if unknown or "numpy" not in args.contenders or "opencv" not in args.contenders:
+        parser.error(f"contenders: numpy and opencv needed, unknown {sorted(unknown)}")
     # BLAS reads its thread count when numpy is first imported.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -157,21 +233,24 @@ def main() -> None:
     blas = sorted({(i["internal_api"], i.get("architecture"), i["num_threads"])
                    for i in threadpool_info()})
     names = args.nets or [*(n for n, m in ZOO.items() if not m.tiny), "FaceNet@1340"]
-    print(f"threads {args.threads}, batch {args.batch}, {args.repeat} rounds; OpenCV "
+    print(f"threads {args.threads}, batch {args.batch}, {args.repeat} rounds, "
+          f"{'CPU' if args.cpu else 'wall'} time; OpenCV "
           f"{cv2.__version__}; onnxruntime {ort.__version__}; numpy {np.__version__} BLAS {blas}")
     print("load average: 1-minute, before-after each network's rounds (the machine may be "
           "shared: figures are noisy)")
-    print(f"{'network':<15}{'numpy':>10}{'fast':>10}{'opencv':>10}{'ort-whole':>10}"
-          f"{'np/cv':>9}{'fast/ort':>9}{'fast/np':>9}   load")
+    print(f"{'network':<15}" + "".join(f"{c:>10}" for c in args.contenders)
+          + "".join(f"{SHORT[a]}/{SHORT[b]}".rjust(9) for a, b in RATIOS) + "   load")
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
         for spec in names:
             ratios.append(bench_network(spec, args, Path(folder)))
-    for key in ("numpy/opencv", "fast/ort_whole"):
+    for key in (f"{a}/{b}" for a, b in RATIOS):
         values = [r[key] for r in ratios if not math.isnan(r[key])]
         if values:
             print(f"{key}: geometric mean {math.exp(statistics.mean(map(math.log, values))):.2f}"
                   f", worst {max(values):.2f} ({len(values)} networks)")
+    if "fast" not in args.contenders:
+        return
     base = rss_mb("import edgecaffe, edgecaffe.model.caffe")
     fast = rss_mb("import edgecaffe, edgecaffe.model.caffe\n"
                   "from edgecaffe.ops import backend_kernels; backend_kernels('onnxruntime')")

@@ -6,6 +6,7 @@ the simulator models the same rule is tested with the engine in test_parity.py."
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import subprocess
 import sys
@@ -126,6 +127,22 @@ def test_split_products_equal_numpy(a_shape, b_shape, threads):
     gemm.matmul(a, b, out, threads=threads)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
     assert not wide[..., :3].any() and not wide[..., -4:].any()
+
+
+@pytest.mark.parametrize("size", [169, 256, 384, 512, 1000, 4096, 50176])
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_blocks_are_a_multiple_of_the_threads(size, threads):
+    """Every thread gets as many blocks (of about the same size) on a quiet machine: 384 rows
+    in 3 blocks of 128 on 2 threads ran one thread twice as long as the other."""
+    from edgecaffe.ops import gemm
+
+    edges = gemm._edges(size, threads)
+    sizes = [hi - lo for lo, hi in itertools.pairwise(edges)]
+    assert edges[0] == 0 and edges[-1] == size and all(s > 0 for s in sizes)
+    assert all(lo % 16 == 0 for lo in edges[:-1])
+    if size >= threads * 16 * 2:
+        assert len(sizes) % threads == 0 and len(sizes) <= threads * gemm.BLOCKS_PER_THREAD
+        assert max(sizes) - min(sizes) <= 16 * len(sizes)
 
 
 def test_a_failing_block_raises_after_all_blocks_ended():

@@ -177,6 +177,31 @@ def test_lrn(oracle, params):
     assert ratio.min() < 0.99
 
 
+@pytest.mark.parametrize("threads", [2, 3, 5])
+@pytest.mark.parametrize("shape, size", [((1, 96, 9, 11), 5), ((2, 13, 4, 4), 7),
+                                         ((1, 16, 3, 3), 3)])
+def test_lrn_across_in_channel_slices_on_threads(shape, size, threads):
+    """Across-channel LRN split in channel slices across our threads (each reading its
+    neighbours' squares) against a float64 sum of Caffe's formula, out of place and in place."""
+    from unittest import mock
+
+    from edgecaffe.blas import BlasHold
+    from edgecaffe.ops import get_op
+
+    x = np.random.default_rng(threads).uniform(-50, 50, shape).astype(np.float32)
+    attrs = {"size": size, "alpha": 1e-2, "beta": 0.75, "k": 2.0, "region": "across"}
+    half = size // 2
+    padded = np.pad(x.astype(np.float64) ** 2, ((0, 0), (half, half), (0, 0), (0, 0)))
+    total = sum(padded[:, i : i + shape[1]] for i in range(size))
+    expected = x * (2.0 + 1e-2 / size * total) ** -0.75
+    with mock.patch.object(BlasHold, "split_threads", staticmethod(lambda: threads)):
+        (ours,) = get_op("LRN").run([x], {}, attrs)
+        (inplace,) = get_op("LRN").run([x.copy()], {}, attrs, inplace=True)
+    for y in (ours, inplace):
+        assert np.abs(y - expected).max() <= 1e-6 * np.abs(expected).max()
+    assert np.abs(ours / x).min() < 0.5  # the normalisation bites
+
+
 # -- ReLU and PReLU ----------------------------------------------------------------------------
 
 

@@ -11,8 +11,10 @@ batched GEMM (numpy has no fused multiply-add: each tap is two passes over the o
 space-to-depth layout for 11x11/4 (a 3x3 stride-1 convolution over 48 channels) copied as much
 as im2col and adds 19% to the GEMM.
 
-Winograd F(2x2, 3x3) was written and measured against this (commit 192fcd1, ops/winograd.py) and
-removed: in numpy its tile transforms cost about what it saves in GEMM time.
+3x3 stride-1 layers on maps of at least 24x24 pixels with 16 or more input channels run as
+Winograd F(4x4, 3x3) instead (`ops/winograd.py`: 4x fewer multiplies; its transforms are
+thin BLAS products). An earlier F(2x2, 3x3) whose transforms were elementwise numpy passes
+(commit 192fcd1) saved about what its transforms cost and was removed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from math import prod
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from edgecaffe.ops import gemm
+from edgecaffe.blas import available_cores
+from edgecaffe.ops import gemm, winograd
 from edgecaffe.ops.base import Op, OpError, output_chunk, register
 
 
@@ -160,10 +163,14 @@ def conv2d(
     out_channels, _, kh, kw = weight.shape
     oh = conv_output_size(h, kh, stride[0], pad[0], dilation[0])
     ow = conv_output_size(w, kw, stride[1], pad[1], dilation[1])
-    pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
-    weight_groups = weight.reshape(group, out_channels // group, -1)
     if out is None:
         out = np.empty((n, out_channels, oh * ow), dtype=np.float32)
+    if winograd.applies(c, (kh, kw), stride, dilation, group, (oh, ow), out_channels,
+                        chunk is not None):
+        winograd.conv3x3(x, weight, bias, pad, out, chunk)
+        return out.reshape(n, out_channels, oh, ow)
+    pointwise = kh == kw == 1 and stride == (1, 1) and pad == (0, 0)
+    weight_groups = weight.reshape(group, out_channels // group, -1)
     per_row = c * kh * kw * ow
     # Pointwise layers have no buffer to bound, so they keep one whole-image GEMM.
     band = oh if pointwise else band_rows(oh, ow, per_row)
@@ -242,6 +249,12 @@ class Conv(Op):
         if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
             return 0
         oh, ow = outputs[0][2:]
+        chunk = output_chunk(4 * attrs["out_channels"] * c * kh * kw)
+        if winograd.applies(c, (kh, kw), stride, dilation, attrs["group"], (oh, ow),
+                            attrs["out_channels"], chunk is not None):
+            threads = available_cores() if chunk else 1
+            return 4 * winograd.workspace_floats(c, attrs["out_channels"], (oh, ow), chunk,
+                                                 threads)
         per_row = c * kh * kw * ow
         band = band_rows(oh, ow, per_row)
         extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
