@@ -331,7 +331,7 @@ class BlobRunner:
                 continue
             blob = layer.outputs[0]
             after = readers.get(blob, [])
-            if (len(after) == 1 and after[0].op == "ReLU" and after[0].inputs == [blob]
+            if (len(after) == 1 and after[0].op == "ReLU" and list(after[0].inputs) == [blob]
                     and storage[blob] == blob and blob not in self.protected):
                 relu = after[0]
                 fused[layer.name] = {"negative_slope": float(relu.attrs.get("negative_slope",
