@@ -144,7 +144,7 @@ def bench_network(spec: str, args, folder: Path) -> dict[str, float]:
     ratio_fast = med["fast"] / med.get("ort_whole", math.nan)
     # Against the faster of the two whole-model settings.
     ratio_best = med["fast"] / min(med.get("ort_whole", math.nan), med.get("ort_nospin", math.nan))
-    print(f"{spec:<15}" + "".join(cells) + f"{ratio_cv:>9.2f}{ratio_fast:>9.2f}{ratio_best:>9.2f}"
+    print(f"{spec:<15}" + "".join(cells) + f"{ratio_cv:>9.2f}{ratio_fast:>9.2f}{ratio_best:>10.2f}"
           f"{med['fast'] / med['numpy']:>9.2f}   {load[0]:.1f}-{load[1]:.1f}", flush=True)
     for key, why in missing.items():
         print(f"{'':<15}{key}: {why}", flush=True)
@@ -181,7 +181,7 @@ def main() -> None:
     print("load average: 1-minute, before-after each network's rounds (the machine may be "
           "shared: figures are noisy)")
     print(f"{'network':<15}{'numpy':>10}{'fast':>10}{'opencv':>10}{'ort-whole':>10}"
-          f"{'ort-nospin':>11}{'np/cv':>9}{'fast/ort':>9}{'fast/best':>9}{'fast/np':>9}   load")
+          f"{'ort-nospin':>11}{'np/cv':>9}{'fast/ort':>9}{'fast/best':>10}{'fast/np':>9}   load")
     print("(fast/ort: against ort-whole, onnxruntime's defaults; fast/best: against the faster "
           "of that and ort-nospin, its idle threads sleeping as ours do)")
     ratios = []

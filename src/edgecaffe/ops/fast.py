@@ -32,8 +32,10 @@ from edgecaffe.ops import fast_nchwc
 from edgecaffe.ops.base import Attrs, OpError, get_op
 from edgecaffe.ops.onnx_wire import Node, graph_model
 
-#: Sessions kept (each ~100 KB plus a thread pool whose threads sleep when idle).
-CACHE_SIZE = 64
+#: Sessions kept. Measured: each holds ~224 kB RSS and, with 2 threads, one more OS thread
+#: (asleep when idle). SoS_GoogleNet alone needs 61 (one per convolution and pooling shape):
+#: a cache smaller than the signatures a run cycles through misses on every layer.
+CACHE_SIZE = 128
 
 
 class SessionCache:
