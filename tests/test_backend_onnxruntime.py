@@ -85,7 +85,13 @@ def test_very_large_conv_weights_outside_nchwc_stay_on_numpy(rng, monkeypatch):
     assert fast_nchwc.plan(weights["weight"].shape, 1) is None
     ours = fast.conv([x], weights, attrs, threads=1)[0]
     assert not calls
-    np.testing.assert_array_equal(ours, get_op("Conv").run([x], weights, attrs)[0])
+    expected = get_op("Conv").run([x], weights, attrs)[0]
+    np.testing.assert_array_equal(ours, expected)
+    # A ReLU fused into such a layer is applied on numpy too.
+    fused = fast.conv([x], weights, {**attrs, "activation": {"negative_slope": 0.25}}, 1)[0]
+    assert (expected < 0).any()
+    np.testing.assert_array_equal(
+        fused, get_op("ReLU").run([expected], {}, {"negative_slope": 0.25})[0])
 
 
 needs_nchwc = pytest.mark.skipif(fast_nchwc.block_size() is None,
