@@ -11,6 +11,7 @@ from edgecaffe.blas import BlasHold
 from edgecaffe.model.network import BlobRunner
 from edgecaffe.model.package import ModelPackage
 from edgecaffe.model.preprocess import ImageError, load_image, preprocess_for
+from edgecaffe.ops import get_backend
 from edgecaffe.sched.graph import Kind, Task
 
 
@@ -62,8 +63,15 @@ def run_task(task: Task, package: ModelPackage, per_layer: bool, cold: bool = Fa
     if task.kind == Kind.LOAD:
         if task.cached and all(name in work.weights for name in task.layers):
             return  # handed over by the engine (engine/kept.py)
+        chosen = get_backend(backend)
+        layers = package.network.layer_by_name
         for name in task.layers:
-            work.weights[name] = package.read(name, cold=cold)
+            weights = package.read(name, cold=cold)
+            prepared = chosen.prepare(layers[name].op, layers[name].attrs, weights)
+            if prepared is not weights:  # a backend's own layout: the file's pages can go now
+                del weights
+                package.release(name)
+            work.weights[name] = prepared
         return
     if work.runner is None:
         work.runner = _runner(instance, package, backend)

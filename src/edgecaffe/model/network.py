@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from edgecaffe.model.errors import ModelError
-from edgecaffe.ops import OpError, Shape, backend_kernels, get_op
-from edgecaffe.ops.base import check_attr_types
+from edgecaffe.ops import OpError, Shape, get_backend, get_op
+from edgecaffe.ops.base import Attrs, check_attr_types
 
 DTYPE = np.dtype(np.float32)
 
@@ -215,19 +215,33 @@ class Network:
         x: np.ndarray | Mapping[str, np.ndarray],
         outputs: Iterable[str] | None = None,
         backend: str = "numpy",
+        weights: Mapping[str, Mapping[str, np.ndarray]] | None = None,
     ) -> dict[str, np.ndarray]:
         """Run every layer on `x` (NCHW float32, or a dict for several inputs).
 
         Returns output blob name -> array: the network's outputs (blobs no layer reads), or the
         blobs named in `outputs` (only the layers they depend on run). Intermediate blobs are
         dropped after their last reader. `backend`: the kernels ("numpy", the reference, or
-        "onnxruntime"; see `BlobRunner`).
+        "onnxruntime"; see `BlobRunner`). `weights`: layer -> weights to use instead of
+        `self.weights`, e.g. `prepared_weights(backend)`'s.
         """
         self.check_weights()
         runner = BlobRunner(self, x, outputs, backend=backend)
+        source = self.weights if weights is None else weights
         for layer in runner.layers:
-            runner.run(layer, self.weights.get(layer.name, {}))
+            runner.run(layer, source.get(layer.name, {}))
         return runner.results()
+
+    def prepared_weights(self, backend: str) -> dict[str, dict[str, np.ndarray]]:
+        """Every layer's weights in `backend`'s own layout (`ops.Backend.prepare`; e.g. the
+        onnxruntime backend's blocked convolution filters), as a new dict the caller owns: a
+        second copy of the weights a backend rearranges (none for numpy). `forward(x,
+        backend=b, weights=net.prepared_weights(b))` then skips that work at every call,
+        as the engine does by preparing each layer when it loads it."""
+        chosen = get_backend(backend)
+        layers = self.layer_by_name
+        return {name: chosen.prepare(layers[name].op, layers[name].attrs, dict(w))
+                for name, w in self.weights.items()}
 
     def __repr__(self) -> str:
         return (
@@ -263,7 +277,8 @@ class BlobRunner:
     ) -> None:
         self.network = network
         self.backend = backend
-        self._kernels = backend_kernels(backend)
+        self._backend = get_backend(backend)
+        self._kernels = self._backend.kernels
         if self._kernels and threads is None:
             from edgecaffe.blas import BlasHold
 
@@ -293,9 +308,44 @@ class BlobRunner:
             for blob in layer.inputs
         )
         self._aliases: dict[str, list[str]] = {}
+        self._fused, self._done_by_producer = self._plan_fusion()
+
+    def _plan_fusion(self) -> tuple[dict[str, Attrs], set[str]]:
+        """Which ReLU layers the backend's kernel of the layer before them applies (`Backend.
+        fuse_into`): a ReLU whose input is the single output of a layer of such an operator,
+        read by that ReLU alone and neither a requested result nor an input, i.e. a ReLU that
+        would have rectified that buffer in place anyway. Returns producer layer -> its
+        activation attrs, and the ReLU layers that then pass their input through."""
+        fuse_into = self._backend.fuse_into
+        if not fuse_into:
+            return {}, set()
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for blob in set(layer.inputs):
+                readers.setdefault(blob, []).append(layer)
+        storage = self.network.buffer_owner
+        fused: dict[str, Attrs] = {}
+        done: set[str] = set()
+        for layer in self.layers:
+            if layer.op not in fuse_into or len(layer.outputs) != 1:
+                continue
+            blob = layer.outputs[0]
+            after = readers.get(blob, [])
+            if (len(after) == 1 and after[0].op == "ReLU" and list(after[0].inputs) == [blob]
+                    and storage[blob] == blob and blob not in self.protected):
+                relu = after[0]
+                fused[layer.name] = {"negative_slope": float(relu.attrs.get("negative_slope",
+                                                                            0.0))}
+                done.add(relu.name)
+        return fused, done
+
+    def prepare(self, layer: Layer, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`layer`'s weights in this runner's backend layout (`ops.Backend.prepare`): what a
+        load does once so that `run` need not rearrange them at every execution."""
+        return self._backend.prepare(layer.op, layer.attrs, dict(weights))
 
     def run(self, layer: Layer, weights: Mapping[str, np.ndarray]) -> None:
-        """Execute one layer with the given weights (name -> array)."""
+        """Execute one layer with the given weights (name -> array; plain or `prepare`d)."""
         op = get_op(layer.op)
         if layer.op == "Input" or layer.name not in self._needed:
             return
@@ -308,9 +358,14 @@ class BlobRunner:
         kernel = self._kernels.get(layer.op)
         try:
             inputs = [self.values[b] for b in layer.inputs]
-            if kernel is not None:
+            if layer.name in self._done_by_producer:
+                results = inputs  # the layer before already rectified this buffer
+            elif kernel is not None:
                 threads = self.threads() if callable(self.threads) else self.threads
-                results = kernel(inputs, dict(weights), layer.attrs, threads)
+                attrs = layer.attrs
+                if layer.name in self._fused:
+                    attrs = {**attrs, "activation": self._fused[layer.name]}
+                results = kernel(inputs, dict(weights), attrs, threads)
             else:
                 results = op.run(inputs, dict(weights), layer.attrs, inplace)
         except (OpError, ValueError, FloatingPointError) as error:

@@ -34,14 +34,16 @@ from edgecaffe.ops import (  # noqa: F401
 from edgecaffe.ops.base import (
     BACKENDS,
     OPS,
+    Backend,
     BackendError,
     Op,
     OpError,
     Shape,
     backend_kernels,
+    get_backend,
     get_op,
     register,
 )
 
-__all__ = ["BACKENDS", "OPS", "BackendError", "Op", "OpError", "Shape", "backend_kernels",
-           "get_op", "register"]
+__all__ = ["BACKENDS", "OPS", "Backend", "BackendError", "Op", "OpError", "Shape",
+           "backend_kernels", "get_backend", "get_op", "register"]

@@ -146,25 +146,58 @@ def normalize_axis(axis: int, rank: int, what: str = "axis") -> int:
     return axis % rank
 
 
-#: A backend's kernel: (inputs, weights, attrs, threads) -> outputs, like `Op.run`.
+#: A backend's kernel: (inputs, weights, attrs, threads) -> outputs, like `Op.run`. The attrs
+#: may carry "activation" ({"negative_slope": s}, see `Backend.fuse_into`): the kernel then
+#: applies Caffe's ReLU with that slope to its output.
 Kernel = Callable[[list[np.ndarray], dict[str, np.ndarray], Attrs, int], list[np.ndarray]]
 
 #: Kernel backends: "numpy" (the default and the reference: every `Op.run`) and optional ones,
-#: each a module imported only when a run chooses it, whose `KERNELS` maps operator names to
-#: kernels; operators it does not list run on numpy.
+#: each a module imported only when a run chooses it (see `Backend`); operators it has no
+#: kernel for run on numpy.
 BACKENDS = {"numpy": None, "onnxruntime": "edgecaffe.ops.fast"}
+
+
+class Backend:
+    """What an optional backend module provides, read from its attributes:
+
+    * `KERNELS`: operator name -> `Kernel`;
+    * `FUSE_INTO` (optional): operators whose kernel can apply a following ReLU itself (the
+      runner then skips that ReLU layer; `model.network.BlobRunner`);
+    * `prepare(op, attrs, weights)` (optional): a layer's weights in the backend's own layout,
+      done once where they are loaded instead of at every execution; its kernels take both
+      the prepared and the plain weights.
+    """
+
+    def __init__(self, name: str, module: Any | None) -> None:
+        self.name = name
+        self.kernels: dict[str, Kernel] = getattr(module, "KERNELS", {})
+        self.fuse_into: frozenset[str] = frozenset(getattr(module, "FUSE_INTO", ()))
+        self._prepare = getattr(module, "prepare", None)
+
+    def prepare(self, op: str, attrs: Attrs, weights: dict[str, np.ndarray]
+                ) -> dict[str, np.ndarray]:
+        """`weights` in this backend's layout (the same dict when it has none for `op`)."""
+        if self._prepare is None or not weights:
+            return weights
+        return self._prepare(op, attrs, weights)
+
+
+def get_backend(backend: str) -> Backend:
+    """The backend named `backend`. Raises `BackendError` for an unknown backend or one whose
+    package is not installed."""
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module = BACKENDS[backend]
+    if module is None:
+        return Backend(backend, None)
+    try:
+        return Backend(backend, importlib.import_module(module))
+    except ImportError as error:
+        raise BackendError(f"backend {backend!r} cannot be loaded ({error}): "
+                           "pip install 'edgecaffe[fast]'") from error
 
 
 def backend_kernels(backend: str) -> dict[str, Kernel]:
     """Operator name -> kernel for `backend` (empty for numpy). Raises `BackendError` for an
     unknown backend or one whose package is not installed."""
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    module = BACKENDS[backend]
-    if module is None:
-        return {}
-    try:
-        return importlib.import_module(module).KERNELS
-    except ImportError as error:
-        raise BackendError(f"backend {backend!r} cannot be loaded ({error}): "
-                           "pip install 'edgecaffe[fast]'") from error
+    return get_backend(backend).kernels

@@ -147,7 +147,7 @@ class ModelPackage:
             weights = self.loaded.get(layer.name)
             owned = weights is None
             if owned:
-                weights = self.load(layer.name, cold=cold)
+                weights = runner.prepare(layer, self.load(layer.name, cold=cold))
             runner.run(layer, weights)
             if owned:
                 self.free(layer.name)

@@ -186,7 +186,8 @@ def _time_layers(package: ModelPackage, image: Any, runs: int, cold: bool,
         total = 0.0
         for layer in runner.layers:
             started = time.perf_counter()
-            weights = package.load(layer.name, cold=cold)
+            # A backend's own weight layout is made at load, as the engine's load task does.
+            weights = runner.prepare(layer, package.load(layer.name, cold=cold))
             loaded = time.perf_counter()
             runner.run(layer, weights)
             done = time.perf_counter()
@@ -210,7 +211,7 @@ def _time_single_thread(package: ModelPackage, x: Any, runs: int,
         for _ in range(runs):
             runner = BlobRunner(package.network, x, backend=backend)
             for layer in runner.layers:
-                weights = package.load(layer.name)
+                weights = runner.prepare(layer, package.load(layer.name))
                 started = time.perf_counter()
                 runner.run(layer, weights)
                 single_ms[layer.name].append((time.perf_counter() - started) * 1e3)
