@@ -200,10 +200,10 @@ def bench_network(spec: str, args, folder: Path) -> dict[str, float]:
             times[key].append((args.clock() - started) * 1e3)
     load.append(os.getloadavg()[0])
     med = {key: statistics.median(values[1:]) for key, values in times.items()}
-    cells = [f"{med[k]:>10.1f}" if k in med else f"{'n/a':>10}" for k in args.contenders]
+    cells = [f"{med[k]:>11.1f}" if k in med else f"{'n/a':>11}" for k in args.contenders]
     ratios = {f"{a}/{b}": med[a] / med[b] if a in med and b in med else math.nan
               for a, b in RATIOS}
-    print(f"{spec:<15}" + "".join(cells) + "".join(f"{r:>9.2f}" for r in ratios.values())
+    print(f"{spec:<15}" + "".join(cells) + "".join(f"{r:>12.2f}" for r in ratios.values())
           + f"   {load[0]:.1f}-{load[1]:.1f}", flush=True)
     for key, why in missing.items():
         print(f"{'':<15}{key}: {why}", flush=True)
@@ -253,8 +253,8 @@ def main() -> None:
           f"{cv2.__version__}; onnxruntime {ort.__version__}; numpy {np.__version__} BLAS {blas}")
     print("load average: 1-minute, before-after each network's rounds (the machine may be "
           "shared: figures are noisy)")
-    print(f"{'network':<15}" + "".join(f"{c:>10}" for c in args.contenders)
-          + "".join(f"{SHORT[a]}/{SHORT[b]}".rjust(9) for a, b in RATIOS) + "   load")
+    print(f"{'network':<15}" + "".join(f"{c:>11}" for c in args.contenders)
+          + "".join(f"{SHORT[a]}/{SHORT[b]}".rjust(12) for a, b in RATIOS) + "   load")
     ratios = []
     with tempfile.TemporaryDirectory() as folder:
         for spec in names:
