@@ -283,3 +283,27 @@ def test_no_hit_without_arrays_to_hand_over(packages):
     assert loads and not any(t.cached for t in loads)
     assert reads(engine) - before == len(loads)
     assert engine.core.memory.cache.hits == 0 and engine.budget.ledger_bytes == 0
+
+
+def test_a_task_ending_meanwhile_does_not_take_another_layers_kept_weights(packages):
+    """An exec leaves its freed arrays for its own end; a load of the same network ending
+    first (prefetch, two workers) must not take and drop them, or the hit the simulator
+    counts is lost (found in review: 48 of 50 hits)."""
+    import time
+    from functools import partial
+
+    from edgecaffe.engine.tasks import run_task
+    from edgecaffe.sched.graph import Kind
+
+    def slow_exec_end(task, package):
+        run_task(task, package, per_layer=True, keep=True)
+        if task.kind == Kind.EXEC:
+            time.sleep(0.005)  # widens the window between an exec's run and its end
+
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    with Engine(packages, mode="masa", budget="512M", keep_weights=True, workers=2,
+                task_runner=slow_exec_end) as engine:
+        for _ in range(3):
+            engine.submit(image, NETS).result()
+    later = [t for t in engine.trace.tasks if t.kind == "load" and t.request_id > 0]
+    assert later and all(t.cached for t in later)

@@ -66,11 +66,15 @@ class KeptWeights:
         spent = _spent(instance)
         if not spent:
             return None
+        # Only this task's own: another task of the network may have run (outside the lock)
+        # and left its arrays for its own end, which the cache has yet to see.
         layers = []
-        for name, arrays in spent.items():
-            layers += list(arrays) if name == "*" else [name]
-        spent.clear()
-        return instance.name, layers
+        own = (*task.layers, "*") if task is instance.last else tuple(task.layers)
+        for name in own:
+            arrays = spent.pop(name, None)
+            if arrays is not None:
+                layers += list(arrays) if name == "*" else [name]
+        return (instance.name, layers) if layers else None
 
     def drop_spent(self, spent: tuple[str, list[str]] | None) -> None:
         if spent is not None:
