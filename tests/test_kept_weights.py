@@ -290,7 +290,6 @@ def test_a_task_ending_meanwhile_does_not_take_another_layers_kept_weights(packa
     first (prefetch, two workers) must not take and drop them, or the hit the simulator
     counts is lost (found in review: 48 of 50 hits)."""
     import time
-    from functools import partial
 
     from edgecaffe.engine.tasks import run_task
     from edgecaffe.sched.graph import Kind

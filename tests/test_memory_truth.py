@@ -99,9 +99,9 @@ def test_a_small_limit_makes_the_convolution_bands_small(zoo_packages):
     with Engine(folder, budget=limit, workers=2, account_runtime=True) as small:
         cap = max_band_bytes(small.budget.capacity_bytes, 2)
         assert cap < 2 << 20
-        assert conv.set_max_band_bytes(cap) == cap  # in force while the engine runs
+        assert conv.max_band_bytes_in_force() == cap  # in force while the engine runs
         narrow = {layer.name: layer.workspace_bytes for layer in small.infos["TinyAlex"].layers}
-    assert conv.set_max_band_bytes(None) == 32 << 20  # restored at close
+    assert conv.max_band_bytes_in_force() == 32 << 20  # released at close
     assert all(narrow[name] <= wide[name] for name in wide)
 
 

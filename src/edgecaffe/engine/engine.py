@@ -36,7 +36,7 @@ from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.ops.conv import set_max_band_bytes
+from edgecaffe.ops.conv import hold_band_cap, release_band_cap
 from edgecaffe.sched import (
     MODES,
     BudgetError,
@@ -154,6 +154,9 @@ class Engine:
         keep_weights: bool = False,
     ) -> None:
         self.packages = resolve_packages(packages)
+        # Bad settings fail before anything is held (a band cap, a runtime measure).
+        backend_kernels(backend)  # an unknown or missing backend fails here, not in a task
+        self.blas_threads = check_blas_threads(blas_threads)
         runtime = None
         self._band = None
         if account_runtime:
@@ -161,18 +164,23 @@ class Engine:
             # The kernels' workspaces follow the budget: smaller convolution bands when it is
             # small (set before the infos, which read each layer's workspace from them).
             count = getattr(MODES.get(mode), "workers", None) or workers
-            self._band = set_max_band_bytes(max_band_bytes(budget, count))
-        if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
-            self.packages = blocked_packages(self.packages, budget, max_block)
-        if load_method is not None:
-            for package in self.packages.values():
-                package.load_method = load_method
-        infos = {name: package_info(p) for name, p in self.packages.items()}
-        self._guard = PolicyGuard.wrap(policy)
-        # Under a real limit each exec reserves its kernel's workspace while it runs.
-        self.core = core = Core(infos, mode, self._guard or policy, budget, granularity, workers,
-                                allow_overcommit, context=context,
-                                workspaces=account_runtime, keep_weights=keep_weights)
+            self._band = hold_band_cap(max_band_bytes(budget, count))
+        try:
+            if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
+                self.packages = blocked_packages(self.packages, budget, max_block)
+            if load_method is not None:
+                for package in self.packages.values():
+                    package.load_method = load_method
+            infos = {name: package_info(p) for name, p in self.packages.items()}
+            self._guard = PolicyGuard.wrap(policy)
+            # Under a real limit each exec reserves its kernel's workspace while it runs.
+            self.core = core = Core(infos, mode, self._guard or policy, budget, granularity,
+                                    workers, allow_overcommit, context=context,
+                                    workspaces=account_runtime, keep_weights=keep_weights)
+        except BaseException:  # no engine: its band cap must not outlive it
+            if self._band is not None:
+                release_band_cap(self._band)
+            raise
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
@@ -185,7 +193,6 @@ class Engine:
         if runtime is not None:
             core.trace.info.update(runtime_bytes=runtime, workspace_bytes=0,
                                    limit_bytes=runtime + self.budget.capacity_bytes)
-        self.blas_threads = check_blas_threads(blas_threads)
         self.cores = cores or available_cores()
         core.trace.info["blas_threads"] = self.blas_threads
         core.trace.info["cores"] = self.cores
@@ -195,7 +202,6 @@ class Engine:
         self._outcomes: list[tuple[Request, Any]] = []
         self._cancels: list[Future] = []
         self.cold_loads = cold_loads
-        backend_kernels(backend)  # an unknown or missing backend fails here, not in a task
         self.backend = backend
         self._run_task = task_runner or partial(run_task, per_layer=self.mode.per_layer,
                                                 cold=cold_loads, backend=backend,
@@ -492,8 +498,8 @@ class Engine:
             return
         for thread in self._threads:
             thread.join()
-        if self._band is not None:  # the kernels' band cap as it was before this engine
-            set_max_band_bytes(self._band)
+        if self._band is not None:  # this engine's band cap no longer applies
+            release_band_cap(self._band)
             self._band = None
         if self._broken is not None:
             raise EngineError(f"the engine stopped on an internal error: {self._broken}")

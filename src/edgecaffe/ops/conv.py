@@ -19,6 +19,8 @@ thin BLAS products). An earlier F(2x2, 3x3) whose transforms were elementwise nu
 
 from __future__ import annotations
 
+import itertools
+import threading
 from math import prod
 
 import numpy as np
@@ -49,21 +51,59 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
 _BAND_FLOATS = 4 * 1024 * 1024
 _MIN_BAND_PIXELS = 4096
 _MAX_BAND_FLOATS = 8 * 1024 * 1024
-#: The cap in force (`set_max_band_bytes`): lower under a small memory budget.
+#: The cap in force: the smallest of the one set by hand (`set_max_band_bytes`) and those open
+#: engines hold (`hold_band_cap`); lower under a small memory budget.
 _max_band_floats = _MAX_BAND_FLOATS
+_manual_floats = _MAX_BAND_FLOATS
+_held_floats: dict[int, int] = {}
+_caps_lock = threading.Lock()
+_tokens = itertools.count(1)
+
+
+def _floats(max_bytes: int | None) -> int:
+    return _MAX_BAND_FLOATS if max_bytes is None else \
+        max(1, min(_MAX_BAND_FLOATS, int(max_bytes) // 4))
+
+
+def _refresh() -> None:
+    global _max_band_floats
+    _max_band_floats = min([_manual_floats, *_held_floats.values()])
 
 
 def set_max_band_bytes(max_bytes: int | None) -> int:
     """Cap every convolution's column buffer at `max_bytes` (None: the default, 32 MB) for
-    the whole process; returns the previous cap in bytes. An engine under a small memory
-    limit lowers it (its kernels' workspace follows the budget) and restores it at close.
+    the whole process; returns the previous cap set this way, in bytes. Engines under a
+    small memory limit hold caps of their own (`hold_band_cap`); the smallest applies.
     Outputs do not depend on the band size (each output pixel's dot products are the same
     whichever band holds its column: tests/test_blocks.py)."""
-    global _max_band_floats
-    previous = 4 * _max_band_floats
-    _max_band_floats = _MAX_BAND_FLOATS if max_bytes is None else \
-        max(1, min(_MAX_BAND_FLOATS, int(max_bytes) // 4))
+    global _manual_floats
+    with _caps_lock:
+        previous = 4 * _manual_floats
+        _manual_floats = _floats(max_bytes)
+        _refresh()
     return previous
+
+
+def hold_band_cap(max_bytes: int) -> int:
+    """An open engine's cap (its kernels' workspace follows its budget): in force, with any
+    other held, as the smallest, until `release_band_cap(token)`. Returns the token."""
+    with _caps_lock:
+        token = next(_tokens)
+        _held_floats[token] = _floats(max_bytes)
+        _refresh()
+    return token
+
+
+def release_band_cap(token: int) -> None:
+    """Drop a cap `hold_band_cap` gave (a token already released is ignored)."""
+    with _caps_lock:
+        _held_floats.pop(token, None)
+        _refresh()
+
+
+def max_band_bytes_in_force() -> int:
+    """The band cap the kernels use now, in bytes."""
+    return 4 * _max_band_floats
 
 
 def band_rows(out_height: int, out_width: int, floats_per_row: int) -> int:

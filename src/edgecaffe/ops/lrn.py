@@ -59,7 +59,7 @@ class LRN(Op):
             out = x if inplace else np.empty_like(x)
             # Channel slices on the execution's threads: each reads its neighbours' squares.
             work = partial(_across, x, out, size, alpha, beta, attrs["k"])
-            threads = BlasHold.split_threads()
+            threads = min(BlasHold.split_threads(), available_cores())  # as declared
             c = x.shape[1]
             if threads <= 1 or inplace or c < 4 * threads:
                 work(slice(0, c))

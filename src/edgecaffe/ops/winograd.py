@@ -37,6 +37,7 @@ from functools import partial
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from edgecaffe.blas import available_cores
 from edgecaffe.ops import gemm
 from edgecaffe.ops.gemm import run_blocks
 
@@ -151,7 +152,9 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, pad: tup
     o = weight.shape[0]
     oh, ow = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
     th, tw, band = _layout(c, (oh, ow), chunk)
-    threads = gemm.BlasHold.split_threads()
+    # At most the cores `Conv.workspace_bytes` declares a chunk's buffers for (a fixed
+    # `blas_threads` may ask for more threads than there are cores).
+    threads = min(gemm.BlasHold.split_threads(), available_cores())
     # Zeros around the image and past it up to whole tiles; the border is written once.
     padded = np.zeros((c, OUT_TILE * th + 2, OUT_TILE * tw + 2), np.float32)
     patches = np.empty(POSITIONS * c * band * tw, np.float32)

@@ -309,7 +309,9 @@ class Service:
         return {name: tuple(p.input_shape) for name, p in self.repository.packages.items()}
 
     def ledger_bytes(self) -> int:
-        return 0 if self.engine is None else self.engine.budget.used_bytes
+        """What the engine's ledger holds, kept weights included (`MemoryBudget.ledger_bytes`:
+        the figure RSS is compared with, as on the page's ledger line)."""
+        return 0 if self.engine is None else self.engine.budget.ledger_bytes
 
     def sample(self, min_gap_s: float = 0.1) -> None:
         """Remember RSS, ledger and queue depth now (at most one sample per `min_gap_s`)."""
