@@ -157,20 +157,10 @@ class Engine:
         # Bad settings fail before anything is held (a band cap, a runtime measure).
         backend_kernels(backend)  # an unknown or missing backend fails here, not in a task
         self.blas_threads = check_blas_threads(blas_threads)
-        runtime = None
         self._band = None
-        if account_runtime:
-            budget, runtime = schedulable(budget)
-            # The kernels' workspaces follow the budget: smaller convolution bands when it is
-            # small (set before the infos, which read each layer's workspace from them).
-            count = getattr(MODES.get(mode), "workers", None) or workers
-            self._band = hold_band_cap(max_band_bytes(budget, count))
         try:
-            if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
-                self.packages = blocked_packages(self.packages, budget, max_block)
-            if load_method is not None:
-                for package in self.packages.values():
-                    package.load_method = load_method
+            budget, runtime = self._fit_packages(budget, mode, workers, account_runtime,
+                                                 max_block, load_method)
             infos = {name: package_info(p) for name, p in self.packages.items()}
             self._guard = PolicyGuard.wrap(policy)
             # Under a real limit each exec reserves its kernel's workspace while it runs.
@@ -221,6 +211,26 @@ class Engine:
         ]
         for thread in self._threads:
             thread.start()
+
+    def _fit_packages(self, budget: str | int, mode: str, workers: int, account_runtime: bool,
+                      max_block: str | int | None, load_method: str | None
+                      ) -> tuple[str | int, int | None]:
+        """(the ledger's capacity, the runtime's bytes or None). Under a real limit
+        (`account_runtime`) the runtime is measured and taken off the budget, and this
+        engine's convolution band cap is held (`self._band`: the workspaces follow the
+        budget; set before the infos, which read each layer's workspace); then packages with
+        layers too large for the capacity are replaced by blocked copies."""
+        runtime = None
+        if account_runtime:
+            budget, runtime = schedulable(budget)
+            count = getattr(MODES.get(mode), "workers", None) or workers
+            self._band = hold_band_cap(max_band_bytes(budget, count))
+        if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
+            self.packages = blocked_packages(self.packages, budget, max_block)
+        if load_method is not None:
+            for package in self.packages.values():
+                package.load_method = load_method
+        return budget, runtime
 
     def now(self) -> float:
         """Seconds since the engine started: the clock of every timestamp in the trace."""
