@@ -168,6 +168,9 @@ def test_raw_body_json_tensor_and_base64_forms(client):
     ({"content": b"x" * (2 * 2**20), "headers": {"Content-Type": "image/png"}}, 413,
      "larger than the limit"),
     ({"content": "big", "headers": {"Content-Type": "image/png"}}, 413, "pixels exceeds"),
+    # Over twice Pillow's own limit, it refuses to open it at all: still our 413.
+    ({"content": "bomb", "headers": {"Content-Type": "image/png"}}, 413,
+     "image of 400000000 pixels exceeds the limit of 200000 pixels (--max-pixels)"),
     ({"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 415, "not accepted"),
     ({"params": {"networks": "TinyAlex", "top_k": "many"}}, 400, "top_k: 'many' is not"),
     ({"params": {"networks": "TinyAlex", "timeout_ms": "-5"}}, 400, "timeout_ms"),
@@ -180,6 +183,8 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_service_goes_on(client, kwar
     kwargs.setdefault("params", {"networks": "TinyAlex"})
     if kwargs.get("content") == "big":
         kwargs["content"] = png(np.zeros((500, 500, 3), np.uint8))  # 250000 > 200000 pixels
+    if kwargs.get("content") == "bomb":
+        kwargs["content"] = png_header(20000, 20000)
     response = client.post("/v1/infer", **kwargs)
     assert response.status_code == status, response.text
     reason = response.json()["error"]
@@ -189,6 +194,20 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_service_goes_on(client, kwar
     assert good.status_code == 200
     wait_idle(client.service.engine)
     assert client.service.engine.budget.used_bytes == 0
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG's signature, header (IHDR: 8-bit grey) and end, no pixel data: what a
+    decompression bomb shows before its (tiny, highly compressed) data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 def test_metrics_count_calls_requests_and_read_the_ledger(client):
@@ -266,9 +285,13 @@ def test_a_model_that_fails_to_build_is_listed_and_the_others_serve(tmp_path, re
         assert service.wait_ready(60)
         models = {m["name"]: m for m in test_client.get("/v1/models").json()["models"]}
         assert models["Broken"]["state"] == "failed" and "Broken.onnx" in models["Broken"]["error"]
-        response = test_client.post("/v1/infer?networks=Broken", content=png(image()),
+        response = test_client.post("/v1/infer?networks=Broken,Nope", content=png(image()),
                                     headers={"Content-Type": "image/png"})
-        assert response.status_code == 404 and "Broken" in response.json()["error"]
+        # The reason says why, as the listing does: not "unknown" for a file that is there.
+        assert response.status_code == 404
+        assert response.json()["error"] == (
+            f"unknown model(s) Nope; Broken failed to build: {models['Broken']['error']}; "
+            "served: TinyAlex")
         assert test_client.post("/v1/infer?networks=TinyAlex", content=png(image()),
                                 headers={"Content-Type": "image/png"}).status_code == 200
 

@@ -85,7 +85,8 @@ async def read_call(request: Request, service: Service) -> Call:
     elif ctype:
         raise CallError(415, f"content type {ctype!r} not accepted; send multipart/form-data, "
                          "image/*, application/octet-stream or application/json")
-    call = options_call(options, service.network_names, service.pipeline_names)
+    call = options_call(options, service.network_names, service.pipeline_names,
+                        service.failed)
     if len(encoded) + len(tensors) > limits.max_inputs:
         raise CallError(413, f"{len(encoded) + len(tensors)} inputs in one call; at most "
                          f"{limits.max_inputs}")

@@ -302,6 +302,12 @@ class Service:
         return list(self.runners)
 
     @property
+    def failed(self) -> dict[str, str]:
+        """Models and pipelines that failed to build: name -> the error."""
+        return {name: entry.error for name, entry in self.repository.entries.items()
+                if entry.error is not None and not entry.ready}
+
+    @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(p.input_shape) for name, p in self.repository.packages.items()}
 
