@@ -160,6 +160,8 @@ def test_raw_body_json_tensor_and_base64_forms(client):
     ({"content": b'{"networks": ["TinyAlex"], "inputs": [', "headers":
       {"Content-Type": "application/json"}}, 400, "malformed JSON body"),
     ({"json": [1, 2]}, 400, "must be an object"),
+    ({"json": {"networks": ["TinyAlex"], "input": None}}, 422,
+     "inputs[0]: a tensor must be an array, got null"),
     ({"content": b"[" * 100000, "headers": {"Content-Type": "application/json"}}, 400,
      "nested too deeply"),
     ({"json": {"networks": ["TinyAlex"], "inputs": [[["a", "b"]]]}}, 422,

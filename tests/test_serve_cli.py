@@ -269,6 +269,7 @@ def test_a_client_closing_its_connection_cancels_its_request(workspace):
     (["--budget", "lots"], "memory size 'lots'"),
     (["--policy", "nope"], "unknown policy 'nope'"),
     (["--queue", "0"], "--queue must be 1 or more"),
+    (["--max-upload", "big"], "max_upload (--max-upload): memory size 'big'"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_is_built(workspace, flag, words):
     done = subprocess.run([str(Path(sys.executable).parent / "edgecaffe"), "serve", "models",

@@ -116,7 +116,8 @@ def tensor(value: Any, what: str) -> np.ndarray:
     except (ValueError, TypeError) as error:
         raise CallError(422, f"{what}: not a rectangular array of numbers ({error})") from None
     if array.ndim == 0:
-        raise CallError(422, f"{what}: a tensor must be an array, got a single number")
+        got = "null" if value is None else "a single number"
+        raise CallError(422, f"{what}: a tensor must be an array, got {got}")
     if not np.all(np.isfinite(array)):
         raise CallError(422, f"{what}: holds values that are not finite numbers")
     return array

@@ -62,7 +62,13 @@ class ServeConfig:
     grace_s: float = 10.0
 
     def limits(self) -> Limits:
-        return Limits(parse_bytes(self.max_upload), self.max_pixels, self.max_inputs)
+        """The request limits; `ConfigError` naming `max_upload` (`--max-upload`) if it is
+        not a size."""
+        try:
+            max_upload = parse_bytes(self.max_upload)
+        except ConfigError as error:
+            raise ConfigError(f"max_upload (--max-upload): {error}") from None
+        return Limits(max_upload, self.max_pixels, self.max_inputs)
 
 
 def _check_engine_settings(config: ServeConfig) -> None:
