@@ -298,6 +298,29 @@ def test_a_model_that_fails_to_build_is_listed_and_the_others_serve(tmp_path, re
                                 headers={"Content-Type": "image/png"}).status_code == 200
 
 
+def test_a_repeated_option_is_never_silently_dropped(client):
+    """httpx (and most clients) send a list as a repeated key: every network named runs,
+    from the query string and form fields alike; two different values of one option are a
+    400, not one of them dropped."""
+    import httpx
+
+    url = httpx.URL("/v1/infer", params={"networks": ["TinyAlex", "Res"]})
+    assert str(url).endswith("?networks=TinyAlex&networks=Res")
+    answer = client.post(str(url), content=png(image()), headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text
+    assert list(answer.json()["results"][0]["networks"]) == ["TinyAlex", "Res"]
+    answer = client.post("/v1/infer?networks=TinyAlex", data={"networks": "Res,Feat"},
+                         files={"image": ("a.png", png(image()), "image/png")})
+    assert list(answer.json()["results"][0]["networks"]) == ["TinyAlex", "Res", "Feat"]
+    answer = client.post("/v1/infer?networks=TinyAlex&top_k=1&top_k=3", content=png(image()),
+                         headers={"Content-Type": "image/png"})
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "top_k given twice, as '1' and '3'"
+    answer = client.post("/v1/infer?networks=TinyAlex&pipeline=", content=png(image()),
+                         headers={"Content-Type": "image/png"})
+    assert answer.status_code == 200, answer.text  # an empty pipeline= names none
+
+
 def test_json_answer_is_plain_json(client):
     """No NaN or Infinity tokens, which browsers' JSON.parse refuses."""
     text = client.post("/v1/infer?networks=Feat&raw=1", content=png(image()),

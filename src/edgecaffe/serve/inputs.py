@@ -21,7 +21,7 @@ import io
 import json
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,7 @@ def parse_networks(value: Any, known: Sequence[str], pipelines: Sequence[str] = 
     if isinstance(value, str):
         names = [part.strip() for part in value.split(",") if part.strip()]
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        names = list(value)
+        names = [name.strip() for name in value if name.strip()]
     elif value is None:
         names = []
     else:
@@ -189,6 +189,32 @@ def _number(options: Mapping[str, Any], key: str, low: float, high: float,
     return int(number) if integer else number
 
 
+def collect_options(*sources: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """One call's options from its sources in order (the query string, then form fields or
+    JSON keys). A key given several times (`?networks=A&networks=B`, as HTTP clients send a
+    list) is one option repeated: `networks` adds up its names, in order; any other key must
+    repeat the same value (400 otherwise), never one silently dropped."""
+    options: dict[str, Any] = {}
+    networks: list[Any] = []
+    for items in sources:
+        for key, value in items:
+            if key == "networks":
+                networks.append(value)
+            elif key in options and options[key] != value:
+                raise CallError(400, f"{key} given twice, as {options[key]!r} and {value!r}")
+            else:
+                options[key] = value
+    if len(networks) == 1:
+        options["networks"] = networks[0]
+    elif networks:
+        names: list[Any] = []
+        for value in networks:  # each as parse_networks reads it: 'A,B' or a list of names
+            names.extend(value.split(",") if isinstance(value, str) else
+                         value if isinstance(value, list) else [value])
+        options["networks"] = names
+    return options
+
+
 def options_call(options: Mapping[str, Any], known: Sequence[str],
                  pipelines: Sequence[str] = (), failed: Mapping[str, str] | None = None
                  ) -> Call:
@@ -197,7 +223,7 @@ def options_call(options: Mapping[str, Any], known: Sequence[str],
     their errors (a 404 naming one says why)."""
     raw = options.get("raw", False)
     pipeline = None
-    if options.get("pipeline") is not None:
+    if options.get("pipeline") not in (None, ""):
         if options.get("networks") not in (None, "", []):
             raise CallError(400, "give networks or pipeline, not both")
         pipeline = parse_pipeline(options["pipeline"], pipelines, known, failed)
