@@ -182,6 +182,40 @@ def test_a_client_that_goes_away_during_its_upload_is_counted_not_an_error(
         caplog.text
 
 
+def test_a_large_json_body_is_parsed_off_the_event_loop(repository, monkeypatch):
+    """Parsing megabytes of JSON numbers takes a good part of a second (0.6 s for 15 MB
+    here): on the event loop, health checks and every other call would wait meanwhile."""
+    import json
+    import threading
+
+    import numpy as np
+
+    import edgecaffe.serve.calls as calls
+
+    threads = []
+    parse = calls.json_inputs
+
+    def recording(body, limits):
+        threads.append(threading.get_ident())
+        return parse(body, limits)
+
+    monkeypatch.setattr(calls, "json_inputs", recording)
+    x = np.random.default_rng(0).standard_normal((1, 3, 35, 35)).astype(np.float32)
+
+    async def scenario():
+        async with serving(repository) as (_service, client):
+            loop = threading.get_ident()
+            for copies in (1, 20):  # ~0.07 MB, then ~1.4 MB: over INLINE_DECODE_BYTES
+                body = json.dumps({"networks": ["TinyAlex"], "inputs": [x.tolist()] * copies})
+                answer = await client.post("/v1/infer", content=body,
+                                           headers={"Content-Type": "application/json"})
+                assert answer.status_code == 200, answer.text
+                assert len(answer.json()["results"]) == copies
+            assert threads[0] == loop and threads[1] != loop
+
+    asyncio.run(scenario())
+
+
 def test_a_shutdown_answers_calls_in_flight_after_the_grace_period(repository):
     async def scenario():
         gate = Gate()
