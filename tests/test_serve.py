@@ -178,6 +178,8 @@ def test_raw_body_json_tensor_and_base64_forms(client):
     ({"params": {"networks": "TinyAlex", "timeout_ms": "-5"}}, 400, "timeout_ms"),
     ({"params": {"networks": "TinyAlex"}}, 400, "no input"),
     ({"files": {"image": ("x.png", b"garbage", "image/png")}}, 422, "image (x.png)"),
+    ({"files": [("image", (f"{i}.png", b"x", "image/png")) for i in range(65)]}, 413,
+     "multipart body over a limit: Too many files. Maximum number of files is 64."),
 ])
 def test_bad_input_gets_a_4xx_with_one_line_and_the_service_goes_on(client, kwargs, status,
                                                                      words):

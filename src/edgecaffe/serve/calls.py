@@ -46,7 +46,11 @@ async def _multipart(request: Request, service: Service
     try:
         form = await parser.parse()
     except MultiPartException as error:
-        raise CallError(400, f"malformed multipart body: {error.message}") from None
+        # Starlette's own limits (files, fields, a text field's size) are 413s like ours.
+        message = error.message
+        if message.startswith("Too many") or "exceeded maximum size" in message:
+            raise CallError(413, f"multipart body over a limit: {message}") from None
+        raise CallError(400, f"malformed multipart body: {message}") from None
     fields: list[tuple[str, Any]] = []
     files: list[tuple[str, bytes]] = []
     try:
