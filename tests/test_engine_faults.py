@@ -344,3 +344,29 @@ def test_cancels_at_random_points_leave_nothing_behind(packages, seed, workers, 
             assert set(future.result(timeout=0)) == set(NETS)
         else:
             assert isinstance(future.exception(timeout=0), RequestError)
+
+
+def test_a_request_that_needs_the_progress_rule_fails_without_overcommit_instead_of_hanging():
+    """Every task of TinyInception fits 12000 bytes (`check_fits` passes), but running it
+    there needs the progress rule (14 forced reservations). Without `allow_overcommit` the
+    worker fails the network for the budget: its future used to be left unset (the worker
+    went back to waiting with the settled request unflushed), so the caller, and the HTTP
+    service's call, waited for ever."""
+    import numpy as np
+
+    from edgecaffe.model.zoo import zoo_package
+
+    package = zoo_package("TinyInception")
+    x = np.zeros(package.input_shape, np.float32)
+    with Engine({"TinyInception": package}, mode="masa", budget=12000) as engine:
+        assert engine.submit(x, ["TinyInception"]).result(timeout=60).networks[
+            "TinyInception"].forced > 0  # the case: the progress rule is needed here
+    with Engine({"TinyInception": package}, mode="masa", budget=12000,
+                allow_overcommit=False) as engine:
+        engine.core.check_fits(["TinyInception"])  # each task fits the whole budget
+        future = engine.submit(x, ["TinyInception"])
+        with pytest.raises(RequestError) as caught:
+            future.result(timeout=60)
+        network = caught.value.result.networks["TinyInception"]
+        assert network.status == "failed" and "bytes" in network.error
+        assert engine.budget.used_bytes == 0

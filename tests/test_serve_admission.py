@@ -140,6 +140,82 @@ def test_a_client_that_goes_away_cancels_its_request(repository):
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("content_type", ["image/png", "application/json",
+                                          "multipart/form-data; boundary=b"])
+def test_a_client_that_goes_away_during_its_upload_is_counted_not_an_error(
+        repository, content_type, caplog):
+    """Its body never came in whole (a camera losing its link): the call is over, counted as
+    disconnected, with no 'internal error' traceback in the log and nothing submitted."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def scenario():
+        async with serving(repository) as (service, client):
+            app = create_app(service, start=False)
+            messages = [{"type": "http.request", "body": b"--b\r\nContent-Disposition: form",
+                         "more_body": True}, {"type": "http.disconnect"}]
+            sent = []
+
+            async def receive():
+                return messages.pop(0)
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": "/v1/infer",
+                     "raw_path": b"/v1/infer", "query_string": b"networks=TinyAlex",
+                     "root_path": "", "client": ("127.0.0.1", 5000), "server": ("serve", 80),
+                     "headers": [(b"content-type", content_type.encode()),
+                                 (b"content-length", b"100000")]}
+            await asyncio.wait_for(app(scope, receive, send), 30)
+            assert sent[0]["status"] == 499
+            text = (await client.get("/metrics")).text
+            calls = {(s.labels["status"], s.labels["code"]): s.value
+                     for family in text_string_to_metric_families(text)
+                     for s in family.samples if s.name == "edgecaffe_infer_requests_total"}
+            assert calls == {("disconnected", "499"): 1}
+            assert not service.engine.trace.requests
+            assert (await post(client)).status_code == 200  # and it goes on serving
+
+    asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")], \
+        caplog.text
+
+
+def test_a_large_json_body_is_parsed_off_the_event_loop(repository, monkeypatch):
+    """Parsing megabytes of JSON numbers takes a good part of a second (0.6 s for 15 MB
+    here): on the event loop, health checks and every other call would wait meanwhile."""
+    import json
+    import threading
+
+    import numpy as np
+
+    import edgecaffe.serve.calls as calls
+
+    threads = []
+    parse = calls.json_inputs
+
+    def recording(body, limits):
+        threads.append(threading.get_ident())
+        return parse(body, limits)
+
+    monkeypatch.setattr(calls, "json_inputs", recording)
+    x = np.random.default_rng(0).standard_normal((1, 3, 35, 35)).astype(np.float32)
+
+    async def scenario():
+        async with serving(repository) as (_service, client):
+            loop = threading.get_ident()
+            for copies in (1, 20):  # ~0.07 MB, then ~1.4 MB: over INLINE_DECODE_BYTES
+                body = json.dumps({"networks": ["TinyAlex"], "inputs": [x.tolist()] * copies})
+                answer = await client.post("/v1/infer", content=body,
+                                           headers={"Content-Type": "application/json"})
+                assert answer.status_code == 200, answer.text
+                assert len(answer.json()["results"]) == copies
+            assert threads[0] == loop and threads[1] != loop
+
+    asyncio.run(scenario())
+
+
 def test_a_shutdown_answers_calls_in_flight_after_the_grace_period(repository):
     async def scenario():
         gate = Gate()

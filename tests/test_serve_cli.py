@@ -269,6 +269,7 @@ def test_a_client_closing_its_connection_cancels_its_request(workspace):
     (["--budget", "lots"], "memory size 'lots'"),
     (["--policy", "nope"], "unknown policy 'nope'"),
     (["--queue", "0"], "--queue must be 1 or more"),
+    (["--max-upload", "big"], "max_upload (--max-upload): memory size 'big'"),
 ])
 def test_bad_settings_are_one_line_errors_before_anything_is_built(workspace, flag, words):
     done = subprocess.run([str(Path(sys.executable).parent / "edgecaffe"), "serve", "models",
@@ -277,3 +278,19 @@ def test_bad_settings_are_one_line_errors_before_anything_is_built(workspace, fl
     assert done.returncode == 1, done.stderr
     assert words in done.stderr and "building" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_server_process_returns_freed_memory_to_the_system(tmp_path, zoo_packages,
+                                                                 monkeypatch):
+    """`edgecaffe serve` sets glibc's thresholds (`measure.return_freed_memory`, whose effect
+    on RSS tests/test_memory_truth.py measures): without it, RSS stayed near its peak after an
+    overload (~270 MiB against ~180 MiB with it, the repository of docs/serving.md)."""
+    import edgecaffe.measure
+    from edgecaffe.cli import main
+
+    called = []
+    monkeypatch.setattr(edgecaffe.measure, "return_freed_memory",
+                        lambda: called.append(True) or True)
+    monkeypatch.setenv("EDGECAFFE_CACHE", str(tmp_path / "cache"))
+    assert main(["serve", str(zoo_packages(["TinyAlex"])), "--check"]) == 0
+    assert called == [True]

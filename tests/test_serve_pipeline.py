@@ -211,7 +211,7 @@ def test_a_yaml_pipelines_condition_and_batches(repository, photos):
     ({"pipeline": "TinyAlex"}, 404, "TinyAlex is a network: ?networks=TinyAlex"),
     ({"networks": "faces"}, 404, "faces is a pipeline: ?pipeline=faces"),
     ({"pipeline": "faces", "networks": "TinyAlex"}, 400, "networks or pipeline, not both"),
-    ({"pipeline": "broken"}, 404, "unknown pipeline 'broken'"),
+    ({"pipeline": "broken"}, 404, "broken failed to build: PipelineError: "),
 ])
 def test_bad_pipeline_calls_are_one_line_refusals(repository, photos, options, status, words):
     async def scenario():

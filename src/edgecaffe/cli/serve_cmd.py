@@ -134,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
                          "pip install 'edgecaffe[serve]'") from None
     if args.queue < 1 or args.grace < 0 or args.top_k < 0:
         raise UsageError("--queue must be 1 or more; --grace and --top-k 0 or more")
+    from edgecaffe.measure import return_freed_memory
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    # The process is the service's alone: freed arrays go back to the system, so that RSS
+    # follows the ledger down after a burst instead of staying at its peak (glibc keeps large
+    # freed blocks otherwise: measured under 2x overload, ~270 MiB after against ~180 MiB).
+    return_freed_memory()
     service = Service(_config(args), progress=_say)
     if args.check:
         return _check(service)

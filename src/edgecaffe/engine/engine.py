@@ -49,6 +49,9 @@ from edgecaffe.sched import (
     Task,
 )
 
+#: What `_wait_for_task` returns when it settled requests itself: flush, then wait again.
+_SETTLED = object()
+
 
 class EngineClosedError(RuntimeError):
     """`submit` after `close`."""
@@ -303,6 +306,8 @@ class Engine:
                 with self._condition:
                     task = self._wait_for_task(pool, worker)
                 self._flush()
+                if task is _SETTLED:
+                    continue
                 if task is None:
                     return
                 error, interrupted = self._execute(task)
@@ -323,8 +328,11 @@ class Engine:
             self._stop_on_error(f"worker {worker}: {type(exc).__name__}: {exc}\n"
                                 f"{traceback.format_exc()}")
 
-    def _wait_for_task(self, pool: int, worker: int) -> Task | None:
-        """The next task for this worker (called under the lock; blocks). None: time to stop."""
+    def _wait_for_task(self, pool: int, worker: int) -> Any:
+        """The next task for this worker (called under the lock; blocks). None: time to stop;
+        `_SETTLED`: requests were settled here (a network failed for the budget) and their
+        futures must be set (outside the lock) before waiting: nothing else may ever wake
+        this worker, and the request's caller would wait for ever."""
         while True:
             if self._broken is not None:
                 return None
@@ -341,6 +349,8 @@ class Engine:
                 self._evict_kept()
                 self._condition.notify_all()
                 return None
+            if self._outcomes:
+                return _SETTLED
             self._condition.wait()
 
     def _execute(self, task: Task) -> tuple[str | None, bool]:

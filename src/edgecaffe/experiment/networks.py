@@ -9,6 +9,7 @@ from typing import Any
 
 from edgecaffe.experiment.config import ConfigError, ExperimentConfig
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package, split
+from edgecaffe.model.package.cached import cached_package
 from edgecaffe.model.package.manifest import MANIFEST
 from edgecaffe.model.package.original import is_original_folder
 from edgecaffe.model.zoo import ZOO, cache_dir, zoo_package
@@ -37,10 +38,9 @@ def resolve_network(name: str, config: ExperimentConfig) -> ModelPackage:
         key = hashlib.sha1(str(path.resolve()).encode() + description
                            + str(image_size).encode()).hexdigest()[:12]
         target = cache_dir() / "original" / f"{path.name}-{key}"
-        if (target / MANIFEST).is_file():
-            return open_package(target)
-        return split([path], target, synthetic=config.synthetic, seed=config.seed,
-                     image_size=image_size)
+        return cached_package(target, lambda folder: split(
+            [path], folder, synthetic=config.synthetic, seed=config.seed,
+            image_size=image_size))
     if name.lower() in {zoo.lower() for zoo in ZOO}:
         return zoo_package(name, profile_runs=3)
     if path.suffix.lower() in {".prototxt", ".caffemodel"}:

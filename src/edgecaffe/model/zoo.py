@@ -8,6 +8,8 @@ Caffe, OpenCV and EdgeCaffe all read. Batch 1 by default.
 from __future__ import annotations
 
 import difflib
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,7 +402,16 @@ def zoo_files(name: str, seed: int = 0, batch: int = 1,
     caffemodel = directory / f"{model.name}.caffemodel"
     if not (caffemodel.exists() and prototxt.exists()
             and prototxt.read_text() == model.prototxt(batch)):
-        write_zoo_model(model.name, directory, seed=seed, batch=batch, progress=progress)
+        # Written beside, then moved in (the caffemodel first): a write cut short leaves no
+        # truncated caffemodel under a matching prototxt, which this check would take as whole.
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{model.name}.partial-", dir=directory))
+        try:
+            write_zoo_model(model.name, partial, seed=seed, batch=batch, progress=progress)
+            (partial / caffemodel.name).replace(caffemodel)
+            (partial / prototxt.name).replace(prototxt)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return prototxt, caffemodel
 
 
@@ -412,18 +423,15 @@ def zoo_package(name: str, seed: int = 0, batch: int = 1, profile_runs: int = 0,
     that was doubtful when taken is kept, with its warnings, until `edgecaffe profile
     --refresh`). `input_size` (H, W) runs a fully convolutional network (FaceNet) at that
     size instead of its prototxt's (the original's `use-scales` FaceNet runs at 1340 x 1340)."""
-    from edgecaffe.model.package import open_package, split
-    from edgecaffe.model.package.manifest import MANIFEST
+    from edgecaffe.model.package import split
+    from edgecaffe.model.package.cached import cached_package
     from edgecaffe.model.package.profile import profile_package, stale_reasons
 
     model = get_zoo_model(name)
     size = "" if input_size is None else f"-{input_size[0]}x{input_size[1]}"
     directory = cache_dir() / "packages" / f"seed{seed}-batch{batch}" / f"{model.name}{size}"
-    if (directory / MANIFEST).exists():
-        package = open_package(directory)
-    else:
-        package = split([model.name], directory, seed=seed, batch=batch,
-                        input_shape=input_size)
+    package = cached_package(directory, lambda folder: split(
+        [model.name], folder, seed=seed, batch=batch, input_shape=input_size))
     if profile_runs and stale_reasons(package.manifest, doubts=False):
         profile_package(package, runs=profile_runs)
         package.save_manifest()

@@ -14,6 +14,7 @@ import hashlib
 from pathlib import Path
 
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package, split
+from edgecaffe.model.package.cached import cached_package
 from edgecaffe.model.package.manifest import MANIFEST
 from edgecaffe.model.zoo import ZOO, cache_dir, zoo_package
 from edgecaffe.pipeline.spec import Pipeline, PipelineError, Stage
@@ -120,7 +121,8 @@ def _caffe_package(prototxt: Path, caffemodel: Path, batch: int,
         from edgecaffe.model.caffe import load_caffe
 
         input_shape = _shape(load_caffe(prototxt).input_shape, batch, size)
-    return split([prototxt, caffemodel], target, input_shape=input_shape)
+    return cached_package(target, lambda folder: split([prototxt, caffemodel], folder,
+                                                       input_shape=input_shape))
 
 
 def gated_networks(name: str) -> tuple[list[str], dict[str, str]]:

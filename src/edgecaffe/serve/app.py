@@ -24,7 +24,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -93,6 +93,9 @@ async def infer(request: Request) -> Response:
         return await run_call(request, service)
     except CallError as error:
         return _refusal(service, error)
+    except ClientDisconnect:  # gone while its body came in: nothing was admitted or submitted
+        service.metrics.calls.labels("disconnected", "499").inc()
+        return Response(status_code=499)
 
 
 async def status(request: Request) -> Response:

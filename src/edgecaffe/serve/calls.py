@@ -16,6 +16,7 @@ from edgecaffe.serve.inputs import (
     Call,
     CallError,
     check_shapes,
+    collect_options,
     decode_image,
     json_inputs,
     options_call,
@@ -25,8 +26,8 @@ from edgecaffe.serve.pipelines import pipeline_json
 from edgecaffe.serve.results import request_json
 from edgecaffe.serve.service import Service
 
-#: Images up to this size are decoded on the event loop (a 256 KB JPEG: a few ms); larger ones
-#: in a thread, so that other calls are not held up.
+#: Images and JSON bodies up to this size are decoded on the event loop (a 256 KB JPEG: a few
+#: ms); larger ones in a thread, so that other calls are not held up.
 INLINE_DECODE_BYTES = 256 * 1024
 
 #: HTTP code per call outcome (499: the client closed the connection, as nginx logs it).
@@ -34,8 +35,10 @@ CODES = {"completed": 200, "failed": 500, "cancelled": 500, "timeout": 504,
          "disconnected": 499, "shutdown": 503}
 
 
-async def _multipart(request: Request, service: Service) -> tuple[dict[str, Any], list]:
-    """(text fields, [(part name, bytes)]) of a multipart body, read within the limits."""
+async def _multipart(request: Request, service: Service
+                     ) -> tuple[list[tuple[str, Any]], list]:
+    """([(text field, value)], [(part name, bytes)]) of a multipart body, read within the
+    limits."""
     limits = service.limits
     stream = read_limited(request.stream(), limits.max_upload_bytes)
     parser = MultiPartParser(request.headers, stream, max_files=limits.max_inputs,
@@ -43,8 +46,12 @@ async def _multipart(request: Request, service: Service) -> tuple[dict[str, Any]
     try:
         form = await parser.parse()
     except MultiPartException as error:
-        raise CallError(400, f"malformed multipart body: {error.message}") from None
-    fields: dict[str, Any] = {}
+        # Starlette's own limits (files, fields, a text field's size) are 413s like ours.
+        message = error.message
+        if message.startswith("Too many") or "exceeded maximum size" in message:
+            raise CallError(413, f"multipart body over a limit: {message}") from None
+        raise CallError(400, f"malformed multipart body: {message}") from None
+    fields: list[tuple[str, Any]] = []
     files: list[tuple[str, bytes]] = []
     try:
         for key, value in form.multi_items():
@@ -52,7 +59,7 @@ async def _multipart(request: Request, service: Service) -> tuple[dict[str, Any]
                 what = f"{key} ({value.filename})" if value.filename else key
                 files.append((what, await value.read()))
             else:
-                fields[key] = value
+                fields.append((key, value))
     finally:
         await form.close()
     return fields, files
@@ -71,21 +78,28 @@ async def read_call(request: Request, service: Service) -> Call:
         raise CallError(413, f"request body of {length} bytes is larger than the limit of "
                          f"{limits.max_upload_bytes} bytes (--max-upload)")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    options: dict[str, Any] = dict(request.query_params)
+    sources: list = [request.query_params.multi_items()]
     encoded: list[tuple[str, bytes]] = []
     tensors: list = []
     if ctype == "multipart/form-data":
         fields, encoded = await _multipart(request, service)
-        options.update(fields)
+        sources.append(fields)
     elif ctype == "application/json":
-        fields, tensors = json_inputs(await _body(request, service), limits)
-        options.update(fields)
+        body = await _body(request, service)
+        if len(body) <= INLINE_DECODE_BYTES:
+            fields, tensors = json_inputs(body, limits)
+        else:  # 15 MB of JSON numbers: ~0.6 s on the loop, which every other call waits for.
+            # In a thread the loop runs between the steps; `json.loads` itself (~0.35 s of it)
+            # holds the GIL throughout, so that part still stalls it.
+            fields, tensors = await run_in_threadpool(json_inputs, body, limits)
+        sources.append(fields.items())
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         encoded = [("body", await _body(request, service))]
     elif ctype:
         raise CallError(415, f"content type {ctype!r} not accepted; send multipart/form-data, "
                          "image/*, application/octet-stream or application/json")
-    call = options_call(options, service.network_names, service.pipeline_names)
+    call = options_call(collect_options(*sources), service.network_names, service.pipeline_names,
+                        service.failed)
     if len(encoded) + len(tensors) > limits.max_inputs:
         raise CallError(413, f"{len(encoded) + len(tensors)} inputs in one call; at most "
                          f"{limits.max_inputs}")

@@ -20,7 +20,8 @@ import binascii
 import io
 import json
 import math
-from collections.abc import AsyncIterator, Mapping, Sequence
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,8 @@ def decode_image(data: bytes, what: str, max_pixels: int) -> np.ndarray:
             rgb = np.asarray(image.convert("RGB"))
     except CallError:
         raise
+    except Image.DecompressionBombError as error:  # over twice Pillow's own limit: not opened
+        raise CallError(413, _bomb_reason(what, str(error), max_pixels)) from None
     except UnidentifiedImageError:
         raise CallError(422, f"{what}: not an image in a format Pillow reads (JPEG, PNG, BMP, "
                          "GIF, TIFF, WebP, ...)") from None
@@ -94,6 +97,15 @@ def decode_image(data: bytes, what: str, max_pixels: int) -> np.ndarray:
         raise CallError(422, f"{what}: cannot read image: {type(error).__name__}: "
                          f"{error}") from None
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _bomb_reason(what: str, message: str, max_pixels: int) -> str:
+    """The 413 reason for an image Pillow refuses to open at all (its decompression-bomb
+    check, at twice `PIL.Image.MAX_IMAGE_PIXELS`, runs before our own `max_pixels`)."""
+    found = re.search(r"\((\d+) pixels\)", message)
+    pixels = f"{int(found.group(1))} pixels" if found else "more pixels than Pillow opens"
+    return (f"{what}: image of {pixels} exceeds the limit of {max_pixels} pixels "
+            "(--max-pixels)")
 
 
 def tensor(value: Any, what: str) -> np.ndarray:
@@ -104,19 +116,32 @@ def tensor(value: Any, what: str) -> np.ndarray:
     except (ValueError, TypeError) as error:
         raise CallError(422, f"{what}: not a rectangular array of numbers ({error})") from None
     if array.ndim == 0:
-        raise CallError(422, f"{what}: a tensor must be an array, got a single number")
+        got = "null" if value is None else "a single number"
+        raise CallError(422, f"{what}: a tensor must be an array, got {got}")
     if not np.all(np.isfinite(array)):
         raise CallError(422, f"{what}: holds values that are not finite numbers")
     return array
 
 
-def parse_networks(value: Any, known: Sequence[str], pipelines: Sequence[str] = ()
-                   ) -> list[str]:
-    """'AgeNet,GenderNet' or ["AgeNet", "GenderNet"] -> names; 400 if missing, 404 if unknown."""
+def _not_found(kind: str, names: Sequence[str], known: Sequence[str],
+               failed: Mapping[str, str], hints: Sequence[str]) -> CallError:
+    """The 404 for `names` not among `known`: those that failed to build with their error
+    (as GET /v1/models and the startup notes say), the others as unknown; what is served."""
+    broken = [f"{name} failed to build: {failed[name]}" for name in names if name in failed]
+    unknown = [name for name in names if name not in failed]
+    parts = ([f"unknown {kind} {', '.join(unknown)}"] if unknown else []) + broken
+    return CallError(404, "; ".join([*parts, f"served: {', '.join(known) or 'none'}",
+                                     *hints]))
+
+
+def parse_networks(value: Any, known: Sequence[str], pipelines: Sequence[str] = (),
+                   failed: Mapping[str, str] | None = None) -> list[str]:
+    """'AgeNet,GenderNet' or ["AgeNet", "GenderNet"] -> names; 400 if missing, 404 if unknown
+    (the reason says why for a name in `failed`: entry name -> its build error)."""
     if isinstance(value, str):
         names = [part.strip() for part in value.split(",") if part.strip()]
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-        names = list(value)
+        names = [name.strip() for name in value if name.strip()]
     elif value is None:
         names = []
     else:
@@ -126,18 +151,21 @@ def parse_networks(value: Any, known: Sequence[str], pipelines: Sequence[str] = 
                          "?pipeline=NAME (GET /v1/models lists them)")
     unknown = [name for name in names if name not in known]
     if unknown:
-        hint = [f"{name} is a pipeline: ?pipeline={name}" for name in unknown
-                if name in pipelines]
-        raise CallError(404, f"unknown model(s) {', '.join(unknown)}; served: "
-                         f"{', '.join(known) or 'none'}" + "".join(f"; {h}" for h in hint))
+        hints = [f"{name} is a pipeline: ?pipeline={name}" for name in unknown
+                 if name in pipelines]
+        raise _not_found("model(s)", unknown, known, failed or {}, hints)
     return names
 
 
-def parse_pipeline(value: Any, known: Sequence[str], networks: Sequence[str]) -> str:
-    """One pipeline's name; 400 if not a name, 404 if unknown."""
+def parse_pipeline(value: Any, known: Sequence[str], networks: Sequence[str],
+                   failed: Mapping[str, str] | None = None) -> str:
+    """One pipeline's name; 400 if not a name, 404 if unknown (saying why for a name in
+    `failed`)."""
     if not isinstance(value, str) or not value.strip():
         raise CallError(400, "pipeline: give one pipeline's name")
     name = value.strip()
+    if name not in known and name in (failed or {}):
+        raise _not_found("pipeline", [name], known, failed or {}, [])
     if name not in known:
         hint = f" ({name} is a network: ?networks={name})" if name in networks else ""
         raise CallError(404, f"unknown pipeline {name!r}{hint}; served: "
@@ -161,18 +189,47 @@ def _number(options: Mapping[str, Any], key: str, low: float, high: float,
     return int(number) if integer else number
 
 
+def collect_options(*sources: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """One call's options from its sources in order (the query string, then form fields or
+    JSON keys). A key given several times (`?networks=A&networks=B`, as HTTP clients send a
+    list) is one option repeated: `networks` adds up its names, in order; any other key must
+    repeat the same value (400 otherwise), never one silently dropped."""
+    options: dict[str, Any] = {}
+    networks: list[Any] = []
+    for items in sources:
+        for key, value in items:
+            if key == "networks":
+                networks.append(value)
+            elif key in options and options[key] != value:
+                raise CallError(400, f"{key} given twice, as {options[key]!r} and {value!r}")
+            else:
+                options[key] = value
+    if len(networks) == 1:
+        options["networks"] = networks[0]
+    elif networks:
+        names: list[Any] = []
+        for value in networks:  # each as parse_networks reads it: 'A,B' or a list of names
+            names.extend(value.split(",") if isinstance(value, str) else
+                         value if isinstance(value, list) else [value])
+        options["networks"] = names
+    return options
+
+
 def options_call(options: Mapping[str, Any], known: Sequence[str],
-                 pipelines: Sequence[str] = ()) -> Call:
+                 pipelines: Sequence[str] = (), failed: Mapping[str, str] | None = None
+                 ) -> Call:
     """The call's options from merged query, form or JSON keys: `networks` of `known`, or one
-    of `pipelines` (400 for both)."""
+    of `pipelines` (400 for both); `failed`: entries that failed to build, by name, with
+    their errors (a 404 naming one says why)."""
     raw = options.get("raw", False)
     pipeline = None
-    if options.get("pipeline") is not None:
+    if options.get("pipeline") not in (None, ""):
         if options.get("networks") not in (None, "", []):
             raise CallError(400, "give networks or pipeline, not both")
-        pipeline = parse_pipeline(options["pipeline"], pipelines, known)
+        pipeline = parse_pipeline(options["pipeline"], pipelines, known, failed)
     return Call(
-        networks=[] if pipeline else parse_networks(options.get("networks"), known, pipelines),
+        networks=[] if pipeline else parse_networks(options.get("networks"), known, pipelines,
+                                                      failed),
         pipeline=pipeline,
         top_k=_number(options, "top_k", 0, 1000, integer=True),
         timeout_ms=_number(options, "timeout_ms", 1, 24 * 3600 * 1e3),

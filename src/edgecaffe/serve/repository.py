@@ -82,13 +82,11 @@ def _cache_folder(kind: str, *files: Path) -> Path:
 
 
 def _split_cached(kind: str, sources: list[Path], key_files: list[Path]) -> ModelPackage:
-    from edgecaffe.model.package import open_package, split
-    from edgecaffe.model.package.manifest import MANIFEST
+    from edgecaffe.model.package import split
+    from edgecaffe.model.package.cached import cached_package
 
-    target = _cache_folder(kind, *key_files)
-    if (target / MANIFEST).is_file():
-        return open_package(target)
-    return split([str(s) for s in sources], target)
+    return cached_package(_cache_folder(kind, *key_files),
+                          lambda folder: split([str(s) for s in sources], folder))
 
 
 def _build_package(path: Path) -> ModelPackage:

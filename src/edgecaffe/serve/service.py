@@ -64,7 +64,13 @@ class ServeConfig:
     keep_weights: bool = False
 
     def limits(self) -> Limits:
-        return Limits(parse_bytes(self.max_upload), self.max_pixels, self.max_inputs)
+        """The request limits; `ConfigError` naming `max_upload` (`--max-upload`) if it is
+        not a size."""
+        try:
+            max_upload = parse_bytes(self.max_upload)
+        except ConfigError as error:
+            raise ConfigError(f"max_upload (--max-upload): {error}") from None
+        return Limits(max_upload, self.max_pixels, self.max_inputs)
 
 
 def _check_engine_settings(config: ServeConfig) -> None:
@@ -303,6 +309,12 @@ class Service:
     def pipeline_names(self) -> list[str]:
         """The pipelines calls may name (those built)."""
         return list(self.runners)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Models and pipelines that failed to build: name -> the error."""
+        return {name: entry.error for name, entry in self.repository.entries.items()
+                if entry.error is not None and not entry.ready}
 
     @property
     def input_shapes(self) -> dict[str, tuple[int, ...]]:

@@ -126,6 +126,7 @@ def block_package(package, max_block_bytes: int, directory: str | Path | None = 
     blocked, sources = block_network(package.network, max_block_bytes)
     if not sources:
         return package
+    cached = directory is None
     if directory is None:
         from edgecaffe.model.zoo import cache_dir
 
@@ -139,6 +140,14 @@ def block_package(package, max_block_bytes: int, directory: str | Path | None = 
     source = dict(package.manifest.get("source") or {})
     source["blocked_from"] = str(package.directory)
     source["max_block_bytes"] = int(max_block_bytes)
-    return write_package(blocked, blocked_source(package.network, sources,
-                                                 lambda layer: package.read(layer.name)),
-                         directory, source=source, original=package.manifest.get("original"))
+
+    def write(folder: Path):
+        return write_package(blocked, blocked_source(package.network, sources,
+                                                     lambda layer: package.read(layer.name)),
+                             folder, source=source, original=package.manifest.get("original"))
+
+    if cached:  # a write cut short must not leave a half package where the next use looks
+        from edgecaffe.model.package.cached import cached_package
+
+        return cached_package(directory, write)
+    return write(Path(directory))

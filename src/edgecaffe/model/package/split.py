@@ -18,6 +18,7 @@ import numpy as np
 from edgecaffe.model.caffe import CaffeModelReader, load_caffe
 from edgecaffe.model.caffe.importer import read_layer_weights
 from edgecaffe.model.network import Layer, Network
+from edgecaffe.model.package.cached import cached_package
 from edgecaffe.model.package.manifest import (
     FORMAT,
     MANIFEST,
@@ -159,9 +160,8 @@ def onnx_package(path: str | Path, input_shape: Sequence[int] | None = None) -> 
         key += f"|{side.stat().st_mtime_ns}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     target = cache_dir() / "onnx" / f"{path.stem}-{digest}"
-    if (target / MANIFEST).is_file():
-        return open_package(target)
-    return split_onnx(path, target, input_shape=input_shape)
+    return cached_package(target, lambda folder: split_onnx(path, folder,
+                                                            input_shape=input_shape))
 
 
 def _caffe_weights(reader: CaffeModelReader, network: Network) -> WeightSource:
