@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import edgecaffe.engine.engine as engine_module
 from edgecaffe.engine import Engine, EngineClosedError, RequestError
-from edgecaffe.sched import Kind, Policy, Task
+from edgecaffe.sched import BudgetError, Kind, Policy, Task
 
 NETS = ["TinyAlex", "TinyResidual"]
 
@@ -364,6 +364,12 @@ def test_a_request_that_needs_the_progress_rule_fails_without_overcommit_instead
     with Engine({"TinyInception": package}, mode="masa", budget=12000,
                 allow_overcommit=False) as engine:
         engine.core.check_fits(["TinyInception"])  # each task fits the whole budget
+        # ... and the engine refuses it at once: a simulated run alone fails
+        with pytest.raises(BudgetError, match="even alone it needs more than the budget"):
+            engine.submit(x, ["TinyInception"])
+        # Were it admitted (as a request can be, when others' held memory is why), its
+        # future must still end: skip the check to reach the worker's failure path.
+        engine._alone[(("TinyInception",), ())] = None
         future = engine.submit(x, ["TinyInception"])
         with pytest.raises(RequestError) as caught:
             future.result(timeout=60)

@@ -314,9 +314,12 @@ def test_a_pipelines_later_stages_do_not_escape_a_deadline_shutdown_or_disconnec
     asyncio.run(scenario())
 
 
-def test_a_pipeline_that_can_never_fit_is_refused_at_once(repository, photos):
+@pytest.mark.parametrize("budget", ["1M", "4M"])
+def test_a_pipeline_that_can_never_fit_is_refused_at_once(repository, photos, budget):
+    """1M: a task larger than the budget. 4M: every task fits, but not what a network must
+    hold at once (a call there used to hang, then to fail with 500 once run)."""
     async def scenario():
-        async with serving(repository, budget="1M") as (service, client):
+        async with serving(repository, budget=budget) as (service, client):
             faces = (await client.get("/v1/models/faces")).json()
             assert faces["memory"]["fits_budget"] is False
             assert "faces/" in faces["memory"]["budget_error"]
@@ -324,6 +327,8 @@ def test_a_pipeline_that_can_never_fit_is_refused_at_once(repository, photos):
                                        headers={"Content-Type": "image/png"})
             assert answer.status_code == 503
             assert "can never fit the budget: pipeline faces: faces/" in answer.json()["error"]
+            if budget == "4M":
+                assert "even alone" in answer.json()["error"]
             assert not service.engine.trace.requests
 
     asyncio.run(scenario())

@@ -203,6 +203,8 @@ class Engine:
         self._kept = KeptWeights(self.packages) if keep_weights else None
         if self._kept is not None:
             core.memory.cache.listener = self._kept
+        #: check_fits' simulated alone runs by request shape (None: it fits).
+        self._alone: dict[tuple, str | None] = {}
         self._condition = threading.Condition()
         self._closing = False
         self._broken: str | None = None
@@ -280,7 +282,7 @@ class Engine:
             if self._closing:
                 raise EngineClosedError("the engine is closed; submit before close()")
             if not self.scheduler.allow_overcommit:
-                self.core.check_fits(networks, gated)
+                self.check_fits(networks, gated)
             self._hold_blas()
             try:
                 request = self.core.submit(networks, self.now(), x, gated,
@@ -293,6 +295,38 @@ class Engine:
         request_id = request.record.request_id
         future.add_done_callback(lambda f: self._on_cancel(f, request_id))
         return future
+
+    def check_fits(self, networks: Sequence[str], gated: Mapping[str, str] | None = None
+                   ) -> None:
+        """Raise `BudgetError` if one request for `networks` (gated ones included, as if
+        their condition held) can never run within the budget without the progress rule: a
+        task larger than the whole budget (`Core.check_fits`), or a run that needs more than
+        the budget even alone (every task fits, but not the layers a network must hold at
+        once: found by simulating the request alone on this engine's core settings, with
+        tasks of equal length). Remembered per request shape."""
+        self.core.check_fits(networks, gated)
+        key = (tuple(networks), tuple(sorted((gated or {}).items())))
+        if key not in self._alone:
+            self._alone[key] = self._fails_alone([*networks, *(gated or {})])
+        if self._alone[key] is not None:
+            raise BudgetError(self._alone[key])
+
+    def _fails_alone(self, networks: list[str]) -> str | None:
+        from edgecaffe.sim import Simulator  # the same core on a virtual clock
+        from edgecaffe.workload import Arrival
+
+        core = self.core
+        simulator = Simulator(core.infos, core.mode.name, core.policy, core.budget.capacity_bytes,
+                              core.memory.granularity, core.workers, task_ms=lambda task: 1.0,
+                              allow_overcommit=False, record_ledger=False,
+                              workspaces=core.memory.workspaces)
+        trace = simulator.run([Arrival(0, 0.0, tuple(networks))], closed_loop=False)
+        failed = [record.error for record in trace.requests.values()
+                  if record.status != "completed"]
+        if not failed:
+            return None
+        return (f"request for {networks}: even alone it needs more than the budget of "
+                f"{core.budget.capacity_bytes} bytes at once ({'; '.join(map(str, failed))})")
 
     def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
         """Several inputs for the same networks, one request each (futures in input order)."""

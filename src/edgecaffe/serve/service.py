@@ -186,7 +186,7 @@ class Service:
 
         for network in networks:
             try:
-                self.engine.core.check_fits([network])
+                self.engine.check_fits([network])
             except BudgetError as error:
                 return f"{network}: {error}"
         return None
