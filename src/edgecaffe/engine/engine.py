@@ -312,6 +312,8 @@ class Engine:
             raise BudgetError(self._alone[key])
 
     def _fails_alone(self, networks: list[str]) -> str | None:
+        """Why one request for `networks` run alone would be refused for the budget, or
+        None."""
         from edgecaffe.sim import Simulator  # the same core on a virtual clock
         from edgecaffe.workload import Arrival
 
@@ -321,10 +323,10 @@ class Engine:
                               allow_overcommit=False, record_ledger=False,
                               workspaces=core.memory.workspaces)
         trace = simulator.run([Arrival(0, 0.0, tuple(networks))], closed_loop=False)
+        if not simulator.refused:  # failed otherwise (a user policy): not the budget's doing
+            return None
         failed = [record.error for record in trace.requests.values()
                   if record.status != "completed"]
-        if not failed:
-            return None
         return (f"request for {networks}: even alone it needs more than the budget of "
                 f"{core.budget.capacity_bytes} bytes at once ({'; '.join(map(str, failed))})")
 

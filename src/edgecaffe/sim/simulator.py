@@ -72,6 +72,8 @@ class Simulator:
         self.mode, self.policy, self.budget = core.mode, core.policy, core.budget
         self.scheduler, self.book, self.trace = core.scheduler, core.book, core.trace
         self.infos, self.workers = core.infos, core.workers
+        #: Networks failed because they could never fit (allow_overcommit=False).
+        self.refused = 0
         #: BLAS threads per execution, as the engine would set them (execution times follow).
         self.blas_threads = check_blas_threads(blas_threads)
         self.cores = self.device.cores or available_cores()
@@ -241,6 +243,7 @@ class Simulator:
                  closed: list[Request]) -> Task | None:
         """A network that can never fit (allow_overcommit=False): fail it, ask again."""
         while True:
+            self.refused += 1
             step = self.scheduler.fail(error.task.instance, str(error), self.now)
             closed += self.book.settle(step)
             try:
