@@ -29,14 +29,14 @@ from typing import Any
 from edgecaffe.blas import BlasHold, available_cores, check_blas_threads
 from edgecaffe.engine.guard import PolicyGuard
 from edgecaffe.engine.kept import KeptWeights
-from edgecaffe.engine.limit import blocked_packages, max_band_bytes, schedulable
+from edgecaffe.engine.limit import fit_packages, refused_alone
 from edgecaffe.engine.result import NetworkResult, RequestError, RequestResult
 from edgecaffe.engine.tasks import run_task
 from edgecaffe.errors import ConfigError
 from edgecaffe.model.info import package_info
 from edgecaffe.model.package import ModelPackage, onnx_package, open_package
 from edgecaffe.ops import backend_kernels
-from edgecaffe.ops.conv import hold_band_cap, release_band_cap
+from edgecaffe.ops.conv import release_band_cap
 from edgecaffe.sched import (
     MODES,
     BudgetError,
@@ -162,8 +162,9 @@ class Engine:
         self.blas_threads = check_blas_threads(blas_threads)
         self._band = None
         try:
-            budget, runtime = self._fit_packages(budget, mode, workers, account_runtime,
-                                                 max_block, load_method)
+            count = getattr(MODES.get(mode), "workers", None) or workers
+            self.packages, budget, runtime, self._band = fit_packages(
+                self.packages, budget, count, account_runtime, max_block, load_method)
             infos = {name: package_info(p) for name, p in self.packages.items()}
             self._guard = PolicyGuard.wrap(policy)
             # Under a real limit each exec reserves its kernel's workspace while it runs.
@@ -216,26 +217,6 @@ class Engine:
         ]
         for thread in self._threads:
             thread.start()
-
-    def _fit_packages(self, budget: str | int, mode: str, workers: int, account_runtime: bool,
-                      max_block: str | int | None, load_method: str | None
-                      ) -> tuple[str | int, int | None]:
-        """(the ledger's capacity, the runtime's bytes or None). Under a real limit
-        (`account_runtime`) the runtime is measured and taken off the budget, and this
-        engine's convolution band cap is held (`self._band`: the workspaces follow the
-        budget; set before the infos, which read each layer's workspace); then packages with
-        layers too large for the capacity are replaced by blocked copies."""
-        runtime = None
-        if account_runtime:
-            budget, runtime = schedulable(budget)
-            count = getattr(MODES.get(mode), "workers", None) or workers
-            self._band = hold_band_cap(max_band_bytes(budget, count))
-        if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
-            self.packages = blocked_packages(self.packages, budget, max_block)
-        if load_method is not None:
-            for package in self.packages.values():
-                package.load_method = load_method
-        return budget, runtime
 
     def now(self) -> float:
         """Seconds since the engine started: the clock of every timestamp in the trace."""
@@ -307,28 +288,9 @@ class Engine:
         self.core.check_fits(networks, gated)
         key = (tuple(networks), tuple(sorted((gated or {}).items())))
         if key not in self._alone:
-            self._alone[key] = self._fails_alone([*networks, *(gated or {})])
+            self._alone[key] = refused_alone(self.core, [*networks, *(gated or {})])
         if self._alone[key] is not None:
             raise BudgetError(self._alone[key])
-
-    def _fails_alone(self, networks: list[str]) -> str | None:
-        """Why one request for `networks` run alone would be refused for the budget, or
-        None."""
-        from edgecaffe.sim import Simulator  # the same core on a virtual clock
-        from edgecaffe.workload import Arrival
-
-        core = self.core
-        simulator = Simulator(core.infos, core.mode.name, core.policy, core.budget.capacity_bytes,
-                              core.memory.granularity, core.workers, task_ms=lambda task: 1.0,
-                              allow_overcommit=False, record_ledger=False,
-                              workspaces=core.memory.workspaces)
-        trace = simulator.run([Arrival(0, 0.0, tuple(networks))], closed_loop=False)
-        if not simulator.refused:  # failed otherwise (a user policy): not the budget's doing
-            return None
-        failed = [record.error for record in trace.requests.values()
-                  if record.status != "completed"]
-        return (f"request for {networks}: even alone it needs more than the budget of "
-                f"{core.budget.capacity_bytes} bytes at once ({'; '.join(map(str, failed))})")
 
     def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
         """Several inputs for the same networks, one request each (futures in input order)."""

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Mapping
 
 from edgecaffe.model.package import ModelPackage
-from edgecaffe.sched import BudgetError
+from edgecaffe.sched import BudgetError, Core
 
 
 def schedulable(budget: str | int) -> tuple[int, int]:
@@ -99,3 +99,55 @@ def max_band_bytes(capacity_bytes: int, workers: int) -> int:
     reservation is in the ledger before its pages are touched), at least 1 MiB; the
     kernels' default (32 MB) when that is more."""
     return max(1 << 20, capacity_bytes // (16 * max(1, workers)))
+
+
+def fit_packages(packages: dict[str, ModelPackage], budget: str | int, workers: int,
+                 account_runtime: bool, max_block: str | int | None, load_method: str | None
+                 ) -> tuple[dict[str, ModelPackage], str | int, int | None, int | None]:
+    """An engine's packages and budget fitted to its memory: (packages, the ledger's
+    capacity, the runtime's bytes or None, the band-cap token or None).
+
+    Under a real limit (`account_runtime`) the runtime is measured and taken off the budget,
+    and a convolution band cap for `workers` concurrent execs is held (`ops.conv.
+    hold_band_cap`: the kernels' workspaces follow the budget; held before the infos are
+    built, since they read each layer's workspace); then packages with layers too large for
+    the capacity are replaced by blocked copies (`blocked_packages`). The caller releases
+    the token at close; it is released here if a later step raises."""
+    from edgecaffe.ops.conv import hold_band_cap, release_band_cap
+
+    runtime = band = None
+    if account_runtime:
+        budget, runtime = schedulable(budget)
+        band = hold_band_cap(max_band_bytes(budget, workers))
+    try:
+        if max_block is not None:  # after the runtime: blocks follow the ledger's capacity
+            packages = blocked_packages(packages, budget, max_block)
+        if load_method is not None:
+            for package in packages.values():
+                package.load_method = load_method
+    except BaseException:
+        if band is not None:
+            release_band_cap(band)
+        raise
+    return dict(packages), budget, runtime, band
+
+
+def refused_alone(core: Core, networks: list[str]) -> str | None:
+    """Why one request for `networks` run alone on `core`'s settings (mode, policy, ledger
+    capacity, granularity, workers, workspaces) would be refused for the budget without the
+    progress rule, or None: a simulated run with tasks of equal length (the simulator shares
+    the scheduler core), so every task fitting the budget is not taken for the request
+    fitting it."""
+    from edgecaffe.sim import Simulator
+    from edgecaffe.workload import Arrival
+
+    simulator = Simulator(core.infos, core.mode.name, core.policy, core.budget.capacity_bytes,
+                          core.memory.granularity, core.workers, task_ms=lambda task: 1.0,
+                          allow_overcommit=False, record_ledger=False,
+                          workspaces=core.memory.workspaces)
+    trace = simulator.run([Arrival(0, 0.0, tuple(networks))], closed_loop=False)
+    if not simulator.refused:  # failed otherwise (a user policy): not the budget's doing
+        return None
+    failed = [record.error for record in trace.requests.values() if record.status != "completed"]
+    return (f"request for {networks}: even alone it needs more than the budget of "
+            f"{core.budget.capacity_bytes} bytes at once ({'; '.join(map(str, failed))})")
