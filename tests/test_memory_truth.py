@@ -295,3 +295,38 @@ def test_automatic_blocks_follow_the_capacity():
     assert auto_block_bytes(92 << 20) == auto_block_bytes((128 << 20) - RUNTIME_ESTIMATE_BYTES) \
         == 4 << 20
     assert auto_block_bytes(1 << 20) == 1 << 20
+
+
+def test_band_caps_of_overlapping_engines_and_a_failed_one(zoo_packages):
+    """Each engine under a limit holds its own band cap; the smallest held applies, closing
+    one never raises the cap above what a still-open engine's infos assumed, and an engine
+    whose construction fails holds none (found in review: a single process-wide cap was
+    restored in the wrong order when two engines overlapped)."""
+    from edgecaffe.engine import Engine
+    from edgecaffe.errors import ConfigError
+    from edgecaffe.ops import conv
+
+    folder = zoo_packages(["TinyAlex"])
+    base = rss_bytes()
+    assert conv.max_band_bytes_in_force() == 32 << 20
+    large = Engine(folder, budget=base + (400 << 20), account_runtime=True, workers=2)
+    large_cap = conv.max_band_bytes_in_force()
+    small = Engine(folder, budget=base + (60 << 20), account_runtime=True, workers=2)
+    small_cap = conv.max_band_bytes_in_force()
+    assert small_cap < large_cap < 32 << 20
+    large.close()
+    assert conv.max_band_bytes_in_force() == small_cap  # still the open engine's
+    small.close()
+    assert conv.max_band_bytes_in_force() == 32 << 20
+    # The other way round: the larger engine's infos were built under the smaller cap, so
+    # that cap stays in force until the larger engine closes too.
+    small = Engine(folder, budget=base + (60 << 20), account_runtime=True, workers=2)
+    large = Engine(folder, budget=base + (400 << 20), account_runtime=True, workers=2)
+    assert conv.max_band_bytes_in_force() == small_cap
+    small.close()
+    assert conv.max_band_bytes_in_force() == small_cap
+    large.close()
+    assert conv.max_band_bytes_in_force() == 32 << 20
+    with pytest.raises(ConfigError):
+        Engine(folder, budget=base + (60 << 20), account_runtime=True, mode="nosuchmode")
+    assert conv.max_band_bytes_in_force() == 32 << 20

@@ -86,10 +86,14 @@ def set_max_band_bytes(max_bytes: int | None) -> int:
 
 def hold_band_cap(max_bytes: int) -> int:
     """An open engine's cap (its kernels' workspace follows its budget): in force, with any
-    other held, as the smallest, until `release_band_cap(token)`. Returns the token."""
+    other held, as the smallest, until `release_band_cap(token)`. Returns the token.
+
+    What is held is the smaller of `max_bytes` and the cap in force now: the engine's layer
+    infos, built next, declare workspaces under that cap, so its kernels must never run with
+    a larger one, even once the engine that lowered it has closed."""
     with _caps_lock:
         token = next(_tokens)
-        _held_floats[token] = _floats(max_bytes)
+        _held_floats[token] = min(_floats(max_bytes), _max_band_floats)
         _refresh()
     return token
 
