@@ -155,3 +155,34 @@ class ServerProcess:
                 self.process.wait()
         self.process.stdout.close()
         self._stderr.close()
+
+
+async def call_then_leave(app, body: bytes, query: bytes, started) -> int:
+    """POST `body` (a PNG) to /v1/infer?`query` straight through the ASGI app, then, once
+    `started()` (an awaitable) returns, the client goes away (`http.disconnect`). Returns the
+    status the app answered (499: nobody reads it)."""
+    import asyncio
+
+    gone = asyncio.Event()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/infer",
+             "raw_path": b"/v1/infer", "query_string": query, "root_path": "",
+             "headers": [(b"content-type", b"image/png")], "client": ("127.0.0.1", 5000),
+             "server": ("serve", 80)}
+    call = asyncio.create_task(app(scope, receive, send))
+    await started()
+    gone.set()
+    await asyncio.wait_for(call, 60)
+    return sent[0]["status"]

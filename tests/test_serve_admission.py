@@ -12,7 +12,7 @@ import pytest
 
 from edgecaffe.engine import Engine
 from edgecaffe.serve import ServeConfig, Service, create_app
-from tests.serve_helpers import Gate, image, png, wait_idle
+from tests.serve_helpers import Gate, call_then_leave, image, png, wait_idle
 
 PNG = {"Content-Type": "image/png"}
 
@@ -109,30 +109,10 @@ def test_a_client_that_goes_away_cancels_its_request(repository):
     async def scenario():
         gate = Gate()
         async with serving(repository, gate) as (service, _client):
-            app = create_app(service, start=False)
-            gone = asyncio.Event()
-            messages = [{"type": "http.request", "body": png(image()), "more_body": False}]
-            sent = []
-
-            async def receive():
-                if messages:
-                    return messages.pop(0)
-                await gone.wait()
-                return {"type": "http.disconnect"}
-
-            async def send(message):
-                sent.append(message)
-
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                     "method": "POST", "scheme": "http", "path": "/v1/infer",
-                     "raw_path": b"/v1/infer", "query_string": b"networks=TinyAlex",
-                     "root_path": "", "headers": [(b"content-type", b"image/png")],
-                     "client": ("127.0.0.1", 5000), "server": ("serve", 80)}
-            call = asyncio.create_task(app(scope, receive, send))
-            await until(gate.entered.is_set)
-            gone.set()
-            await asyncio.wait_for(call, 30)
-            assert sent[0]["status"] == 499
+            status = await call_then_leave(create_app(service, start=False), png(image()),
+                                           b"networks=TinyAlex",
+                                           lambda: until(gate.entered.is_set))
+            assert status == 499
             gate.open.set()
             wait_idle(service.engine)
             assert [r.status for r in service.engine.trace.requests.values()] == ["cancelled"]

