@@ -53,3 +53,18 @@ def opencv_compatible(prototxt: str) -> str:
         power.top.append(top)
         power.power_param.scale = k ** -beta
     return text_format.MessageToString(net)
+
+
+def kernel_allocation_bytes(op, inputs: list, weights: dict, attrs: dict) -> int:
+    """What `op.run` allocates beyond its (first) output, by tracemalloc's peak: the
+    workspace a kernel really uses, to compare with `op.workspace_bytes`."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        (y,) = op.run(inputs, weights, attrs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - y.nbytes

@@ -12,6 +12,7 @@ from edgecaffe.measure import rss_bytes
 from edgecaffe.model.info import network_info
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.ops import get_op
+from tests.helpers import kernel_allocation_bytes
 
 
 def _conv(shape, out, kernel, stride, pad):
@@ -36,14 +37,7 @@ def test_conv_workspace_is_what_the_kernel_allocates(case):
     weights = {"weight": rng.standard_normal((out, shape[1], kernel, kernel)).astype(np.float32),
                "bias": np.zeros(out, np.float32)}
     declared = op.workspace_bytes([shape], outputs, attrs)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        (y,) = op.run([x], weights, attrs)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    used = peak - y.nbytes
+    used = kernel_allocation_bytes(op, [x], weights, attrs)
     assert used <= declared * 1.05 + 64 * 1024
     assert used >= declared * 0.9
     if kernel == 1:

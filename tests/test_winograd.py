@@ -3,7 +3,6 @@ its dispatch from `conv2d`, bit-exact blocks of a chunked layer, and its declare
 
 from __future__ import annotations
 
-import tracemalloc
 from unittest import mock
 
 import numpy as np
@@ -15,6 +14,7 @@ from edgecaffe.ops import get_op, winograd
 from edgecaffe.ops.conv import conv2d
 from test_blocks import _blocked
 from test_conv_banded import ORACLE_RTOL, float64_conv, make_case, max_rel_diff, opencv_conv
+from tests.helpers import kernel_allocation_bytes
 
 #: The bound for a kernel that changes the summation (issue 14): 1e-4 of the output's scale
 #: against float64. Measured: 3e-6 - 1.4e-5 (F(4x4, 3x3)'s transforms have entries up to 8).
@@ -118,12 +118,5 @@ def test_declared_workspace_is_what_it_allocates(shape, out_channels):
     weights = {"weight": rng.standard_normal((out_channels, shape[1], 3, 3)).astype(np.float32),
                "bias": np.zeros(out_channels, np.float32)}
     declared = op.workspace_bytes([shape], outputs, attrs)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        (y,) = op.run([x], weights, attrs)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    used = peak - y.nbytes
+    used = kernel_allocation_bytes(op, [x], weights, attrs)
     assert declared * 0.9 <= used <= declared * 1.05 + 64 * 1024
