@@ -48,6 +48,7 @@ from edgecaffe.sched import (
     Step,
     Task,
 )
+from edgecaffe.sched.core import request_shape
 
 #: What `_wait_for_task` returns when it settled requests itself: flush, then wait again.
 _SETTLED = object()
@@ -285,12 +286,14 @@ class Engine:
         the budget even alone (every task fits, but not the layers a network must hold at
         once: found by simulating the request alone on this engine's core settings, with
         tasks of equal length). Remembered per request shape."""
-        self.core.check_fits(networks, gated)
-        key = (tuple(networks), tuple(sorted((gated or {}).items())))
-        if key not in self._alone:
-            self._alone[key] = refused_alone(self.core, [*networks, *(gated or {})])
-        if self._alone[key] is not None:
-            raise BudgetError(self._alone[key])
+        self.core.check_fits(networks, gated)  # also refuses a malformed `gated`
+        key = request_shape(networks, gated)
+        why = self._alone.get(key) if key in self._alone else \
+            refused_alone(self.core, [*networks, *(gated or {})])
+        if key is not None:
+            self._alone[key] = why
+        if why is not None:
+            raise BudgetError(why)
 
     def map(self, inputs: Iterable[Any], networks: Sequence[str]) -> list[Future]:
         """Several inputs for the same networks, one request each (futures in input order)."""

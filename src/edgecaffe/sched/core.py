@@ -136,7 +136,7 @@ class Core:
         Planned on a scratch planner: the real one links networks across requests and must
         only see accepted ones. The answer depends only on the networks (the budget and the
         mode are fixed), so it is remembered per request shape: a server checks every call."""
-        key = _request_shape(networks, gated)
+        key = request_shape(networks, gated)
         if key is not None and key in self._fits:
             why = self._fits[key]
         else:
@@ -195,7 +195,7 @@ class Core:
         return self.book.resolve(request, child, inputs, now)
 
 
-def _request_shape(networks: Sequence[str], gated: Mapping[str, str] | None) -> tuple | None:
+def request_shape(networks: Sequence[str], gated: Mapping[str, str] | None) -> tuple | None:
     """A hashable key for a request's networks and gates; None for input that is not plain
     (then checked each time, never remembered)."""
     try:
