@@ -94,10 +94,13 @@ def child(spec: dict) -> dict:
                     cold_loads=True, account_runtime=True,
                     allow_overcommit=spec.get("allow_overcommit", True))
     samples: list[tuple[int, int]] = []
+    windows: list[tuple[float, int | None]] = []  # (end, the cgroup's peak in it)
     done = threading.Event()
 
     scheduler = engine.scheduler
     detail = bool(os.environ.get("EDGECAFFE_MEMORY_SAMPLES"))
+
+    peaks = _PeakWindow(usage_file) if usage_file is not None else None
 
     def sample() -> None:
         while not done.is_set():
@@ -108,9 +111,9 @@ def child(spec: dict) -> dict:
                 # ledger is read before and after the usage (on a loaded machine this thread
                 # may wait between reads): usage above both is under-accounting, below both
                 # over-accounting.
-                before = engine.budget.used_bytes
+                before = engine.budget.ledger_bytes
                 usage = int(usage_file.read_text())
-                after = engine.budget.used_bytes
+                after = engine.budget.ledger_bytes
                 accounted = (min(before, after) + engine.runtime_bytes,
                              max(before, after) + engine.runtime_bytes)
                 running = sorted(f"{t.label} of {t.instance.name}" for t in
@@ -118,6 +121,7 @@ def child(spec: dict) -> dict:
                 if detail:  # the cgroup's anonymous and page-cache parts, the ledger's
                     running.append(_detail(usage_file, scheduler))
                 samples.append((accounted, usage, engine.now(), running))
+                windows.append((engine.now(), peaks.take()))
             done.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -133,12 +137,17 @@ def child(spec: dict) -> dict:
         engine.close()
         done.set()
         sampler.join()
+    if peaks is not None:
+        windows.append((engine.now(), peaks.take()))  # the tail, up to the engine's close
+    window_gaps = _window_gaps(windows, engine.budget.events, engine.runtime_bytes)
     if spec.get("outputs_file"):
         np.savez(spec["outputs_file"], **outputs)
     if os.environ.get("EDGECAFFE_MEMORY_SAMPLES"):  # every sample, for a closer look
         with open(os.environ["EDGECAFFE_MEMORY_SAMPLES"], "a") as out:
             out.write(json.dumps({"mode": spec["mode"], "limit": spec["limit_bytes"],
-                                  "samples": samples}) + "\n")
+                                  "samples": samples,
+                                  "window_gaps": window_gaps.pop("all", [])}) + "\n")
+    window_gaps.pop("all", None)
     over = [usage - high for (_, high), usage, _, _ in samples]
     under = [usage - low for (low, _), usage, _, _ in samples]
     worst = sorted(samples, key=lambda s: s[0][0] - s[1])[-3:]
@@ -148,7 +157,56 @@ def child(spec: dict) -> dict:
             "capacity_bytes": engine.budget.capacity_bytes,
             "peak_ledger_bytes": engine.budget.peak_bytes,
             "forced": len(engine.trace.forced_events), "samples": len(samples),
-            "gap_over_bytes": max(over, default=0), "gap_under_bytes": min(under, default=0)}
+            "gap_over_bytes": max(over, default=0), "gap_under_bytes": min(under, default=0),
+            "window_gaps": window_gaps,
+            "window_peak_bytes": max((p for _, p in windows if p is not None), default=None)}
+
+
+class _PeakWindow:
+    """The cgroup's peak usage since the previous `take` (the first: since it was created):
+    v1 `memory.max_usage_in_bytes`, which writing 0 resets to the usage now; v2
+    `memory.peak`, whose peak a write resets for this open file only (Linux 6.12 and later;
+    earlier kernels refuse the write, and `take` then returns None)."""
+
+    def __init__(self, usage_file: Path) -> None:
+        name = ("memory.max_usage_in_bytes" if usage_file.name == "memory.usage_in_bytes"
+                else "memory.peak")
+        self.file = open(usage_file.parent / name, "r+b", buffering=0)  # noqa: SIM115
+        self.resettable = True
+
+    def take(self) -> int | None:
+        self.file.seek(0)
+        peak = int(self.file.read())
+        try:
+            self.file.seek(0)
+            self.file.write(b"0")
+        except OSError:
+            self.resettable = False
+        return peak if self.resettable else None
+
+
+def _window_gaps(windows, events, runtime_bytes: int) -> dict:
+    """Per window between two samples: the cgroup's peak usage in it against the most the run
+    accounted for in it (the ledger's highest level in the window, from its events, plus the
+    runtime). Positive: usage above anything accounted in the window (under-accounting);
+    negative: accounted and never all in use within the window (e.g. an exec's output and
+    workspace reserved as it starts, touched over its run). The largest each way, in bytes,
+    with the window's end (s)."""
+    import bisect
+
+    times = [e.time for e in events]
+    gaps = []
+    start = 0.0
+    for end, peak in windows:
+        if peak is not None:
+            first = bisect.bisect_right(times, start)
+            levels = [events[first - 1].used_bytes] if first else [0]
+            levels += [e.used_bytes for e in events[first:bisect.bisect_right(times, end)]]
+            gaps.append((peak - max(levels) - runtime_bytes, round(end, 3)))
+        start = end
+    if not gaps:
+        return {}
+    return {"over": max(gaps), "under": min(gaps), "windows": len(gaps), "all": gaps}
 
 
 def _detail(usage_file: Path, scheduler) -> str:
@@ -194,6 +252,10 @@ def run_limited(networks, packages, mode, limit_bytes, batches, outputs_file=Non
                               text=True, check=False)
         stats = cgroup.stats()
         result = json.loads(out_file.read_text()) if out_file.exists() else {}
+    # The child resets the cgroup's peak at every sample (window peaks): the run's peak is
+    # the largest of its windows' and of what came after its last one.
+    if result.get("window_peak_bytes"):
+        stats["peak_bytes"] = max(stats["peak_bytes"] or 0, result["window_peak_bytes"])
     result.update(stats=stats, code=done.returncode, wall_s=time.perf_counter() - started,
                   error=done.stderr.strip().splitlines()[-1:] if done.returncode else [])
     return result
@@ -218,9 +280,20 @@ def _line(label: str, limited: dict, free: dict, limit_bytes: int) -> str:
             f"{limited['stats']['swap_in_pages']} pages  gap "
             f"usage-accounted {limited['gap_over_bytes'] / 2**20:+.0f}/"
             f"{limited['gap_under_bytes'] / 2**20:+.0f} MiB = {100 * gap:.1f}% of the limit"
+            + _window_line(limited.get("window_gaps"), limit_bytes)
             + "".join(f"\n{'':<8} at {t:.2f} s accounted {a / 2**20:.0f} MiB, usage "
                       f"{u / 2**20:.0f} MiB, running: {', '.join(r) or 'nothing'}"
                       for a, u, t, r in limited.get("worst_samples", [])[-1:]))
+
+
+def _window_line(gaps: dict | None, limit_bytes: int) -> str:
+    if not gaps:
+        return "\n         (no window peaks: this kernel cannot reset the cgroup's peak)"
+    (over, over_s), (under, under_s) = gaps["over"], gaps["under"]
+    share = max(over, -under) / limit_bytes
+    return (f"\n{'':<8} window peaks ({gaps['windows']} windows of ~20 ms): usage peak - "
+            f"most accounted {over / 2**20:+.0f} MiB (at {over_s:.2f} s) / "
+            f"{under / 2**20:+.0f} MiB (at {under_s:.2f} s) = {100 * share:.1f}% of the limit")
 
 
 def loads(package) -> None:

@@ -49,6 +49,21 @@ def test_winograd_matches_float64_and_opencv(tmp_path, rng, shape, out_channels,
     assert max_rel_diff(ours, reference) <= ORACLE_RTOL
 
 
+@pytest.mark.parametrize("shape, pad", [((2, 24, 23, 25), 2), ((2, 16, 26, 26), 0)])
+def test_each_band_pads_its_own_rows(rng, monkeypatch, shape, pad):
+    """The padded image is built a band of tile rows at a time (rows above the image for
+    the first band, below it for the last, image after image): one tile row per band gives
+    the float64 convolution, and the bits of the one-band run."""
+    x, weight, b = make_case(rng, shape, 16, 30.0, True)
+    whole = conv2d(x, weight, b, (1, 1), (pad, pad), (1, 1), 1)
+    monkeypatch.setattr(winograd, "BAND_FLOATS", 36 * shape[1] * 7)
+    oh, ow = shape[2] + 2 * pad - 2, shape[3] + 2 * pad - 2
+    assert winograd._layout(shape[1], (oh, ow), None)[2] == 1
+    banded = conv2d(x, weight, b, (1, 1), (pad, pad), (1, 1), 1)
+    assert max_rel_diff(banded, _direct_reference(x, weight, b, pad)) <= WINOGRAD_RTOL
+    assert max_rel_diff(banded, whole) <= 1e-6
+
+
 def test_winograd_in_several_bands_and_threads(rng, monkeypatch):
     """Small bands (one or two tile rows each, the last shorter) and products split across 2
     of our threads give the same result within float rounding."""
@@ -102,6 +117,26 @@ def test_blocks_of_a_chunked_winograd_layer_are_bit_exact(threads):
     weights = network.weights["conv"]
     exact = _direct_reference(x, weights["weight"], weights["bias"], 1)
     assert max_rel_diff(whole, exact) <= WINOGRAD_RTOL
+
+
+@pytest.mark.parametrize("op_name, block", [("Conv", None), ("ConvBlock", [128, 256]),
+                                            ("ConvBlock", [0, 384])])
+def test_a_chunked_layer_and_its_blocks_declare_what_they_allocate(op_name, block):
+    """On two threads, a chunked layer computes a chunk per thread at once, a block of a
+    single chunk one: their declared workspaces are what tracemalloc sees (a block of one
+    chunk used to declare a chunk per thread, 9 MiB of VGG-19's conv4 more than it uses)."""
+    attrs = dict(_chunked_network().layer_by_name["conv"].attrs)
+    weights = dict(_chunked_network().weights["conv"])
+    if block is not None:
+        attrs["block"] = block
+        weights = {k: v[block[0] : block[1]] for k, v in weights.items()}
+    op = get_op(op_name)
+    shape = (1, 256, 24, 24)
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    with mock.patch.object(BlasHold, "split_threads", staticmethod(lambda: 2)):
+        declared = op.workspace_bytes([shape], op.output_shapes([shape], attrs), attrs)
+        used = kernel_allocation_bytes(op, [x], weights, attrs)
+    assert declared * 0.9 <= used <= declared * 1.05 + 64 * 1024
 
 
 @pytest.mark.parametrize("shape, out_channels", [((1, 64, 56, 56), 64),

@@ -121,6 +121,11 @@ class ConvBlock(_Block):
     base = "Conv"
     count_attr = "out_channels"
 
+    def workspace_bytes(self, inputs, outputs, attrs):
+        begin, end = self._range(attrs)
+        return get_op("Conv").workspace_rows_bytes(self._x(inputs), outputs[0], attrs,
+                                                   end - begin)
+
     def _fill(self, x, weights, attrs, out, begin, end):
         total = attrs["out_channels"]
         weight = weights["weight"]

@@ -287,18 +287,22 @@ class Conv(Op):
         reads (when padded), the band's column buffer and, with several bands, the band's
         product; none for a pointwise layer. Checked against tracemalloc
         (tests/test_memory_truth.py)."""
-        _, c, h, w = inputs[0]
+        return self.workspace_rows_bytes(inputs[0], outputs[0], attrs, attrs["out_channels"])
+
+    def workspace_rows_bytes(self, x_shape, out_shape, attrs, rows: int) -> int:
+        """`workspace_bytes` for computing `rows` of the layer's output channels (a block of
+        it, `ops/block.py`: its products are that many rows, its path the whole layer's)."""
+        _, c, h, w = x_shape
         (kh, kw), stride, pad = attrs["kernel"], tuple(attrs["stride"]), tuple(attrs["pad"])
         dilation = tuple(attrs["dilation"])
         if kh == kw == 1 and stride == (1, 1) and pad == (0, 0):
             return 0
-        oh, ow = outputs[0][2:]
+        oh, ow = out_shape[2:]
         chunk = output_chunk(4 * attrs["out_channels"] * c * kh * kw)
         if winograd.applies(c, (kh, kw), stride, dilation, attrs["group"], (oh, ow),
                             attrs["out_channels"], chunk is not None):
             threads = available_cores() if chunk else 1
-            return 4 * winograd.workspace_floats(c, attrs["out_channels"], (oh, ow), chunk,
-                                                 threads)
+            return 4 * winograd.workspace_floats(c, rows, (oh, ow), chunk, threads)
         per_row = c * kh * kw * ow
         band = band_rows(oh, ow, per_row)
         extra = [max(0, (o - 1) * s + d * (k - 1) + 1 - size - 2 * p) for o, s, d, k, size, p in
@@ -307,7 +311,7 @@ class Conv(Op):
             if any(pad) or any(extra) else 0
         # Several bands: each band's output is a strided slice, which BLAS's product fills
         # through a temporary of the band's output size.
-        product = outputs[0][1] * band * ow if band < oh else 0
+        product = rows * band * ow if band < oh else 0
         return 4 * (band * per_row + padded + product)
 
     def flops(self, inputs, outputs, attrs):

@@ -92,19 +92,22 @@ def _layout(c: int, out_size: tuple[int, int], chunk: int | None) -> tuple[int, 
 
 def workspace_floats(c: int, o: int, out_size: tuple[int, int], chunk: int | None,
                      threads: int) -> int:
-    """Floats `conv3x3` allocates besides its output: the padded image, a band's patches and
-    the scratch of their transform, the filter transform (the whole layer's; with `chunk`,
-    one chunk's per thread), a band's products (their inverse transform reuses them), the
-    inverse transform's scratch, and the tile-aligned staging of a band whose output is not a
-    multiple of 4 pixels. Checked against tracemalloc (tests/test_memory_truth.py)."""
-    th, tw, band = _layout(c, out_size, chunk)
+    """Floats `conv3x3` allocates besides its output when it computes `o` output channels
+    on up to `threads` threads: a band's rows of the padded image, its patches and the
+    scratch of their transform, the filter transform (the whole layer's; with `chunk`, one
+    chunk's per chunk running at once: a thread each, no more than there are chunks), a
+    band's products (their inverse transform reuses them), the inverse transform's scratch,
+    and the tile-aligned staging of a band whose output is not a multiple of 4 pixels.
+    Checked against tracemalloc (tests/test_memory_truth.py, tests/test_winograd.py)."""
+    _, tw, band = _layout(c, out_size, chunk)
     tiles = band * tw
-    padded = c * (OUT_TILE * th + 2) * (OUT_TILE * tw + 2)
+    padded = c * (OUT_TILE * band + 2) * (OUT_TILE * tw + 2)
     rows = min(chunk, o) if chunk else o
     per_chunk = POSITIONS * rows * (c + tiles) + OUT_TILE * TILE * rows * tiles
     if out_size[0] % OUT_TILE or out_size[1] % OUT_TILE:
         per_chunk += rows * 16 * tiles
-    return padded + 2 * POSITIONS * c * tiles + per_chunk * (max(1, threads) if chunk else 1)
+    at_once = min(max(1, threads), -(-o // chunk)) if chunk else 1
+    return padded + 2 * POSITIONS * c * tiles + per_chunk * at_once
 
 
 def _transform(matrix: np.ndarray, source: np.ndarray, out: np.ndarray, scratch: np.ndarray,
@@ -155,8 +158,9 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, pad: tup
     # At most the cores `Conv.workspace_bytes` declares a chunk's buffers for (a fixed
     # `blas_threads` may ask for more threads than there are cores).
     threads = min(gemm.BlasHold.split_threads(), available_cores())
-    # Zeros around the image and past it up to whole tiles; the border is written once.
-    padded = np.zeros((c, OUT_TILE * th + 2, OUT_TILE * tw + 2), np.float32)
+    # The padded image (zeros around it and past it up to whole tiles), a band of tile rows
+    # at a time: a padded copy of the whole image would be 12.5 MiB for VGG-19's conv1_2.
+    padded = np.zeros((c, OUT_TILE * band + 2, OUT_TILE * tw + 2), np.float32)
     patches = np.empty(POSITIONS * c * band * tw, np.float32)
     spectra = np.empty_like(patches)
     filters = None
@@ -165,13 +169,13 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, pad: tup
         transform_filters(weight, filters)
     result = out.reshape(n, o, oh, ow)
     for i in range(n):
-        padded[:, pad[0] : pad[0] + h, pad[1] : pad[1] + w] = x[i]
         for t0 in range(0, th, band):
             rows = min(band, th - t0)
             tiles = rows * tw
+            _pad_rows(x[i], padded, OUT_TILE * t0 - pad[0], OUT_TILE * rows + 2, pad[1])
             d = patches[: POSITIONS * c * tiles].reshape(POSITIONS, c * tiles)
             sc, sy, sx = padded.strides
-            window = as_strided(padded[:, OUT_TILE * t0 :], (TILE, TILE, c, rows, tw),
+            window = as_strided(padded, (TILE, TILE, c, rows, tw),
                                 (sy, sx, sc, OUT_TILE * sy, OUT_TILE * sx), writeable=False)
             d5 = d.reshape(TILE, TILE, c, rows, tw)
             _sliced(lambda s, d5=d5, window=window: np.copyto(d5[:, :, s], window[:, :, s]),
@@ -188,6 +192,17 @@ def conv3x3(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, pad: tup
                 run_blocks(blocks, threads) if threads > 1 else [b() for b in blocks]
             else:
                 _outputs(weight, filters, v, tw, target, bias, threads)
+
+
+def _pad_rows(image: np.ndarray, padded: np.ndarray, top: int, height: int, left: int) -> None:
+    """padded[:, :height] = rows top .. top + height of the zero-padded image (C, H, W),
+    its first column at `left`. The columns around the image are zeros from the start and
+    never written; rows above or below the image are zeroed (an earlier band wrote there)."""
+    h, w = image.shape[1:]
+    lo, hi = max(0, top), max(max(0, top), min(h, top + height))
+    padded[:, : lo - top] = 0
+    padded[:, lo - top : hi - top, left : left + w] = image[:, lo:hi]
+    padded[:, hi - top : height] = 0
 
 
 def _sliced(work, size: int, threads: int) -> None:
