@@ -1,7 +1,7 @@
 """Memory truth: does the budget hold in real memory? (issue 13)
 
     sudo python benchmarks/memory.py [--batches 3] [--modes masa,bulk,linear] [--skip-vgg]
-                                     [--swap 4G]
+                                     [--swap 4G] [--backend numpy|onnxruntime]
 
 On the large-3 set (ObjectNet = VGG-19, EmotionNet, MemNet at batch 10; zoo networks, seeded
 synthetic weights), closed-loop batch arrivals, 2 workers, cold loads (each weight file's
@@ -46,6 +46,8 @@ import time
 from pathlib import Path
 
 SET = ("ObjectNet", "EmotionNet", "MemNet")
+#: The engine's kernels in every run (`--backend`).
+BACKEND = "numpy"
 
 
 def _packages(names, limit_bytes, batches=None):
@@ -91,6 +93,7 @@ def child(spec: dict) -> dict:
     packages = {name: open_package(path) for name, path in spec["packages"].items()}
     usage_file = Path(spec["usage_file"]) if spec.get("usage_file") else None
     engine = Engine(packages, mode=spec["mode"], budget=spec["limit_bytes"], workers=2,
+                    backend=spec.get("backend", "numpy"),
                     cold_loads=True, account_runtime=True,
                     allow_overcommit=spec.get("allow_overcommit", True))
     samples: list[tuple[int, int]] = []
@@ -243,7 +246,7 @@ def run_limited(networks, packages, mode, limit_bytes, batches, outputs_file=Non
         spec = {"packages": {n: str(p.directory) for n, p in packages.items()},
                 "networks": list(networks), "mode": mode, "batches": batches,
                 "limit_bytes": limit_bytes, "usage_file": str(cgroup.usage_path),
-                "outputs_file": outputs_file}
+                "outputs_file": outputs_file, "backend": BACKEND}
         spec_file, out_file = Path(folder) / "spec.json", Path(folder) / "out.json"
         spec_file.write_text(json.dumps(spec))
         started = time.perf_counter()
@@ -340,8 +343,13 @@ def main() -> None:
     parser.add_argument("--swap", default="0",
                         help="swap for a mode that cannot run within the limit (e.g. 4G): "
                              "without it such a mode is reported, not run")
+    parser.add_argument("--backend", default="numpy", choices=("numpy", "onnxruntime"),
+                        help="the engine's kernels (onnxruntime: its sessions and prepared "
+                             "weights are then part of what the cgroup sees)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global BACKEND
+    BACKEND = args.backend
     if args.child:
         spec = json.loads(Path(args.child[0]).read_text())
         Path(args.child[1]).write_text(json.dumps(child(spec)))
