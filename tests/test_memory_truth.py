@@ -76,6 +76,25 @@ def test_engine_accounts_its_runtime_and_workspaces(zoo_packages):
         assert all(not e.reason.startswith("end workspace") for e in engine.trace.ledger)
 
 
+def test_the_onnxruntime_backend_sets_aside_what_it_keeps(zoo_packages):
+    """onnxruntime keeps memory past the numpy kernels' growth (cached sessions, its own
+    buffers: measured +31 MiB on large-3): under a real limit an engine on it takes that
+    off the ledger's capacity too."""
+    pytest.importorskip("onnxruntime")
+    from edgecaffe.engine import Engine
+    from edgecaffe.engine.limit import BACKEND_GROWTH_BYTES
+
+    folder = zoo_packages(["TinyAlex"])
+    runtimes = {}
+    for backend in ("numpy", "onnxruntime", "numpy"):
+        with Engine(folder, budget="1G", account_runtime=True, backend=backend) as engine:
+            runtimes[backend] = engine.runtime_bytes
+            assert engine.budget.capacity_bytes == 2**30 - engine.runtime_bytes
+    extra = runtimes["onnxruntime"] - runtimes["numpy"]
+    # The measured part moves by a few MiB between engines (the process's RSS).
+    assert abs(extra - BACKEND_GROWTH_BYTES["onnxruntime"]) <= 8 << 20
+
+
 def test_a_small_limit_makes_the_convolution_bands_small(zoo_packages):
     """The kernels' workspace follows the budget: under a small limit the engine caps the
     column buffer (`max_band_bytes`), the infos' workspaces with it, and restores the cap

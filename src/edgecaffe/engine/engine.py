@@ -165,7 +165,7 @@ class Engine:
         try:
             count = getattr(MODES.get(mode), "workers", None) or workers
             self.packages, budget, runtime, self._band = fit_packages(
-                self.packages, budget, count, account_runtime, max_block, load_method)
+                self.packages, budget, count, account_runtime, max_block, load_method, backend)
             infos = {name: package_info(p) for name, p in self.packages.items()}
             self._guard = PolicyGuard.wrap(policy)
             # Under a real limit each exec reserves its kernel's workspace while it runs.
