@@ -203,7 +203,7 @@ GATED_ARRIVALS = [
 ]
 
 
-@pytest.mark.parametrize("context", ["aware", "oblivious"])
+@pytest.mark.parametrize("context", ["aware", "oblivious", "aware-idle"])
 @pytest.mark.parametrize(("mode", "budget", "granularity"), [
     ("masa", "300K", "layer"), ("linear", "64M", "layer"), ("masa", "64M", "network")])
 def test_gated_workloads_give_the_same_schedule_on_both_clocks(packages, mode, budget,
