@@ -105,3 +105,28 @@ def test_cancelling_a_gated_request_ends_it(packages):
             future.result(timeout=60)
     assert futures[-1].cancelled()
     assert engine.budget.used_bytes == 0 and not engine.book.open
+
+
+@pytest.mark.parametrize("context", ["oblivious", "aware-idle"])
+def test_dropped_speculative_weights_stay_kept(packages, context):
+    """Kept weights on: the second request's speculative loads take the first's kept copies
+    (hits) and, its condition failing, keep them again, so that the third request's loads
+    are hits too, with the plain forward's outputs."""
+    with Engine(packages, mode="masa", budget="64M", workers=2, context=context,
+                keep_weights=True) as engine:
+        results = [engine.submit(image(seed), ["TinyAlex"], gated=GATED,
+                                 condition=crops(k, seed)).result(timeout=60)
+                   for seed, k in enumerate([1, 0, 1])]
+        trace = engine.trace
+        assert [g.outcome for g in trace.gates] == ["run", "run", "dropped", "dropped",
+                                                    "run", "run"]
+        for request_id in (1, 2):
+            loads = [t for t in trace.tasks if t.request_id == request_id
+                     and t.network in GATED and t.kind == "load" and t.state == "done"]
+            assert loads and all(t.cached for t in loads), request_id
+    assert engine.budget.used_bytes == 0 and engine.budget.cached_bytes == 0
+    for child in GATED:
+        expected = engine.packages[child].forward(
+            network_input(image(200), engine.packages[child]))
+        for blob, array in expected.items():
+            np.testing.assert_array_equal(results[2][f"{child}[0]"][blob], array)

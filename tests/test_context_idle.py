@@ -152,6 +152,12 @@ def test_kept_weights_with_idle_speculation(granularity):
     assert [(g.request_id, g.outcome) for g in trace.gates if g.network == "Age"] == \
         [(0, "run"), (1, "dropped"), (2, "run"), (3, "dropped")]
     if granularity == "layer":
-        assert any(t.cached for t in trace.tasks if t.network == "Age" and t.request_id > 0)
+        # Every later request's Age loads are hits: request 1's speculative loads took
+        # request 0's kept copies, and its drop kept them again for request 2.
+        for request_id in (1, 2, 3):
+            loads = [t for t in trace.tasks if t.network == "Age" and t.kind == "load"
+                     and t.request_id == request_id and t.state == "done"]
+            assert loads and all(t.cached for t in loads), request_id
+        assert any("(dropped)" in e.reason for e in trace.ledger)
     assert simulator.budget.used_bytes == 0
     assert max(e.used_bytes for e in trace.ledger) <= 10_000
