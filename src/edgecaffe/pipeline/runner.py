@@ -97,13 +97,15 @@ class PipelineRunner:
     Cancelling an image's future cancels its stages' requests in flight, and no later stage
     is submitted for it. With an engine `context` that speculates ("aware-idle",
     "oblivious"), a root detector's children are the engine's gated networks (pipeline/
-    gates.py: one instance per detection, loaded while the detector runs). Raises
+    gates.py: one instance per detection, loaded while the detector runs); `gated_requests`
+    True / False forces that layout on / off whatever the context (a benchmark's control:
+    the same requests without speculation under "aware"). Raises
     PipelineError when a stage's network cannot be found or reshaped; ConfigError for engine
     options given with an engine."""
 
     def __init__(self, pipeline: Pipeline, engine: Engine | None = None,
                  packages: Mapping[str, ModelPackage] | None = None, prefix: str = "",
-                 **engine_options: Any) -> None:
+                 gated_requests: bool | None = None, **engine_options: Any) -> None:
         if engine is not None and engine_options:
             raise ConfigError(f"PipelineRunner: {', '.join(engine_options)} given with an "
                               "engine: set them on the engine")
@@ -117,7 +119,8 @@ class PipelineRunner:
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
         #: Root detectors' children run as the engine's gated networks (see pipeline/gates.py).
-        self.speculative = self.engine.core.context != "aware"
+        self.speculative = self.engine.core.context != "aware" if gated_requests is None \
+            else gated_requests
         #: Futures of the images in flight: `close` lets them finish (their gated stages are
         #: submitted from done-callbacks, after the image's first requests).
         self._pending: set[Future] = set()
