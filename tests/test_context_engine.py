@@ -5,13 +5,15 @@ ledger returns to zero."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from edgecaffe.engine import Engine, RequestError
-from edgecaffe.engine.tasks import network_input
+from edgecaffe.engine.tasks import network_input, run_task
 from edgecaffe.errors import ConfigError
-from edgecaffe.sched import GRANULARITIES, MODES
+from edgecaffe.sched import GRANULARITIES, MODES, Kind
 
 NETS = ["TinyAlex", "TinyResidual", "TinyInception"]
 GATED = {"TinyResidual": "TinyAlex", "TinyInception": "TinyAlex"}
@@ -112,8 +114,15 @@ def test_dropped_speculative_weights_stay_kept(packages, context):
     """Kept weights on: the second request's speculative loads take the first's kept copies
     (hits) and, its condition failing, keep them again, so that the third request's loads
     are hits too, with the plain forward's outputs."""
+    def slow_detector(task, package):
+        # TinyAlex's executions take a while, so that a worker is idle while it runs (as a
+        # real detector's chain of layers leaves one): both settings then speculate.
+        if task.kind == Kind.EXEC and task.instance.info.name == "TinyAlex":
+            time.sleep(0.01)
+        run_task(task, package, per_layer=True, keep=True)
+
     with Engine(packages, mode="masa", budget="64M", workers=2, context=context,
-                keep_weights=True) as engine:
+                keep_weights=True, task_runner=slow_detector) as engine:
         results = [engine.submit(image(seed), ["TinyAlex"], gated=GATED,
                                  condition=crops(k, seed)).result(timeout=60)
                    for seed, k in enumerate([1, 0, 1])]
