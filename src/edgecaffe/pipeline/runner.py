@@ -119,8 +119,9 @@ class PipelineRunner:
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
         #: Root detectors' children run as the engine's gated networks (see pipeline/gates.py).
-        self.speculative = self.engine.core.context != "aware" if gated_requests is None \
-            else gated_requests
+        # (An engine-like object without a core, such as the HTTP service's, counts as aware.)
+        context = getattr(getattr(self.engine, "core", None), "context", "aware")
+        self.speculative = context != "aware" if gated_requests is None else gated_requests
         #: Futures of the images in flight: `close` lets them finish (their gated stages are
         #: submitted from done-callbacks, after the image's first requests).
         self._pending: set[Future] = set()
