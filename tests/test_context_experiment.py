@@ -79,7 +79,7 @@ def test_simulated_and_real_runs_share_the_drawn_outcomes(tmp_path, capsys):
     path = write(tmp_path, config)
     outcomes = {}
     for label, flags in (("real", []), ("sim", ["--simulate"])):
-        for context in ("aware", "oblivious"):
+        for context in ("aware", "oblivious", "aware-idle"):
             folder = tmp_path / label
             assert main(["experiment", str(path), "-o", str(folder), "--context", context,
                          "--output-prefix", context, *flags]) == 0
@@ -92,6 +92,8 @@ def test_simulated_and_real_runs_share_the_drawn_outcomes(tmp_path, capsys):
                         and t["network"] != "TinyAlex"]
             if context == "aware":
                 assert children == []
+            elif context == "aware-idle":  # speculated only into idle budget, if at all
+                assert not {t["state"] for t in children if t["kind"] == "exec"} - {"skipped"}
             else:
                 assert children and {t["state"] for t in children if t["kind"] == "exec"} \
                     == {"skipped"}
@@ -106,5 +108,6 @@ def test_simulated_and_real_runs_share_the_drawn_outcomes(tmp_path, capsys):
     assert main(["report", str(tmp_path / "sim"), str(tmp_path / "real"), "-o",
                  str(tmp_path / "report")]) == 0
     markdown = (tmp_path / "report" / "report.md").read_text()
-    for row in ("masa aware p=0.5 (sim) |", "masa oblivious p=0.5 |"):
+    for row in ("masa aware p=0.5 (sim) |", "masa oblivious p=0.5 |",
+                "masa aware-idle p=0.5 (sim) |"):
         assert f"| TinyAlex+TinyInception+TinyResidual | 64M | {row}" in markdown

@@ -365,3 +365,62 @@ def test_later_stages_take_their_images_place_and_weights_stay(photos, monkeypat
     second = [t for t in loads if t.request_id == results[1].request_ids[0]]
     assert second and all(t.cached for t in second)
     assert runner.engine.budget.ledger_bytes == 0
+
+
+def _close(ours, theirs, path="") -> None:
+    """Two result trees equal, numbers within 1e-5 relative (batch 1 against a batch of 4
+    sums in another order)."""
+    if isinstance(ours, dict):
+        assert set(ours) == set(theirs), path
+        for key in ours:
+            _close(ours[key], theirs[key], f"{path}/{key}")
+    elif isinstance(ours, list | tuple):
+        assert len(ours) == len(theirs), path
+        for number, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+            _close(a, b, f"{path}[{number}]")
+    elif isinstance(ours, float):
+        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-7), path
+    else:
+        assert ours == theirs, path
+
+
+def test_idle_speculation_gives_the_same_faces_and_drops_what_it_loaded(runs, photos):
+    """`context="aware-idle"`: age and gender go in with each image's face request as the
+    engine's gated networks and load while res10 runs; the result trees are the aware
+    runner's, an image without faces runs no age or gender execution (its speculative loads
+    are dropped, read from the trace) and a face's network loads each layer once."""
+    _, expected = runs
+    names = ("grace_hopper", "coffee", "faces_2x2", "rocket")
+    with PipelineRunner(get_pipeline("faces"), budget="512M", context="aware-idle") as runner:
+        # The first alone: a worker is idle while res10 runs its layers one after another.
+        results = {names[0]: runner.submit(photos[names[0]]).result()}
+        futures = {name: runner.submit(photos[name]) for name in names[1:]}
+        results |= {name: future.result() for name, future in futures.items()}
+    trace = runner.engine.trace
+    skip = ("request_ids", "response_ms", "ran")
+    for name in names:
+        ours = {k: v for k, v in results[name].to_dict(probabilities=True).items()
+                if k not in skip}
+        theirs = {k: v for k, v in expected[name].to_dict(probabilities=True).items()
+                  if k not in skip}
+        _close(ours, theirs, name)
+        (request_id,) = results[name].request_ids
+        gates = [g for g in trace.gates if g.request_id == request_id]
+        assert sorted((g.network, g.count) for g in gates) == \
+            [("age", FACES[name]), ("gender", FACES[name])]
+        tasks = [t for t in trace.tasks if t.request_id == request_id and t.network != "face"]
+        if not FACES[name]:
+            assert {g.outcome for g in gates} == {"dropped"}
+            assert not [t for t in tasks if t.kind == "exec" and t.state == "done"]
+            assert results[name].skipped == {"age": 1, "gender": 1}
+        for gate in gates:
+            if gate.count:
+                loads = [t.layers for t in tasks if t.instance_id == gate.instances[0]
+                         and t.kind == "load" and t.state == "done"]
+                assert loads and len(loads) == len(set(loads))  # no layer loaded twice
+    first = results[names[0]].request_ids[0]
+    speculated = {g.instances[0]: g.resolved_s for g in trace.gates
+                  if g.instances and g.request_id == first}
+    assert any(t.instance_id in speculated and t.start_s < speculated[t.instance_id]
+               for t in trace.tasks if t.start_s is not None)
+    assert runner.engine.budget.ledger_bytes == 0

@@ -35,7 +35,8 @@ FLAGS = [  # (flag, config key, type, help)
     ("--resources-path", "resources_path", str, "folder the arrivals' images are relative to"),
     ("--output-prefix", "prefix", str, "name of the run's results folder"),
     ("--context", "context", str, "context policy for gated networks (config key gated): "
-     "aware (load them once their condition holds) or oblivious (load them speculatively)"),
+     "aware (load them once their condition holds), oblivious (load them speculatively) or "
+     "aware-idle (load them speculatively only into budget nothing else asks for)"),
     ("--context-share", "context_share", float, "share of requests whose parent network "
      "finds something (0 to 1; the gated networks run on those only)"),
 ]

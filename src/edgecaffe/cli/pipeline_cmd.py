@@ -30,7 +30,7 @@ def add_parser(commands) -> None:
     run.add_argument("-o", "--output", help="write the image annotated with boxes and labels "
                      "(one image: this file; several: a folder)")
     run.add_argument("--json", action="store_true", help="print the result tree as JSON")
-    from edgecaffe.sched import MODES  # plain names: no numpy, no model format
+    from edgecaffe.sched import CONTEXTS, MODES  # plain names: no numpy, no model format
 
     run.add_argument("--mode", choices=list(MODES), default="masa",
                      help="engine mode (default masa)")
@@ -42,6 +42,11 @@ def add_parser(commands) -> None:
                      help="keep freed weights in memory while the budget has room, so that "
                      "the next image's loads read nothing (default on; --no-keep-weights: "
                      "read every layer for every image, as the paper's engine)")
+    run.add_argument("--context", choices=list(CONTEXTS), default="aware",
+                     help="when the gated stages' networks load: aware (once their condition "
+                     "holds; the default), aware-idle (also speculatively while the detector "
+                     "runs, only into budget nothing else asks for; dropped when the condition "
+                     "fails) or oblivious (speculatively, as if they will run)")
     add_backend_flag(run)
     run.set_defaults(handler=run_pipeline)
 
@@ -90,7 +95,8 @@ def run_pipeline(args: argparse.Namespace) -> int:
     pipeline = get_pipeline(args.pipeline)
     with PipelineRunner(pipeline, mode=args.mode, budget=args.budget,
                         granularity=args.granularity, workers=args.workers,
-                        backend=args.backend, keep_weights=args.keep_weights) as runner:
+                        backend=args.backend, keep_weights=args.keep_weights,
+                        context=args.context) as runner:
         futures = [runner.submit(image) for image in args.images]
         results = [future.result() for future in futures]
     if args.json:

@@ -119,7 +119,8 @@ class Engine:
     fake kernel here. `backend`: the default runner's kernels, "numpy" (the reference) or
     "onnxruntime" (`pip install edgecaffe[fast]`); raises `ops.BackendError` if unavailable.
     `context`: when gated networks (`submit(..., gated=...)`) load: "aware", once their
-    condition holds; "oblivious", speculatively with their request (sched/requests.py).
+    condition holds; "oblivious", speculatively with their request; "aware-idle",
+    speculatively only into budget nothing else asks for (sched/requests.py).
 
     `account_runtime`: `budget` is the process's whole memory limit (a cgroup's): the
     runtime's own footprint, measured now, is not schedulable, so the ledger's capacity is

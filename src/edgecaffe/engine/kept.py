@@ -38,6 +38,11 @@ class KeptWeights:
             self.arrays[(instance.name, key)] = None
             return True
         arrays = spent.pop(key[2:], None)
+        if arrays is None and instance.dropped:  # a dropped speculative instance's loads
+            weights = instance.work.weights
+            arrays = (dict(weights) or None) if key == "w:*" else weights.pop(key[2:], None)
+            if key == "w:*":
+                weights.clear()
         if arrays is None:
             return False
         self.arrays[(instance.name, key)] = arrays

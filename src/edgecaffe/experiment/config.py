@@ -102,8 +102,9 @@ class ExperimentConfig:
     allow_large: bool = False
     #: Gated networks, child -> parent (sched/requests.py): each runs, per request, on as many
     #: inputs as its parent finds, drawn in advance: a share `context_share` of requests find
-    #: something, `detections` times (a count, or {count: weight}). `context`: aware or
-    #: oblivious. `pipeline`: a named pipeline's networks and gates instead (`pipeline_hook`).
+    #: something, `detections` times (a count, or {count: weight}). `context`: aware,
+    #: oblivious or aware-idle. `pipeline`: a named pipeline's networks and gates instead
+    #: (`pipeline_hook`).
     gated: dict[str, str] | None = None
     context: str = "aware"
     context_share: float = 1.0

@@ -43,9 +43,11 @@ class Detection:
 @dataclass
 class PipelineResult:
     """What one image gave: `outputs` of the image stages by stage name; `skipped` says, per
-    gated stage, for how many parent runs its condition failed (no load, no exec);
-    `ran` how many requests each stage's network ran; `request_ids` the engine's requests
-    (to read the trace); response time from submit to the last stage's end."""
+    gated stage, for how many parent runs its condition failed (no exec; and no load under
+    the aware context); `ran` how many requests each stage's network ran (a stage gated in
+    its parent's request, pipeline/gates.py: how many instances, one per detection);
+    `request_ids` the engine's requests (to read the trace); response time from submit to
+    the last stage's end."""
 
     pipeline: str
     image_size: tuple[int, int]  # (width, height)

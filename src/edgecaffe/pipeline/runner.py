@@ -13,6 +13,10 @@ arrived after it start theirs, as a sequential peer would; without it, every fac
 gender queued behind all detector work submitted meanwhile, and all images finished near the
 end.
 
+With an engine whose context speculates ("aware-idle", "oblivious"), a root detector's
+children go in with it as the engine's gated networks instead (pipeline/gates.py), so that the
+engine can load them while the detector runs.
+
 Everything this module asks of the engine goes through `submit_stage`.
 """
 
@@ -32,6 +36,7 @@ from edgecaffe.engine import Engine
 from edgecaffe.errors import ConfigError
 from edgecaffe.model.package import ModelPackage
 from edgecaffe.model.preprocess import load_image
+from edgecaffe.pipeline.gates import StageGates, gated_children
 from edgecaffe.pipeline.networks import batch_sizes, package_key, pipeline_packages
 from edgecaffe.pipeline.reading import (
     Region,
@@ -47,11 +52,15 @@ from edgecaffe.pipeline.result import Detection, PipelineResult
 from edgecaffe.pipeline.spec import Pipeline, Stage
 
 
-def submit_stage(engine: Engine, network: str, x: np.ndarray, order: int | None = None
-                 ) -> Future:
+def submit_stage(engine: Engine, network: str, x: np.ndarray, order: int | None = None,
+                 gates: StageGates | None = None) -> Future:
     """The one place the runner uses the engine: one request running `network` on the NCHW
-    batch `x`, in the queue's place of request `order` (None: its own); the future's result
-    is the engine's `RequestResult`."""
+    batch `x`, in the queue's place of request `order` (None: its own), with `gates`' child
+    networks gated on it (pipeline/gates.py); the future's result is the engine's
+    `RequestResult`."""
+    if gates is not None:
+        return engine.submit(x, [network], gated=gates.gated(network),
+                             condition=gates.condition, order=order)
     return engine.submit(x, [network], order=order)
 
 
@@ -86,12 +95,17 @@ class PipelineRunner:
             futures = [runner.submit(p) for p in photos]   # several images in flight
 
     Cancelling an image's future cancels its stages' requests in flight, and no later stage
-    is submitted for it. Raises PipelineError when a stage's network cannot be found or
-    reshaped; ConfigError for engine options given with an engine."""
+    is submitted for it. With an engine `context` that speculates ("aware-idle",
+    "oblivious"), a root detector's children are the engine's gated networks (pipeline/
+    gates.py: one instance per detection, loaded while the detector runs); `gated_requests`
+    True / False forces that layout on / off whatever the context (a benchmark's control:
+    the same requests without speculation under "aware"). Raises
+    PipelineError when a stage's network cannot be found or reshaped; ConfigError for engine
+    options given with an engine."""
 
     def __init__(self, pipeline: Pipeline, engine: Engine | None = None,
                  packages: Mapping[str, ModelPackage] | None = None, prefix: str = "",
-                 **engine_options: Any) -> None:
+                 gated_requests: bool | None = None, **engine_options: Any) -> None:
         if engine is not None and engine_options:
             raise ConfigError(f"PipelineRunner: {', '.join(engine_options)} given with an "
                               "engine: set them on the engine")
@@ -104,6 +118,10 @@ class PipelineRunner:
             **{"keep_weights": True, **engine_options})
         self._labels = {stage.name: stage_labels(stage, self.packages[stage.name])
                         for stage in pipeline.stages}
+        #: Root detectors' children run as the engine's gated networks (see pipeline/gates.py).
+        # (An engine-like object without a core, such as the HTTP service's, counts as aware.)
+        context = getattr(getattr(self.engine, "core", None), "context", "aware")
+        self.speculative = context != "aware" if gated_requests is None else gated_requests
         #: Futures of the images in flight: `close` lets them finish (their gated stages are
         #: submitted from done-callbacks, after the image's first requests).
         self._pending: set[Future] = set()
@@ -177,6 +195,10 @@ class PipelineRunner:
     def _submit(self, job: _Job, stage: Stage, crops: list[np.ndarray], regions: list[Region],
                 parents: list[Detection] | None) -> None:
         """Submit `crops` (images, one per region) to `stage` in chunks of at most its batch."""
+        children = gated_children(self.pipeline, stage) if self.speculative else ()
+        if children and parents is None:
+            self._submit_gated(job, stage, children, crops[0], regions)
+            return
         sizes = batch_sizes(stage)
         for start in range(0, len(crops), sizes[-1]):
             if job.future.cancelled():  # nothing more for an image cancelled meanwhile
@@ -198,8 +220,50 @@ class PipelineRunner:
             future.add_done_callback(partial(self._finished, job, stage, key,
                                              regions=regions[start:end], parents=owners))
 
+    def _submit_gated(self, job: _Job, stage: Stage, children: tuple[Stage, ...],
+                      image: np.ndarray, regions: list[Region]) -> None:
+        """A root detector's request with its `children` gated on it (pipeline/gates.py)."""
+        key = package_key(stage, 1)
+        labels = self._labels[stage.name]
+
+        def read(outputs: dict[str, np.ndarray]) -> list[Detection]:
+            return read_detections(stage, outputs, regions, job.result.image_size, labels)[0]
+
+        def inputs(child: Stage, chosen: list[Detection]) -> list[np.ndarray]:
+            package = self.packages[package_key(child, 1)]
+            return [stage_input([crop], child, package)
+                    for crop in self._crops(job, child, chosen)[0]]
+
+        gates = StageGates(stage, children, self.prefix, read, inputs)
+        x = stage_input([image], stage, self.packages[key])
+        with job.lock:
+            job.open += 1
+            job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
+        future = submit_stage(self.engine, self.prefix + key, x, job.order, gates)
+        with job.lock:
+            job.requests.add(future)
+        if job.future.cancelled():
+            future.cancel()
+        future.add_done_callback(partial(self._finished, job, stage, key, regions=regions,
+                                         parents=None, gates=gates))
+
+    def _gated_outputs(self, job: _Job, gates: StageGates, result: Any) -> None:
+        """Attach each gated child's outputs to the detections it ran on."""
+        for network, child in gates.by_network.items():
+            chosen = gates.chosen.get(child.name, [])
+            with job.lock:
+                if not chosen:
+                    job.result.skipped[child.name] = job.result.skipped.get(child.name, 0) + 1
+                    continue
+                job.result.ran[child.name] = job.result.ran.get(child.name, 0) + len(chosen)
+            labels = self._labels[child.name]
+            for number, detection in enumerate(chosen):
+                outputs = result[f"{network}[{number}]"]
+                detection.children[child.name] = read_classes(child, outputs, 1, labels)[0]
+
     def _finished(self, job: _Job, stage: Stage, key: str, future: Future, *,
-                  regions: list[Region], parents: list[Detection] | None) -> None:
+                  regions: list[Region], parents: list[Detection] | None,
+                  gates: StageGates | None = None) -> None:
         """A stage's request ended: attach its outputs to the tree, start the children."""
         try:
             if job.future.done():
@@ -211,9 +275,11 @@ class PipelineRunner:
                     job.order = result.request_id
             outputs = result[self.prefix + key]
             labels = self._labels[stage.name]
-            if stage.output == "detector":
-                values: list[Any] = read_detections(stage, outputs, regions,
-                                                    job.result.image_size, labels)
+            if gates is not None and gates.detections is not None:  # the conditions read them
+                values: list[Any] = [gates.detections]
+            elif stage.output == "detector":
+                values = read_detections(stage, outputs, regions, job.result.image_size,
+                                         labels)
             else:
                 values = read_classes(stage, outputs, len(regions), labels)
             if parents is None:
@@ -221,35 +287,50 @@ class PipelineRunner:
             else:
                 for parent, value in zip(parents, values, strict=True):
                     parent.children[stage.name] = value
+            if gates is not None:
+                self._gated_outputs(job, gates, result)
             if stage.output == "detector":
+                done = {child.name for child in gates.by_network.values()} if gates else set()
                 for found in values:
-                    self._start_children(job, stage, found)
+                    self._start_children(job, stage, found, done)
         except BaseException as error:  # the job's future carries it
             self._fail(job, error)
         finally:
             self._close_one(job)
 
-    def _start_children(self, job: _Job, stage: Stage, detections: list[Detection]) -> None:
+    def _start_children(self, job: _Job, stage: Stage, detections: list[Detection],
+                        done: set[str] = frozenset()) -> None:
+        """Submit the children of `stage` (but those `done`, gated in its own request) whose
+        condition the detections pass."""
         for child in self.pipeline.children(stage.name):
+            if child.name in done:
+                continue
             condition = child.condition
             if condition is not None and not condition.passes(detections):
                 with job.lock:
                     job.result.skipped[child.name] = job.result.skipped.get(child.name, 0) + 1
                 continue
             chosen = detections if condition is None else condition.matching(detections)
-            crop = child.crop
-            rects = [crop_region(d.box, crop) for d in chosen]
-            if crop.shape == "aligned":
-                package = self.packages[package_key(child, 1)]
-                nhwc = child.preprocess.settings(package.meta).get("layout") == "NHWC"
-                size = int(package.input_shape[2 if nhwc else 3])  # dlib chips are square
-                crops = aligned_chips(job.image, [d.box for d in chosen], size, crop.margin,
-                                      str(crop.landmarks))
-            else:
-                crops = [crop_image(job.image, rect) for rect in rects]
-            regions = [(float(x0), float(y0), float(x1 - x0), float(y1 - y0))
-                       for x0, y0, x1, y1 in rects]
+            crops, regions = self._crops(job, child, chosen)
             self._submit(job, child, crops, regions, chosen)
+
+    def _crops(self, job: _Job, child: Stage, chosen: list[Detection]
+               ) -> tuple[list[np.ndarray], list[Region]]:
+        """The child's input images cut from the job's image around the chosen detections,
+        and their regions (x, y, width, height) in the image."""
+        crop = child.crop
+        rects = [crop_region(d.box, crop) for d in chosen]
+        if crop.shape == "aligned":
+            package = self.packages[package_key(child, 1)]
+            nhwc = child.preprocess.settings(package.meta).get("layout") == "NHWC"
+            size = int(package.input_shape[2 if nhwc else 3])  # dlib chips are square
+            crops = aligned_chips(job.image, [d.box for d in chosen], size, crop.margin,
+                                  str(crop.landmarks))
+        else:
+            crops = [crop_image(job.image, rect) for rect in rects]
+        regions = [(float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+                   for x0, y0, x1, y1 in rects]
+        return crops, regions
 
     def _fail(self, job: _Job, error: BaseException) -> None:
         with job.lock:

@@ -9,7 +9,9 @@ its execution; a pipeline that runs the same small detector on every photo then 
   for all of them) *keeps* them instead: their bytes stay on the ledger as `cached_bytes`,
   newest last (least recently used first), one entry per (network, ledger key), e.g.
   ("face", "w:conv1_1") or ("face", "w:*") for a bulk network's whole model. Weights a
-  failed network held are freed as before. A second copy of an entry already kept is freed;
+  failed network held are freed as before, but those a dropped speculative instance loaded
+  (its condition failed; `keep_dropped`, layer granularity) are kept. A second copy of an
+  entry already kept is freed;
 * a load of a kept entry is a *hit*: the entry's bytes change hands (kept -> held by the
   load's network, `MemoryBudget.reserve(..., from_cache=)`), the task is marked `cached`, the
   engine hands it the arrays it kept (no read) and the simulator gives it no duration;
@@ -103,3 +105,18 @@ class WeightCache:
         budget.cache(-nbytes, now, f"evict {key[2:]} of {network}" if budget.record else "")
         if self.listener is not None:
             self.listener.evicted(network, key)
+
+
+def keep_dropped(cache: WeightCache, instance: NetworkInstance, now: float) -> None:
+    """A speculative instance was dropped (its condition failed, sched/requests.py): the
+    weights its loads hold are kept as an execution's would be, so that a speculative load
+    that was a hit does not cost the next request its kept copy. Called as the instance ends,
+    before the rest of what it holds is freed; layer granularity ("w:" ledger keys)."""
+    budget = cache.budget
+    held = instance.held
+    for key in [k for k in held if k.startswith("w:")]:
+        nbytes = held[key]
+        if nbytes and cache.keep(instance, key, nbytes):
+            del held[key]
+            budget.release(nbytes, now, f"keep {key[2:]} of {instance.name} (dropped)"
+                           if budget.record else "", None, instance.id, to_cache=True)

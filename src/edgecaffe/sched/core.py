@@ -9,7 +9,8 @@ Gated networks (sched/requests.py): `core.submit(["FaceNet"], now, image,
 gated={"AgeNet": "FaceNet"}, condition=faces)` plans AgeNet only once FaceNet's end resolves
 its condition (`faces(child, parent_instance) -> inputs`, one AgeNet instance per input), or,
 without a condition, when the driver calls `core.resolve(request, "AgeNet", count, now)`.
-`context` ("aware" | "oblivious") says whether gated networks load before that.
+`context` ("aware" | "oblivious" | "aware-idle") says whether gated networks load before that
+(never; whenever the policy and their parent's need allow; only into otherwise idle budget).
 
 A driver owns a clock and decides what a task does: the engine (engine/engine.py) runs worker
 threads and real kernels at wall-clock times; the simulator (sim/simulator.py) an event loop
@@ -30,6 +31,7 @@ from edgecaffe.sched.planner import MODES, Planner
 from edgecaffe.sched.policies import Policy, get_policy
 from edgecaffe.sched.requests import CONTEXTS, Condition, Request, RequestBook, result_keys
 from edgecaffe.sched.scheduler import BudgetError, Scheduler, Step
+from edgecaffe.sched.speculation import RULES
 from edgecaffe.sched.trace import Trace
 
 
@@ -41,8 +43,10 @@ class Core:
     `workers`: the worker count (a mode with a fixed count, such as bulk's 1, overrides it).
     `record_tasks` / `record_ledger`: keep every task span / ledger change in the trace (off
     for very long simulations). `info`: facts the driver adds to the trace's info.
-    `context`: when gated networks are planned, "aware" (once their condition holds) or
-    "oblivious" (with their request, loading speculatively; see sched/requests.py).
+    `context`: when gated networks are planned, "aware" (once their condition holds),
+    "oblivious" (with their request, loading speculatively) or "aware-idle" (with their
+    request, loading speculatively only into otherwise idle budget; sched/requests.py, sched/
+    speculation.py).
     `workspaces`: each exec also reserves its kernel's workspace (`LayerInfo.workspace_bytes`)
     while it runs (layer granularity; what the engine does under a real memory limit).
     `keep_weights`: freed weights stay in memory while the budget has room, so that a later
@@ -85,7 +89,8 @@ class Core:
         self.budget = MemoryBudget(budget, record=record_ledger)
         self.memory = memory_manager(granularity, self.budget, self.mode.per_layer,
                                      workspaces, keep_weights)
-        self.scheduler = Scheduler(self.policy, self.memory, allow_overcommit)
+        self.scheduler = Scheduler(self.policy, self.memory, allow_overcommit,
+                                   RULES[context] or "spare")
         self.planner = Planner(self.mode)
         self.trace = Trace(ledger=self.budget.events, capacity_bytes=self.budget.capacity_bytes,
                            info={"mode": mode, "policy": self.policy.name,

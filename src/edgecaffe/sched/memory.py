@@ -94,7 +94,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgecaffe.errors import ConfigError
 from edgecaffe.sched.avoidance import Path, link_groups, safe_order, template_path
 from edgecaffe.sched.budget import MemoryBudget
-from edgecaffe.sched.cache import WeightCache
+from edgecaffe.sched.cache import WeightCache, keep_dropped
 from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 
 if TYPE_CHECKING:
@@ -298,6 +298,8 @@ class MemoryManager:
         if instance.held_bytes:
             budget.release(instance.held_bytes, now, reason, None, instance.id)
             instance.held_bytes = 0
+        if instance.dropped and self.cache is not None:
+            keep_dropped(self.cache, instance, now)
         held = instance.held
         for key in list(held):
             nbytes = held.pop(key, 0)

@@ -23,6 +23,13 @@ dropped parent resolves its gates to 0. The context policy decides when a child'
   their parent waits for memory, and only forcing over the budget would end that. k = 0 drops
   it: tasks not started are skipped and what it reserved goes back to the ledger; k >= 1 gives
   it the first input and plans k - 1 more instances.
+* `aware-idle`: context-aware, speculating only into budget that is otherwise idle: planned as
+  `oblivious`, but a speculative task starts only when no task of an ungated or opened network
+  is ready and its bytes fit together with everything the open ungated and opened instances
+  have yet to reserve (`Scheduler(speculation="idle")`, sched/speculation.py). Dropped and
+  used as `oblivious`'s. Chained modes (bulk, linear, execprio-inter) run networks one after
+  another in submission order: a speculative instance would take a place in that line ahead
+  of the networks submitted after it, so there `aware-idle` plans as `aware`.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from edgecaffe.sched.planner import Planner
 from edgecaffe.sched.scheduler import Scheduler, Step
 from edgecaffe.sched.trace import GateRecord, RequestRecord, Trace
 
-CONTEXTS = ("aware", "oblivious")
+CONTEXTS = ("aware", "oblivious", "aware-idle")
 #: A request's condition: (child network, parent instance) -> the child's inputs (none: the
 #: condition failed). Called when the parent ends; the engine passes the parent's outputs.
 Condition = Callable[[str, NetworkInstance], Sequence[Any]]
@@ -62,7 +69,7 @@ class Gate:
     info: NetworkInfo
     parent: NetworkInstance
     record: GateRecord
-    #: The context-oblivious speculative instance (None: context-aware, or dropped).
+    #: The speculative instance (None: context-aware, or dropped; see `CONTEXTS`).
     speculative: NetworkInstance | None = None
 
     @property
@@ -108,6 +115,9 @@ class RequestBook:
         #: Keep every task's span in the trace (off for very long simulations).
         self.record_tasks = record_tasks
         self.context = context
+        #: Whether gated networks are planned with their request (see `CONTEXTS`).
+        self.speculates = context == "oblivious" or (
+            context == "aware-idle" and not planner.mode.chained)
         self.open: dict[int, Request] = {}
         self._next_id = 0
         #: Requests whose gates `resolve` changed since the last `settle`.
@@ -135,7 +145,7 @@ class RequestBook:
             raise ConfigError(f"order must be the id of an earlier request (0 to "
                               f"{request_id - 1}), got {order!r}")
         self._next_id += 1
-        speculative = [info for info, _ in gated] if self.context == "oblivious" else []
+        speculative = [info for info, _ in gated] if self.speculates else []
         # Planned apart: DeepEye links a request's networks, and a parent's executions must
         # not wait for its speculative children's loads.
         instances = self.planner.plan(request_id, infos)

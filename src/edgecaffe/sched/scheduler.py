@@ -38,6 +38,7 @@ from edgecaffe.sched.graph import Kind, NetworkInstance, State, Task
 from edgecaffe.sched.memory import NOW, MemoryManager
 from edgecaffe.sched.plans import PlanBook
 from edgecaffe.sched.policies import Policy
+from edgecaffe.sched.speculation import IdleLedger
 
 WAITING, READY, RUNNING, DONE, SKIPPED = (State.WAITING, State.READY, State.RUNNING, State.DONE,
                                           State.SKIPPED)
@@ -69,10 +70,12 @@ class Scheduler:
     """Ready tasks in policy order, admitted by a memory manager.
 
     `memory` is a `MemoryManager` (sched/memory.py); `allow_overcommit=False` turns the
-    progress rule's forced admission into a `BudgetError`."""
+    progress rule's forced admission into a `BudgetError`. `speculation`: when a gated
+    instance's tasks may start before its gate opens, "spare" or "idle" (sched/
+    speculation.py; only requests with a context other than "aware" plan such instances)."""
 
     def __init__(self, policy: Policy, memory: MemoryManager,
-                 allow_overcommit: bool = True) -> None:
+                 allow_overcommit: bool = True, speculation: str = "spare") -> None:
         self.policy = policy
         self.memory = memory
         self.budget = memory.budget
@@ -88,6 +91,8 @@ class Scheduler:
         self.instances: set[NetworkInstance] = set()
         #: Gated instances whose executions wait for their condition (context-oblivious).
         self._speculative: set[NetworkInstance] = set()
+        #: The idle rule's figures (speculation "idle"), else None.
+        self._idle = IdleLedger() if speculation == "idle" else None
         self.forced_events = 0
         #: Deadlock avoidance on (sched/memory.py); tasks admitted although not safe.
         self._guarded = memory.guarded
@@ -122,6 +127,8 @@ class Scheduler:
                 for task in instance.tasks:
                     if task.spec.kind == Kind.EXEC:
                         pending[task.spec.index] += 1
+            elif self._idle is not None:
+                self._idle.opened(instance)
         ready = []
         for instance, roots in zip(instances, candidates, strict=True):
             tasks, pending = instance.tasks, instance.pending
@@ -142,6 +149,8 @@ class Scheduler:
         self._speculative.discard(instance)
         if instance.failed is not None or instance not in self.instances:
             return ready
+        if self._idle is not None:
+            self._idle.gate_opened(instance)
         pending = instance.pending
         for task in instance.tasks:
             if task.spec.kind == Kind.EXEC:
@@ -193,6 +202,8 @@ class Scheduler:
             plan.heap.append(task)
         task.state = READY
         task.ready = now
+        if self._idle is not None:
+            self._idle.made_ready(task)
 
     @property
     def ready_count(self) -> int:
@@ -240,6 +251,8 @@ class Scheduler:
                     f"{self.budget.free_bytes} of {self.budget.capacity_bytes} are free and "
                     "nothing else is running", task)
             self._unready(task)
+        if self._idle is not None:
+            self._idle.left_ready(task, task._instance())
         # Start it: reserve its memory (a forced admission if that goes over capacity).
         plan = task.plan
         if (plan.nbytes > 0 or plan.init or plan.hit is not None) and \
@@ -298,12 +311,18 @@ class Scheduler:
 
     def _spare(self, task: Task) -> bool:
         """Whether `task` may take its memory as far as speculation goes: a task of a gated
-        instance still waiting for its condition only when its bytes fit together with what
-        its parent has yet to reserve (so that it never holds memory its parent needs to end
-        and resolve it); any other task, always."""
+        instance still waiting for its condition only by the speculation rule (sched/
+        speculation.py): "spare", when its bytes fit together with what its parent has yet
+        to reserve (so that it never holds memory its parent needs to end and resolve it);
+        "idle", when no other task is ready and its bytes fit together with what every open
+        instance has yet to reserve. Any other task, always."""
         parent = task._instance().gated
         if parent is None or parent.failed is not None:
             return True
+        idle = self._idle
+        if idle is not None:
+            return self.ready_count == idle.ready and \
+                self.memory.fit_bytes(task.plan.nbytes + idle.open_need_bytes) is NOW
         need = task.plan.nbytes + sum(t.plan.nbytes for t in parent.tasks
                                       if t.state <= READY and t.plan is not None)
         return self.memory.fit_bytes(need) is NOW
@@ -392,10 +411,15 @@ class Scheduler:
         instance.failed = reason
         self._speculative.discard(instance)
         self.memory.held_after_failure(instance, failing)
+        idle = self._idle
         for task in instance.tasks:
             if task.state in (WAITING, READY):
                 if task.state == READY:
                     self._unready(task)
+                    if idle is not None:
+                        idle.left_ready(task, instance)
+                elif idle is not None:
+                    idle.skipped(task, instance)
                 task.state = SKIPPED
                 task.end = now
         for task in instance.tasks:
@@ -438,4 +462,6 @@ class Scheduler:
             return
         self.memory.release_instance(instance, now)
         self.instances.discard(instance)
+        if self._idle is not None:
+            self._idle.over(instance)
         finished.append(instance)

@@ -38,7 +38,7 @@ class Simulator:
     work speeds up or slows down whenever another starts or ends, with its duration at t
     threads from the device: profiled at 1 and at all cores); `record_tasks` /
     `record_ledger`, keep every task span / ledger change (off for very long simulations);
-    `context`, the context policy for gated networks ("aware" or "oblivious", see
+    `context`, the context policy for gated networks ("aware", "oblivious" or "aware-idle", see
     sched/requests.py): an arrival's gated networks run on as many inputs as its drawn
     `detections` say; `workspaces`, execs reserve their kernel's workspace while they run (as
     the engine does under a real limit, `account_runtime`); `keep_weights`, freed weights stay
