@@ -1,7 +1,7 @@
 #!/bin/bash
 # Run ONE command in a throw-away KVM guest that has cgroup v2 only, and return its exit code.
 #
-#   sudo tools/cgroup2-vm.sh [--cgroup PATH] [--swap-disk SIZE] -- COMMAND [ARG...]
+#   sudo tools/cgroup2-vm.sh [--cgroup PATH] [--disk SIZE] -- COMMAND [ARG...]
 #
 # Why: a host whose kernel binds the memory controller to cgroup v1 cannot test the v2 code of
 # `edgecaffe.experiment.limits` for real. The guest boots the host's Debian kernel
@@ -13,8 +13,9 @@
 #   --cgroup PATH     run COMMAND inside the cgroup PATH (e.g. user.slice/session-1.scope), with
 #                     the memory controller enabled in its ancestors, as systemd sets up a login
 #                     shell; default: the root cgroup
-#   --swap-disk SIZE  an ext4 disk of SIZE (sparse temp file) mounted on /var/tmp, so that swap
-#                     files can be made there (swapon refuses files on tmpfs/overlay)
+#   --disk SIZE       /tmp and /var/tmp on an ext4 disk of SIZE (a sparse temp file) instead of
+#                     tmpfs: swap files can be made there (swapon refuses tmpfs/overlay files) and
+#                     files have a page cache that can be dropped, as on a host
 # Environment: CG2VM_MEM (guest RAM, 2G), CG2VM_CPUS (2), CG2VM_TIMEOUT (seconds, 1800),
 # CG2VM_KERNEL (/boot/vmlinuz-*, newest), CG2VM_ACCEL (auto, kvm or tcg: see below),
 # CG2VM_DEBUG=1 (show kernel messages).
@@ -24,17 +25,17 @@
 # a temp folder at each run and deleted with it.
 set -euo pipefail
 
-cgroup="" swap_disk=""
+cgroup="" disk_size=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cgroup) cgroup="$2"; shift 2 ;;
-        --swap-disk) swap_disk="$2"; shift 2 ;;
+        --disk) disk_size="$2"; shift 2 ;;
         --) shift; break ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) break ;;
     esac
 done
-[[ $# -gt 0 ]] || { echo "usage: $0 [--cgroup PATH] [--swap-disk SIZE] -- COMMAND..." >&2; exit 2; }
+[[ $# -gt 0 ]] || { echo "usage: $0 [--cgroup PATH] [--disk SIZE] -- COMMAND..." >&2; exit 2; }
 
 kernel="${CG2VM_KERNEL:-$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -n 1)}"
 release="${kernel##*/vmlinuz-}"
@@ -70,7 +71,7 @@ init="$work/initramfs"
 mkdir -p "$init/bin" "$init/mods" "$work/io"
 cp "$(command -v busybox)" "$init/bin/busybox"
 modules=(virtio_pci 9pnet_virtio 9p overlay)
-[[ -n "$swap_disk" ]] && modules+=(virtio_blk ext4)
+[[ -n "$disk_size" ]] && modules+=(virtio_blk ext4)
 for module in "${modules[@]}"; do
     modprobe -S "$release" --show-depends "$module"
 done | awk '$1 == "insmod" && !seen[$2]++ {print $2}' | while read -r path; do
@@ -96,9 +97,12 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 mount -t proc proc /new/proc && mount -t sysfs sys /new/sys && mount -t devtmpfs dev /new/dev
 mkdir -p /new/dev/pts /new/dev/shm
 mount -t devpts devpts /new/dev/pts && mount -t tmpfs shm /new/dev/shm
-mount -t tmpfs tmp /new/tmp && mount -t tmpfs run /new/run
+mount -t tmpfs -o mode=1777 tmp /new/tmp && mount -t tmpfs run /new/run
 mount -t cgroup2 cgroup2 /new/sys/fs/cgroup
-if [ -e /dev/vda ]; then mount -t ext4 /dev/vda /new/var/tmp; fi
+if [ -e /dev/vda ]; then
+    mount -t ext4 /dev/vda /new/var/tmp && mkdir -p -m 1777 /new/var/tmp/tmp
+    mount --bind /new/var/tmp/tmp /new/tmp
+fi
 leaf="$(arg cgroup)"
 if [ -n "$leaf" ]; then  # as systemd does: the controller handed down to the leaf's parent
     dir=/new/sys/fs/cgroup
@@ -124,8 +128,8 @@ chmod +x "$init/init"
 } > "$work/io/cmd"
 
 disk=()
-if [[ -n "$swap_disk" ]]; then
-    truncate -s "$swap_disk" "$work/disk.img"
+if [[ -n "$disk_size" ]]; then
+    truncate -s "$disk_size" "$work/disk.img"
     mkfs.ext4 -q -F "$work/disk.img"
     disk=(-drive "file=$work/disk.img,format=raw,if=virtio,cache=unsafe")
 fi
