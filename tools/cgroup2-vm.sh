@@ -144,7 +144,7 @@ timeout "${CG2VM_TIMEOUT:-1800}" qemu-system-x86_64 "${accel_args[@]}" \
     -device virtio-9p-pci,fsdev=root,mount_tag=hostroot \
     -fsdev "local,id=io,path=$work/io,security_model=none" \
     -device virtio-9p-pci,fsdev=io,mount_tag=io \
-    "${disk[@]}" < /dev/null > >(tr -d '\r') &
+    "${disk[@]}" < /dev/null > >(sed -u 's/\r$//') &
 qemu_pid=$!  # timeout's: it passes a TERM on to qemu
 wait "$qemu_pid" || true
 qemu_pid=""
