@@ -63,3 +63,28 @@ def test_v2_controller_that_cannot_be_enabled_is_a_clear_error(fake_v2):
     with pytest.raises(LimitError, match="cannot enable the memory controller in .*"
                        "cgroup.subtree_control"):
         MemoryCgroup(64 << 20, name="edgecaffe-1-3").__enter__()
+
+
+def test_v2_cgroup_goes_where_the_no_internal_process_rule_allows(fake_v2):
+    """A login shell's scope holds processes, so no child of it can have the memory
+    controller: the cgroup is made in the nearest ancestor without processes (the slice),
+    with the controller enabled from the root down to it, and cleanup looks there too."""
+    from edgecaffe import leftovers
+
+    (fake_v2 / "cgroup.procs").write_text("1234\n4321\n")
+    root, slice_ = fake_v2.parent.parent, fake_v2.parent
+    (slice_ / "cgroup.procs").write_text("")
+    (slice_ / "cgroup.subtree_control").write_text("")
+    (root / "cgroup.subtree_control").write_text("cpu\n")
+    cgroup = MemoryCgroup(64 << 20, name="edgecaffe-1-4")
+    assert cgroup.path == slice_ / "edgecaffe-1-4"
+    with cgroup:
+        assert (root / "cgroup.subtree_control").read_text() == "+memory"
+        assert (slice_ / "cgroup.subtree_control").read_text() == "+memory"
+        assert (fake_v2 / "cgroup.subtree_control").read_text() == ""  # the busy scope: untouched
+        for file in cgroup.path.iterdir():
+            file.unlink()
+    assert leftovers.v2_parent(root, "/user.slice/session-1.scope") == slice_
+    (slice_ / "cgroup.procs").write_text("99\n")  # processes everywhere: the mount's root
+    assert leftovers.v2_parent(root, "user.slice/session-1.scope") == root
+    assert leftovers.v2_parent(root, "") == root

@@ -156,8 +156,8 @@ def _reap(record_path: Path) -> int:
 # --- finding and removing leftovers ----------------------------------------------------------
 
 def cgroup_dirs() -> list[Path]:
-    """The folders runs create their cgroups in: this process's memory cgroup under v1 and
-    under v2 (whichever exist)."""
+    """The folders runs create their cgroups in: this process's memory cgroup under v1, and
+    under v2 `v2_parent` of its cgroup (whichever exist)."""
     dirs = []
     for root, controller in ((CGROUP_ROOT / "memory", "memory"), (CGROUP_ROOT, ""),
                              (CGROUP_ROOT / "unified", "")):
@@ -165,8 +165,22 @@ def cgroup_dirs() -> list[Path]:
             continue
         if controller and not (root / "memory.limit_in_bytes").exists():
             continue
-        dirs.append(root / own_cgroup(controller))
+        dirs.append(v2_parent(root, own_cgroup("")) if controller == ""
+                    else root / own_cgroup(controller))
     return dirs
+
+
+def v2_parent(unified: Path, own: str) -> Path:
+    """Where a process in the v2 cgroup `own` (relative to the mount `unified`) makes its
+    memory cgroups: the nearest of `own` and its ancestors that holds no process itself, or
+    `unified`. cgroup v2 hands a controller to children only from a cgroup without processes
+    of its own (the "no internal process" rule, Documentation/admin-guide/cgroup-v2.rst);
+    a login shell's cgroup (systemd's `session-N.scope`) always has some, its slice none."""
+    folder = unified / own.strip("/")
+    while folder != unified and unified in folder.parents \
+            and _read(folder / "cgroup.procs").split():
+        folder = folder.parent
+    return folder
 
 
 def own_cgroup(controller: str) -> str:

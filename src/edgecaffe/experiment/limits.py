@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecaffe import errors
-from edgecaffe.leftovers import CGROUP_ROOT, SWAP_DIR, own_cgroup
+from edgecaffe.leftovers import CGROUP_ROOT, SWAP_DIR, own_cgroup, v2_parent
 
 _COUNTER = itertools.count(1)
 
@@ -54,14 +54,15 @@ class MemoryCgroup:
             self.path = v1 / own_cgroup("memory") / name
         elif unified is not None:
             self.version = 2
-            self.path = unified / own_cgroup("") / name
+            self.unified = unified
+            self.path = v2_parent(unified, own_cgroup("")) / name
         else:
             raise LimitError("this machine has no memory cgroup controller (v1 or v2)")
         self._vmstat_before = _vmstat()
 
     def __enter__(self) -> MemoryCgroup:
         if self.version == 2:
-            _enable_memory_controller(self.path.parent)
+            _enable_memory_controller(self.unified, self.path.parent)
         try:
             self.path.mkdir()
             if self.version == 1:
@@ -189,23 +190,27 @@ class SwapFile:
             self.created = False
 
 
-def _enable_memory_controller(parent: Path) -> None:
+def _enable_memory_controller(unified: Path, parent: Path) -> None:
     """cgroup v2: a child cgroup has the memory controller only when its parent lists it in
-    `cgroup.subtree_control` (Documentation/admin-guide/cgroup-v2.rst, "Enabling and
-    Disabling"); enable it there if needed. The kernel refuses (EBUSY) when the parent, not
-    the root, holds processes itself (the "no internal process" rule): say so."""
-    control = parent / "cgroup.subtree_control"
-    if "memory" in _read(control).split():
-        return
-    try:
-        control.write_text("+memory")
-    except OSError as error:
-        hint = (" (cgroup v2 allows no processes in a cgroup whose controllers are given to "
-                "its children: run from a leaf cgroup's parent, e.g. with systemd-run "
-                "--scope, or move this process to a child cgroup first)"
-                if error.errno == 16 else "")
-        raise LimitError(f"cannot enable the memory controller in {control}: "
-                         f"{error.strerror}{hint}") from None
+    `cgroup.subtree_control`, which it can only when its own parent does
+    (Documentation/admin-guide/cgroup-v2.rst, "Enabling and Disabling"): enable it where it
+    is missing, from the mount `unified` down to `parent`. The kernel refuses (EBUSY) in a
+    cgroup, not the root, that holds processes itself (`leftovers.v2_parent` picks a parent
+    without any; a cgroup namespace's root may still have some): say so."""
+    chain = [parent, *(p for p in parent.parents if unified in p.parents)]
+    chain += [unified] if parent != unified else []
+    for folder in reversed(chain):
+        control = folder / "cgroup.subtree_control"
+        if "memory" in _read(control).split():
+            continue
+        try:
+            control.write_text("+memory")
+        except OSError as error:
+            hint = (" (cgroup v2 gives controllers to child cgroups only from one that holds "
+                    "no process itself, and this one does: run from a cgroup whose parent "
+                    "holds none, e.g. under systemd-run --scope)" if error.errno == 16 else "")
+            raise LimitError(f"cannot enable the memory controller in {control}: "
+                             f"{error.strerror}{hint}") from None
 
 
 def _run(*command: str) -> None:
