@@ -270,8 +270,8 @@ def pool(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
     out_shape = get_op("Pool").output_shapes([x.shape], attrs)[0]
     is_max = attrs["method"] == "max"
     if attrs["global"]:
-        return [run_one("GlobalMaxPool" if is_max else "GlobalAveragePool", {}, [x],
-                        out_shape, threads)]
+        return [_pool_one("GlobalMaxPool" if is_max else "GlobalAveragePool", {}, x,
+                          out_shape, threads)]
     kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
     end = [(o - 1) * s + k - size - p for o, s, k, size, p
            in zip(out_shape[2:], stride, kernel, x.shape[2:], pad, strict=True)]
@@ -280,8 +280,22 @@ def pool(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
         return get_op("Pool").run(inputs, weights, attrs)
     onnx_attrs = {"kernel_shape": list(kernel), "strides": list(stride),
                   "pads": [*pad, *end]}
-    return [run_one("MaxPool" if is_max else "AveragePool", onnx_attrs, [x], out_shape,
-                    threads)]
+    return [_pool_one("MaxPool" if is_max else "AveragePool", onnx_attrs, x, out_shape,
+                      threads)]
+
+
+def _pool_one(op_type: str, onnx_attrs: dict, x: np.ndarray, out_shape: tuple[int, ...],
+              threads: int) -> np.ndarray:
+    """One ONNX pooling node on `x`, in NCHWc where the channel count allows
+    (`fast_nchwc.pools`), else in NCHW."""
+    if not fast_nchwc.pools(x.shape[1]):
+        return run_one(op_type, onnx_attrs, [x], out_shape, threads)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(out_shape, dtype=np.float32)
+    key = ("nchwc pool", op_type, _attrs_key(onnx_attrs), x.shape, out_shape, threads)
+    run_session(key, lambda: fast_nchwc.pool_model(op_type, x.shape, out_shape, onnx_attrs),
+                {"X": x}, {"Y": out}, threads, f"NCHWc {op_type} {onnx_attrs}")
+    return out
 
 
 #: Operator name -> kernel(inputs, weights, attrs, threads). Operators not listed run on numpy.
