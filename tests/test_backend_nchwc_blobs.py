@@ -74,6 +74,10 @@ def test_chain_stays_blocked_and_matches_numpy(chain):
     runner = BlobRunner(chain, x, backend="onnxruntime")
     assert _producers(chain, runner.blocked) == {
         "conv1", "bn1", "scale1", "relu1", "pool1", "conv2", "relu2", "pool2", "bn2"}
+    # bn1 is folded into scale1, which applies relu1 too; relu2 is fused into conv2; bn2 is
+    # read by a convolution and runs on its own.
+    assert runner._folded == {"bn1": "scale1"}
+    assert runner._done_by_producer == {"relu1", "relu2"}
     for backend_weights in (chain.weights, chain.prepared_weights("onnxruntime")):
         ours = chain.forward(x, backend="onnxruntime", weights=backend_weights)
         expected = chain.forward(x)
@@ -88,6 +92,7 @@ def test_requested_blobs_stay_nchw(chain):
     bn1 = chain.layer_by_name["bn1"].outputs[0]
     runner = BlobRunner(chain, x, outputs=[bn1, "conv3"], backend="onnxruntime")
     assert _producers(chain, runner.blocked) == {"pool1", "conv2", "relu2", "pool2", "bn2"}
+    assert runner._folded == {}
     ours = chain.forward(x, outputs=[bn1, "conv3"], backend="onnxruntime")
     expected = chain.forward(x, outputs=[bn1, "conv3"])
     for blob in (bn1, "conv3"):
@@ -133,6 +138,35 @@ def test_layout_keeping_kernels_give_numpys_floats(rng, op, attrs, params, inpla
     assert ours.shape == x.shape
     assert np.shares_memory(ours, blocked) == inplace
     np.testing.assert_array_equal(fast_nchwc.from_blocked(ours, block), expected)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1, -0.5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_batch_norm_folded_into_scale_matches_numpy(rng, slope, bias, inplace):
+    """BatchNorm's affine folded into the Scale after it (`fast.batch_norm_affine`,
+    `attrs["pre_affine"]`) and a ReLU applied in the same pass: numpy's three layers within
+    1e-5 of the blob's scale (the fold changes the rounding, not the values)."""
+    block = fast_nchwc.block_size()
+    x = rng.uniform(-30, 30, (1, 2 * block, 29, 31)).astype(np.float32)
+    c = x.shape[1]
+    bn_weights = {"mean": rng.uniform(-5, 5, c).astype(np.float32),
+                  "var": rng.uniform(0.1, 9, c).astype(np.float32)}
+    bn_attrs = {"eps": 1e-5, "use_global_stats": True}
+    scale_weights = {"scale": rng.uniform(-2, 2, c).astype(np.float32),
+                     "bias": rng.uniform(-3, 3, c).astype(np.float32)}
+    scale_attrs = {"axis": 1, "num_axes": 1, "bias": bias}
+    expected = get_op("BatchNorm").run([x], bn_weights, bn_attrs)[0]
+    expected = get_op("Scale").run([expected], scale_weights, scale_attrs)[0]
+    if slope is not None:
+        expected = get_op("ReLU").run([expected], {}, {"negative_slope": slope})[0]
+        scale_attrs = {**scale_attrs, "activation": {"negative_slope": slope}}
+    affine = fast.batch_norm_affine(bn_weights, bn_attrs)
+    blocked = fast_nchwc.to_blocked(x, block)
+    ours = fast.scale_blocked([blocked], scale_weights,
+                              {**scale_attrs, "pre_affine": affine}, inplace)[0]
+    assert np.shares_memory(ours, blocked) == inplace
+    assert rel_diff(fast_nchwc.from_blocked(ours, block), expected) <= RTOL
 
 
 @pytest.mark.parametrize("ends", [(True, False), (False, True), (True, True)])
@@ -200,3 +234,24 @@ def test_what_takes_the_layout():
     assert fast.blocked_io("LRN", {}, (1, block, 4, 4), (1, block, 4, 4)) == \
         (False, False, False)
     assert fast.blocked_io("ReLU", {}, (1, block), (1, block)) == (False, False, False)
+
+
+def test_pycaffe_fixtures_cover_the_blocked_chains():
+    """tests/test_caffe_oracle.py judges the zoo networks' outputs by pycaffe asking for the
+    outputs and logits only: with those, Tiny YOLO runs every BatchNorm folded into its Scale
+    and every blob from conv1 to conv8's ReLU in NCHWc, so pycaffe judges these paths."""
+    import json
+    from pathlib import Path
+
+    from edgecaffe.model.zoo import ZOO
+
+    fixture = Path(__file__).parent / "fixtures" / "caffe" / "zoo" / "TinyYolo.npz"
+    with np.load(fixture) as data:
+        asked = json.loads(str(data["meta"]))["blobs"]
+    net = Network("TinyYolo", build_layers(parse_prototxt(ZOO["TinyYolo"].prototxt()),
+                                           "TinyYolo"))
+    runner = BlobRunner(net, np.zeros(net.input_shape, np.float32), outputs=asked,
+                        backend="onnxruntime")
+    convs = {layer.name for layer in net.layers if layer.op == "Conv"}
+    assert convs - _producers(net, runner.blocked) == {"conv9"}
+    assert len(runner._folded) == 8

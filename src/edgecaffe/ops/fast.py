@@ -356,19 +356,45 @@ def batch_norm_blocked(inputs: list[np.ndarray], weights: dict[str, np.ndarray],
 def scale_blocked(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
                   inplace: bool) -> list[np.ndarray]:
     """Caffe's Scale over the channel axis with its own weights on an NCHWc blob: x * scale
-    [+ bias], as `ops.norm.Scale` computes it, block by block (`_in_blocks`)."""
+    [+ bias], as `ops.norm.Scale` computes it, block by block (`_in_blocks`).
+
+    With `attrs["pre_affine"]` = (mul, add), the per-channel affine of a BatchNorm folded
+    into it (`batch_norm_affine`), it computes x * (mul * scale) + (add * scale [+ bias]):
+    the two layers in one pass, equal to the two passes to float rounding (tested to 1e-5
+    relative). With `attrs["activation"]`, Caffe's ReLU of that slope follows on each block
+    while it is in cache (the numpy ReLU kernel, so its floats)."""
     x = inputs[0]
-    params = [weights["scale"], *([weights["bias"]] if attrs["bias"] else [])]
+    scale = weights["scale"]
+    bias = weights["bias"] if attrs["bias"] else None
+    if attrs.get("pre_affine") is not None:
+        mul, add = attrs["pre_affine"]
+        bias = add * scale + (bias if bias is not None else np.float32(0))
+        scale = mul * scale
+    params = [scale, *([bias] if bias is not None else [])]
     view, tiled = fast_nchwc.channel_views(x, params, fast_nchwc.block_size())
     out = view if inplace else np.empty_like(view)
+    activation = attrs.get("activation")
+    relu = get_op("ReLU")
 
     def work(rows: slice) -> None:
         np.multiply(view[:, :, rows], tiled[0], out=out[:, :, rows])
         if len(tiled) > 1:
             np.add(out[:, :, rows], tiled[1], out=out[:, :, rows])
+        if activation is not None:
+            relu.run([out[:, :, rows]], {}, activation, inplace=True)
 
     _in_blocks(view.shape[2], view.shape[0] * view.shape[1] * view.shape[3], work)
     return [out.reshape(x.shape)]
+
+
+def batch_norm_affine(weights: dict[str, np.ndarray], attrs: Attrs
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Caffe's BatchNorm with global statistics, (x - mean) / sqrt(var + eps), as the
+    per-channel affine x * mul + add (float32 (C,) each) that a Scale after it applies
+    (`scale_blocked`, planned by `model.network.BlobRunner`)."""
+    std = np.sqrt(weights["var"] + np.float32(attrs["eps"]))
+    mul = (np.float32(1) / std).astype(np.float32)
+    return mul, (-weights["mean"] * mul).astype(np.float32)
 
 
 def relu_blocked(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
@@ -396,6 +422,15 @@ def relu_blocked(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs
 #: (inputs, weights, attrs, inplace), for a blocked input only (`blocked_io`).
 BLOCKED_KERNELS = {"BatchNorm": batch_norm_blocked, "Scale": scale_blocked,
                    "ReLU": relu_blocked}
+
+#: On NCHWc blobs, a layer of the first operator read only by one of the second: the first
+#: passes its input through and hands its per-channel affine (mul, add) to the second's
+#: kernel (`attrs["pre_affine"]`). Tiny YOLO's in-place BatchNorm + Scale become one pass.
+BLOCKED_FOLDS = {("BatchNorm", "Scale"): batch_norm_affine}
+
+#: Blocked kernels that apply a following ReLU themselves (`attrs["activation"]`), as
+#: `FUSE_INTO`'s do.
+BLOCKED_FUSE_INTO = ("Scale",)
 
 
 def blocked_io(op: str, attrs: Attrs, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
