@@ -255,3 +255,33 @@ def test_pycaffe_fixtures_cover_the_blocked_chains():
     convs = {layer.name for layer in net.layers if layer.op == "Conv"}
     assert convs - _producers(net, runner.blocked) == {"conv9"}
     assert len(runner._folded) == 8
+
+
+def test_engine_runs_the_blocked_chain(tmp_path, monkeypatch):
+    """Through the engine (load and exec tasks, weights prepared at load, two workers), the
+    chain with its NCHWc blobs and folded BatchNorm gives numpy's outputs."""
+    folded: list[bool] = []
+    real = fast.BLOCKED_KERNELS["Scale"]
+
+    def recording(inputs, weights, attrs, inplace):
+        folded.append(attrs.get("pre_affine") is not None and "activation" in attrs)
+        return real(inputs, weights, attrs, inplace)
+
+    monkeypatch.setitem(fast.BLOCKED_KERNELS, "Scale", recording)
+    from edgecaffe.engine import Engine
+    from edgecaffe.model.caffe.synth import synthesize_caffemodel
+    from edgecaffe.model.package import split
+
+    prototxt, caffemodel = tmp_path / "chain.prototxt", tmp_path / "chain.caffemodel"
+    prototxt.write_text(CHAIN.replace("dim: 2 dim: 3", "dim: 1 dim: 3"))
+    synthesize_caffemodel(prototxt, caffemodel, seed=3)
+    split([prototxt, caffemodel], tmp_path / "packages" / "chain")
+    x = np.random.default_rng(8).uniform(-50, 50, (1, 3, 22, 22)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "onnxruntime"):
+        with Engine(tmp_path / "packages", mode="masa", budget="64M", workers=2,
+                    backend=backend) as engine:
+            results[backend] = engine.submit(x, ["chain"]).result(60)["chain"]
+    assert folded == [True]  # scale1 ran blocked, with bn1's affine and relu1
+    assert results["numpy"].keys() == {"conv3"}
+    assert rel_diff(results["onnxruntime"]["conv3"], results["numpy"]["conv3"]) <= RTOL
