@@ -6,7 +6,8 @@ split across `--threads` of our own threads (`blas.BlasHold`, `ops/gemm.py`). Op
 contenders for before/after tables in the same run: `im2col` (numpy with the Winograd path
 off: every convolution as im2col + GEMM) and `numpy_ob` (what `Network.forward` does outside
 an engine: OpenBLAS's own `--threads` threads, Winograd off: the kernels before issue 14's
-Winograd work). Choose with `--contenders`.
+Winograd work). Choose with `--contenders` (any subset: a ratio whose two sides did not both
+run reads nan).
 
 Networks: the ten zoo networks at batch 1 and FaceNet at 1340 x 1340 (`FaceNet@1340`; any zoo
 name takes `@SIZE`). Each round times every contender once, in turn, so machine noise hits all
