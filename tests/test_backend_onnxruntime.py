@@ -206,6 +206,28 @@ def test_pool_matches_numpy(rng, attrs):
         assert rel_diff(ours, expected) <= RTOL
 
 
+@needs_nchwc
+@pytest.mark.parametrize("channels", [16, 20])
+@pytest.mark.parametrize("attrs", POOL_CASES)
+def test_nchwc_pool_matches_numpy(rng, attrs, channels):
+    """Channel counts that are multiples of 4 pool in NCHWc (20: padded to a block and
+    cropped again); the same results as the numpy kernel, max pooling bit for bit."""
+    x = rng.uniform(-20, 20, (2, channels, 12, 15)).astype(np.float32)
+    expected = get_op("Pool").run([x], {}, attrs)[0]
+    fast.SESSIONS.clear()
+    ours = fast.pool([x], {}, attrs, threads=2)[0]
+    # Padded average windows (divisors differ) and floor rounding that drops input rows
+    # (a negative end padding) stay on numpy.
+    on_numpy = not attrs["global"] and (
+        not attrs["ceil"] or (attrs["method"] == "avg" and any(attrs["pad"])))
+    used = [key[0] for key in fast.SESSIONS._sessions]
+    assert used == ([] if on_numpy else ["nchwc pool"])
+    if attrs["method"] == "max":
+        np.testing.assert_array_equal(ours, expected)
+    else:
+        assert rel_diff(ours, expected) <= RTOL
+
+
 @pytest.mark.parametrize("slope", [0.0, 0.1])
 def test_dense_fused_relu_matches_numpy(rng, slope):
     op = get_op("Dense")

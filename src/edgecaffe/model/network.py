@@ -309,6 +309,9 @@ class BlobRunner:
         )
         self._aliases: dict[str, list[str]] = {}
         self._fused, self._done_by_producer = self._plan_fusion()
+        self.blocked = self._plan_blocked()
+        self._folded = self._plan_blocked_fusion()
+        self._pending: dict[str, tuple] = {}
 
     def _plan_fusion(self) -> tuple[dict[str, Attrs], set[str]]:
         """Which ReLU layers the backend's kernel of the layer before them applies (`Backend.
@@ -339,6 +342,76 @@ class BlobRunner:
                 done.add(relu.name)
         return fused, done
 
+    def _plan_blocked(self) -> set[str]:
+        """The blobs kept in the backend's channel-blocked layout (`ops.Backend.blocked_io`):
+        written so by a layer that can (an NCHWc Conv or Pool) or kept so by a layout-keeping
+        layer (ReLU, BatchNorm, Scale) from a blocked input, and read only by single-input
+        layers that take that layout and, for layout-keeping ones, whose own outputs
+        qualify too; never a requested result, an input or a view's buffer. Such a blob has
+        its NCHW shape and byte count (the ledger's), its bytes in the blocked order."""
+        io = self._backend.blocked_io
+        if io is None:
+            return set()
+        shapes, storage = self.network.blob_shapes, self.network.buffer_owner
+        caps: dict[str, tuple[bool, bool, bool]] = {}
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for blob in set(layer.inputs):
+                readers.setdefault(blob, []).append(layer)
+            if len(layer.inputs) == 1 and len(layer.outputs) == 1:
+                caps[layer.name] = io(layer.op, layer.attrs, shapes[layer.inputs[0]],
+                                      shapes[layer.outputs[0]])
+        memo: dict[str, bool] = {}
+
+        def taken(blob: str) -> bool:  # every reader takes `blob` blocked
+            if blob not in memo:
+                memo[blob] = False  # (a cycle cannot occur in a DAG; this guards anyway)
+                after = readers.get(blob, [])
+                memo[blob] = bool(after) and blob not in self.protected and \
+                    storage[blob] == blob and all(
+                        layer.name in caps and (
+                            taken(layer.outputs[0]) if caps[layer.name][2] else
+                            caps[layer.name][0]) for layer in after)
+            return memo[blob]
+
+        blocked: set[str] = set()
+        for layer in self.layers:
+            if layer.name not in caps:
+                continue
+            _, gives, keeps = caps[layer.name]
+            source = layer.inputs[0] in blocked if keeps else gives
+            if source and taken(layer.outputs[0]):
+                blocked.add(layer.outputs[0])
+        return blocked
+
+    def _plan_blocked_fusion(self) -> dict[str, str]:
+        """Among blocked blobs, each read by one layer alone: a layer folded into its reader
+        (`ops.Backend.blocked_folds`: BatchNorm into Scale; it passes its input through and
+        its reader applies its affine), and a ReLU applied by the blocked kernel before it
+        (`blocked_fuse_into`; added to the ReLU fusion plan). Returns folded layer -> the
+        layer that applies it."""
+        folds, fuse_into = self._backend.blocked_folds, self._backend.blocked_fuse_into
+        readers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for blob in set(layer.inputs):
+                readers.setdefault(blob, []).append(layer)
+        folded: dict[str, str] = {}
+        for layer in self.layers:
+            if len(layer.outputs) != 1 or layer.outputs[0] not in self.blocked:
+                continue
+            after = readers.get(layer.outputs[0], [])
+            if len(after) != 1 or list(after[0].inputs) != [layer.outputs[0]]:
+                continue
+            reader = after[0]
+            if (layer.op, reader.op) in folds and layer.name not in self._done_by_producer:
+                folded[layer.name] = reader.name
+            elif (layer.op in fuse_into and reader.op == "ReLU"
+                  and reader.outputs[0] in self.blocked):
+                self._fused[layer.name] = {
+                    "negative_slope": float(reader.attrs.get("negative_slope", 0.0))}
+                self._done_by_producer.add(reader.name)
+        return folded
+
     def prepare(self, layer: Layer, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`layer`'s weights in this runner's backend layout (`ops.Backend.prepare`): what a
         load does once so that `run` need not rearrange them at every execution."""
@@ -358,13 +431,30 @@ class BlobRunner:
         kernel = self._kernels.get(layer.op)
         try:
             inputs = [self.values[b] for b in layer.inputs]
+            blocked_in = bool(layer.inputs) and layer.inputs[0] in self.blocked
             if layer.name in self._done_by_producer:
                 results = inputs  # the layer before already rectified this buffer
+            elif layer.name in self._folded:  # its reader applies it (a tiny affine)
+                reader = self.network.layer_by_name[self._folded[layer.name]]
+                fold = self._backend.blocked_folds[(layer.op, reader.op)]
+                self._pending[reader.name] = fold(dict(weights), layer.attrs)
+                results = inputs
+            elif blocked_in and layer.op in self._backend.blocked_kernels:
+                attrs = layer.attrs
+                if layer.name in self._fused:
+                    attrs = {**attrs, "activation": self._fused[layer.name]}
+                if layer.name in self._pending:
+                    attrs = {**attrs, "pre_affine": self._pending.pop(layer.name)}
+                results = self._backend.blocked_kernels[layer.op](inputs, dict(weights),
+                                                                  attrs, inplace)
             elif kernel is not None:
                 threads = self.threads() if callable(self.threads) else self.threads
                 attrs = layer.attrs
                 if layer.name in self._fused:
                     attrs = {**attrs, "activation": self._fused[layer.name]}
+                if blocked_in or layer.outputs[0] in self.blocked:
+                    attrs = {**attrs, "blocked_in": blocked_in,
+                             "blocked_out": layer.outputs[0] in self.blocked}
                 results = kernel(inputs, dict(weights), attrs, threads)
             else:
                 results = op.run(inputs, dict(weights), layer.attrs, inplace)

@@ -166,6 +166,15 @@ class Backend:
     * `prepare(op, attrs, weights)` (optional): a layer's weights in the backend's own layout,
       done once where they are loaded instead of at every execution; its kernels take both
       the prepared and the plain weights.
+    * `blocked_io(op, attrs, in_shape, out_shape)` and `BLOCKED_KERNELS` (optional): which
+      layers take, write or keep blobs in the backend's own channel-blocked layout, and the
+      kernels (inputs, weights, attrs, inplace) of layout-keeping operators for such blobs
+      (the runner keeps a blob blocked between layers that all take it;
+      `model.network.BlobRunner`). Kernels told so by `attrs["blocked_in"]` /
+      `["blocked_out"]` read or write that layout. `BLOCKED_FOLDS` ((operator, reader's
+      operator) -> fn(weights, attrs) giving a per-channel affine that the reader's blocked
+      kernel applies first, `attrs["pre_affine"]`) and `BLOCKED_FUSE_INTO` (blocked kernels
+      that apply a following ReLU) fuse chains of such layers.
     """
 
     def __init__(self, name: str, module: Any | None) -> None:
@@ -173,6 +182,14 @@ class Backend:
         self.kernels: dict[str, Kernel] = getattr(module, "KERNELS", {})
         self.fuse_into: frozenset[str] = frozenset(getattr(module, "FUSE_INTO", ()))
         self._prepare = getattr(module, "prepare", None)
+        self.blocked_io: Callable[..., tuple[bool, bool, bool]] | None = getattr(
+            module, "blocked_io", None)
+        self.blocked_kernels: dict[str, Callable[..., list[np.ndarray]]] = getattr(
+            module, "BLOCKED_KERNELS", {})
+        self.blocked_folds: dict[tuple[str, str], Callable[..., tuple]] = getattr(
+            module, "BLOCKED_FOLDS", {})
+        self.blocked_fuse_into: frozenset[str] = frozenset(
+            getattr(module, "BLOCKED_FUSE_INTO", ()))
 
     def prepare(self, op: str, attrs: Attrs, weights: dict[str, np.ndarray]
                 ) -> dict[str, np.ndarray]:

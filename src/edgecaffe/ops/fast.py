@@ -30,6 +30,12 @@ import onnxruntime as ort
 
 from edgecaffe.ops import fast_nchwc
 from edgecaffe.ops.base import Attrs, OpError, get_op
+from edgecaffe.ops.fast_blocked import (
+    batch_norm_affine,
+    batch_norm_blocked,
+    relu_blocked,
+    scale_blocked,
+)
 from edgecaffe.ops.onnx_wire import Node, graph_model
 
 #: Sessions kept. Measured: each holds ~224 kB RSS and, with 2 threads, one more OS thread
@@ -182,7 +188,8 @@ def conv(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
     shape (`fast_nchwc`; weights plain or `prepare`d), else as ONNX Conv (opset 13: pads
     begin..., end...); very large weights outside NCHWc go to the numpy kernel (see
     `NUMPY_CONV_WEIGHT_FLOATS`). A fused ReLU (`attrs["activation"]`) is applied in the
-    convolution's output loop."""
+    convolution's output loop; `attrs["blocked_in"]`, `["blocked_out"]` (see `blocked_io`):
+    the input is, the output is to be, an NCHWc blob."""
     x, activation = inputs[0], attrs.get("activation")
     if BLOCKED_WEIGHT not in weights:
         weights = prepare("Conv", attrs, weights) if x.ndim == 4 else weights
@@ -199,10 +206,13 @@ def conv(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
                   "pads": [ph, pw, ph + extra_h, pw + extra_w], "dilations": [dh, dw],
                   "group": attrs["group"]}
     if BLOCKED_WEIGHT not in weights:
+        if attrs.get("blocked_in") or attrs.get("blocked_out"):
+            raise OpError(f"NCHWc blobs asked of a Conv that does not run in NCHWc {attrs}")
         return [run_one("Conv", onnx_attrs, [x, weights["weight"], weights.get("bias")],
                         out_shape, threads, activation)]
-    return [_conv_nchwc(x, weights, attrs["group"], onnx_attrs, out_shape, threads,
-                        activation)]
+    ends = {k: True for k in ("blocked_in", "blocked_out") if attrs.get(k)}
+    return [_conv_nchwc(x, weights, attrs["group"], {**onnx_attrs, **ends}, out_shape,
+                        threads, activation)]
 
 
 def _conv_nchwc(x: np.ndarray, weights: dict[str, np.ndarray], group: int, onnx_attrs: dict,
@@ -218,12 +228,13 @@ def _conv_nchwc(x: np.ndarray, weights: dict[str, np.ndarray], group: int, onnx_
     if bias is not None:
         feeds["B"] = bias
     fused = fast_nchwc.fused_activation(activation)
+    ends = bool(onnx_attrs.pop("blocked_in", False)), bool(onnx_attrs.pop("blocked_out", False))
     key = ("nchwc", nchwc, _attrs_key(onnx_attrs), x.shape, blocked.shape, out_shape,
-           bias is not None, _attrs_key(fused), threads)
+           bias is not None, _attrs_key(fused), ends, threads)
     out = np.empty(out_shape, dtype=np.float32)
     run_session(key, lambda: fast_nchwc.conv_model(nchwc, x.shape, blocked.shape,
                                                    bias is not None, out_shape,
-                                                   {**onnx_attrs, **fused}),
+                                                   {**onnx_attrs, **fused}, *ends),
                 feeds, {"Y": out}, threads, f"NCHWc Conv {onnx_attrs}")
     return out
 
@@ -255,33 +266,94 @@ def dense(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs
     return [y.reshape(out_shape)]
 
 
+def _pool_onnx(x_shape: tuple[int, ...], attrs: Attrs) -> tuple[str, dict] | None:
+    """Our Pool (attrs as `ops.pool.Pool`) as an ONNX pooling node (op type, attrs), or None
+    where it stays on numpy (see `pool`)."""
+    if len(x_shape) != 4:
+        return None
+    is_max = attrs["method"] == "max"
+    if attrs["global"]:
+        return ("GlobalMaxPool" if is_max else "GlobalAveragePool"), {}
+    out_shape = get_op("Pool").output_shapes([x_shape], attrs)[0]
+    kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
+    end = [(o - 1) * s + k - size - p for o, s, k, size, p
+           in zip(out_shape[2:], stride, kernel, x_shape[2:], pad, strict=True)]
+    fits = all(0 <= e < k and p < k for e, p, k in zip(end, pad, kernel, strict=True))
+    if not fits or not (is_max or (not any(pad) and not any(end))):
+        return None
+    return ("MaxPool" if is_max else "AveragePool"), {
+        "kernel_shape": list(kernel), "strides": list(stride), "pads": [*pad, *end]}
+
+
 def pool(inputs: list[np.ndarray], weights: dict[str, np.ndarray], attrs: Attrs,
          threads: int) -> list[np.ndarray]:
     """Our Pool (attrs as `ops.pool.Pool`) as ONNX MaxPool / GlobalMaxPool /
     GlobalAveragePool, and AveragePool where every window lies inside the input (no padding,
-    no partial window: Caffe's and ONNX's divisors agree); the rest runs on numpy.
+    no partial window: Caffe's and ONNX's divisors agree); the rest runs on numpy. In NCHWc
+    where the channel count allows (`fast_nchwc.pools`), its input and output NCHWc blobs
+    already where `attrs` say so (`blocked_in`, `blocked_out`; see `blocked_io`).
 
     The IR's output size (Caffe's ceil-and-clip rule or ONNX's) becomes explicit end padding
     under floor rounding, as `edgecaffe export` writes it; a max window over padding only
     is -FLT_MAX in both (onnxruntime starts from the lowest float, as Caffe does)."""
     x = inputs[0]
-    if x.ndim != 4:
+    node = _pool_onnx(x.shape, attrs)
+    if node is None:
         return get_op("Pool").run(inputs, weights, attrs)
+    op_type, onnx_attrs = node
     out_shape = get_op("Pool").output_shapes([x.shape], attrs)[0]
-    is_max = attrs["method"] == "max"
-    if attrs["global"]:
-        return [run_one("GlobalMaxPool" if is_max else "GlobalAveragePool", {}, [x],
-                        out_shape, threads)]
-    kernel, stride, pad = attrs["kernel"], attrs["stride"], attrs["pad"]
-    end = [(o - 1) * s + k - size - p for o, s, k, size, p
-           in zip(out_shape[2:], stride, kernel, x.shape[2:], pad, strict=True)]
-    fits = all(0 <= e < k and p < k for e, p, k in zip(end, pad, kernel, strict=True))
-    if not fits or not (is_max or (not any(pad) and not any(end))):
-        return get_op("Pool").run(inputs, weights, attrs)
-    onnx_attrs = {"kernel_shape": list(kernel), "strides": list(stride),
-                  "pads": [*pad, *end]}
-    return [run_one("MaxPool" if is_max else "AveragePool", onnx_attrs, [x], out_shape,
-                    threads)]
+    if not fast_nchwc.pools(x.shape[1]):
+        return [run_one(op_type, onnx_attrs, [x], out_shape, threads)]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty(out_shape, dtype=np.float32)
+    ends = bool(attrs.get("blocked_in")), bool(attrs.get("blocked_out"))
+    key = ("nchwc pool", op_type, _attrs_key(onnx_attrs), x.shape, out_shape, ends, threads)
+    run_session(key, lambda: fast_nchwc.pool_model(op_type, x.shape, out_shape, onnx_attrs,
+                                                   *ends),
+                {"X": x}, {"Y": out}, threads, f"NCHWc {op_type} {onnx_attrs}")
+    return [out]
+
+
+#: Operators that keep their input's layout and run on NCHWc blobs: operator -> kernel
+#: (inputs, weights, attrs, inplace), for a blocked input only (`blocked_io`).
+BLOCKED_KERNELS = {"BatchNorm": batch_norm_blocked, "Scale": scale_blocked,
+                   "ReLU": relu_blocked}
+
+#: On NCHWc blobs, a layer of the first operator read only by one of the second: the first
+#: passes its input through and hands its per-channel affine (mul, add) to the second's
+#: kernel (`attrs["pre_affine"]`). Tiny YOLO's in-place BatchNorm + Scale become one pass.
+BLOCKED_FOLDS = {("BatchNorm", "Scale"): batch_norm_affine}
+
+#: Blocked kernels that apply a following ReLU themselves (`attrs["activation"]`), as
+#: `FUSE_INTO`'s do.
+BLOCKED_FUSE_INTO = ("Scale",)
+
+
+def blocked_io(op: str, attrs: Attrs, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+               ) -> tuple[bool, bool, bool]:
+    """What one single-input, single-output layer can do with blobs in onnxruntime's NCHWc
+    layout (kept by `model.network.BlobRunner` between layers whose kernels all take it,
+    which saves the reorders and the intermediate buffers of each session): (takes an
+    NCHWc input, can write an NCHWc output, keeps its input's layout whichever it is).
+    An NCHWc blob here has a channel count that is a multiple of the block, so its shape
+    and bytes are those of the NCHW blob (what the ledger counts)."""
+    block = fast_nchwc.block_size()
+    if block is None or len(in_shape) != 4 or len(out_shape) != 4:
+        return False, False, False
+    if op == "Conv" and len(attrs["kernel"]) == 2:
+        group = attrs["group"]
+        nchwc = fast_nchwc.plan((attrs["out_channels"], in_shape[1] // group,
+                                 *attrs["kernel"]), group)
+        if nchwc is None:
+            return False, False, False
+        return nchwc.reorder_input, nchwc.out_padded == out_shape[1], False
+    if op == "Pool":
+        takes = _pool_onnx(in_shape, attrs) is not None and in_shape[1] % block == 0
+        return takes, takes, False
+    preserving = (op == "ReLU" or (op == "BatchNorm" and attrs.get("use_global_stats", True))
+                  or (op == "Scale" and attrs.get("num_axes", 1) == 1
+                      and attrs.get("axis", 1) in (1, -3)))
+    return False, False, preserving and in_shape == out_shape
 
 
 #: Operator name -> kernel(inputs, weights, attrs, threads). Operators not listed run on numpy.
