@@ -403,7 +403,11 @@ class BlobRunner:
             if len(after) != 1 or list(after[0].inputs) != [layer.outputs[0]]:
                 continue
             reader = after[0]
-            if (layer.op, reader.op) in folds and layer.name not in self._done_by_producer:
+            # A folded layer passes its input's buffer on, which its reader may then write in
+            # place: only when nothing else reads that input.
+            if ((layer.op, reader.op) in folds and layer.name not in self._done_by_producer
+                    and len(layer.inputs) == 1
+                    and readers.get(layer.inputs[0], []) == [layer]):
                 folded[layer.name] = reader.name
             elif (layer.op in fuse_into and reader.op == "ReLU"
                   and reader.outputs[0] in self.blocked):
