@@ -210,8 +210,9 @@ def test_pool_matches_numpy(rng, attrs):
 @pytest.mark.parametrize("channels", [16, 20])
 @pytest.mark.parametrize("attrs", POOL_CASES)
 def test_nchwc_pool_matches_numpy(rng, attrs, channels):
-    """Channel counts that are multiples of 4 pool in NCHWc (20: padded to a block and
-    cropped again); the same results as the numpy kernel, max pooling bit for bit."""
+    """Channel counts that fill whole blocks pool in NCHWc, others (20 on 8- or 16-float
+    blocks: onnxruntime would pad them, memory the ledger does not hold) as plain ONNX
+    pooling; the same results as the numpy kernel, max pooling bit for bit."""
     x = rng.uniform(-20, 20, (2, channels, 12, 15)).astype(np.float32)
     expected = get_op("Pool").run([x], {}, attrs)[0]
     fast.SESSIONS.clear()
@@ -221,7 +222,12 @@ def test_nchwc_pool_matches_numpy(rng, attrs, channels):
     on_numpy = not attrs["global"] and (
         not attrs["ceil"] or (attrs["method"] == "avg" and any(attrs["pad"])))
     used = [key[0] for key in fast.SESSIONS._sessions]
-    assert used == ([] if on_numpy else ["nchwc pool"])
+    if on_numpy:
+        assert used == []
+    elif channels % fast_nchwc.block_size() == 0:
+        assert used == ["nchwc pool"]
+    else:
+        assert len(used) == 1 and used[0] != "nchwc pool"
     if attrs["method"] == "max":
         np.testing.assert_array_equal(ours, expected)
     else:
