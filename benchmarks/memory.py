@@ -166,26 +166,32 @@ def child(spec: dict) -> dict:
 
 
 class _PeakWindow:
-    """The cgroup's peak usage since the previous `take` (the first: since it was created):
+    """The cgroup's peak usage since the previous `take` (the first: since it was opened):
     v1 `memory.max_usage_in_bytes`, which writing 0 resets to the usage now; v2
-    `memory.peak`, whose peak a write resets for this open file only (Linux 6.12 and later;
-    earlier kernels refuse the write, and `take` then returns None)."""
+    `memory.peak`, whose peak a write resets for this open file only (Linux 6.12 and later).
+    Where the file is missing (v2 before 5.19) or read-only (v2 before 6.12, refused at
+    open), `take` returns None: no window peaks, the samples only."""
 
     def __init__(self, usage_file: Path) -> None:
         name = ("memory.max_usage_in_bytes" if usage_file.name == "memory.usage_in_bytes"
                 else "memory.peak")
-        self.file = open(usage_file.parent / name, "r+b", buffering=0)  # noqa: SIM115
-        self.resettable = True
+        try:
+            self.file = open(usage_file.parent / name, "r+b", buffering=0)  # noqa: SIM115
+        except OSError:
+            self.file = None
 
     def take(self) -> int | None:
-        self.file.seek(0)
-        peak = int(self.file.read())
+        if self.file is None:
+            return None
         try:
             self.file.seek(0)
+            peak = int(self.file.read())
+            self.file.seek(0)
             self.file.write(b"0")
-        except OSError:
-            self.resettable = False
-        return peak if self.resettable else None
+        except (OSError, ValueError):
+            self.file = None
+            return None
+        return peak
 
 
 def _window_gaps(windows, events, runtime_bytes: int) -> dict:

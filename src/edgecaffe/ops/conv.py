@@ -300,7 +300,7 @@ class Conv(Op):
         oh, ow = out_shape[2:]
         chunk = output_chunk(4 * attrs["out_channels"] * c * kh * kw)
         if winograd.applies(c, (kh, kw), stride, dilation, attrs["group"], (oh, ow),
-                            attrs["out_channels"], chunk is not None):
+                            rows, chunk is not None):  # as conv2d decides, by its rows
             threads = available_cores() if chunk else 1
             return 4 * winograd.workspace_floats(c, rows, (oh, ow), chunk, threads)
         per_row = c * kh * kw * ow
