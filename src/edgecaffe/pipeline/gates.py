@@ -54,6 +54,9 @@ class StageGates:
         self.detections: list[Detection] | None = None
         #: Per child stage: the detections it runs on, in its instances' order ([] skipped).
         self.chosen: dict[str, list[Detection]] = {}
+        #: Child stages whose condition failed (`PipelineResult.skipped` counts these only,
+        #: as the per-stage path does: no detection to run on is not a failed condition).
+        self.failed: set[str] = set()
 
     def gated(self, parent_network: str) -> dict[str, str]:
         """`Engine.submit`'s `gated`: every child network on the detector's."""
@@ -68,6 +71,7 @@ class StageGates:
         rule = child.condition
         if rule is not None and not rule.passes(self.detections):
             self.chosen[child.name] = []
+            self.failed.add(child.name)
             return []
         chosen = self.detections if rule is None else rule.matching(self.detections)
         self.chosen[child.name] = list(chosen)

@@ -253,7 +253,9 @@ class PipelineRunner:
             chosen = gates.chosen.get(child.name, [])
             with job.lock:
                 if not chosen:
-                    job.result.skipped[child.name] = job.result.skipped.get(child.name, 0) + 1
+                    if child.name in gates.failed:
+                        job.result.skipped[child.name] = \
+                            job.result.skipped.get(child.name, 0) + 1
                     continue
                 job.result.ran[child.name] = job.result.ran.get(child.name, 0) + len(chosen)
             labels = self._labels[child.name]
