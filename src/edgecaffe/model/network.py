@@ -308,6 +308,11 @@ class BlobRunner:
             for blob in layer.inputs
         )
         self._aliases: dict[str, list[str]] = {}
+        #: The needed layers reading each blob (the fusion and layout plans read it).
+        self._readers: dict[str, list[Layer]] = {}
+        for layer in self.layers:
+            for blob in set(layer.inputs):
+                self._readers.setdefault(blob, []).append(layer)
         self._fused, self._done_by_producer = self._plan_fusion()
         self.blocked = self._plan_blocked()
         self._folded = self._plan_blocked_fusion()
@@ -322,10 +327,7 @@ class BlobRunner:
         fuse_into = self._backend.fuse_into
         if not fuse_into:
             return {}, set()
-        readers: dict[str, list[Layer]] = {}
-        for layer in self.layers:
-            for blob in set(layer.inputs):
-                readers.setdefault(blob, []).append(layer)
+        readers = self._readers
         storage = self.network.buffer_owner
         fused: dict[str, Attrs] = {}
         done: set[str] = set()
@@ -354,10 +356,8 @@ class BlobRunner:
             return set()
         shapes, storage = self.network.blob_shapes, self.network.buffer_owner
         caps: dict[str, tuple[bool, bool, bool]] = {}
-        readers: dict[str, list[Layer]] = {}
+        readers = self._readers
         for layer in self.layers:
-            for blob in set(layer.inputs):
-                readers.setdefault(blob, []).append(layer)
             if len(layer.inputs) == 1 and len(layer.outputs) == 1:
                 caps[layer.name] = io(layer.op, layer.attrs, shapes[layer.inputs[0]],
                                       shapes[layer.outputs[0]])
@@ -391,10 +391,7 @@ class BlobRunner:
         (`blocked_fuse_into`; added to the ReLU fusion plan). Returns folded layer -> the
         layer that applies it."""
         folds, fuse_into = self._backend.blocked_folds, self._backend.blocked_fuse_into
-        readers: dict[str, list[Layer]] = {}
-        for layer in self.layers:
-            for blob in set(layer.inputs):
-                readers.setdefault(blob, []).append(layer)
+        readers = self._readers
         folded: dict[str, str] = {}
         for layer in self.layers:
             if len(layer.outputs) != 1 or layer.outputs[0] not in self.blocked:
