@@ -345,8 +345,8 @@ def test_later_stages_take_their_images_place_and_weights_stay(photos, monkeypat
     submitted = []
     submit = runner_module.submit_stage
 
-    def recording(engine, network, x, order=None):
-        future = submit(engine, network, x, order)
+    def recording(engine, network, x, order=None, gates=None):
+        future = submit(engine, network, x, order, gates)
         submitted.append((network, order, future))
         return future
 

@@ -207,18 +207,25 @@ class PipelineRunner:
             batch = next(size for size in sizes if size >= len(chunk))
             key = package_key(stage, batch)
             x = stage_input(chunk, stage, self.packages[key])
-            with job.lock:
-                job.open += 1
-                job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
-            future = submit_stage(self.engine, self.prefix + key, x, job.order)
-            with job.lock:
-                job.requests.add(future)
-            if job.future.cancelled():  # cancelled meanwhile: `_cancel_requests` missed it
-                future.cancel()
             end = start + len(chunk)
             owners = None if parents is None else parents[start:end]
-            future.add_done_callback(partial(self._finished, job, stage, key,
-                                             regions=regions[start:end], parents=owners))
+            self._submit_request(job, stage, key, x, regions[start:end], owners)
+
+    def _submit_request(self, job: _Job, stage: Stage, key: str, x: np.ndarray,
+                        regions: list[Region], parents: list[Detection] | None,
+                        gates: StageGates | None = None) -> None:
+        """One request of `stage` (package `key`) on the batch `x`, counted in the image's
+        job; `_finished` takes its result."""
+        with job.lock:
+            job.open += 1
+            job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
+        future = submit_stage(self.engine, self.prefix + key, x, job.order, gates)
+        with job.lock:
+            job.requests.add(future)
+        if job.future.cancelled():  # cancelled meanwhile: `_cancel_requests` missed it
+            future.cancel()
+        future.add_done_callback(partial(self._finished, job, stage, key, regions=regions,
+                                         parents=parents, gates=gates))
 
     def _submit_gated(self, job: _Job, stage: Stage, children: tuple[Stage, ...],
                       image: np.ndarray, regions: list[Region]) -> None:
@@ -236,16 +243,7 @@ class PipelineRunner:
 
         gates = StageGates(stage, children, self.prefix, read, inputs)
         x = stage_input([image], stage, self.packages[key])
-        with job.lock:
-            job.open += 1
-            job.result.ran[stage.name] = job.result.ran.get(stage.name, 0) + 1
-        future = submit_stage(self.engine, self.prefix + key, x, job.order, gates)
-        with job.lock:
-            job.requests.add(future)
-        if job.future.cancelled():
-            future.cancel()
-        future.add_done_callback(partial(self._finished, job, stage, key, regions=regions,
-                                         parents=None, gates=gates))
+        self._submit_request(job, stage, key, x, regions, None, gates)
 
     def _gated_outputs(self, job: _Job, gates: StageGates, result: Any) -> None:
         """Attach each gated child's outputs to the detections it ran on."""
