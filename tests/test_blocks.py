@@ -14,6 +14,7 @@ from edgecaffe.model.package import open_package, split
 from edgecaffe.model.package.blocks import block_edges, block_network, block_package
 from edgecaffe.model.package.manifest import PackageError
 from edgecaffe.ops.block import ALIGN
+from tests.helpers import assert_same_or_rounding
 
 
 def _network(batch: int) -> Network:
@@ -178,7 +179,8 @@ def test_engine_runs_a_network_under_a_budget_below_its_largest_layer(agenet, tm
         result = engine.submit(image, ["AgeNet"]).result(timeout=120)
         expected = agenet.forward(network_input(image, agenet))
     for blob, array in expected.items():
-        assert np.array_equal(result["AgeNet"][blob], array), blob
+        # The engine gives each execution its own BLAS thread count.
+        assert_same_or_rounding(result["AgeNet"][blob], array, blob)
     assert not engine.trace.forced_events
     assert max(e.used_bytes for e in engine.trace.ledger) <= budget
     block_tasks = [task for task in engine.trace.tasks if "fc6[" in task.layers]

@@ -12,7 +12,7 @@ from edgecaffe.measure import rss_bytes
 from edgecaffe.model.info import network_info
 from edgecaffe.model.network import Layer, Network
 from edgecaffe.ops import get_op
-from tests.helpers import kernel_allocation_bytes
+from tests.helpers import assert_same_or_rounding, kernel_allocation_bytes
 
 
 def _conv(shape, out, kernel, stride, pad):
@@ -76,23 +76,27 @@ def test_engine_accounts_its_runtime_and_workspaces(zoo_packages):
         assert all(not e.reason.startswith("end workspace") for e in engine.trace.ledger)
 
 
-def test_the_onnxruntime_backend_sets_aside_what_it_keeps(zoo_packages):
+def test_the_onnxruntime_backend_sets_aside_what_it_keeps(zoo_packages, monkeypatch):
     """onnxruntime keeps memory past the numpy kernels' growth (cached sessions, its own
     buffers: measured +31 MiB on large-3): under a real limit an engine on it takes that
-    off the ledger's capacity too."""
+    off the ledger's capacity too. The process's measured footprint is held fixed here: it
+    moves by tens of MiB between engines in a long test session (CI saw +17 MiB once), and
+    what this checks is the set-aside, not the measurement."""
     pytest.importorskip("onnxruntime")
+    from edgecaffe import measure
     from edgecaffe.engine import Engine
-    from edgecaffe.engine.limit import BACKEND_GROWTH_BYTES
+    from edgecaffe.engine.limit import BACKEND_GROWTH_BYTES, runtime_growth_bytes
 
+    held_bytes = 100 << 20
+    monkeypatch.setattr(measure, "own_cgroup_usage_bytes", lambda: held_bytes)
     folder = zoo_packages(["TinyAlex"])
     runtimes = {}
-    for backend in ("numpy", "onnxruntime", "numpy"):
+    for backend in ("numpy", "onnxruntime"):
         with Engine(folder, budget="1G", account_runtime=True, backend=backend) as engine:
             runtimes[backend] = engine.runtime_bytes
             assert engine.budget.capacity_bytes == 2**30 - engine.runtime_bytes
-    extra = runtimes["onnxruntime"] - runtimes["numpy"]
-    # The measured part moves by a few MiB between engines (the process's RSS).
-    assert abs(extra - BACKEND_GROWTH_BYTES["onnxruntime"]) <= 8 << 20
+    assert runtimes["numpy"] == held_bytes + runtime_growth_bytes(2**30)
+    assert runtimes["onnxruntime"] - runtimes["numpy"] == BACKEND_GROWTH_BYTES["onnxruntime"] > 0
 
 
 def test_a_small_limit_makes_the_convolution_bands_small(zoo_packages):
@@ -151,7 +155,7 @@ def test_a_smaller_band_cap_shrinks_the_workspace_not_the_result(monkeypatch):
     finally:
         conv.set_max_band_bytes(previous)
     assert allocated <= narrow + (64 << 10)
-    assert np.array_equal(got, expected)
+    assert_same_or_rounding(got, expected)  # other bands: other BLAS calls
 
 
 def test_an_exec_reserves_at_least_what_its_kernel_allocates(zoo_packages):

@@ -16,7 +16,7 @@ from edgecaffe.engine.tasks import network_input
 from edgecaffe.model.package import open_package, split
 from edgecaffe.model.package.profile import profile_package
 from edgecaffe.sched import MODES, POLICIES
-from tests.helpers import package_dir, real_photo
+from tests.helpers import assert_same_or_rounding, package_dir, real_photo
 from tests.onnx_helpers import compare, make_model
 
 node = helper.make_node
@@ -129,8 +129,9 @@ def test_real_gender_model_through_split_and_engine(tmp_path):
     with Engine({"gender": package.directory}, mode="masa", budget="1M") as engine:
         result = engine.submit(str(real_photo()), ["gender"]).result(timeout=60)
     x = network_input(str(real_photo()), package)
-    np.testing.assert_array_equal(result["gender"]["probabilities"],
-                                  edgecaffe.load_onnx(source).forward(x)["probabilities"])
+    # The engine's execution may run on another BLAS thread count than this forward.
+    assert_same_or_rounding(result["gender"]["probabilities"],
+                            edgecaffe.load_onnx(source).forward(x)["probabilities"])
 
 
 @pytest.fixture

@@ -14,11 +14,16 @@ from edgecaffe.ops import get_op, winograd
 from edgecaffe.ops.conv import conv2d
 from test_blocks import _blocked
 from test_conv_banded import ORACLE_RTOL, float64_conv, make_case, max_rel_diff, opencv_conv
-from tests.helpers import kernel_allocation_bytes
+from tests.helpers import blas_splits_exactly, kernel_allocation_bytes
 
 #: The bound for a kernel that changes the summation (issue 14): 1e-4 of the output's scale
 #: against float64. Measured: 3e-6 - 1.4e-5 (F(4x4, 3x3)'s transforms have entries up to 8).
 WINOGRAD_RTOL = 1e-4
+
+#: The same convolution in other bands or on other threads: other BLAS products. Where the
+#: BLAS's bits follow the split (OpenBLAS's Haswell kernels), Winograd's transforms (entries
+#: up to 8) carry that rounding to 3e-6 of the output's scale (measured).
+SPLIT_RTOL = 1e-6 if blas_splits_exactly() else 1e-5
 
 CASES = [
     # (N, C, H, W), O, pad: output multiples of 4 and ragged ones, pads 0-2, batches
@@ -61,7 +66,7 @@ def test_each_band_pads_its_own_rows(rng, monkeypatch, shape, pad):
     assert winograd._layout(shape[1], (oh, ow), None)[2] == 1
     banded = conv2d(x, weight, b, (1, 1), (pad, pad), (1, 1), 1)
     assert max_rel_diff(banded, _direct_reference(x, weight, b, pad)) <= WINOGRAD_RTOL
-    assert max_rel_diff(banded, whole) <= 1e-6
+    assert max_rel_diff(banded, whole) <= SPLIT_RTOL
 
 
 def test_winograd_in_several_bands_and_threads(rng, monkeypatch):
@@ -73,7 +78,7 @@ def test_winograd_in_several_bands_and_threads(rng, monkeypatch):
     assert winograd._layout(16, (38, 33), None)[2] == 2
     with mock.patch.object(BlasHold, "split_threads", staticmethod(lambda: 2)):
         banded = conv2d(x, weight, b, (1, 1), (1, 1), (1, 1), 1)
-    assert max_rel_diff(banded, whole) <= 1e-6
+    assert max_rel_diff(banded, whole) <= SPLIT_RTOL
     assert max_rel_diff(banded, _direct_reference(x, weight, b, 1)) <= WINOGRAD_RTOL
 
 
