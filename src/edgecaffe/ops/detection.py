@@ -71,7 +71,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_thres
 
     Candidates: score > threshold, stably sorted by score, the first top_k (-1: all). A candidate
     is kept when its overlap with every kept box is <= the (adaptive, with eta < 1) threshold.
-    The overlaps of all candidates are computed at once; the greedy pass is what stays a loop.
+    The overlaps of all candidates are computed at once, and each candidate's largest overlap
+    with a kept box is kept up to date as boxes are kept (the overlaps are symmetric), so the
+    greedy pass is a loop of scalar comparisons.
     """
     candidates = np.flatnonzero(scores > score_threshold)
     candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
@@ -79,11 +81,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, nms_thres
         candidates = candidates[:top_k]
     iou = overlaps(boxes[candidates])
     kept: list[int] = []
+    largest = np.zeros(len(candidates), np.float32)  # each candidate's overlap with a kept box
     threshold = nms_threshold
     for position in range(len(candidates)):
-        if kept and iou[position, kept].max() > threshold:
+        if kept and largest[position] > threshold:
             continue
         kept.append(position)
+        np.maximum(largest, iou[position], out=largest)
         if eta < 1 and threshold > 0.5:
             threshold *= eta
     return [int(candidates[p]) for p in kept]
