@@ -6,7 +6,8 @@ the next block, as for a reader following the text), with one stand-in: `face.jp
 (`edgecaffe`, `python`), Python blocks in-process in that folder, YAML blocks through the loader
 that reads them (experiment config, device profile, generated network, package manifest).
 `text` blocks (diagrams, printed output) are not code. Every block must name its language, so a
-new block cannot slip past. Slow commands (a minute or more here) are marked `slow`; commands
+new block cannot slip past. Benchmarks run with fewer repeats than written (`LIGHTER`). Slow
+commands (a minute or more here) are marked `slow`; commands
 needing root and a memory cgroup are skipped without them; a few run only when asked (`OPT_IN`:
 the Caffe oracle's chroot, the full suite itself, the commands for a Raspberry Pi).
 """
@@ -43,6 +44,18 @@ SLOW = [
     ("pipelines.md", r"benchmarks/", "runs the face pipeline and its peers on a stream"),
     ("experiments.md", r"context\.yaml|context-sim context-real", "builds and profiles "
      "FaceNet, AgeNet and GenderNet, and runs 48 configurations"),
+]
+#: (document, command pattern, {option: value}): benchmarks run with less work than the
+#: document gives (fewer repeats, rounds, batches and arrivals). This test checks that a
+#: command runs as written and writes what it says, not its figures; as written these took
+#: 1-6 minutes each, about half of the whole suite. Each option must be in the command.
+LIGHTER = [
+    ("experiments.md", r"benchmarks/forward\.py", {"--repeat": "2"}),
+    ("experiments.md", r"benchmarks/engine\.py", {"--repeat": "1"}),
+    ("experiments.md", r"benchmarks/paper\.py", {"--batches": "1"}),
+    ("experiments.md", r"benchmarks/readme_batch\.py", {"--rounds": "1"}),
+    ("experiments.md", r"benchmarks/simulator\.py",
+     {"--batches": "2", "--repeats": "1", "--arrivals": "5000", "--instances": "8"}),
 ]
 #: (document, command pattern, environment variable that opts in, why not by default).
 OPT_IN = [
@@ -133,8 +146,20 @@ def _cgroup_memory() -> bool:
         Path("/sys/fs/cgroup/memory").is_dir()
 
 
-def _run_shell(item: Item, folder: Path, cache: Path) -> None:
+def lighter(item: Item) -> str:
+    """The command to run for `item`: its text, with `LIGHTER`'s options where one applies."""
     command = item.text
+    for document, pattern, options in LIGHTER:
+        if document != item.document or not re.search(pattern, command):
+            continue
+        for option, value in options.items():
+            command, found = re.subn(rf"{option} \S+", f"{option} {value}", command)
+            assert found == 1, f"{item.id}: LIGHTER names {option}, the command lacks it"
+    return command
+
+
+def _run_shell(item: Item, folder: Path, cache: Path) -> None:
+    command = lighter(item)
     if re.search(r"^sudo |--enforce-memory", command):
         if os.geteuid() != 0 or not _cgroup_memory():
             pytest.skip("needs root and a memory cgroup")
@@ -240,3 +265,12 @@ def _check_side_file(text: str, folder: Path) -> None:
     (folder / "model.onnx.yaml").write_text(text)
     assert read_side_file(model) == {**yaml.safe_load(text),
                                      "labels": [str(x) for x in yaml.safe_load(text)["labels"]]}
+
+
+def test_lighter_options_apply_to_their_commands():
+    """Each `LIGHTER` row finds its command in the documents and changes it."""
+    for document, pattern, _ in LIGHTER:
+        matching = [p.values[0] for p in ITEMS if p.values[0].document == document
+                    and re.search(pattern, p.values[0].text)]
+        assert matching, f"no command of {document} matches {pattern}"
+        assert all(lighter(item) != item.text for item in matching)
