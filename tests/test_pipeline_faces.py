@@ -368,8 +368,10 @@ def test_later_stages_take_their_images_place_and_weights_stay(photos, monkeypat
 
 
 def _close(ours, theirs, path="") -> None:
-    """Two result trees equal, numbers within 1e-5 relative (batch 1 against a batch of 4
-    sums in another order)."""
+    """Two result trees equal, numbers within 1e-4 relative, the bound the age and gender
+    outputs keep against onnxruntime: batch 1 against a batch of 4 sums in another order,
+    and with OpenBLAS's Haswell kernels a product's last bits also follow its width and
+    threads (tests/helpers.py, `blas_splits_exactly`; 1.03e-5 seen on an age probability)."""
     if isinstance(ours, dict):
         assert set(ours) == set(theirs), path
         for key in ours:
@@ -379,7 +381,7 @@ def _close(ours, theirs, path="") -> None:
         for number, (a, b) in enumerate(zip(ours, theirs, strict=True)):
             _close(a, b, f"{path}[{number}]")
     elif isinstance(ours, float):
-        assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-7), path
+        assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-7), path
     else:
         assert ours == theirs, path
 
